@@ -1,0 +1,71 @@
+"""The etcd key layout of DESIGN.md, in one place. Pure string functions."""
+
+from __future__ import annotations
+
+from specs.kinds import Resource
+
+ROOT = "/hostplane/v1"
+
+
+def kind_segment(cls: type[Resource]) -> str:
+    return cls.PLURAL
+
+
+def spec_prefix(cls: type[Resource], root: str = ROOT) -> str:
+    return f"{root}/specs/{kind_segment(cls)}/"
+
+
+def spec_key(cls: type[Resource], name: str, root: str = ROOT) -> str:
+    return f"{spec_prefix(cls, root)}{name}"
+
+
+def status_prefix(cls: type[Resource], root: str = ROOT) -> str:
+    return f"{root}/status/{kind_segment(cls)}/"
+
+
+def status_key(cls: type[Resource], name: str, root: str = ROOT) -> str:
+    return f"{status_prefix(cls, root)}{name}"
+
+
+def node_prefix(node: str, root: str = ROOT) -> str:
+    return f"{root}/nodes/{node}/"
+
+
+def desired_prefix(node: str, root: str = ROOT) -> str:
+    return f"{root}/nodes/{node}/desired/"
+
+
+def desired_key(node: str, vps: str, root: str = ROOT) -> str:
+    return f"{desired_prefix(node, root)}{vps}"
+
+
+def observed_prefix(node: str, root: str = ROOT) -> str:
+    return f"{root}/nodes/{node}/observed/"
+
+
+def observed_key(node: str, vps: str, root: str = ROOT) -> str:
+    return f"{observed_prefix(node, root)}{vps}"
+
+
+def heartbeat_key(node: str, root: str = ROOT) -> str:
+    return f"{root}/nodes/{node}/heartbeat"
+
+
+def ledger_prefix(customer: str, root: str = ROOT) -> str:
+    return f"{root}/ledger/{customer}/"
+
+
+def idempotency_key(scope: str, key: str, root: str = ROOT) -> str:
+    return f"{root}/idempotency/{scope}/{key}"
+
+
+def election_key(name: str, root: str = ROOT) -> str:
+    return f"{root}/election/{name}"
+
+
+def events_prefix(root: str = ROOT) -> str:
+    return f"{root}/events/"
+
+
+def last_segment(key: str) -> str:
+    return key.rsplit("/", 1)[-1]

@@ -1,0 +1,683 @@
+"""The typed store over etcd — the only module that talks to etcd.
+
+Two layers in one class:
+
+* raw keys: `kv_get`, `kv_range`, `kv_put`, `kv_delete`, `txn` with small typed compare and
+  operation values (`ModIs`, `ValueIs`, `Put`, `Delete`, `Get`), leases and watches;
+* objects: `get`, `list`, `create`, `update`, `delete`, `get_status`, `put_status` for the
+  kinds of `specs`, with `metadata.resourceVersion` = the spec key's etcd `mod_revision`.
+
+Every etcd or gRPC exception is translated here into the tree of `reconcile.errors`.
+Transient failures (etcd unreachable, deadline exceeded) are retried with tenacity within a
+bounded time; a write that may have been applied before the connection dropped is checked on
+retry, so a retried create or compare-and-swap reports success, not a false conflict.
+
+This module must never decide anything about hosting: it stores and watches.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import queue
+import threading
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Generic, TypeVar
+
+import grpc
+import pyetcd
+import pyetcd.exceptions as etcd_exc
+from pyetcd import etcdrpc
+from pyetcd import transactions as etcd_txn
+from tenacity import (
+    Retrying,
+    retry_if_exception_type,
+    stop_after_delay,
+    wait_exponential,
+)
+
+from reconcile import keys
+from reconcile.errors import (
+    AlreadyExists,
+    Compacted,
+    Conflict,
+    NotFound,
+    StoreError,
+    TooLarge,
+    Unavailable,
+)
+from reconcile.selector import Selector, matches, parse_selector
+from specs.kinds import Resource
+
+log = logging.getLogger(__name__)
+
+R = TypeVar("R", bound=Resource)
+T = TypeVar("T")
+
+# etcd refuses requests over 1.5 MiB by default; keep a margin for the key and framing.
+MAX_VALUE_BYTES = 1_400_000
+
+
+# ------------------------------------------------------------------ values
+
+
+@dataclass(frozen=True)
+class KV:
+    key: str
+    value: bytes
+    mod_revision: int
+    create_revision: int
+    version: int
+    lease: int = 0
+
+
+@dataclass(frozen=True)
+class ModIs:
+    """Compare: the key's mod_revision equals `revision` (0 means: the key does not exist)."""
+
+    key: str
+    revision: int
+
+
+@dataclass(frozen=True)
+class Exists:
+    """Compare: the key exists."""
+
+    key: str
+
+
+@dataclass(frozen=True)
+class CreatedAt:
+    """Compare: the key exists and was created at `revision` (the same incarnation)."""
+
+    key: str
+    revision: int
+
+
+@dataclass(frozen=True)
+class ValueIs:
+    key: str
+    value: bytes
+
+
+@dataclass(frozen=True)
+class Put:
+    key: str
+    value: bytes
+    lease: int | None = None
+
+
+@dataclass(frozen=True)
+class Delete:
+    key: str
+    prefix: bool = False
+
+
+@dataclass(frozen=True)
+class Get:
+    key: str
+    prefix: bool = False
+
+
+Compare = ModIs | Exists | CreatedAt | ValueIs
+Op = Put | Delete | Get
+
+
+@dataclass(frozen=True)
+class TxnResult:
+    succeeded: bool
+    revision: int
+    # One entry per Get operation of the branch that ran, in order.
+    gets: list[list[KV]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class WatchEvent:
+    type: str  # "PUT" or "DELETE"
+    key: str
+    value: bytes
+    mod_revision: int
+
+
+@dataclass
+class ListResult(Generic[T]):
+    items: list[T]
+    revision: int
+
+
+def encode(data: Any) -> bytes:
+    return json.dumps(data, separators=(",", ":"), sort_keys=True, default=str).encode()
+
+
+def decode(raw: bytes) -> Any:
+    return json.loads(raw)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _prefix_end(prefix: str) -> bytes:
+    b = bytearray(prefix.encode())
+    for i in range(len(b) - 1, -1, -1):
+        if b[i] < 0xFF:
+            b[i] += 1
+            return bytes(b[: i + 1])
+    return b"\0"
+
+
+_TRANSIENT_CODES = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
+
+
+def _translate(exc: BaseException) -> StoreError:
+    """Map a backend exception to the store's error tree (cause kept by the caller)."""
+    if isinstance(exc, StoreError):
+        return exc
+    if isinstance(
+        exc,
+        etcd_exc.ConnectionFailedError
+        | etcd_exc.ConnectionTimeoutError
+        | etcd_exc.NoServerAvailableError
+        | etcd_exc.InternalServerError,
+    ):
+        return Unavailable(f"etcd unavailable: {exc}")
+    if isinstance(exc, etcd_exc.RevisionCompactedError):
+        return Compacted(exc.compacted_revision)
+    if isinstance(exc, grpc.RpcError):
+        code = exc.code() if hasattr(exc, "code") else None
+        details = exc.details() if hasattr(exc, "details") else str(exc)
+        if code in _TRANSIENT_CODES:
+            return Unavailable(f"etcd unavailable: {details}")
+        if code == grpc.StatusCode.NOT_FOUND:
+            return NotFound(str(details))
+        if code == grpc.StatusCode.INVALID_ARGUMENT and "too large" in str(details):
+            return TooLarge(str(details))
+        if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+            return TooLarge(str(details))
+        return StoreError(f"etcd error {code}: {details}")
+    if isinstance(exc, ValueError) and "failed node" in str(exc):
+        return Unavailable("etcd unavailable: endpoint marked failed")
+    return StoreError(f"etcd error: {exc!r}")
+
+
+class Store:
+    """Typed access to etcd. Thread-safe; one per process is plenty."""
+
+    def __init__(
+        self,
+        endpoints: str | Sequence[str] = "127.0.0.1:2379",
+        *,
+        root: str = keys.ROOT,
+        timeout: float = 5.0,
+        retry_seconds: float = 10.0,
+    ) -> None:
+        eps = [endpoints] if isinstance(endpoints, str) else list(endpoints)
+        eps = [e for part in eps for e in part.split(",") if e]
+        opts = [
+            ("grpc.initial_reconnect_backoff_ms", 100),
+            ("grpc.min_reconnect_backoff_ms", 100),
+            ("grpc.max_reconnect_backoff_ms", 1000),
+            ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+        ]
+        endpoints_objs = []
+        for ep in eps:
+            host, _, port = ep.removeprefix("http://").rpartition(":")
+            endpoints_objs.append(
+                pyetcd.Endpoint(host, int(port), secure=False, time_retry=0.0, opts=opts)
+            )
+        self.endpoints = eps
+        self.root = root
+        self.timeout = timeout
+        self.retry_seconds = retry_seconds
+        self._client = pyetcd.MultiEndpointEtcd3Client(
+            endpoints=endpoints_objs, timeout=timeout, failover=True
+        )
+        self._closed = False
+
+    def close(self) -> None:
+        self._closed = True
+        with contextlib.suppress(Exception):
+            self._client.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ----------------------------------------------------------- plumbing
+
+    def _call(self, fn: Callable[[], T], *, retry: bool = True) -> T:
+        """Run one etcd call, translating errors; retry transient ones within the budget."""
+
+        def once() -> T:
+            try:
+                return fn()
+            except StoreError:
+                raise
+            except Exception as exc:
+                raise _translate(exc) from exc
+
+        if not retry or self.retry_seconds <= 0:
+            return once()
+        for attempt in Retrying(
+            retry=retry_if_exception_type(Unavailable),
+            stop=stop_after_delay(self.retry_seconds),
+            wait=wait_exponential(multiplier=0.05, max=1.0),
+            reraise=True,
+        ):
+            with attempt:
+                return once()
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    @staticmethod
+    def _kv(kv: Any) -> KV:
+        return KV(
+            key=kv.key.decode(),
+            value=bytes(kv.value),
+            mod_revision=int(kv.mod_revision),
+            create_revision=int(kv.create_revision),
+            version=int(kv.version),
+            lease=int(kv.lease),
+        )
+
+    def _range(self, key: str, *, prefix: bool, limit: int = 0, keys_only: bool = False,
+               revision: int = 0) -> tuple[list[KV], int]:
+        req = etcdrpc.RangeRequest(key=key.encode(), limit=limit, keys_only=keys_only,
+                                   revision=revision)
+        if prefix:
+            req.range_end = _prefix_end(key)
+
+        def run() -> tuple[list[KV], int]:
+            resp = self._client.kvstub.Range(req, self.timeout, metadata=self._client.metadata)
+            return [self._kv(kv) for kv in resp.kvs], int(resp.header.revision)
+
+        return self._call(run)
+
+    # ----------------------------------------------------------- raw keys
+
+    def revision(self) -> int:
+        _, rev = self._range(self.root + "/", prefix=False, limit=1, keys_only=True)
+        return rev
+
+    def kv_get(self, key: str) -> KV | None:
+        kvs, _ = self._range(key, prefix=False)
+        return kvs[0] if kvs else None
+
+    def kv_range(self, prefix: str, *, keys_only: bool = False) -> tuple[list[KV], int]:
+        """Every key under `prefix`, sorted by key, with the read's revision."""
+        return self._range(prefix, prefix=True, keys_only=keys_only)
+
+    def kv_put(self, key: str, value: bytes, *, lease: int | None = None,
+               expect: int | None = None) -> int:
+        """Put a value; with `expect` (a mod_revision, 0 = absent) as a compare-and-swap.
+
+        Returns the new revision. Raises Conflict (or AlreadyExists when expect=0).
+        """
+        if expect is None:
+            res = self.txn([], [Put(key, value, lease)])
+            return res.revision
+        res = self.txn([ModIs(key, expect)], [Put(key, value, lease)], [Get(key)])
+        if res.succeeded:
+            return res.revision
+        current = res.gets[0][0] if res.gets and res.gets[0] else None
+        if current is not None and current.value == value:
+            # A retried write whose first attempt landed: the same value is there.
+            return current.mod_revision
+        if expect == 0:
+            raise AlreadyExists(key)
+        raise Conflict(key)
+
+    def kv_delete(self, key: str, *, expect: int | None = None, prefix: bool = False) -> bool:
+        """Delete a key (or prefix); with `expect` only if unchanged. True if it existed."""
+        compares: list[Compare] = [] if expect is None else [ModIs(key, expect)]
+        res = self.txn(compares, [Get(key, prefix=prefix), Delete(key, prefix=prefix)])
+        if not res.succeeded:
+            raise Conflict(key)
+        return bool(res.gets and res.gets[0])
+
+    def _compare(self, c: Compare) -> Any:
+        if isinstance(c, ModIs):
+            return etcd_txn.Mod(c.key) == c.revision
+        if isinstance(c, Exists):
+            return etcd_txn.Version(c.key) > 0
+        if isinstance(c, CreatedAt):
+            return etcd_txn.Create(c.key) == c.revision
+        return etcd_txn.Value(c.key) == c.value
+
+    def _op(self, op: Op) -> Any:
+        if isinstance(op, Put):
+            if len(op.value) > MAX_VALUE_BYTES:
+                raise TooLarge(
+                    f"{op.key}: value of {len(op.value)} bytes exceeds {MAX_VALUE_BYTES}"
+                )
+            return etcd_txn.Put(op.key, op.value, lease=op.lease)
+        if isinstance(op, Delete):
+            end = _prefix_end(op.key) if op.prefix else None
+            return etcd_txn.Delete(op.key, range_end=end)
+        end = _prefix_end(op.key) if op.prefix else None
+        return etcd_txn.Get(op.key, range_end=end)
+
+    def txn(self, compares: Sequence[Compare], success: Sequence[Op],
+            failure: Sequence[Op] = ()) -> TxnResult:
+        """One etcd transaction: if every compare holds run `success`, else `failure`."""
+        request = etcdrpc.TxnRequest(
+            compare=[self._compare(c).build_message() for c in compares],
+            success=self._client._ops_to_requests([self._op(o) for o in success]),
+            failure=self._client._ops_to_requests([self._op(o) for o in failure]),
+        )
+
+        def run() -> TxnResult:
+            resp = self._client.kvstub.Txn(request, self.timeout, metadata=self._client.metadata)
+            gets: list[list[KV]] = []
+            for r in resp.responses:
+                if r.WhichOneof("response") == "response_range":
+                    gets.append([self._kv(kv) for kv in r.response_range.kvs])
+            return TxnResult(bool(resp.succeeded), int(resp.header.revision), gets)
+
+        return self._call(run)
+
+    # ----------------------------------------------------------- leases
+
+    def grant_lease(self, ttl: int) -> int:
+        def run() -> int:
+            resp = self._client.leasestub.LeaseGrant(
+                etcdrpc.LeaseGrantRequest(TTL=ttl, ID=0), self.timeout,
+                metadata=self._client.metadata)
+            return int(resp.ID)
+
+        return self._call(run)
+
+    def refresh_lease(self, lease_id: int) -> int:
+        """Keep a lease alive once; return its remaining TTL. NotFound if it has expired."""
+
+        def run() -> int:
+            req = iter([etcdrpc.LeaseKeepAliveRequest(ID=lease_id)])
+            for resp in self._client.leasestub.LeaseKeepAlive(
+                req, self.timeout, metadata=self._client.metadata
+            ):
+                if int(resp.TTL) <= 0:
+                    raise NotFound(f"lease {lease_id:x} expired")
+                return int(resp.TTL)
+            raise Unavailable("lease keep-alive stream closed")
+
+        return self._call(run, retry=False)
+
+    def revoke_lease(self, lease_id: int) -> None:
+        def run() -> None:
+            with contextlib.suppress(grpc.RpcError):
+                self._client.leasestub.LeaseRevoke(
+                    etcdrpc.LeaseRevokeRequest(ID=lease_id), self.timeout,
+                    metadata=self._client.metadata)
+
+        self._call(run, retry=False)
+
+    def compact(self, revision: int) -> None:
+        def run() -> None:
+            self._client.kvstub.Compact(
+                etcdrpc.CompactionRequest(revision=revision, physical=True), self.timeout,
+                metadata=self._client.metadata)
+
+        self._call(run)
+
+    # ----------------------------------------------------------- watch
+
+    def watch(
+        self,
+        prefix: str,
+        *,
+        start_revision: int,
+        on_events: Callable[[list[WatchEvent], int], None],
+        on_compacted: Callable[[int], None] | None = None,
+        progress: bool = True,
+    ) -> Watch:
+        """Watch keys under `prefix` from `start_revision` on a background thread.
+
+        `on_events(events, revision)` is called for each batch, in revision order. A dropped
+        connection is resumed from the last delivered revision + 1, so no event is lost or
+        repeated. If etcd has compacted past the resume point, the watch stops and calls
+        `on_compacted(compact_revision)`: the caller must re-list and watch again.
+        """
+        w = Watch(self, prefix, start_revision, on_events, on_compacted, progress)
+        w.start()
+        return w
+
+    # ----------------------------------------------------------- objects
+
+    def _doc(self, obj: Resource) -> dict[str, Any]:
+        data = obj.model_dump(mode="json", exclude={"status"}, exclude_none=True)
+        data["metadata"].pop("resourceVersion", None)
+        return data
+
+    def _load(self, cls: type[R], spec: KV, status: KV | None) -> R:
+        data = decode(spec.value)
+        data["metadata"]["resourceVersion"] = str(spec.mod_revision)
+        if status is not None:
+            data["status"] = decode(status.value)
+        return cls.model_validate(data)
+
+    def get(self, cls: type[R], name: str) -> R:
+        skey, tkey = keys.spec_key(cls, name, self.root), keys.status_key(cls, name, self.root)
+        res = self.txn([], [Get(skey), Get(tkey)])
+        if not res.gets[0]:
+            raise NotFound(f"{cls.KIND} {name!r} not found")
+        return self._load(cls, res.gets[0][0], res.gets[1][0] if res.gets[1] else None)
+
+    def list(self, cls: type[R], selector: Selector | str | Mapping[str, str] | None = None,
+             ) -> ListResult[R]:
+        """All objects of a kind (with status), optionally filtered by labels, at one revision."""
+        sel = selector if isinstance(selector, tuple) else parse_selector(selector)
+        res = self.txn(
+            [],
+            [Get(keys.spec_prefix(cls, self.root), prefix=True),
+             Get(keys.status_prefix(cls, self.root), prefix=True)],
+        )
+        statuses = {keys.last_segment(kv.key): kv for kv in res.gets[1]}
+        items: list[R] = []
+        for kv in res.gets[0]:
+            obj = self._load(cls, kv, statuses.get(keys.last_segment(kv.key)))
+            if matches(sel, obj.metadata.labels):
+                items.append(obj)
+        return ListResult(items, res.revision)
+
+    def create(self, obj: R) -> R:
+        """Create an object; AlreadyExists if the name is taken. Sets uid, generation, times."""
+        cls = type(obj)
+        meta = obj.metadata.model_copy(update={
+            "uid": obj.metadata.uid or str(uuid.uuid4()),
+            "generation": 1,
+            "creationTimestamp": obj.metadata.creationTimestamp or _now(),
+            "deletionTimestamp": None,
+            "resourceVersion": None,
+        })
+        new = obj.model_copy(update={"metadata": meta, "status": None})
+        key = keys.spec_key(cls, new.name, self.root)
+        value = encode(self._doc(new))
+        rev = self.kv_put(key, value, expect=0)
+        return new.model_copy(update={"metadata": meta.model_copy(update={"resourceVersion": str(rev)})})
+
+    def update(self, obj: R) -> R:
+        """Replace an object's metadata and spec with compare-and-swap.
+
+        With `metadata.resourceVersion` set, the write fails with Conflict if the object has
+        changed since. uid, creationTimestamp and deletionTimestamp are kept from the stored
+        object; generation moves when the spec changes; an unchanged object is not rewritten.
+        Removing the last finalizer of an object being deleted deletes it.
+        """
+        cls = type(obj)
+        current = self.get(cls, obj.name)
+        rv = obj.metadata.resourceVersion or current.metadata.resourceVersion
+        if rv != current.metadata.resourceVersion:
+            raise Conflict(
+                f"{cls.KIND} {obj.name!r} was modified (resourceVersion "
+                f"{current.metadata.resourceVersion}, not {rv}); re-read and retry"
+            )
+        gen = current.metadata.generation or 1
+        if obj.spec != current.spec:
+            gen += 1
+        meta = obj.metadata.model_copy(update={
+            "uid": current.metadata.uid,
+            "creationTimestamp": current.metadata.creationTimestamp,
+            "deletionTimestamp": current.metadata.deletionTimestamp,
+            "generation": gen,
+            "resourceVersion": None,
+        })
+        new = obj.model_copy(update={"metadata": meta, "status": current.status})
+        key = keys.spec_key(cls, obj.name, self.root)
+        if meta.deletionTimestamp is not None and not meta.finalizers:
+            self._remove(cls, obj.name, int(current.metadata.resourceVersion or 0))
+            return new
+        if self._doc(new) == self._doc(current):
+            return current
+        rev = self.kv_put(key, encode(self._doc(new)), expect=int(rv or 0))
+        return new.model_copy(update={"metadata": meta.model_copy(update={"resourceVersion": str(rev)})})
+
+    def _remove(self, cls: type[Resource], name: str, revision: int) -> None:
+        skey, tkey = keys.spec_key(cls, name, self.root), keys.status_key(cls, name, self.root)
+        res = self.txn([ModIs(skey, revision)], [Delete(skey), Delete(tkey)], [Get(skey)])
+        if not res.succeeded:
+            if not res.gets[0]:
+                return  # already gone: a retried delete
+            raise Conflict(f"{cls.KIND} {name!r} was modified; re-read and retry")
+
+    def delete(self, cls: type[R], name: str, *, resource_version: str | None = None) -> R | None:
+        """Delete an object. With finalizers it is only marked (deletionTimestamp) and returned."""
+        current = self.get(cls, name)
+        if resource_version is not None and resource_version != current.metadata.resourceVersion:
+            raise Conflict(f"{cls.KIND} {name!r} was modified; re-read and retry")
+        rv = int(current.metadata.resourceVersion or 0)
+        if current.metadata.finalizers:
+            if current.metadata.deletionTimestamp is not None:
+                return current
+            meta = current.metadata.model_copy(update={"deletionTimestamp": _now(),
+                                                       "resourceVersion": None})
+            marked = current.model_copy(update={"metadata": meta})
+            new_rv = self.kv_put(keys.spec_key(cls, name, self.root),
+                                 encode(self._doc(marked)), expect=rv)
+            return marked.model_copy(update={
+                "metadata": meta.model_copy(update={"resourceVersion": str(new_rv)})})
+        self._remove(cls, name, rv)
+        return None
+
+    def put_status(self, cls: type[Resource], name: str, status: Any) -> bool:
+        """Write an object's status if the object exists and the status differs.
+
+        Returns True if written, False if unchanged. NotFound if the object does not exist.
+        """
+        if hasattr(status, "model_dump"):
+            status = status.model_dump(mode="json", exclude_none=True)
+        skey, tkey = keys.spec_key(cls, name, self.root), keys.status_key(cls, name, self.root)
+        value = encode(status)
+        res = self.txn([ValueIs(tkey, value)], [], [Get(skey)])
+        if res.succeeded:
+            return False
+        if not res.gets[0]:
+            raise NotFound(f"{cls.KIND} {name!r} not found")
+        # Only write while the same incarnation of the object exists: no orphan status.
+        out = self.txn([CreatedAt(skey, res.gets[0][0].create_revision)], [Put(tkey, value)])
+        if not out.succeeded:
+            raise NotFound(f"{cls.KIND} {name!r} was deleted")
+        return True
+
+
+class Watch:
+    """A resumable etcd watch on a prefix. Stop it with `stop()`."""
+
+    def __init__(self, store: Store, prefix: str, start_revision: int,
+                 on_events: Callable[[list[WatchEvent], int], None],
+                 on_compacted: Callable[[int], None] | None, progress: bool) -> None:
+        self._store = store
+        self.prefix = prefix
+        self.next_revision = start_revision
+        self._on_events = on_events
+        self._on_compacted = on_compacted
+        self._progress = progress
+        self._stop = threading.Event()
+        self._call: Any = None
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._run, name=f"watch {prefix}", daemon=True)
+        self.connected = threading.Event()
+        self.reconnects = 0
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        with self._lock:
+            if self._call is not None:
+                self._call.cancel()
+        if threading.current_thread() is not self._thread:
+            self._thread.join(timeout)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def _requests(self, q: queue.Queue[Any]) -> Iterator[Any]:
+        create = etcdrpc.WatchCreateRequest(
+            key=self.prefix.encode(), range_end=_prefix_end(self.prefix),
+            start_revision=self.next_revision, progress_notify=self._progress)
+        yield etcdrpc.WatchRequest(create_request=create)
+        while True:
+            item = q.get()
+            if item is None:
+                return
+            yield item
+
+    def _run(self) -> None:
+        backoff = 0.05
+        while not self._stop.is_set():
+            q: queue.Queue[Any] = queue.Queue()
+            try:
+                stub = etcdrpc.WatchStub(self._store._client.channel)
+                with self._lock:
+                    if self._stop.is_set():
+                        return
+                    self._call = stub.Watch(self._requests(q),
+                                            metadata=self._store._client.metadata)
+                for rs in self._call:
+                    if rs.compact_revision:
+                        log.info("watch %s: compacted at %d", self.prefix, rs.compact_revision)
+                        self._stop.set()
+                        if self._on_compacted is not None:
+                            self._on_compacted(int(rs.compact_revision))
+                        return
+                    if rs.created:
+                        self.connected.set()
+                        backoff = 0.05
+                    if rs.canceled:
+                        raise _Canceled(rs.cancel_reason)
+                    evs = [
+                        WatchEvent(
+                            "DELETE" if ev.type == 1 else "PUT",
+                            ev.kv.key.decode(), bytes(ev.kv.value), int(ev.kv.mod_revision))
+                        for ev in rs.events
+                    ]
+                    rev = int(rs.header.revision)
+                    if evs:
+                        self.next_revision = evs[-1].mod_revision + 1
+                        self._on_events(evs, rev)
+                    elif rev >= self.next_revision and not rs.created:
+                        # A progress notification: nothing under the prefix up to `rev`.
+                        self.next_revision = rev + 1
+            except (grpc.RpcError, _Canceled, etcd_exc.Etcd3Exception, ValueError) as exc:
+                if self._stop.is_set():
+                    return
+                log.info("watch %s dropped (%s); resuming at %d", self.prefix,
+                         getattr(exc, "code", lambda: exc)(), self.next_revision)
+            finally:
+                q.put(None)
+                self.connected.clear()
+            if self._stop.wait(backoff):
+                return
+            self.reconnects += 1
+            backoff = min(backoff * 2, 1.0)
+
+
+class _Canceled(Exception):
+    pass

@@ -1,0 +1,176 @@
+"""Read and write objects as multi-document YAML or JSON, with errors that say where.
+
+`load_documents(text, source)` parses every document, validates it as the kind it names,
+and on failure raises one `SpecError` listing every problem as `source:line: path: message`,
+the line being that of the offending field when it can be found.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from specs.errors import SpecError, SpecErrorDetail
+from specs.kinds import KINDS, Resource, kind_for
+
+
+@dataclass
+class Document:
+    obj: Resource
+    source: str
+    line: int
+
+
+class _Located:
+    """Maps a field path inside one YAML document to its 1-based line."""
+
+    def __init__(self, node: yaml.Node | None, base_line: int) -> None:
+        self.node = node
+        self.base_line = base_line
+
+    def line(self, path: tuple[str | int, ...]) -> int:
+        node = self.node
+        line = self.base_line
+        for part in path:
+            if isinstance(node, yaml.MappingNode):
+                nxt = None
+                for k, v in node.value:
+                    if isinstance(k, yaml.ScalarNode) and k.value == str(part):
+                        nxt = v
+                        line = k.start_mark.line + 1
+                        break
+                if nxt is None:
+                    return line
+                node = nxt
+            elif isinstance(node, yaml.SequenceNode) and isinstance(part, int):
+                if part >= len(node.value):
+                    return line
+                node = node.value[part]
+                line = node.start_mark.line + 1
+            else:
+                return line
+        return line
+
+
+class _SafeLoader(yaml.SafeLoader):
+    """SafeLoader that keeps timestamps as strings (pydantic parses them)."""
+
+
+_SafeLoader.yaml_implicit_resolvers = {
+    k: [(tag, rx) for tag, rx in v if tag != "tag:yaml.org,2002:timestamp"]
+    for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+
+
+def _format_path(loc: tuple[str | int, ...]) -> str:
+    out = ""
+    for p in loc:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+    return out
+
+
+def _clean_loc(loc: tuple[Any, ...]) -> tuple[str | int, ...]:
+    # pydantic inserts validator names (e.g. "function-after[...]") into loc; drop them.
+    return tuple(p for p in loc if isinstance(p, int) or not str(p).startswith(("function-", "json-or-python")))
+
+
+def _message(err: Any) -> str:
+    msg: str = err["msg"]
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, "):]
+    if err["type"] == "extra_forbidden":
+        msg = "unknown field"
+    return msg
+
+
+def validate_object(data: Any, source: str, locate: _Located | None = None) -> Resource:
+    """Validate one parsed document (a dict) as the kind it names."""
+    line = locate.base_line if locate else None
+    if not isinstance(data, dict):
+        raise SpecError([SpecErrorDetail(source, line, "", "document must be a mapping")])
+    kind = data.get("kind")
+    if not isinstance(kind, str):
+        raise SpecError([SpecErrorDetail(source, line, "kind", "field required")])
+    try:
+        cls = kind_for(kind)
+    except KeyError as exc:
+        where = locate.line(("kind",)) if locate else None
+        raise SpecError([SpecErrorDetail(source, where, "kind", str(exc.args[0]))]) from None
+    if kind != cls.KIND:
+        data = {**data, "kind": cls.KIND}
+    try:
+        return cls.model_validate(data)
+    except ValidationError as exc:
+        details = []
+        for err in exc.errors():
+            loc = _clean_loc(err["loc"])
+            where = locate.line(loc) if locate else None
+            details.append(SpecErrorDetail(source, where, _format_path(loc), _message(err)))
+        raise SpecError(details) from None
+
+
+def load_documents(text: str, source: str = "<input>") -> list[Document]:
+    """Parse YAML (JSON is YAML) with one or more documents into validated objects."""
+    try:
+        nodes = list(yaml.compose_all(text, Loader=_SafeLoader))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else None
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise SpecError([SpecErrorDetail(source, line, "", f"invalid YAML: {problem}")]) from None
+    docs: list[Document] = []
+    errors: list[SpecErrorDetail] = []
+    for node in nodes:
+        if node is None:
+            continue
+        line = node.start_mark.line + 1
+        data = _construct(node)
+        if data is None:
+            continue
+        locate = _Located(node, line)
+        try:
+            docs.append(Document(validate_object(data, source, locate), source, line))
+        except SpecError as exc:
+            errors.extend(exc.details)
+    if errors:
+        raise SpecError(errors)
+    return docs
+
+
+def _construct(node: yaml.Node) -> Any:
+    loader = _SafeLoader("")
+    try:
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
+def load_file(path: str | Path) -> list[Document]:
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise SpecError([SpecErrorDetail(str(p), None, "", "not UTF-8 text")]) from None
+    return load_documents(text, str(p))
+
+
+def _plain(obj: Resource) -> dict[str, Any]:
+    return obj.model_dump(mode="json", exclude_none=True)
+
+
+def dump_yaml(objs: list[Resource]) -> str:
+    return yaml.safe_dump_all([_plain(o) for o in objs], sort_keys=False, allow_unicode=True)
+
+
+def dump_json(objs: list[Resource] | Resource) -> str:
+    if isinstance(objs, Resource):
+        return json.dumps(_plain(objs), indent=2)
+    return json.dumps([_plain(o) for o in objs], indent=2)
+
+
+__all__ = ["KINDS", "Document", "dump_json", "dump_yaml", "load_documents", "load_file", "validate_object"]

@@ -1,0 +1,91 @@
+"""Money: integer minor units inside, decimal strings at the edges, never float.
+
+A `Money` value is written by people as `{"amount": "12.50", "currency": "EUR"}`. YAML and
+JSON parsers may hand us a float for an unquoted `12.5`; it is converted through its
+shortest decimal representation (`str(12.5) == "12.5"`), never through float arithmetic,
+and rejected if it has more digits than the currency allows.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal, InvalidOperation
+from typing import Annotated, Any
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, model_validator
+
+# ISO 4217 minor-unit exponents for the currencies a hoster is likely to bill in.
+CURRENCY_EXPONENT: dict[str, int] = {
+    "USD": 2, "EUR": 2, "GBP": 2, "RUB": 2, "CHF": 2, "PLN": 2, "CZK": 2, "SEK": 2,
+    "NOK": 2, "DKK": 2, "UAH": 2, "KZT": 2, "TRY": 2, "CAD": 2, "AUD": 2, "INR": 2,
+    "BRL": 2, "JPY": 0, "KRW": 0,
+}
+
+
+def _decimal(value: Any) -> Decimal:
+    if isinstance(value, bool):
+        raise ValueError("amount must be a decimal number, not a boolean")
+    if isinstance(value, float):
+        value = repr(value)
+    if isinstance(value, int | str | Decimal):
+        try:
+            d = Decimal(str(value).strip())
+        except InvalidOperation as exc:
+            raise ValueError(f"not a decimal amount: {value!r}") from exc
+        if not d.is_finite():
+            raise ValueError("amount must be finite")
+        return d
+    raise ValueError(f"amount must be a decimal string like \"12.50\", got {type(value).__name__}")
+
+
+def to_minor(amount: Any, currency: str) -> int:
+    """Convert a decimal amount to integer minor units, refusing lost precision."""
+    exp = CURRENCY_EXPONENT.get(currency)
+    if exp is None:
+        raise ValueError(f"unknown currency {currency!r}")
+    d = _decimal(amount)
+    scaled = d.scaleb(exp)
+    if scaled != scaled.to_integral_value():
+        raise ValueError(f"{currency} has {exp} decimal places; {amount!r} has more")
+    return int(scaled)
+
+
+def format_minor(minor: int, currency: str) -> str:
+    """Format integer minor units as a decimal string (`1250, EUR -> "12.50"`)."""
+    exp = CURRENCY_EXPONENT.get(currency, 2)
+    q = Decimal(minor).scaleb(-exp)
+    return f"{q:.{exp}f}"
+
+
+def _check_currency(value: Any) -> Any:
+    if isinstance(value, str) and value.upper() in CURRENCY_EXPONENT:
+        return value.upper()
+    raise ValueError(f"unknown currency {value!r}; known: {', '.join(sorted(CURRENCY_EXPONENT))}")
+
+
+Currency = Annotated[str, BeforeValidator(_check_currency)]
+
+
+class Money(BaseModel):
+    """An amount of money; `amount` is kept as a canonical decimal string."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    amount: str
+    currency: Currency
+
+    @model_validator(mode="before")
+    @classmethod
+    def _canonical(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "amount" in data and "currency" in data:
+            cur = _check_currency(data["currency"])
+            minor = to_minor(data["amount"], cur)
+            return {**data, "currency": cur, "amount": format_minor(minor, cur)}
+        return data
+
+    @property
+    def minor(self) -> int:
+        return to_minor(self.amount, self.currency)
+
+    @classmethod
+    def from_minor(cls, minor: int, currency: str) -> Money:
+        return cls(amount=format_minor(minor, currency), currency=currency)
