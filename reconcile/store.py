@@ -668,8 +668,8 @@ class Watch:
             except (grpc.RpcError, _Canceled, etcd_exc.Etcd3Exception, ValueError) as exc:
                 if self._stop.is_set():
                     return
-                log.info("watch %s dropped (%s); resuming at %d", self.prefix,
-                         getattr(exc, "code", lambda: exc)(), self.next_revision)
+                log.info("watch %s dropped (%r); resuming at %d", self.prefix, exc,
+                         self.next_revision)
             finally:
                 q.put(None)
                 self.connected.clear()
