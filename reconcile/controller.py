@@ -34,7 +34,7 @@ class Controller:
         self.name = name
         self.reconcile = reconcile
         self.workers = workers
-        self.queue = queue or WorkQueue()
+        self.queue = queue if queue is not None else WorkQueue()
         self._threads: list[threading.Thread] = []
         self._active = 0
         self._lock = threading.Lock()
