@@ -1,0 +1,115 @@
+"""The API's error tree and the one place where errors become HTTP statuses.
+
+    ApiError                      a problem the API reports as application/problem+json
+      ├── BadRequest        400   the body is not JSON/YAML, a query parameter is malformed
+      ├── Unauthorized      401   no or wrong bearer token
+      ├── Forbidden         403   a valid token whose role may not do this
+      ├── UnknownKind       404   the path names no kind
+      ├── PayloadTooLarge   413   the body exceeds the API's limit
+      └── Invalid           422   the object fails validation (.errors: [{path, message}])
+
+Store errors (reconcile.errors) and spec errors (specs.SpecError) are not wrapped where
+they happen: `problem_for` maps every one of them here, so a status code is decided once.
+A response never carries a stack trace; unexpected exceptions become a bare 500.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from reconcile import errors as store_errors
+from specs import SpecError
+
+PROBLEM_JSON = "application/problem+json"
+_TYPE_BASE = "https://hostplane.io/problems/"
+
+
+class ApiError(Exception):
+    status = 500
+    title = "Internal error"
+    slug = "internal"
+
+    def __init__(self, detail: str = "", errors: list[dict[str, str]] | None = None) -> None:
+        super().__init__(detail or self.title)
+        self.detail = detail or self.title
+        self.errors = errors or []
+
+
+class BadRequest(ApiError):
+    status, title, slug = 400, "Bad request", "bad-request"
+
+
+class Unauthorized(ApiError):
+    status, title, slug = 401, "Unauthorized", "unauthorized"
+
+
+class Forbidden(ApiError):
+    status, title, slug = 403, "Forbidden", "forbidden"
+
+
+class UnknownKind(ApiError):
+    status, title, slug = 404, "Unknown kind", "unknown-kind"
+
+
+class PayloadTooLarge(ApiError):
+    status, title, slug = 413, "Payload too large", "too-large"
+
+
+class Invalid(ApiError):
+    status, title, slug = 422, "Invalid object", "invalid"
+
+
+@dataclass(frozen=True)
+class Problem:
+    """An RFC 9457 problem document."""
+
+    status: int
+    title: str
+    detail: str
+    slug: str
+    errors: list[dict[str, str]] = field(default_factory=list)
+
+    def body(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "type": _TYPE_BASE + self.slug,
+            "title": self.title,
+            "status": self.status,
+            "detail": self.detail,
+        }
+        if self.errors:
+            out["errors"] = self.errors
+        return out
+
+
+# Store error -> (status, title, slug). Order matters only for subclasses, of which there are none.
+_STORE: list[tuple[type[store_errors.StoreError], int, str, str]] = [
+    (store_errors.NotFound, 404, "Not found", "not-found"),
+    (store_errors.AlreadyExists, 409, "Already exists", "already-exists"),
+    (store_errors.Conflict, 409, "Conflict", "conflict"),
+    (store_errors.TooLarge, 413, "Object too large", "too-large"),
+    (store_errors.Unavailable, 503, "Store unavailable", "unavailable"),
+    (store_errors.Compacted, 410, "Revision compacted", "compacted"),
+]
+
+
+def spec_errors(exc: SpecError) -> list[dict[str, str]]:
+    return [{"path": d.path, "message": d.message} for d in exc.details]
+
+
+def problem_for(exc: BaseException) -> Problem:
+    """The single mapping from any exception to the problem the client sees."""
+    if isinstance(exc, ApiError):
+        return Problem(exc.status, exc.title, exc.detail, exc.slug, exc.errors)
+    if isinstance(exc, SpecError):
+        errs = spec_errors(exc)
+        detail = "; ".join(f"{e['path']}: {e['message']}" if e["path"] else e["message"] for e in errs)
+        return Problem(422, Invalid.title, detail, Invalid.slug, errs)
+    for cls, status, title, slug in _STORE:
+        if isinstance(exc, cls):
+            detail = str(exc) or title
+            if isinstance(exc, store_errors.Unavailable):
+                # The backend's message may name internal endpoints; keep it generic.
+                detail = "the store (etcd) is unreachable; retry later"
+            return Problem(status, title, detail, slug)
+    return Problem(500, ApiError.title, "the server failed to handle the request", ApiError.slug)

@@ -1,0 +1,184 @@
+"""REST routes for every kind: /v1/<kind>[/<name>[/status]].
+
+Clients write metadata and spec; status is the controllers' and is ignored in bodies.
+Handlers are plain `def` functions: FastAPI runs them in its thread pool, where the
+blocking etcd client belongs. This module must never write a status key.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Query, Response
+from fastapi.responses import JSONResponse
+
+from api.deps import Body, Caller, State
+from api.errors import BadRequest, Invalid, UnknownKind
+from api.merge_patch import merge_patch
+from reconcile import keys
+from reconcile.errors import AlreadyExists, Conflict
+from reconcile.selector import parse_selector
+from reconcile.store import decode
+from specs import Resource, kind_for
+from specs.io import validate_object
+from specs.meta import API_VERSION
+
+router = APIRouter(prefix="/v1", tags=["objects"])
+
+_SOURCE = "request body"
+_PATCH_ATTEMPTS = 5
+
+
+def resolve_kind(kind: str) -> type[Resource]:
+    try:
+        return kind_for(kind)
+    except KeyError as exc:
+        raise UnknownKind(str(exc.args[0])) from None
+
+
+def render(obj: Resource) -> dict[str, Any]:
+    data: dict[str, Any] = obj.model_dump(mode="json", exclude_none=True)
+    return data
+
+
+def object_from_body(body: Any, cls: type[Resource], *, name: str | None) -> Resource:
+    """Validate a client's object for `cls` (and `name`, when the path names one); drop status."""
+    if not isinstance(body, dict):
+        raise Invalid("the body must be an object", [{"path": "", "message": "must be a mapping"}])
+    data = {k: v for k, v in body.items() if k != "status"}
+    kind = data.get("kind")
+    if kind is None:
+        data["kind"] = cls.KIND
+    elif not isinstance(kind, str) or kind_for_or_none(kind) is not cls:
+        raise Invalid(f"kind {kind!r} does not match the path ({cls.KIND})",
+                      [{"path": "kind", "message": f"must be {cls.KIND!r} to match the path"}])
+    data.setdefault("apiVersion", API_VERSION)
+    meta = data.get("metadata")
+    if name is not None and isinstance(meta, dict) and "name" not in meta:
+        data["metadata"] = {**meta, "name": name}
+    elif name is not None and meta is None:
+        data["metadata"] = {"name": name}
+    obj = validate_object(data, _SOURCE)
+    if name is not None and obj.name != name:
+        raise Invalid(f"metadata.name {obj.name!r} does not match the path ({name!r})",
+                      [{"path": "metadata.name", "message": f"must be {name!r} to match the path"}])
+    return obj
+
+
+def kind_for_or_none(kind: str) -> type[Resource] | None:
+    try:
+        return kind_for(kind)
+    except KeyError:
+        return None
+
+
+@router.get("/events", summary="Events recorded about an object (empty when none are recorded)")
+def list_events(state: State, _: Caller, kind: str | None = None, name: str | None = None) -> dict[str, Any]:
+    # Hook for whoever records events under <root>/events/: any JSON object naming its
+    # subject as {"kind", "name"} or {"involvedObject": {"kind", "name"}} is listed.
+    cls = resolve_kind(kind) if kind else None
+    kvs, rev = state.store.kv_range(keys.events_prefix(state.store.root))
+    items: list[dict[str, Any]] = []
+    for kv in kvs:
+        try:
+            ev = decode(kv.value)
+        except ValueError:
+            continue
+        if not isinstance(ev, dict):
+            continue
+        involved = ev.get("involvedObject")
+        subject: dict[str, Any] = involved if isinstance(involved, dict) else ev
+        if cls is not None and kind_for_or_none(str(subject.get("kind", ""))) is not cls:
+            continue
+        if name is not None and subject.get("name") != name:
+            continue
+        items.append(ev)
+    return {"apiVersion": API_VERSION, "kind": "EventList", "metadata": {"resourceVersion": str(rev)},
+            "items": items}
+
+
+@router.get("/{kind}", summary="List objects of a kind, optionally by label selector")
+def list_objects(kind: str, state: State, _: Caller,
+                 labelSelector: str | None = Query(None, description="e.g. `tier=standard,!legacy`"),
+                 ) -> dict[str, Any]:
+    cls = resolve_kind(kind)
+    try:
+        selector = parse_selector(labelSelector)
+    except ValueError as exc:
+        raise BadRequest(str(exc), [{"path": "labelSelector", "message": str(exc)}]) from None
+    result = state.store.list(cls, selector)
+    return {"apiVersion": API_VERSION, "kind": f"{cls.KIND}List",
+            "metadata": {"resourceVersion": str(result.revision)},
+            "items": [render(o) for o in result.items]}
+
+
+@router.post("/{kind}", status_code=201, summary="Create an object")
+def create_object(kind: str, body: Body, state: State, _: Caller) -> JSONResponse:
+    cls = resolve_kind(kind)
+    obj = object_from_body(body, cls, name=None)
+    # Identity and timestamps are the server's to assign.
+    meta = obj.metadata.model_copy(update={"uid": None, "creationTimestamp": None, "resourceVersion": None})
+    try:
+        created = state.store.create(obj.model_copy(update={"metadata": meta}))
+    except AlreadyExists:
+        # The store names the etcd key; the client should see the object instead.
+        raise AlreadyExists(f"{cls.KIND} {obj.name!r} already exists") from None
+    return JSONResponse(render(created), status_code=201,
+                        headers={"Location": f"/v1/{cls.PLURAL}/{created.name}"})
+
+
+@router.get("/{kind}/{name}", summary="Read an object with its status")
+def get_object(kind: str, name: str, state: State, _: Caller) -> dict[str, Any]:
+    return render(state.store.get(resolve_kind(kind), name))
+
+
+@router.put("/{kind}/{name}", summary="Replace metadata and spec (409 if metadata.resourceVersion is stale)")
+def replace_object(kind: str, name: str, body: Body, state: State, _: Caller) -> dict[str, Any]:
+    cls = resolve_kind(kind)
+    obj = object_from_body(body, cls, name=name)
+    return render(state.store.update(obj))
+
+
+@router.patch("/{kind}/{name}", summary="JSON merge patch (RFC 7386) of metadata and spec")
+def patch_object(kind: str, name: str, body: Body, state: State, _: Caller) -> dict[str, Any]:
+    cls = resolve_kind(kind)
+    if not isinstance(body, dict):
+        raise Invalid("a merge patch must be an object", [{"path": "", "message": "must be a mapping"}])
+    patch = {k: v for k, v in body.items() if k != "status"}
+    meta_patch = patch.get("metadata")
+    pinned = isinstance(meta_patch, dict) and meta_patch.get("resourceVersion") is not None
+    for attempt in range(_PATCH_ATTEMPTS):
+        current = state.store.get(cls, name)
+        doc = render(current)
+        doc.pop("status", None)
+        obj = object_from_body(merge_patch(doc, patch), cls, name=name)
+        try:
+            return render(state.store.update(obj))
+        except Conflict:
+            # Unpinned patches apply to whatever is current: re-read and apply again.
+            if pinned or attempt == _PATCH_ATTEMPTS - 1:
+                raise
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+@router.delete("/{kind}/{name}", status_code=204,
+               summary="Delete; with finalizers the object is only marked (202 with the object)")
+def delete_object(kind: str, name: str, state: State, _: Caller,
+                  resourceVersion: str | None = Query(None, description="delete only if unchanged")) -> Response:
+    cls = resolve_kind(kind)
+    marked = state.store.delete(cls, name, resource_version=resourceVersion)
+    if marked is not None:
+        return JSONResponse(render(marked), status_code=202)
+    return Response(status_code=204)
+
+
+@router.get("/{kind}/{name}/status", summary="Read an object's status (written by controllers only)")
+def get_status(kind: str, name: str, state: State, _: Caller) -> dict[str, Any]:
+    cls = resolve_kind(kind)
+    obj = state.store.get(cls, name)
+    status = obj.status.model_dump(mode="json", exclude_none=True) if hasattr(obj.status, "model_dump") \
+        else obj.status
+    return {"apiVersion": API_VERSION, "kind": cls.KIND,
+            "metadata": {"name": obj.name, "resourceVersion": obj.metadata.resourceVersion,
+                         "generation": obj.metadata.generation},
+            "status": status or {}}

@@ -1,0 +1,182 @@
+"""The Hostplane HTTP API: app factory (`create_app`) and process entry point (`run_api`).
+
+Routes live in `api.objects` (REST per kind) and `api.watch` (SSE); errors become
+application/problem+json in exactly one place (`api.errors.problem_for`, wired here).
+Every route but /healthz, /readyz, /docs and /openapi.json needs a bearer token; /metrics
+is open to loopback clients only (a scraper on the host), otherwise it needs a token too.
+
+This module must never hold state of its own: etcd is the only truth, so any number of
+API processes can serve the same cluster.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import logging
+import signal
+import threading
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from api import objects, watch
+from api.auth import TokenVerifier, ensure_admin_token
+from api.deps import AppState, Settings, State, authenticate
+from api.errors import PROBLEM_JSON, ApiError, Problem, problem_for
+from api.metrics import ApiMetrics, MetricsMiddleware
+from reconcile.errors import StoreError
+from reconcile.store import Store
+from specs import SpecError
+
+log = logging.getLogger(__name__)
+
+
+def problem_response(problem: Problem) -> JSONResponse:
+    headers = {"WWW-Authenticate": "Bearer"} if problem.status == 401 else None
+    return JSONResponse(problem.body(), status_code=problem.status, media_type=PROBLEM_JSON, headers=headers)
+
+
+async def _on_error(request: Request, exc: Exception) -> Response:
+    problem = problem_for(exc)
+    if problem.status >= 500 and problem.status != 503:
+        log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
+    return problem_response(problem)
+
+
+async def _on_http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, StarletteHTTPException)
+    titles = {404: "Not found", 405: "Method not allowed"}
+    detail = exc.detail if isinstance(exc.detail, str) else titles.get(exc.status_code, "HTTP error")
+    slug = titles.get(exc.status_code, "http-error").lower().replace(" ", "-")
+    return problem_response(Problem(exc.status_code, titles.get(exc.status_code, detail), detail, slug))
+
+
+async def _on_request_invalid(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    errors = [{"path": ".".join(str(p) for p in e.get("loc", ())), "message": str(e.get("msg", ""))}
+              for e in exc.errors()]
+    detail = "; ".join(f"{e['path']}: {e['message']}" for e in errors)
+    return problem_response(Problem(400, "Bad request", detail, "bad-request", errors))
+
+
+def _is_loopback(request: Request) -> bool:
+    host = request.client.host if request.client else ""
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def create_app(store: Store, *, max_body_bytes: int = 1024 * 1024, heartbeat_seconds: float = 15.0,
+               token_cache_seconds: float = 10.0, open_metrics_on_loopback: bool = True) -> FastAPI:
+    """Build the API over `store`. The caller owns the store and closes it."""
+    settings = Settings(max_body_bytes=max_body_bytes, heartbeat_seconds=heartbeat_seconds,
+                        open_metrics_on_loopback=open_metrics_on_loopback)
+    state = AppState(store=store, verifier=TokenVerifier(store, cache_seconds=token_cache_seconds),
+                     settings=settings)
+    metrics = ApiMetrics()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        if state.ready_store is not None:
+            state.ready_store.close()
+
+    app = FastAPI(
+        title="Hostplane API",
+        version="v1",
+        description="Declarative control plane for VPS hosting. Authenticate with `Authorization: Bearer <token>`.",
+        lifespan=lifespan,
+    )
+    app.state.hostplane = state
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    for exc_type in (ApiError, SpecError, StoreError, Exception):
+        app.add_exception_handler(exc_type, _on_error)
+    app.add_exception_handler(StarletteHTTPException, _on_http_error)
+    app.add_exception_handler(RequestValidationError, _on_request_invalid)
+
+    @app.get("/healthz", tags=["health"], summary="The process is up")
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["health"], summary="etcd is reachable")
+    async def readyz(st: State) -> Response:
+        if st.ready_store is None:
+            # Its own store without retries: readiness must answer fast, not wait out a retry budget.
+            st.ready_store = Store(st.store.endpoints, root=st.store.root, timeout=2.0, retry_seconds=0)
+        try:
+            revision = await run_in_threadpool(st.ready_store.revision)
+        except StoreError:
+            return problem_response(Problem(503, "Not ready", "etcd is unreachable", "unavailable"))
+        return JSONResponse({"status": "ready", "revision": revision})
+
+    @app.get("/metrics", tags=["health"], summary="Prometheus metrics (open on loopback)")
+    async def prometheus(request: Request, st: State) -> Response:
+        if not (st.settings.open_metrics_on_loopback and _is_loopback(request)):
+            await run_in_threadpool(authenticate, request, st)
+        return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    app.include_router(watch.router)
+    app.include_router(objects.router)
+    return app
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal handling: `serve_app` owns shutdown.
+
+    uvicorn re-raises a caught SIGTERM after shutting down, which would kill the process
+    before the store is closed; here a signal only sets the stop event.
+    """
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def serve_app(app: Any, *, host: str, port: int, stop: threading.Event,
+              started: threading.Event | None = None, log_level: str = "warning") -> None:
+    """Serve `app` with uvicorn until `stop` is set. Returns after open streams are cut off."""
+    config = uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False,
+                            timeout_graceful_shutdown=2, lifespan="on")
+    server = _Server(config)
+
+    def watch_stop() -> None:
+        while not stop.wait(0.2):
+            if server.should_exit:
+                return
+            if started is not None and server.started and not started.is_set():
+                started.set()
+        server.should_exit = True
+
+    watcher = threading.Thread(target=watch_stop, name="api-stop", daemon=True)
+    watcher.start()
+    try:
+        server.run()
+    finally:
+        stop.set()
+        watcher.join(2)
+
+
+def run_api(*, etcd: str, host: str, port: int, data_dir: Path, stop: threading.Event | None) -> None:
+    """Run the API against etcd until `stop` is set or the process gets SIGTERM/SIGINT."""
+    stop = stop or threading.Event()
+    previous: dict[signal.Signals, Any] = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            previous[sig] = signal.signal(sig, lambda *_: stop.set())
+    store = Store(etcd)
+    try:
+        ensure_admin_token(store, Path(data_dir))
+        serve_app(create_app(store), host=host, port=port, stop=stop)
+    finally:
+        store.close()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

@@ -1,0 +1,135 @@
+"""GET /v1/watch: spec and status changes as server-sent events, resumable by revision.
+
+One etcd watch per stream covers both `specs/` and `status/` (every key under
+`<root>/s`), so events arrive in revision order and the SSE `id:` (the etcd revision) is a
+safe resume point. Several keys can change in one revision; only the last event of a
+revision carries the `id:`, so a client that resumes from it has seen the whole revision.
+
+Event data: {"type": "PUT"|"DELETE", "part": "spec"|"status", "kind", "name",
+"resourceVersion", "object"}. On compaction the stream sends `event: compacted` and ends:
+the client must list again and watch from the list's resourceVersion.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter, Header, Query
+from fastapi.responses import StreamingResponse
+from starlette.concurrency import run_in_threadpool
+
+from api.deps import Caller, State
+from api.errors import BadRequest, UnknownKind
+from reconcile.store import WatchEvent, decode
+from specs import KINDS, Resource, kind_for
+
+router = APIRouter(prefix="/v1", tags=["watch"])
+
+
+def _kinds(text: str | None) -> dict[str, type[Resource]]:
+    """Map each requested kind's plural (the key segment) to its class; all kinds if none named."""
+    if not text:
+        return {cls.PLURAL: cls for cls in KINDS.values()}
+    out: dict[str, type[Resource]] = {}
+    for part in text.split(","):
+        if not part.strip():
+            continue
+        try:
+            cls = kind_for(part.strip())
+        except KeyError as exc:
+            raise UnknownKind(str(exc.args[0])) from None
+        out[cls.PLURAL] = cls
+    return out
+
+
+def _revision(value: str | None, what: str) -> int | None:
+    if value is None or value == "":
+        return None
+    if not value.isdigit():
+        raise BadRequest(f"{what} must be a non-negative integer", [{"path": what, "message": "must be an integer"}])
+    return int(value)
+
+
+def render_events(events: list[WatchEvent], root: str, kinds: dict[str, type[Resource]]) -> list[str]:
+    """SSE frames for a batch of etcd events, filtered to `kinds`. Pure."""
+    frames: list[tuple[int, dict[str, Any]]] = []
+    for ev in events:
+        rest = ev.key[len(root) + 1:] if ev.key.startswith(root + "/") else ""
+        parts = rest.split("/")
+        if len(parts) != 3 or parts[0] not in ("specs", "status") or parts[1] not in kinds:
+            continue
+        part = "spec" if parts[0] == "specs" else "status"
+        obj: Any = None
+        if ev.type == "PUT":
+            try:
+                obj = decode(ev.value)
+            except ValueError:
+                continue
+            if part == "spec" and isinstance(obj, dict) and isinstance(obj.get("metadata"), dict):
+                obj["metadata"]["resourceVersion"] = str(ev.mod_revision)
+        frames.append((ev.mod_revision, {
+            "type": ev.type, "part": part, "kind": kinds[parts[1]].KIND, "name": parts[2],
+            "resourceVersion": str(ev.mod_revision), "object": obj,
+        }))
+    out: list[str] = []
+    for i, (rev, data) in enumerate(frames):
+        last_of_revision = i + 1 == len(frames) or frames[i + 1][0] != rev
+        head = f"id: {rev}\n" if last_of_revision else ""
+        out.append(f"{head}data: {json.dumps(data, separators=(',', ':'))}\n\n")
+    return out
+
+
+@router.get("/watch", summary="Server-sent events of spec and status changes",
+            response_class=StreamingResponse)
+async def watch(state: State, _: Caller,
+                kinds: str | None = Query(None, description="comma-separated kinds; all when omitted"),
+                resourceVersion: str | None = Query(None, description="deliver changes after this revision"),
+                last_event_id: str | None = Header(None, alias="Last-Event-ID")) -> StreamingResponse:
+    wanted = _kinds(kinds)
+    after = _revision(resourceVersion, "resourceVersion")
+    if after is None:
+        after = _revision(last_event_id, "Last-Event-ID")
+    store = state.store
+    if after is None:
+        after = await run_in_threadpool(store.revision)
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+
+    def deliver(item: tuple[str, Any]) -> None:
+        # Called on the watch thread; the loop may already be gone when a client left.
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(queue.put_nowait, item)
+
+    handle = await run_in_threadpool(
+        store.watch, store.root + "/s", start_revision=after + 1,
+        on_events=lambda evs, _rev: deliver(("events", evs)),
+        on_compacted=lambda rev: deliver(("compacted", rev)))
+    heartbeat = state.settings.heartbeat_seconds
+
+    async def stream() -> AsyncIterator[str]:
+        try:
+            yield f"retry: 2000\n: watching from revision {after}\n\n"
+            while True:
+                try:
+                    what, payload = await asyncio.wait_for(queue.get(), heartbeat)
+                except TimeoutError:
+                    yield ": heartbeat\n\n"
+                    continue
+                if what == "compacted":
+                    body = {"type": "COMPACTED", "compactRevision": payload,
+                            "message": "the requested revision is compacted; list again and watch from its "
+                                       "resourceVersion"}
+                    yield f"event: compacted\ndata: {json.dumps(body)}\n\n"
+                    return
+                for frame in render_events(payload, store.root, wanted):
+                    yield frame
+        finally:
+            # Non-blocking: cancels the gRPC stream; its thread ends on its own.
+            handle.stop(timeout=0)
+
+    return StreamingResponse(stream(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
