@@ -1,0 +1,243 @@
+"""`hostplane up`: the embedded default — etcd, API, controllers and a node agent on one machine.
+
+It starts a single-member etcd in the data directory on loopback ports (kept in
+`<data-dir>/ports.json` so a restart finds the same cluster), makes sure the local node is
+registered, then runs the API, the controller manager and the node agent(s) as child
+processes exactly as production runs them, restarting a child that dies (with backoff).
+SIGINT or SIGTERM stops every child by its PID, then etcd, within 10 seconds. Nothing here
+holds state: everything lives in etcd and the data directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from reconcile.errors import AlreadyExists
+from reconcile.etcd_server import EtcdServer, free_port
+from reconcile.store import Store
+from specs.kinds import Capacity, Node, NodeSpec
+from specs.meta import ObjectMeta
+
+STOP_TIMEOUT = 8.0
+
+
+def default_libvirt_uri() -> str:
+    """qemu:///session when QEMU and libvirt's QEMU driver are installed, else the test driver."""
+    qemu = shutil.which("qemu-system-x86_64") is not None
+    daemon = Path("/usr/sbin/libvirtd").exists() or Path("/usr/sbin/virtqemud").exists()
+    if qemu and daemon:
+        return "qemu:///session"
+    return "test:///default"
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _etcd_ports(data_dir: Path) -> tuple[int, int]:
+    """Reuse the ports of the last run (the member's peer URL is stored in its data)."""
+    f = data_dir / "ports.json"
+    if f.exists():
+        with contextlib.suppress(ValueError, KeyError, OSError):
+            d = json.loads(f.read_text())
+            if _port_free(d["client"]) and _port_free(d["peer"]):
+                return int(d["client"]), int(d["peer"])
+    client, peer = free_port(), free_port()
+    f.write_text(json.dumps({"client": client, "peer": peer}))
+    return client, peer
+
+
+def _host_capacity(data_dir: Path) -> Capacity:
+    mem_kib = 1024 * 1024
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                mem_kib = int(line.split()[1])
+    st = os.statvfs(data_dir)
+    disk_gib = max(1, st.f_blocks * st.f_frsize // 1024**3)
+    return Capacity(vcpus=os.cpu_count() or 1, memoryMiB=max(1, mem_kib // 1024), diskGiB=disk_gib)
+
+
+def ensure_node(store: Store, name: str, capacity: Capacity, libvirt_uri: str,
+                labels: dict[str, str] | None = None) -> None:
+    """Register a node if it does not exist (an operator's later edits are kept)."""
+    node = Node(
+        metadata=ObjectMeta(name=name, labels=labels or {"hostplane.io/region": "local"}),
+        spec=NodeSpec(libvirtURI=libvirt_uri, capacity=capacity),
+    )
+    with contextlib.suppress(AlreadyExists):
+        store.create(node)
+
+
+@dataclass
+class Child:
+    name: str
+    argv: list[str]
+    log_path: Path
+    proc: subprocess.Popen[bytes] | None = None
+    restarts: int = 0
+    started_at: float = 0.0
+    env: dict[str, str] = field(default_factory=dict)
+
+    def start(self) -> None:
+        log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child process
+        self.proc = subprocess.Popen(
+            self.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            env={**os.environ, **self.env}, start_new_session=True,
+        )
+        log.close()
+        self.started_at = time.monotonic()
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def terminate(self) -> None:
+        if self.alive():
+            assert self.proc is not None
+            self.proc.send_signal(signal.SIGTERM)
+
+    def wait_or_kill(self, deadline: float) -> None:
+        if self.proc is None:
+            return
+        try:
+            self.proc.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+
+
+def _hostplane_argv(*args: str) -> list[str]:
+    script = Path(sys.executable).parent / "hostplane"
+    if script.exists():
+        return [str(script), *args]
+    return [sys.executable, "-c", "import sys; from api.cli import main; sys.exit(main())", *args]
+
+
+def run_up(data_dir: Path, port: int = 8080, libvirt_uri: str | None = None,
+           simulate_nodes: int = 0, *, stop: threading.Event | None = None,
+           out: Any = None) -> int:
+    """Run everything until SIGINT/SIGTERM (or `stop`); returns the exit code."""
+    from api.auth import ensure_admin_token
+    from api.config import write_cli_config
+
+    say = out or (lambda s: print(s, flush=True))
+    stop = stop or threading.Event()
+    data_dir = data_dir.resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    (data_dir / "logs").mkdir(exist_ok=True)
+    uri = libvirt_uri or default_libvirt_uri()
+
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stop.set())
+
+    client_port, peer_port = _etcd_ports(data_dir)
+    etcd = EtcdServer(data_dir / "etcd", client_port=client_port, peer_port=peer_port,
+                      log_path=data_dir / "logs" / "etcd.log")
+    etcd.start()
+    children: list[Child] = []
+    try:
+        store = Store(etcd.endpoint)
+        token = ensure_admin_token(store, data_dir)
+        ensure_node(store, "local", _host_capacity(data_dir), uri)
+        for i in range(simulate_nodes):
+            ensure_node(store, f"sim-{i}", Capacity(vcpus=64, memoryMiB=262144, diskGiB=4096),
+                        "test:///default", {"hostplane.io/region": "sim"})
+        store.close()
+
+        logs = data_dir / "logs"
+        children.append(Child("api", _hostplane_argv(
+            "api", "--etcd", etcd.endpoint, "--host", "127.0.0.1", "--port", str(port),
+            "--data-dir", str(data_dir)), logs / "api.log"))
+        children.append(Child("controllers", _hostplane_argv(
+            "controllers", "--etcd", etcd.endpoint, "--identity", f"up-{os.getpid()}"),
+            logs / "controllers.log"))
+        children.append(Child("agent", _hostplane_argv(
+            "agent", "--etcd", etcd.endpoint, "--node", "local", "--libvirt", uri,
+            "--data-dir", str(data_dir / "agent")), logs / "agent.log"))
+        if simulate_nodes:
+            children.append(Child("fleet", [
+                sys.executable, "-m", "api.up", "--etcd", etcd.endpoint, "--nodes", str(simulate_nodes),
+                "--data-dir", str(data_dir / "fleet")], logs / "fleet.log"))
+        for c in children:
+            c.start()
+
+        server = f"http://127.0.0.1:{port}"
+        config_path = write_cli_config(server, token)
+        say(f"Hostplane is up.\n"
+            f"  panel and API: {server}/   (API docs: {server}/docs)\n"
+            f"  admin token:   {token}\n"
+            f"  CLI config:    {config_path}  (try: hostplane get nodes)\n"
+            f"  etcd:          {etcd.endpoint}   data: {data_dir}\n"
+            f"  libvirt:       {uri}" + (f"  + {simulate_nodes} simulated nodes" if simulate_nodes else "")
+            + f"\n  logs:          {logs}/\nPress Ctrl-C to stop.")
+        _supervise(children, stop, say)
+        return 0
+    finally:
+        deadline = time.monotonic() + STOP_TIMEOUT
+        for c in children:
+            c.terminate()
+        for c in children:
+            c.wait_or_kill(deadline)
+        etcd.stop(timeout=max(1.0, deadline + 2 - time.monotonic()))
+        say("Hostplane stopped.")
+
+
+def _supervise(children: list[Child], stop: threading.Event, say: Any) -> None:
+    """Restart a child that exits on its own, with backoff (1 s × restarts², capped at 30 s)."""
+    due: dict[str, float] = {}
+    while not stop.wait(0.5):
+        now = time.monotonic()
+        for c in children:
+            if c.alive():
+                if now - c.started_at > 60:
+                    c.restarts = 0
+                continue
+            if c.name not in due:
+                c.restarts += 1
+                delay = min(30.0, float(c.restarts**2))
+                code = c.proc.returncode if c.proc is not None else None
+                say(f"{c.name} exited ({code}); restarting in {delay:.0f}s (see {c.log_path})")
+                due[c.name] = now + delay
+            elif now >= due[c.name]:
+                del due[c.name]
+                c.start()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m api.up fleet ...`: run a simulated fleet (used by `hostplane up --simulate-nodes`)."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="hostplane-fleet")
+    p.add_argument("--etcd", required=True)
+    p.add_argument("--nodes", type=int, required=True)
+    p.add_argument("--data-dir", type=Path, required=True)
+    a = p.parse_args(argv)
+    from nodeagent.main import run_simulated_fleet
+
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    run_simulated_fleet(etcd=a.etcd, nodes=a.nodes, data_dir=a.data_dir, stop=stop)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
