@@ -201,7 +201,7 @@ def run_up(data_dir: Path, port: int = 8080, libvirt_uri: str | None = None,
 
 
 def _supervise(children: list[Child], stop: threading.Event, say: Any) -> None:
-    """Restart a child that exits on its own, with backoff (1 s × restarts², capped at 30 s)."""
+    """Restart a child that exits on its own, with backoff (restarts squared seconds, capped at 30 s)."""
     due: dict[str, float] = {}
     while not stop.wait(0.5):
         now = time.monotonic()
