@@ -1,0 +1,470 @@
+"""The `hostplane` command line: apply/diff/get/describe/delete/schema, and the process starters.
+
+Exit codes are decided in one place (`to_cli_error` and `CliError`): 0 success, 1 drift (diff only, for
+GitOps), 2 any error (usage, invalid input, refused by the server, server unreachable).
+An error in input files prints `file:line: field.path: message` for every problem and
+nothing is sent to the server. The process commands (api, agent, controllers, up) import
+their packages lazily, so the client commands never pay for them.
+This module must never talk to etcd itself; it goes through the API or the entry points.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import signal
+import socket
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import click
+
+from api import apply as plan_apply
+from api import table
+from api.client import (
+    Client,
+    ClientError,
+    ConflictError,
+    InvalidError,
+    NotFoundError,
+    ProblemError,
+    TransportError,
+)
+from api.config import resolve
+from specs import SpecError, dump_json, dump_yaml, kind_for
+from specs.kinds import Resource
+
+EXIT_OK = 0
+EXIT_DRIFT = 1
+EXIT_ERROR = 2
+_CONFLICT_RETRIES = 3
+
+
+class CliError(click.ClickException):
+    """An error the CLI reports as lines on stderr and an exit code."""
+
+    exit_code = EXIT_ERROR
+
+    def __init__(self, message: str, lines: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.lines = lines or []
+
+    def show(self, file: Any = None) -> None:
+        for line in self.lines:
+            click.echo(line, err=True)
+        click.echo(f"error: {self.message}", err=True)
+
+
+def to_cli_error(exc: BaseException) -> CliError:
+    """The one place where failures become what the CLI prints (and so its exit code)."""
+    if isinstance(exc, CliError):
+        return exc
+    if isinstance(exc, SpecError):
+        return CliError(f"{len(exc.details)} problem(s) in the input; nothing was changed",
+                        [str(d) for d in exc.details])
+    if isinstance(exc, InvalidError):
+        lines = [f"{e.get('path') or '<object>'}: {e.get('message')}" for e in exc.errors]
+        return CliError(f"the server rejected the object: {exc.detail}", lines)
+    if isinstance(exc, ProblemError):
+        return CliError(f"{exc.detail} (HTTP {exc.status})")
+    if isinstance(exc, TransportError | ClientError | plan_apply.InputError | ValueError | OSError):
+        return CliError(str(exc))
+    return CliError(f"unexpected failure: {exc!r}")
+
+
+class _Group(click.Group):
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.Abort, click.UsageError):
+            raise
+        except CliError:
+            raise
+        except (ClientError, SpecError, plan_apply.InputError, ValueError, OSError) as exc:
+            raise to_cli_error(exc) from None
+
+
+@dataclass
+class _Ctx:
+    server: str | None
+    token: str | None
+    _client: Client | None = field(default=None)
+
+    def client(self) -> Client:
+        if self._client is None:
+            cfg = resolve(self.server, self.token)
+            if cfg.token is None:
+                raise CliError("no API token: pass --token, set HOSTPLANE_TOKEN, or run `hostplane up` "
+                               "(it writes ~/.config/hostplane/config.yaml)")
+            self._client = Client(cfg.server, cfg.token)
+        return self._client
+
+
+def _kind(name: str) -> type[Resource]:
+    try:
+        return kind_for(name)
+    except KeyError as exc:
+        raise CliError(str(exc.args[0])) from None
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--server", metavar="URL", help="API URL (else $HOSTPLANE_SERVER, else the config file)")
+@click.option("--token", metavar="TOKEN", help="bearer token (else $HOSTPLANE_TOKEN, else the config file)")
+@click.pass_context
+def main(ctx: click.Context, server: str | None, token: str | None) -> None:
+    """Hostplane: a declarative control plane for VPS hosting."""
+    ctx.obj = _Ctx(server, token)
+    ctx.call_on_close(lambda: ctx.obj._client.close() if ctx.obj._client else None)
+
+
+_files = click.option("-f", "--filename", "files", multiple=True, required=True, metavar="FILE|DIR",
+                      help="YAML/JSON file or directory (recursive); repeatable")
+_source = click.option("--source", help="value of the hostplane.io/source label (default: from the -f names)")
+
+
+def _source_label(source: str | None, files: tuple[str, ...]) -> str:
+    if source is None:
+        return plan_apply.derive_source(files)
+    if plan_apply.sanitize_label_value(source) != source:
+        raise CliError(f"--source {source!r} is not a valid label value (≤63 of A-Z a-z 0-9 . _ -)")
+    return source
+
+
+def _prune_selector(source: str, selector: str | None) -> str:
+    base = f"{plan_apply.SOURCE_LABEL}={source}"
+    return f"{base},{selector}" if selector else base
+
+
+def _apply_one(client: Client, desired: Resource, dry_run: bool) -> str:
+    for _ in range(_CONFLICT_RETRIES):
+        current = client.get_or_none(desired.KIND, desired.name)
+        if current is None:
+            if not dry_run:
+                try:
+                    client.create(desired)
+                except ConflictError:
+                    continue  # created meanwhile by someone else: compare with theirs
+            return "created"
+        if plan_apply.is_unchanged(current, desired):
+            return "unchanged"
+        if not dry_run:
+            try:
+                client.replace(plan_apply.merged_for_update(current, desired))
+            except ConflictError:
+                continue  # changed under us: re-read and decide again
+        return "configured"
+    raise CliError(f"{plan_apply.ref(desired)}: kept changing on the server; try again")
+
+
+def _prune_candidates(client: Client, source: str, selector: str | None,
+                      keep: set[tuple[str, str]]) -> Iterator[Resource]:
+    sel = _prune_selector(source, selector)
+    for kind in reversed(plan_apply.KIND_ORDER):
+        items, _ = client.list(kind, sel)
+        for obj in items:
+            if (obj.KIND, obj.name) not in keep:
+                yield obj
+
+
+@main.command("apply")
+@_files
+@click.option("--dry-run", is_flag=True, help="show what would change; change nothing")
+@click.option("--prune", is_flag=True, help="delete objects of this source that are no longer in the files")
+@click.option("-l", "--selector", help="with --prune: only prune objects also matching this label selector")
+@_source
+@click.pass_obj
+def apply_cmd(obj: _Ctx, files: tuple[str, ...], dry_run: bool, prune: bool, selector: str | None,
+              source: str | None) -> None:
+    """Create or update the objects in FILE|DIR; a second apply of the same files changes nothing."""
+    if selector and not prune:
+        raise click.UsageError("-l/--selector only applies together with --prune")
+    docs = plan_apply.load_all(plan_apply.collect_files(files))
+    label = _source_label(source, files)
+    client = obj.client()
+    suffix = " (dry run)" if dry_run else ""
+    for doc in plan_apply.in_apply_order(docs):
+        desired = plan_apply.with_source(doc.obj, label)
+        click.echo(f"{plan_apply.ref(desired)} {_apply_one(client, desired, dry_run)}{suffix}")
+    if prune:
+        keep = {(d.obj.KIND, d.obj.name) for d in docs}
+        for stale in _prune_candidates(client, label, selector, keep):
+            marked = None if dry_run else client.delete(stale.KIND, stale.name)
+            what = "pruned" if marked is None else "marked for deletion (finalizers pending)"
+            click.echo(f"{plan_apply.ref(stale)} {what}{suffix}")
+
+
+@main.command("diff")
+@_files
+@click.option("--prune", is_flag=True, help="also show objects of this source that apply --prune would delete")
+@click.option("-l", "--selector", help="with --prune: only objects also matching this label selector")
+@_source
+@click.pass_obj
+def diff_cmd(obj: _Ctx, files: tuple[str, ...], prune: bool, selector: str | None, source: str | None) -> None:
+    """Show how the server differs from FILE|DIR. Exit 0: no drift, 1: drift, 2: error."""
+    docs = plan_apply.load_all(plan_apply.collect_files(files))
+    label = _source_label(source, files)
+    client = obj.client()
+    drift = False
+    for doc in plan_apply.in_apply_order(docs):
+        desired = plan_apply.with_source(doc.obj, label)
+        text = plan_apply.diff_text(client.get_or_none(desired.KIND, desired.name), desired)
+        if text:
+            drift = True
+            click.echo(text, nl=False)
+    if prune:
+        keep = {(d.obj.KIND, d.obj.name) for d in docs}
+        for stale in _prune_candidates(client, label, selector, keep):
+            drift = True
+            click.echo(plan_apply.removal_text(stale), nl=False)
+    if drift:
+        sys.exit(EXIT_DRIFT)
+
+
+def _print_objects(kind: str, items: list[Resource], output: str | None, single: bool) -> None:
+    if output == "yaml":
+        click.echo(dump_yaml(list(items)), nl=False)
+    elif output == "json":
+        click.echo(dump_json(items[0] if single else list(items)))
+    else:
+        data = [o.model_dump(mode="json", exclude_none=True) for o in items]
+        if data or single:
+            click.echo(table.render(kind, data, wide=output == "wide"))
+        else:
+            click.echo(f"No {kind} objects found.", err=True)
+
+
+def _watch_rows(client: Client, cls: type[Resource], name: str | None, selector: str | None,
+                output: str | None, rv: str, known: dict[str, dict[str, Any]], max_events: int | None) -> None:
+    seen = 0
+    while True:
+        for ev in client.watch([cls.KIND], rv):
+            if ev.get("type") == "COMPACTED":
+                items, rv = client.list(cls.KIND, selector)
+                known.clear()
+                known.update({o.name: o.model_dump(mode="json", exclude_none=True) for o in items})
+                break
+            rv = str(ev.get("_id") or rv)
+            ev_name = str(ev.get("name"))
+            if name is not None and ev_name != name:
+                continue
+            row = dict(known.get(ev_name) or {})
+            if ev.get("part") == "spec" and ev.get("type") == "DELETE":
+                known.pop(ev_name, None)
+                row.setdefault("metadata", {"name": ev_name})
+                click.echo(f"{_one_row(cls.KIND, row, output)}   (deleted)")
+            elif ev.get("part") == "spec" and isinstance(ev.get("object"), dict):
+                new = dict(ev["object"])
+                if "status" in row:
+                    new["status"] = row["status"]
+                known[ev_name] = new
+                click.echo(_one_row(cls.KIND, new, output))
+            elif ev.get("part") == "status" and ev_name in known:
+                row["status"] = ev.get("object") or {}
+                known[ev_name] = row
+                click.echo(_one_row(cls.KIND, row, output))
+            else:
+                continue
+            seen += 1
+            if max_events is not None and seen >= max_events:
+                return
+        else:
+            return  # the server ended the stream
+
+
+def _one_row(kind: str, data: dict[str, Any], output: str | None) -> str:
+    if output in ("yaml", "json"):
+        return json.dumps(data) if output == "json" else "---\n" + dump_yaml_dict(data).rstrip()
+    return "   ".join(table.rows(kind, [data], wide=output == "wide")[0])
+
+
+def dump_yaml_dict(data: dict[str, Any]) -> str:
+    import yaml
+
+    return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
+
+
+@main.command("get")
+@click.argument("kind")
+@click.argument("name", required=False)
+@click.option("-l", "--selector", help="label selector, e.g. tier=standard,!legacy")
+@click.option("-o", "--output", type=click.Choice(["yaml", "json", "wide"]), help="output format")
+@click.option("-w", "--watch", is_flag=True, help="after listing, print changes as they happen")
+@click.option("--max-events", type=int, hidden=True, help="stop watching after this many changes")
+@click.pass_obj
+def get_cmd(obj: _Ctx, kind: str, name: str | None, selector: str | None, output: str | None, watch: bool,
+            max_events: int | None) -> None:
+    """List objects of KIND, or show one."""
+    cls = _kind(kind)
+    client = obj.client()
+    if name is not None:
+        item = client.get(cls.KIND, name)
+        items, rv = [item], item.metadata.resourceVersion or ""
+    else:
+        items, rv = client.list(cls.KIND, selector)
+    _print_objects(cls.KIND, items, output, single=name is not None)
+    if watch:
+        known = {o.name: o.model_dump(mode="json", exclude_none=True) for o in items}
+        if name is not None:
+            # The object's own version may be older than the cluster's; resume from the list's.
+            _, rv = client.list(cls.KIND)
+        try:
+            _watch_rows(client, cls, name, selector, output, rv, known, max_events)
+        except KeyboardInterrupt:
+            return
+
+
+@main.command("describe")
+@click.argument("kind")
+@click.argument("name")
+@click.pass_obj
+def describe_cmd(obj: _Ctx, kind: str, name: str) -> None:
+    """Show one object: metadata, spec, status, conditions and recorded events."""
+    cls = _kind(kind)
+    client = obj.client()
+    item = client.get(cls.KIND, name)
+    data = item.model_dump(mode="json", exclude_none=True)
+    status = data.pop("status", None) or {}
+    click.echo(dump_yaml_dict(data).rstrip())
+    conditions = status.pop("conditions", []) if isinstance(status, dict) else []
+    click.echo("status:" if status else "status: {}  # not reported yet")
+    if status:
+        click.echo("\n".join("  " + line for line in dump_yaml_dict(status).rstrip().splitlines()))
+    click.echo("\nConditions:")
+    if conditions:
+        body = [[str(c.get("type", "")), str(c.get("status", "")), str(c.get("reason", "")),
+                 str(c.get("lastTransitionTime", "")), str(c.get("message", ""))] for c in conditions]
+        click.echo(table.format_table(["TYPE", "STATUS", "REASON", "SINCE", "MESSAGE"], body))
+    else:
+        click.echo("  <none>")
+    click.echo("\nEvents:")
+    events = client.events(cls.KIND, name)
+    if events:
+        body = [[str(e.get("time") or e.get("timestamp") or ""), str(e.get("type", "")), str(e.get("reason", "")),
+                 str(e.get("message", ""))] for e in events]
+        click.echo(table.format_table(["TIME", "TYPE", "REASON", "MESSAGE"], body))
+    else:
+        click.echo("  <none>")
+
+
+@main.command("delete")
+@click.argument("kind", required=False)
+@click.argument("name", required=False)
+@click.option("-f", "--filename", "files", multiple=True, metavar="FILE|DIR", help="delete the objects in these files")
+@click.pass_obj
+def delete_cmd(obj: _Ctx, kind: str | None, name: str | None, files: tuple[str, ...]) -> None:
+    """Delete KIND NAME, or every object named in -f files."""
+    if files and (kind or name):
+        raise click.UsageError("give either KIND NAME or -f, not both")
+    if files:
+        docs = plan_apply.load_all(plan_apply.collect_files(files))
+        targets = [(d.obj.KIND, d.obj.name) for d in reversed(plan_apply.in_apply_order(docs))]
+    elif kind and name:
+        targets = [(_kind(kind).KIND, name)]
+    else:
+        raise click.UsageError("give KIND NAME, or -f FILE")
+    client = obj.client()
+    for k, n in targets:
+        try:
+            marked = client.delete(k, n)
+        except NotFoundError:
+            if not files:
+                raise
+            click.echo(f"{k.lower()}/{n} not found")
+            continue
+        if marked is None:
+            click.echo(f"{k.lower()}/{n} deleted")
+        else:
+            click.echo(f"{k.lower()}/{n} marked for deletion (finalizers: {', '.join(marked.metadata.finalizers)})")
+
+
+@main.command("schema")
+@click.argument("kind")
+def schema_cmd(kind: str) -> None:
+    """Print the JSON Schema of KIND."""
+    click.echo(json.dumps(_kind(kind).model_json_schema(), indent=2))
+
+
+# ------------------------------------------------------------------ processes
+
+
+@contextmanager
+def _stop_on_signals() -> Iterator[threading.Event]:
+    """An event set by SIGTERM or SIGINT, for entry points that return when it is set."""
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield stop
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+_etcd = click.option("--etcd", default=lambda: os.environ.get("HOSTPLANE_ETCD", "127.0.0.1:2379"),
+                     show_default="127.0.0.1:2379 or $HOSTPLANE_ETCD", help="etcd endpoints, comma-separated")
+_data_dir = click.option("--data-dir", type=click.Path(path_type=Path), default=Path("var"), show_default=True)
+
+
+@main.command("api")
+@_etcd
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=int, default=8080, show_default=True)
+@_data_dir
+def api_cmd(etcd: str, host: str, port: int, data_dir: Path) -> None:
+    """Run the HTTP API (until SIGTERM/SIGINT)."""
+    from api.server import run_api
+
+    run_api(etcd=etcd, host=host, port=port, data_dir=data_dir, stop=None)
+
+
+@main.command("agent")
+@_etcd
+@click.option("--node", default=socket.gethostname, show_default="this host's name", help="the Node this agent runs")
+@click.option("--libvirt", "libvirt_uri", default="qemu:///system", show_default=True, help="libvirt URI")
+@_data_dir
+def agent_cmd(etcd: str, node: str, libvirt_uri: str, data_dir: Path) -> None:
+    """Run the node agent for one hypervisor (until SIGTERM/SIGINT)."""
+    # Imported by name: the agent (and libvirt) is only needed by this command.
+    run_agent = importlib.import_module("nodeagent.main").run_agent
+    _run_entry(lambda stop: run_agent(etcd=etcd, node=node, libvirt_uri=libvirt_uri, data_dir=data_dir, stop=stop))
+
+
+@main.command("controllers")
+@_etcd
+@click.option("--identity", default=lambda: f"{socket.gethostname()}-{os.getpid()}",
+              show_default="host-pid", help="this manager's name in leader election")
+def controllers_cmd(etcd: str, identity: str) -> None:
+    """Run the controller manager (one leads at a time; until SIGTERM/SIGINT)."""
+    run_controllers = importlib.import_module("controllers.main").run_controllers
+    _run_entry(lambda stop: run_controllers(etcd=etcd, identity=identity, stop=stop))
+
+
+@main.command("up")
+@_data_dir
+@click.option("--port", type=int, default=8080, show_default=True, help="API port on 127.0.0.1")
+@click.option("--libvirt", "libvirt_uri", default=None, help="libvirt URI (default: qemu:///session if QEMU "
+              "is installed, else test:///default)")
+@click.option("--simulate-nodes", type=int, default=0, show_default=True, help="also run N simulated nodes")
+def up_cmd(data_dir: Path, port: int, libvirt_uri: str | None, simulate_nodes: int) -> None:
+    """Run everything locally: etcd, API, controllers and a node agent (until Ctrl-C)."""
+    from api.up import run_up
+
+    code = run_up(data_dir=data_dir, port=port, libvirt_uri=libvirt_uri, simulate_nodes=simulate_nodes)
+    if code:
+        sys.exit(code)
+
+
+def _run_entry(fn: Callable[[threading.Event], None]) -> None:
+    with _stop_on_signals() as stop:
+        fn(stop)
+
+
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
