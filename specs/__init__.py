@@ -13,7 +13,7 @@ from specs.domain import (
     ObservedDomain,
 )
 from specs.errors import SpecError, SpecErrorDetail
-from specs.io import Document, dump_json, dump_yaml, load_documents, load_file
+from specs.io import Document, dump_json, dump_yaml, load_documents, load_file, validate_object
 from specs.kinds import (
     KINDS,
     VPS,
@@ -28,6 +28,7 @@ from specs.kinds import (
 )
 from specs.meta import Condition, ObjectMeta
 from specs.money import Money, format_minor, to_minor
+from specs.schema import all_schemas, json_schema
 
 __all__ = [
     "KINDS",
@@ -51,11 +52,14 @@ __all__ = [
     "SpecError",
     "SpecErrorDetail",
     "Subscription",
+    "all_schemas",
     "dump_json",
     "dump_yaml",
     "format_minor",
+    "json_schema",
     "kind_for",
     "load_documents",
     "load_file",
     "to_minor",
+    "validate_object",
 ]

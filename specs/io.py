@@ -128,15 +128,19 @@ def load_documents(text: str, source: str = "<input>") -> list[Document]:
     for node in nodes:
         if node is None:
             continue
-        line = node.start_mark.line + 1
         data = _construct(node)
         if data is None:
             continue
-        locate = _Located(node, line)
-        try:
-            docs.append(Document(validate_object(data, source, locate), source, line))
-        except SpecError as exc:
-            errors.extend(exc.details)
+        # A JSON array of objects (what `dump_json` of a list writes) is a list of documents.
+        items = (list(zip(node.value, data, strict=True))
+                 if isinstance(data, list) and isinstance(node, yaml.SequenceNode) else [(node, data)])
+        for item_node, item in items:
+            item_line = item_node.start_mark.line + 1
+            try:
+                obj = validate_object(item, source, _Located(item_node, item_line))
+                docs.append(Document(obj, source, item_line))
+            except SpecError as exc:
+                errors.extend(exc.details)
     if errors:
         raise SpecError(errors)
     return docs
@@ -145,9 +149,28 @@ def load_documents(text: str, source: str = "<input>") -> list[Document]:
 def _construct(node: yaml.Node) -> Any:
     loader = _SafeLoader("")
     try:
-        return loader.construct_document(node)
+        return _join_surrogates(loader.construct_document(node))
     finally:
         loader.dispose()
+
+
+def _join_surrogates(data: Any) -> Any:
+    """Join UTF-16 surrogate pairs that JSON escapes (`"\\ud83d\\ude00"`) but YAML keeps apart.
+
+    A lone surrogate cannot be stored or encoded, so it is left for validation to refuse.
+    """
+    if isinstance(data, str):
+        if any("\ud800" <= ch <= "\udfff" for ch in data):
+            try:
+                return data.encode("utf-16", "surrogatepass").decode("utf-16")
+            except UnicodeDecodeError:
+                return data
+        return data
+    if isinstance(data, dict):
+        return {_join_surrogates(k): _join_surrogates(v) for k, v in data.items()}
+    if isinstance(data, list):
+        return [_join_surrogates(v) for v in data]
+    return data
 
 
 def load_file(path: str | Path) -> list[Document]:
@@ -169,8 +192,8 @@ def dump_yaml(objs: list[Resource]) -> str:
 
 def dump_json(objs: list[Resource] | Resource) -> str:
     if isinstance(objs, Resource):
-        return json.dumps(_plain(objs), indent=2)
-    return json.dumps([_plain(o) for o in objs], indent=2)
+        return json.dumps(_plain(objs), indent=2, ensure_ascii=False)
+    return json.dumps([_plain(o) for o in objs], indent=2, ensure_ascii=False)
 
 
 __all__ = ["KINDS", "Document", "dump_json", "dump_yaml", "load_documents", "load_file", "validate_object"]

@@ -11,54 +11,83 @@ import re
 from datetime import datetime
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import AfterValidator, Field, field_validator, model_validator
+from pydantic import AfterValidator, Field, ValidationInfo, field_validator, model_validator
 
-from specs.meta import API_VERSION, Condition, Labels, Model, Name, ObjectMeta
+from specs.meta import API_VERSION, Condition, Labels, Model, Name, ObjectMeta, Text, check_text
 from specs.money import Currency, Money
 
 PositiveInt = Annotated[int, Field(gt=0)]
 NonNegInt = Annotated[int, Field(ge=0)]
 
 _HOSTNAME = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$")
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _SSH_TYPES = (
     "ssh-ed25519", "ssh-rsa", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384",
     "ecdsa-sha2-nistp521", "sk-ssh-ed25519@openssh.com", "sk-ecdsa-sha2-nistp256@openssh.com",
 )
-_EMAIL = re.compile(r"^[^@\s<>\"']{1,64}@[A-Za-z0-9.-]{1,253}\.[A-Za-z]{2,63}$")
+_EMAIL = re.compile(r"^[^@\s<>\"'\x00-\x1f\x7f]{1,64}@([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,63}$")
 
 
 def _hostname(value: str) -> str:
-    if not _HOSTNAME.match(value):
+    if not _HOSTNAME.fullmatch(value):
         raise ValueError("must be an RFC 1123 hostname (lowercase labels of a-z, 0-9, '-')")
     return value
+
+
+# Bytes of the public key after the type name, for the fixed-size types.
+_SSH_KEY_BYTES = {"ssh-ed25519": 32}
+MAX_SSH_KEY_CHARS = 16384
+
+
+def _ssh_fields(blob: bytes) -> list[bytes]:
+    """Split SSH wire-format key data into its length-prefixed strings (RFC 4253 6.6)."""
+    fields: list[bytes] = []
+    at = 0
+    while at < len(blob):
+        if at + 4 > len(blob):
+            raise ValueError("truncated")
+        n = int.from_bytes(blob[at : at + 4], "big")
+        if at + 4 + n > len(blob):
+            raise ValueError("truncated")
+        fields.append(blob[at + 4 : at + 4 + n])
+        at += 4 + n
+    return fields
 
 
 def _ssh_key(value: str) -> str:
     import base64
     import binascii
-    import struct
 
-    parts = value.strip().split()
+    # Checked before anything else: the key line is written verbatim into cloud-init.
+    line = value.strip()
+    if len(line) > MAX_SSH_KEY_CHARS:
+        raise ValueError(f"SSH public key is longer than {MAX_SSH_KEY_CHARS} characters")
+    if any(ch in "\r\n" for ch in line):
+        raise ValueError("SSH public key must be a single line")
+    check_text(line)
+    parts = line.split()
     if len(parts) < 2 or parts[0] not in _SSH_TYPES:
         raise ValueError(f"must be an SSH public key of type {', '.join(_SSH_TYPES)}")
     try:
-        blob = base64.b64decode(parts[1], validate=True)
-        (n,) = struct.unpack(">I", blob[:4])
-        embedded = blob[4 : 4 + n].decode("ascii")
-    except (binascii.Error, struct.error, UnicodeDecodeError) as exc:
+        fields = _ssh_fields(base64.b64decode(parts[1], validate=True))
+        embedded = fields[0].decode("ascii") if fields else ""
+    except (binascii.Error, ValueError) as exc:
         raise ValueError("SSH public key data is not valid base64 key material") from exc
     if embedded != parts[0]:
         raise ValueError("SSH public key type does not match its key data")
-    if any(ord(ch) < 32 for ch in value):
-        raise ValueError("SSH public key must be a single line")
-    return value.strip()
+    size = _SSH_KEY_BYTES.get(parts[0])
+    if len(fields) < 2 or (size is not None and (len(fields) != 2 or len(fields[1]) != size)):
+        raise ValueError("SSH public key data is incomplete")
+    return line
 
 
 def _email(value: str) -> str:
-    if not _EMAIL.match(value):
+    if len(value) > 254 or not _EMAIL.fullmatch(value) or ".." in value:
         raise ValueError("must be an e-mail address")
     return value
+
+
+def _multiline(value: str) -> str:
+    return check_text(value, multiline=True)
 
 
 Hostname = Annotated[str, AfterValidator(_hostname)]
@@ -105,6 +134,12 @@ class BillingPolicy(Model):
 class Price(Money):
     period: Literal["month"] = "month"
 
+    @model_validator(mode="after")
+    def _not_negative(self) -> Price:
+        if self.amount.startswith("-"):
+            raise ValueError("price must be >= 0")
+        return self
+
 
 class Bandwidth(Model):
     inboundKbps: PositiveInt | None = None
@@ -120,7 +155,7 @@ class PlanSpec(Model):
     price: Price
     billingInterval: Literal["hour", "day"] = "hour"
     billing: BillingPolicy = Field(default_factory=BillingPolicy)
-    description: str = ""
+    description: Annotated[str, Field(max_length=4096), AfterValidator(_multiline)] = ""
     public: bool = True
 
 
@@ -135,38 +170,54 @@ class Plan(Resource):
 
 # ---------------------------------------------------------------- Image
 
+def _abs_path(value: str) -> str:
+    check_text(value)
+    if not value.startswith("/"):
+        raise ValueError("path must be absolute")
+    if "\0" in value or ".." in value.split("/"):
+        raise ValueError("path must not contain '..' segments")
+    return value
+
+
+def _url(value: str) -> str:
+    check_text(value)
+    if not value.startswith(("http://", "https://", "file://")):
+        raise ValueError("url must be http://, https:// or file://")
+    if any(ch.isspace() for ch in value):
+        raise ValueError("url must not contain whitespace")
+    return value
+
+
+AbsPath = Annotated[str, Field(max_length=4096), AfterValidator(_abs_path)]
+URL = Annotated[str, Field(max_length=2048), AfterValidator(_url)]
+Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+
+
 class ImageSource(Model):
-    path: str | None = None
-    url: str | None = None
-    sha256: str | None = None
+    path: AbsPath | None = None
+    url: URL | None = None
+    sha256: Sha256 | None = None
     format: Literal["qcow2", "raw"] = "qcow2"
 
     @model_validator(mode="after")
     def _one_source(self) -> ImageSource:
         if (self.path is None) == (self.url is None):
             raise ValueError("exactly one of path or url is required")
-        if self.url is not None:
-            if not self.url.startswith(("http://", "https://", "file://")):
-                raise ValueError("url must be http://, https:// or file://")
-            if self.sha256 is None:
-                raise ValueError("sha256 is required for a url source")
-        if self.path is not None and not self.path.startswith("/"):
-            raise ValueError("path must be absolute")
-        if self.sha256 is not None and not _SHA256.match(self.sha256):
-            raise ValueError("sha256 must be 64 lowercase hex digits")
+        if self.url is not None and self.sha256 is None:
+            raise ValueError("sha256 is required for a url source")
         return self
 
 
 class ImageSpec(Model):
-    os: str = Field(min_length=1, max_length=64)
-    version: str = Field(min_length=1, max_length=64)
+    os: Annotated[Text, Field(min_length=1, max_length=64)]
+    version: Annotated[Text, Field(min_length=1, max_length=64)]
     source: ImageSource
     minDiskGiB: PositiveInt = 1
     cloudInit: bool = True
     # Boot straight into a kernel/initrd pair (small test and rescue images).
-    kernel: str | None = None
-    initrd: str | None = None
-    cmdline: str | None = None
+    kernel: AbsPath | None = None
+    initrd: AbsPath | None = None
+    cmdline: Annotated[Text, Field(max_length=2048)] | None = None
 
 
 class Image(Resource):
@@ -229,40 +280,81 @@ class IPPoolSpec(Model):
     gateway: str
     ipv6Prefix: str | None = None
     ipv6Gateway: str | None = None
-    dns: list[str] = Field(default_factory=lambda: ["1.1.1.1", "9.9.9.9"])
+    dns: list[str] = Field(default_factory=lambda: ["1.1.1.1", "9.9.9.9"], max_length=8)
     nodeSelector: Labels = Field(default_factory=dict)
-    reserved: list[str] = Field(default_factory=list)
+    reserved: list[str] = Field(default_factory=list, max_length=4096)
+
+    # Field validators (not one model validator) so that an error names its own field; each
+    # later field sees the earlier ones in `info.data` only when they were valid.
+    @field_validator("cidr")
+    @classmethod
+    def _cidr(cls, v: str) -> str:
+        net = ipaddress.IPv4Network(v, strict=True)
+        if net.prefixlen > 30:
+            raise ValueError(f"{net} has no room for a gateway and guests (at most /30)")
+        return str(net)
+
+    @field_validator("gateway")
+    @classmethod
+    def _gateway(cls, v: str, info: ValidationInfo) -> str:
+        gw = ipaddress.IPv4Address(v)
+        net = _pool_net(info)
+        if net is not None:
+            if gw not in net:
+                raise ValueError(f"gateway {gw} is outside {net}")
+            if gw in (net.network_address, net.broadcast_address):
+                raise ValueError(f"gateway {gw} is the network or broadcast address of {net}")
+        return str(gw)
+
+    @field_validator("ipv6Prefix")
+    @classmethod
+    def _ipv6_prefix(cls, v: str | None) -> str | None:
+        return None if v is None else str(ipaddress.IPv6Network(v, strict=True))
+
+    @field_validator("ipv6Gateway")
+    @classmethod
+    def _ipv6_gateway(cls, v: str | None, info: ValidationInfo) -> str | None:
+        if v is None:
+            return None
+        gw = ipaddress.IPv6Address(v)
+        prefix = info.data.get("ipv6Prefix")
+        if prefix is not None and gw not in ipaddress.IPv6Network(prefix):
+            raise ValueError(f"ipv6Gateway {gw} is outside {prefix}")
+        return str(gw)
+
+    @field_validator("dns")
+    @classmethod
+    def _dns(cls, v: list[str]) -> list[str]:
+        return [str(ipaddress.ip_address(d)) for d in v]
+
+    @field_validator("reserved")
+    @classmethod
+    def _reserved(cls, v: list[str], info: ValidationInfo) -> list[str]:
+        net = _pool_net(info)
+        out = []
+        for r in v:
+            if "/" in r:
+                sub = ipaddress.IPv4Network(r, strict=True)
+                if net is not None and not sub.subnet_of(net):
+                    raise ValueError(f"reserved {r} is outside {net}")
+                out.append(str(sub))
+            else:
+                addr = ipaddress.IPv4Address(r)
+                if net is not None and addr not in net:
+                    raise ValueError(f"reserved {r} is outside {net}")
+                out.append(str(addr))
+        return out
 
     @model_validator(mode="after")
-    def _addresses(self) -> IPPoolSpec:
-        try:
-            net = ipaddress.IPv4Network(self.cidr, strict=True)
-        except ValueError as exc:
-            raise ValueError(f"cidr: {exc}") from exc
-        try:
-            gw = ipaddress.IPv4Address(self.gateway)
-        except ValueError as exc:
-            raise ValueError(f"gateway: {exc}") from exc
-        if gw not in net:
-            raise ValueError(f"gateway {gw} is outside {net}")
-        for r in self.reserved:
-            try:
-                if "/" in r:
-                    sub = ipaddress.IPv4Network(r, strict=True)
-                    if not sub.subnet_of(net):
-                        raise ValueError(f"reserved {r} is outside {net}")
-                elif ipaddress.IPv4Address(r) not in net:
-                    raise ValueError(f"reserved {r} is outside {net}")
-            except ipaddress.AddressValueError as exc:
-                raise ValueError(f"reserved {r!r}: {exc}") from exc
-        if self.ipv6Prefix is not None:
-            try:
-                ipaddress.IPv6Network(self.ipv6Prefix, strict=True)
-            except ValueError as exc:
-                raise ValueError(f"ipv6Prefix: {exc}") from exc
-        for d in self.dns:
-            ipaddress.ip_address(d)
+    def _ipv6_pair(self) -> IPPoolSpec:
+        if self.ipv6Gateway is not None and self.ipv6Prefix is None:
+            raise ValueError("ipv6Gateway needs ipv6Prefix")
         return self
+
+
+def _pool_net(info: ValidationInfo) -> ipaddress.IPv4Network | None:
+    cidr = info.data.get("cidr")
+    return None if cidr is None else ipaddress.IPv4Network(cidr)
 
 
 class IPPool(Resource):
@@ -278,7 +370,7 @@ class IPPool(Resource):
 
 class CustomerSpec(Model):
     email: Email
-    displayName: str = ""
+    displayName: Annotated[Text, Field(max_length=256)] = ""
     currency: Currency = "EUR"
     creditLimit: str = "0"
     suspendHoldUntil: datetime | None = None

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import re
+import unicodedata
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Final, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-API_VERSION = "hostplane.io/v1"
+API_VERSION: Final = "hostplane.io/v1"
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 _LABEL_KEY = re.compile(r"^([a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?/)?[A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?$")
@@ -16,7 +17,7 @@ _LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?)?$")
 
 
 def _dns_label(value: str) -> str:
-    if not _DNS_LABEL.match(value):
+    if not _DNS_LABEL.fullmatch(value):
         raise ValueError(
             "must be a DNS label: 1-63 lowercase letters, digits or '-', "
             "starting and ending with a letter or digit"
@@ -26,15 +27,54 @@ def _dns_label(value: str) -> str:
 
 def _labels(value: dict[str, str]) -> dict[str, str]:
     for k, v in value.items():
-        if not _LABEL_KEY.match(k):
+        if not _LABEL_KEY.fullmatch(k):
             raise ValueError(f"label key {k!r} is not a valid [prefix/]name")
-        if not _LABEL_VALUE.match(v):
+        if not _LABEL_VALUE.fullmatch(v):
             raise ValueError(f"label {k!r}: value {v!r} must be ≤63 of [A-Za-z0-9._-]")
+    return value
+
+
+# Bidirectional overrides and isolates make text display differently from what it is.
+_BIDI = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+MAX_ANNOTATIONS_BYTES = 256 * 1024
+
+
+def check_text(value: str, *, multiline: bool = False) -> str:
+    """Refuse control characters (newlines only if `multiline`) and bidi overrides in free text.
+
+    Free text ends up in cloud-init files, libvirt metadata, terminals and the panel; a stray
+    newline or a right-to-left override there is an injection or a spoof, never a feature.
+    """
+    allowed = "\n\t" if multiline else ""
+    for ch in value:
+        if ch in _BIDI or ch in "\u2028\u2029" or (
+            unicodedata.category(ch) == "Cc" and ch not in allowed
+        ):
+            raise ValueError(f"must not contain control character U+{ord(ch):04X}")
+    return value
+
+
+def _qualified_name(value: str) -> str:
+    if not _LABEL_KEY.fullmatch(value):
+        raise ValueError(f"{value!r} is not a valid [prefix/]name")
+    return value
+
+
+def _annotations(value: dict[str, str]) -> dict[str, str]:
+    size = 0
+    for k, v in value.items():
+        if not _LABEL_KEY.fullmatch(k):
+            raise ValueError(f"annotation key {k!r} is not a valid [prefix/]name")
+        size += len(k.encode()) + len(v.encode())
+    if size > MAX_ANNOTATIONS_BYTES:
+        raise ValueError(f"annotations total {size} bytes; at most {MAX_ANNOTATIONS_BYTES}")
     return value
 
 
 Name = Annotated[str, AfterValidator(_dns_label)]
 Labels = Annotated[dict[str, str], AfterValidator(_labels)]
+Text = Annotated[str, AfterValidator(check_text)]
+QualifiedName = Annotated[str, AfterValidator(_qualified_name)]
 
 
 class Model(BaseModel):
@@ -45,14 +85,14 @@ class Model(BaseModel):
 
 class ObjectMeta(Model):
     name: Name
-    uid: str | None = None
+    uid: str | None = Field(default=None, max_length=64, pattern=r"^[A-Za-z0-9-]+$")
     labels: Labels = Field(default_factory=dict)
-    annotations: dict[str, str] = Field(default_factory=dict)
+    annotations: Annotated[dict[str, str], AfterValidator(_annotations)] = Field(default_factory=dict)
     generation: int | None = None
     resourceVersion: str | None = None
     creationTimestamp: datetime | None = None
     deletionTimestamp: datetime | None = None
-    finalizers: list[str] = Field(default_factory=list)
+    finalizers: list[QualifiedName] = Field(default_factory=list, max_length=32)
 
 
 class Condition(Model):

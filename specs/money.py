@@ -8,7 +8,8 @@ and rejected if it has more digits than the currency allows.
 
 from __future__ import annotations
 
-from decimal import Decimal, InvalidOperation
+import re
+from decimal import Decimal
 from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, model_validator
@@ -21,18 +22,38 @@ CURRENCY_EXPONENT: dict[str, int] = {
 }
 
 
+# Plain ASCII decimals only: `Decimal()` would also take "1_000", "1e9", "NaN" and non-ASCII
+# digits, and an exponent like "1e999999999" would make an integer of a billion digits.
+_AMOUNT = re.compile(r"[+-]?[0-9]{1,18}(\.[0-9]{1,18})?")
+# A quadrillion major units: far beyond any real balance, far below float or int trouble.
+MAX_ABS_AMOUNT = Decimal(10) ** 15
+
+
 def _decimal(value: Any) -> Decimal:
     if isinstance(value, bool):
         raise ValueError("amount must be a decimal number, not a boolean")
     if isinstance(value, float):
-        value = repr(value)
-    if isinstance(value, int | str | Decimal):
-        try:
-            d = Decimal(str(value).strip())
-        except InvalidOperation as exc:
-            raise ValueError(f"not a decimal amount: {value!r}") from exc
-        if not d.is_finite():
+        # The shortest repr is what the author typed (12.5 -> "12.5"); never float arithmetic.
+        if value != value or value in (float("inf"), float("-inf")):
             raise ValueError("amount must be finite")
+        value = Decimal(repr(value))
+    if isinstance(value, Decimal):
+        if not value.is_finite():
+            raise ValueError("amount must be finite")
+        if abs(value) >= MAX_ABS_AMOUNT:
+            raise ValueError(f"amount must be less than {MAX_ABS_AMOUNT:,} in absolute value")
+        value = format(value, "f")
+    if isinstance(value, int):
+        if abs(value) >= MAX_ABS_AMOUNT:
+            raise ValueError(f"amount must be less than {MAX_ABS_AMOUNT:,} in absolute value")
+        value = str(value)
+    if isinstance(value, str):
+        text = value.strip()
+        if not _AMOUNT.fullmatch(text):
+            raise ValueError(f"not a decimal amount like \"12.50\": {value[:40]!r}")
+        d = Decimal(text)
+        if abs(d) >= MAX_ABS_AMOUNT:
+            raise ValueError(f"amount must be less than {MAX_ABS_AMOUNT:,} in absolute value")
         return d
     raise ValueError(f"amount must be a decimal string like \"12.50\", got {type(value).__name__}")
 
@@ -45,7 +66,7 @@ def to_minor(amount: Any, currency: str) -> int:
     d = _decimal(amount)
     scaled = d.scaleb(exp)
     if scaled != scaled.to_integral_value():
-        raise ValueError(f"{currency} has {exp} decimal places; {amount!r} has more")
+        raise ValueError(f"{currency} has {exp} decimal places; {str(amount)[:40]!r} has more")
     return int(scaled)
 
 
@@ -57,9 +78,10 @@ def format_minor(minor: int, currency: str) -> str:
 
 
 def _check_currency(value: Any) -> Any:
-    if isinstance(value, str) and value.upper() in CURRENCY_EXPONENT:
+    if isinstance(value, str) and value.isascii() and value.upper() in CURRENCY_EXPONENT:
         return value.upper()
-    raise ValueError(f"unknown currency {value!r}; known: {', '.join(sorted(CURRENCY_EXPONENT))}")
+    shown = repr(value)[:40]
+    raise ValueError(f"unknown currency {shown}; known: {', '.join(sorted(CURRENCY_EXPONENT))}")
 
 
 Currency = Annotated[str, BeforeValidator(_check_currency)]
