@@ -1,0 +1,539 @@
+"""The controller manager: informers, the VPS and node controllers, and their I/O.
+
+One `Manager` runs while its process leads (see `main.py`). It watches specs, statuses,
+the nodes' prefixes and keeps the allocation book; two controllers act on keys:
+
+* `vps` (several workers; one key never on two): finalizer, scheduling and address booking
+  (`schedule.py`, `ipam.py`, one transaction in `booking.py`), resolving the DomainSpec
+  (`resolve.py`, written under the node's prefix only when it changes), the status fold
+  and its events (`status.py`), retention-driven deletion and the deletion finalizer;
+* `node`: readiness from the heartbeat lease, allocation sums, cordon and drain (`nodes.py`).
+
+Every write carries the leader's fence, so a deposed leader's decision fails instead of
+being made twice. Reads come from the informers' caches plus a write-through cache of the
+manager's own writes, so a fresh decision never waits for its own watch event.
+
+It must never decide anything inline: the decisions are the pure functions it calls.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+from controllers import layout
+from controllers.booking import Book, Booking
+from controllers.events import EventRecorder
+from controllers.ipam import IPAllocation, allocate, offset_of, pick_mac
+from controllers.nodes import drained, node_status, parse_heartbeat, schedulable
+from controllers.resolve import BillingDefaults, next_change, resolve
+from controllers.schedule import NodeView, Policy, Resources, schedule
+from controllers.status import NodeState, Problem, events_for, vps_status
+from reconcile import keys
+from reconcile.controller import Controller, Result
+from reconcile.errors import Conflict
+from reconcile.informer import Informer
+from reconcile.store import Compare, Delete, ModIs, Op, Put, Store, encode
+from specs.domain import DomainSpec, ObservedDomain
+from specs.kinds import (
+    VPS,
+    Customer,
+    Image,
+    IPPool,
+    Node,
+    NodeStatus,
+    Plan,
+    Resource,
+    Subscription,
+    SubscriptionStatus,
+    VPSStatus,
+)
+
+log = logging.getLogger(__name__)
+
+R = TypeVar("R", bound=Resource)
+Fence = Callable[[], Sequence[Compare]]
+NodeEntry = DomainSpec | ObservedDomain | dict[str, Any] | bytes
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class Settings:
+    policy: Policy = "spread"
+    workers: int = 4
+    billing: BillingDefaults = field(default_factory=BillingDefaults)
+    pending_retry_seconds: float = 30.0
+    terminating_recheck_seconds: float = 30.0
+    resync_seconds: float = 300.0
+    event_limit: int = 20
+
+
+def _spec_decoder(cls: type[R]) -> Callable[[str, bytes], R]:
+    def decode(name: str, raw: bytes) -> R:
+        return cls.model_validate(json.loads(raw))
+    return decode
+
+
+def _node_entry(name: str, raw: bytes) -> NodeEntry:
+    _, _, rest = name.partition("/")
+    if rest.startswith("desired/"):
+        return DomainSpec.model_validate_json(raw)
+    if rest.startswith("observed/"):
+        return ObservedDomain.model_validate_json(raw)
+    if rest == "heartbeat":
+        return parse_heartbeat(raw)
+    return raw
+
+
+def _status_doc(status: Any) -> bytes:
+    return encode(status.model_dump(mode="json", exclude_none=True))
+
+
+class Manager:
+    def __init__(self, store: Store, *, fence: Fence = lambda: (), clock: Callable[[], datetime] = utcnow,
+                 settings: Settings | None = None) -> None:
+        self.store = store
+        self.root = store.root
+        self.fence = fence
+        self.clock = clock
+        self.settings = settings or Settings()
+        self.book = Book(store, fence=fence)
+        self.events = EventRecorder(store, clock=clock, limit=self.settings.event_limit)
+        r = self.root
+        self.vps_inf: Informer[VPS] = Informer(store, keys.spec_prefix(VPS, r), decode=_spec_decoder(VPS),
+                                               resync_seconds=self.settings.resync_seconds)
+        self.vps_status_inf: Informer[VPSStatus] = Informer(
+            store, keys.status_prefix(VPS, r), decode=lambda _n, raw: VPSStatus.model_validate_json(raw))
+        self.sub_inf: Informer[Subscription] = Informer(store, keys.spec_prefix(Subscription, r),
+                                                        decode=_spec_decoder(Subscription))
+        self.sub_status_inf: Informer[SubscriptionStatus] = Informer(
+            store, keys.status_prefix(Subscription, r),
+            decode=lambda _n, raw: SubscriptionStatus.model_validate_json(raw))
+        self.plan_inf: Informer[Plan] = Informer(store, keys.spec_prefix(Plan, r), decode=_spec_decoder(Plan))
+        self.image_inf: Informer[Image] = Informer(store, keys.spec_prefix(Image, r), decode=_spec_decoder(Image))
+        self.customer_inf: Informer[Customer] = Informer(store, keys.spec_prefix(Customer, r),
+                                                         decode=_spec_decoder(Customer))
+        self.node_inf: Informer[Node] = Informer(store, keys.spec_prefix(Node, r), decode=_spec_decoder(Node))
+        self.node_status_inf: Informer[NodeStatus] = Informer(
+            store, keys.status_prefix(Node, r), decode=lambda _n, raw: NodeStatus.model_validate_json(raw))
+        self.pool_inf: Informer[IPPool] = Informer(store, keys.spec_prefix(IPPool, r), decode=_spec_decoder(IPPool))
+        self.nodes_inf: Informer[NodeEntry] = Informer(store, f"{r}/nodes/", decode=_node_entry)
+        self._informers: list[Informer[Any]] = [
+            self.plan_inf, self.image_inf, self.customer_inf, self.pool_inf, self.node_inf, self.node_status_inf,
+            self.sub_inf, self.sub_status_inf, self.vps_status_inf, self.nodes_inf, self.vps_inf]
+        self.vps_ctl = Controller("vps", self.reconcile_vps, workers=self.settings.workers)
+        self.node_ctl = Controller("node", self.reconcile_node, workers=1)
+        self._lock = threading.Lock()
+        self._by_sub: dict[str, set[str]] = {}
+        self._sub_of: dict[str, str] = {}
+        self._desired_nodes: dict[str, set[str]] = {}
+        self._pending: set[str] = set()
+        # Write-through caches of this manager's own writes: key -> (value, mod_revision).
+        self._desired: dict[str, tuple[DomainSpec | None, int]] = {}
+        self._status: dict[str, tuple[bytes, VPSStatus]] = {}
+        self._node_status: dict[str, bytes] = {}
+        self._started = False
+
+    # ------------------------------------------------------------ life
+
+    def start(self, timeout: float = 60.0) -> Manager:
+        self.vps_inf.add_handler(self._on_vps)
+        self.sub_inf.add_handler(lambda n, _o, _n: self._enqueue_sub(n))
+        self.sub_status_inf.add_handler(lambda n, _o, _n: self._enqueue_sub(n))
+        self.plan_inf.add_handler(self._on_plan)
+        self.customer_inf.add_handler(self._on_customer)
+        self.image_inf.add_handler(self._on_image)
+        self.node_inf.add_handler(self._on_node)
+        self.pool_inf.add_handler(lambda _n, _o, _new: self._enqueue_pending())
+        self.nodes_inf.add_handler(self._on_node_entry)
+        self.book.load()
+        for inf in self._informers:
+            inf.start(timeout)
+        for name in self.book.bookings():
+            self.vps_ctl.queue.add(name)
+        self.node_ctl.start()
+        self.vps_ctl.start()
+        self._started = True
+        return self
+
+    def stop(self) -> None:
+        self.vps_ctl.stop()
+        self.node_ctl.stop()
+        for inf in self._informers:
+            inf.stop()
+
+    # ------------------------------------------------------------ handlers (never block)
+
+    def _on_vps(self, name: str, old: VPS | None, new: VPS | None) -> None:
+        with self._lock:
+            prev = self._sub_of.pop(name, None)
+            if prev is not None:
+                self._by_sub.get(prev, set()).discard(name)
+            if new is not None:
+                self._sub_of[name] = new.spec.subscription
+                self._by_sub.setdefault(new.spec.subscription, set()).add(name)
+        self.vps_ctl.queue.add(name)
+
+    def _enqueue_sub(self, sub: str) -> None:
+        with self._lock:
+            names = list(self._by_sub.get(sub, ()))
+        for n in names:
+            self.vps_ctl.queue.add(n)
+
+    def _on_plan(self, name: str, _old: Plan | None, _new: Plan | None) -> None:
+        for sub_name, sub in self.sub_inf.items().items():
+            if sub.spec.plan == name:
+                self._enqueue_sub(sub_name)
+
+    def _on_customer(self, name: str, _old: Customer | None, _new: Customer | None) -> None:
+        for sub_name, sub in self.sub_inf.items().items():
+            if sub.spec.customer == name:
+                self._enqueue_sub(sub_name)
+
+    def _on_image(self, name: str, _old: Image | None, _new: Image | None) -> None:
+        for vps_name, vps in self.vps_inf.items().items():
+            if vps.spec.image == name:
+                self.vps_ctl.queue.add(vps_name)
+
+    def _on_node(self, name: str, _old: Node | None, _new: Node | None) -> None:
+        self.node_ctl.queue.add(name)
+        self._enqueue_on_node(name)
+        self._enqueue_pending()
+
+    def _on_node_entry(self, name: str, old: NodeEntry | None, new: NodeEntry | None) -> None:
+        node, _, rest = name.partition("/")
+        if rest == "heartbeat":
+            self.node_ctl.queue.add(node)
+            if (old is None) != (new is None):
+                self._enqueue_on_node(node)
+                self._enqueue_pending()
+            return
+        kind, _, vps = rest.partition("/")
+        if not vps:
+            return
+        if kind == "desired":
+            with self._lock:
+                nodes = self._desired_nodes.setdefault(vps, set())
+                if new is None:
+                    nodes.discard(node)
+                else:
+                    nodes.add(node)
+        if kind in ("desired", "observed"):
+            self.vps_ctl.queue.add(vps)
+
+    def _enqueue_on_node(self, node: str) -> None:
+        for vps in self.book.on_node(node):
+            self.vps_ctl.queue.add(vps)
+
+    def _enqueue_pending(self) -> None:
+        with self._lock:
+            names = list(self._pending)
+        for n in names:
+            self.vps_ctl.queue.add(n)
+
+    # ------------------------------------------------------------ reads
+
+    def _with_rv(self, inf: Informer[R], name: str) -> R | None:
+        obj = inf.get(name)
+        if obj is None:
+            return None
+        rev = inf.mod_revision(name)
+        return obj.model_copy(update={"metadata": obj.metadata.model_copy(update={"resourceVersion": str(rev)})})
+
+    def _subscription(self, name: str) -> Subscription | None:
+        sub = self.sub_inf.get(name)
+        if sub is None:
+            return None
+        return sub.model_copy(update={"status": self.sub_status_inf.get(name)})
+
+    def node_state(self, node: str) -> NodeState:
+        if self.node_inf.get(node) is None:
+            return "Missing"
+        return "Ready" if self.nodes_inf.get(f"{node}/heartbeat") is not None else "NotReady"
+
+    def _observed(self, node: str, vps: str) -> ObservedDomain | None:
+        entry = self.nodes_inf.get(f"{node}/observed/{vps}")
+        return entry if isinstance(entry, ObservedDomain) else None
+
+    def _current_desired(self, node: str, vps: str) -> tuple[DomainSpec | None, int]:
+        key = keys.desired_key(node, vps, self.root)
+        entry = self.nodes_inf.get(f"{node}/desired/{vps}")
+        rev = self.nodes_inf.mod_revision(f"{node}/desired/{vps}") or 0
+        mine = self._desired.get(key)
+        if mine is not None and mine[1] > rev:
+            return mine
+        return (entry if isinstance(entry, DomainSpec) else None), rev
+
+    def _previous_status(self, name: str) -> VPSStatus | None:
+        mine = self._status.get(name)
+        return mine[1] if mine is not None else self.vps_status_inf.get(name)
+
+    # ------------------------------------------------------------ writes (fenced)
+
+    def _txn(self, compares: Sequence[Compare], ops: Sequence[Op], what: str) -> int:
+        res = self.store.txn([*self.fence(), *compares], ops)
+        if not res.succeeded:
+            raise Conflict(f"{what}: changed underneath or no longer leading; deciding again")
+        return res.revision
+
+    def _write_meta(self, vps: VPS, **changes: Any) -> VPS:
+        meta = vps.metadata.model_copy(update=changes)
+        new = vps.model_copy(update={"metadata": meta})
+        doc = new.model_dump(mode="json", exclude={"status"}, exclude_none=True)
+        doc["metadata"].pop("resourceVersion", None)
+        key = keys.spec_key(VPS, vps.name, self.root)
+        rev = self._txn([ModIs(key, int(vps.metadata.resourceVersion or 0))], [Put(key, encode(doc))],
+                        f"VPS {vps.name}")
+        return new.model_copy(update={"metadata": meta.model_copy(update={"resourceVersion": str(rev)})})
+
+    def _write_desired(self, node: str, vps: str, desired: DomainSpec | None) -> bool:
+        current, rev = self._current_desired(node, vps)
+        if current == desired:
+            return False
+        key = keys.desired_key(node, vps, self.root)
+        if desired is None:
+            new_rev = self._txn([], [Delete(key)], f"desired {node}/{vps}")
+        else:
+            value = encode(desired.model_dump(mode="json", exclude_none=True))
+            new_rev = self._txn([ModIs(key, rev)], [Put(key, value)], f"desired {node}/{vps}")
+        self._desired[key] = (desired, new_rev)
+        return True
+
+    def _write_status(self, vps: VPS, status: VPSStatus) -> None:
+        value = _status_doc(status)
+        prev = self._previous_status(vps.name)
+        if prev is not None and _status_doc(prev) == value:
+            return
+        skey = keys.spec_key(VPS, vps.name, self.root)
+        self._txn([ModIs(skey, int(vps.metadata.resourceVersion or 0))],
+                  [Put(keys.status_key(VPS, vps.name, self.root), value)], f"VPS {vps.name} status")
+        self._status[vps.name] = (value, status)
+        for ev in events_for(prev, status):
+            self.events.record("VPS", vps.name, ev.type, ev.reason, ev.message)
+
+    # ------------------------------------------------------------ VPS
+
+    def reconcile_vps(self, name: str) -> Result | None:
+        now = self.clock()
+        vps = self._with_rv(self.vps_inf, name)
+        if vps is None:
+            return self._orphan(name)
+        if vps.metadata.deletionTimestamp is not None:
+            return self._finalize(vps, now)
+        if layout.FINALIZER not in vps.metadata.finalizers:
+            vps = self._write_meta(vps, finalizers=[*vps.metadata.finalizers, layout.FINALIZER])
+
+        problem: Problem | None = None
+        sub = self._subscription(vps.spec.subscription)
+        plan = self.plan_inf.get(sub.spec.plan) if sub is not None else None
+        image = self.image_inf.get(vps.spec.image)
+        customer = self.customer_inf.get(sub.spec.customer) if sub is not None else None
+        if sub is None:
+            problem = Problem("Resolved", "SubscriptionNotFound",
+                              f"subscription {vps.spec.subscription!r} does not exist")
+        elif plan is None:
+            problem = Problem("Resolved", "PlanNotFound", f"plan {sub.spec.plan!r} does not exist")
+        elif image is None:
+            problem = Problem("Resolved", "ImageNotFound", f"image {vps.spec.image!r} does not exist")
+
+        booking = self.book.get(name)
+        if problem is None and plan is not None and image is not None:
+            size = Resources(plan.spec.vcpus, plan.spec.memoryMiB, max(plan.spec.diskGiB, image.spec.minDiskGiB))
+            if booking is None:
+                booking, problem = self._place(vps, size)
+            elif booking.resources != size:
+                booking = self.book.resize(name, size)
+                self.node_ctl.queue.add(booking.node)
+        with self._lock:
+            if problem is not None and problem.condition == "Scheduled":
+                self._pending.add(name)
+            else:
+                self._pending.discard(name)
+
+        result: Result | None = None
+        desired: DomainSpec | None = None
+        generation = (self._previous_status(name) or VPSStatus()).observedGeneration
+        if booking is not None:
+            desired, _ = self._current_desired(booking.node, name)
+            for other in self._desired_nodes.get(name, set()) - {booking.node}:
+                self._write_desired(other, name, None)
+        if booking is not None and problem is None and sub is not None and plan is not None and image is not None:
+            node = self.node_inf.get(booking.node)
+            try:
+                fresh = resolve(vps, sub, plan, image, booking.ips, now, mac=booking.mac, customer=customer,
+                                max_resize=node.spec.maxResize if node is not None else None,
+                                drained=drained(node), defaults=self.settings.billing)
+            except ValueError as exc:
+                problem, fresh = Problem("Resolved", "InvalidSpec", str(exc)), desired
+            if fresh is None and problem is None:
+                # Terminated and past retention: delete the VPS; the finalizer frees the rest.
+                self._write_meta(vps, deletionTimestamp=now)
+                self.events.record("VPS", name, "Normal", "Terminated",
+                                   "subscription terminated and retention passed: deleting")
+                return None
+            if problem is None:
+                self._write_desired(booking.node, name, fresh)
+                desired = fresh
+                generation = vps.metadata.generation
+                nxt = next_change(vps, sub, plan, customer, now, self.settings.billing)
+                if nxt is not None:
+                    result = Result(requeue_after=max((nxt - now).total_seconds(), 0.0) + 0.05)
+        elif problem is not None and problem.condition == "Scheduled":
+            result = Result(requeue_after=self.settings.pending_retry_seconds)
+
+        node_name = booking.node if booking is not None else None
+        status = vps_status(
+            vps, previous=self._previous_status(name), node=node_name,
+            ips=booking.ips if booking is not None else None, desired=desired,
+            observed=self._observed(node_name, name) if node_name else None,
+            node_state=self.node_state(node_name) if node_name else None,
+            problem=problem, observed_generation=generation, now=now)
+        self._write_status(vps, status)
+        return result
+
+    def _node_views(self) -> list[NodeView]:
+        views = []
+        for name, node in self.node_inf.items().items():
+            c, o = node.spec.capacity, node.spec.overcommit
+            views.append(NodeView(
+                name=name, capacity=Resources(c.vcpus, c.memoryMiB, c.diskGiB), cpu_overcommit=o.cpu,
+                memory_overcommit=o.memory, allocated=self.book.allocated(name), labels=node.metadata.labels,
+                ready=self.node_state(name) == "Ready", schedulable=schedulable(node)))
+        return views
+
+    def _place(self, vps: VPS, size: Resources) -> tuple[Booking | None, Problem | None]:
+        uid = vps.metadata.uid or vps.name
+        pools = list(self.pool_inf.items().values())
+        with self.book.lock:
+            views = self._node_views()
+            excluded: list[str] = []
+            last: Problem | None = None
+            while True:
+                decision = schedule(size, [v for v in views if v.name not in excluded],
+                                    node_selector=vps.spec.nodeSelector, pinned=vps.spec.node,
+                                    policy=self.settings.policy)
+                if decision.node is None:
+                    if last is not None and decision.reason in ("NoMatchingNode", "NodeNotFound"):
+                        return None, last  # every placeable node lacked addresses
+                    return None, Problem("Scheduled", decision.reason or "Unschedulable", decision.message)
+                node = self.node_inf.get(decision.node)
+                assert node is not None
+                ips: IPAllocation | None = None
+                if pools:
+                    addr = allocate(pools, node.metadata.labels, self.book.used_addresses(),
+                                    cursors=self.book.cursors)
+                    if addr.allocation is None:
+                        last = Problem("Scheduled", addr.reason, addr.message)
+                        excluded.append(decision.node)
+                        continue
+                    ips = addr.allocation
+                booking = Booking(vps=vps.name, uid=uid, node=decision.node, vcpus=size.vcpus,
+                                  memoryMiB=size.memoryMiB, diskGiB=size.diskGiB,
+                                  mac=pick_mac(uid, self.book.used_macs()), ips=ips)
+                self.book.book(booking)
+                if ips is not None:
+                    pool = next(p for p in pools if p.name == ips.pool)
+                    self.book.cursors[ips.pool] = offset_of(pool, ips.ipv4) + 1
+                self.node_ctl.queue.add(decision.node)
+                return booking, None
+
+    # ------------------------------------------------------------ deletion
+
+    def _release_ops(self, vps: VPS | None) -> tuple[list[Compare], list[Op]]:
+        """The compares and ops that drop our finalizer (deleting the object if it was the last)."""
+        if vps is None:
+            return [], []
+        skey, tkey = keys.spec_key(VPS, vps.name, self.root), keys.status_key(VPS, vps.name, self.root)
+        compares: list[Compare] = [ModIs(skey, int(vps.metadata.resourceVersion or 0))]
+        remaining = [f for f in vps.metadata.finalizers if f != layout.FINALIZER]
+        if not remaining:
+            return compares, [Delete(skey), Delete(tkey)]
+        doc = vps.model_copy(update={"metadata": vps.metadata.model_copy(update={"finalizers": remaining})}
+                             ).model_dump(mode="json", exclude={"status"}, exclude_none=True)
+        doc["metadata"].pop("resourceVersion", None)
+        return compares, [Put(skey, encode(doc))]
+
+    def _finalize(self, vps: VPS, now: datetime) -> Result | None:
+        if layout.FINALIZER not in vps.metadata.finalizers:
+            return None
+        return self._teardown(vps.name, vps, now)
+
+    def _orphan(self, name: str) -> Result | None:
+        with self._lock:
+            nodes = set(self._desired_nodes.get(name, ()))
+        if self.book.get(name) is None and not nodes:
+            self._status.pop(name, None)
+            return None
+        return self._teardown(name, None, self.clock())
+
+    def _teardown(self, name: str, vps: VPS | None, now: datetime) -> Result | None:
+        booking = self.book.get(name)
+        with self._lock:
+            nodes = set(self._desired_nodes.get(name, ()))
+        if booking is not None:
+            nodes.add(booking.node)
+        for node in nodes:
+            self._write_desired(node, name, None)
+        force = vps is not None and vps.metadata.annotations.get(layout.FORCE_ORPHAN_ANNOTATION) == "true"
+        # An entry reporting "Absent" means the agent has removed the domain and its volumes.
+        remaining = [n for n in sorted(nodes)
+                     if (o := self._observed(n, name)) is not None and o.power != "Absent"]
+        if remaining and not force:
+            if vps is not None:
+                status = vps_status(vps, previous=self._previous_status(name), node=booking.node if booking else None,
+                                    ips=booking.ips if booking else None, desired=None,
+                                    observed=self._observed(remaining[0], name),
+                                    node_state=self.node_state(remaining[0]), problem=None,
+                                    observed_generation=(self._previous_status(name) or VPSStatus()).observedGeneration,
+                                    now=now)
+                status.message = f"waiting for node {', '.join(remaining)} to remove the domain and its volumes"
+                self._write_status(vps, status)
+            return Result(requeue_after=self.settings.terminating_recheck_seconds)
+        if remaining:
+            self.events.record("VPS", name, "Warning", "ForceOrphaned",
+                               f"released without confirmation from node {', '.join(remaining)}: its domain, "
+                               "volumes and seed may remain there until the node's agent cleans them up")
+        compares, ops = self._release_ops(vps)
+        released = self.book.release(name, compares=compares, ops=ops)
+        if released is not None:
+            self.node_ctl.queue.add(released.node)
+            self._enqueue_pending()
+        self.events.record("VPS", name, "Normal", "Deleted",
+                           "domain gone; addresses and booking released" if not remaining
+                           else "force-orphaned; addresses and booking released")
+        self._status.pop(name, None)
+        with self._lock:
+            self._pending.discard(name)
+        return None
+
+    # ------------------------------------------------------------ nodes
+
+    def reconcile_node(self, name: str) -> Result | None:
+        node = self._with_rv(self.node_inf, name)
+        if node is None:
+            self._enqueue_on_node(name)
+            return None
+        hb = self.nodes_inf.get(f"{name}/heartbeat")
+        prev = self.node_status_inf.get(name)
+        st = node_status(node, previous=prev, heartbeat=hb if isinstance(hb, dict) else None,
+                         allocation=self.book.node_allocation(name), now=self.clock())
+        value = _status_doc(st)
+        if self._node_status.get(name) == value or (prev is not None and _status_doc(prev) == value):
+            return None
+        skey = keys.spec_key(Node, name, self.root)
+        self._txn([ModIs(skey, int(node.metadata.resourceVersion or 0))],
+                  [Put(keys.status_key(Node, name, self.root), value)], f"Node {name} status")
+        self._node_status[name] = value
+        if prev is None or prev.state != st.state:
+            self.events.record("Node", name, "Normal" if st.state == "Ready" else "Warning",
+                               "NodeReady" if st.state == "Ready" else "NodeNotReady",
+                               f"node is {st.state}")
+        return None

@@ -1,0 +1,96 @@
+"""The node-lifecycle decision: a node's status from its heartbeat and its bookings. Pure.
+
+A node is Ready while its agent's lease-bound heartbeat key exists, NotReady once the lease
+has expired (it was seen before), Unknown if no agent has ever reported. A NotReady node's
+VPS are never deleted or moved: their disks are local. `schedulable: false` cordons a node;
+the `hostplane.io/drain: "true"` annotation cordons it and stops its domains for maintenance.
+This module must never do I/O or read a clock.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any
+
+from controllers import layout
+from controllers.booking import NodeAllocation
+from specs.kinds import Node, NodeStatus
+from specs.meta import Condition, set_condition
+
+
+def parse_heartbeat(raw: bytes) -> dict[str, Any]:
+    """The agent's heartbeat value: JSON, ideally with `time` and `capacity`; anything else is tolerated."""
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def drained(node: Node | None) -> bool:
+    return node is not None and node.metadata.annotations.get(layout.DRAIN_ANNOTATION, "") == "true"
+
+
+def schedulable(node: Node) -> bool:
+    return node.spec.schedulable and not drained(node)
+
+
+def _heartbeat_time(hb: dict[str, Any]) -> datetime | None:
+    for field in ("time", "timestamp", "lastHeartbeat"):
+        value = hb.get(field)
+        if isinstance(value, str):
+            try:
+                return datetime.fromisoformat(value)
+            except ValueError:
+                continue
+    return None
+
+
+def node_status(
+    node: Node,
+    *,
+    previous: NodeStatus | None,
+    heartbeat: dict[str, Any] | None,
+    allocation: NodeAllocation,
+    now: datetime,
+) -> NodeStatus:
+    """The node's status: readiness, last heartbeat, what is booked on it and what it reports."""
+    prev = previous or NodeStatus()
+    last: datetime | None
+    if heartbeat is not None:
+        state = "Ready"
+        last = _heartbeat_time(heartbeat) or (prev.lastHeartbeat if prev.state == "Ready" else None) or now
+    else:
+        state = "NotReady" if prev.state in ("Ready", "NotReady") else "Unknown"
+        last = prev.lastHeartbeat
+    capacity = heartbeat.get("capacity") if heartbeat else None
+    observed_cap = ({k: int(v) for k, v in capacity.items() if isinstance(v, int | float)}
+                    if isinstance(capacity, dict) else prev.capacityObserved)
+    unmanaged = heartbeat.get("unmanagedDomains", prev.unmanagedDomains) if heartbeat else prev.unmanagedDomains
+    conds = list(prev.conditions)
+    if state == "Ready":
+        conds = set_condition(conds, Condition(type="Ready", status="True", reason="HeartbeatFresh"), now)
+    else:
+        conds = set_condition(conds, Condition(
+            type="Ready", status="False" if state == "NotReady" else "Unknown",
+            reason="HeartbeatExpired" if state == "NotReady" else "NeverSeen",
+            message="the node agent's heartbeat lease has expired; its VPS are Unknown and stay put"
+            if state == "NotReady" else "no node agent has reported yet"), now)
+    if drained(node):
+        cond = Condition(type="Schedulable", status="False", reason="Drained",
+                         message="drained for maintenance: domains are stopped, nothing new is placed")
+    elif not node.spec.schedulable:
+        cond = Condition(type="Schedulable", status="False", reason="Cordoned", message="nothing new is placed")
+    else:
+        cond = Condition(type="Schedulable", status="True", reason="Schedulable")
+    conds = set_condition(conds, cond, now)
+    return NodeStatus(
+        state=state,
+        lastHeartbeat=last,
+        allocated={"vcpus": allocation.vcpus, "memoryMiB": allocation.memoryMiB,
+                   "diskGiB": allocation.diskGiB, "vps": allocation.count},
+        capacityObserved=observed_cap,
+        unmanagedDomains=int(unmanaged) if isinstance(unmanaged, int) else prev.unmanagedDomains,
+        conditions=conds,
+    )
