@@ -16,6 +16,7 @@ import ipaddress
 import logging
 import signal
 import threading
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,7 @@ from api.deps import AppState, Settings, State, authenticate
 from api.errors import PROBLEM_JSON, ApiError, Problem, problem_for
 from api.metrics import ApiMetrics, MetricsMiddleware
 from reconcile.errors import StoreError
+from reconcile.etcd_server import free_port
 from reconcile.store import Store
 from specs import SpecError
 
@@ -149,11 +151,14 @@ def serve_app(app: Any, *, host: str, port: int, stop: threading.Event,
     server = _Server(config)
 
     def watch_stop() -> None:
-        while not stop.wait(0.2):
+        interval = 0.02  # fast until started, so callers waiting on `started` are not held up
+        while not stop.wait(interval):
             if server.should_exit:
                 return
-            if started is not None and server.started and not started.is_set():
-                started.set()
+            if server.started:
+                interval = 0.2
+                if started is not None and not started.is_set():
+                    started.set()
         server.should_exit = True
 
     watcher = threading.Thread(target=watch_stop, name="api-stop", daemon=True)
@@ -163,6 +168,28 @@ def serve_app(app: Any, *, host: str, port: int, stop: threading.Event,
     finally:
         stop.set()
         watcher.join(2)
+
+
+@contextlib.contextmanager
+def serving(app: Any, *, host: str = "127.0.0.1", port: int | None = None) -> Iterator[str]:
+    """Serve `app` on a background thread while the block runs; yields its base URL.
+
+    For tests, benchmarks and embedding; stops the server (and waits for it) on exit.
+    """
+    port = port or free_port(host)
+    stop, started = threading.Event(), threading.Event()
+    thread = threading.Thread(target=serve_app, name=f"api:{port}", daemon=True,
+                              kwargs={"app": app, "host": host, "port": port, "stop": stop, "started": started})
+    thread.start()
+    try:
+        deadline = time.monotonic() + 15
+        while not started.wait(0.02):
+            if not thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"the API did not start on {host}:{port}")
+        yield f"http://{host}:{port}"
+    finally:
+        stop.set()
+        thread.join(10)
 
 
 def run_api(*, etcd: str, host: str, port: int, data_dir: Path, stop: threading.Event | None) -> None:
