@@ -170,7 +170,7 @@ def events_for(old: VPSStatus | None, new: VPSStatus) -> list[Event]:
     if new.node and new.node != prev.node:
         out.append(Event("Normal", "Scheduled", f"assigned to node {new.node}"
                          + (f" with {new.ips.ipv4}" if new.ips.ipv4 else "")))
-    if new.phase == "Running" and prev.phase not in ("Running", "Resizing"):
+    if new.phase == "Running" and prev.phase not in ("Running", "Resizing", "Suspended"):
         out.append(Event("Normal", "Started", f"domain running on {new.node}"))
     if new.phase == "Stopped" and prev.phase in ("Running", "Resizing", "Paused"):
         out.append(Event("Normal", "Stopped", new.message or "domain shut off"))

@@ -1,0 +1,1 @@
+"""Shared test helpers: object builders and the convergence check."""
