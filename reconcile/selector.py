@@ -1,16 +1,26 @@
-"""Label selectors: `a=b,c!=d,e,!f` (as kubectl), parsed and matched. Pure."""
+"""Label selectors, parsed and matched as kubectl does. Pure.
+
+    a=b  a==b  a!=b  a  !a  a in (x,y)  a notin (x,y)      joined by ',' (AND)
+
+Keys and values must be what a label can hold, so a typo is an error rather than a selector
+that silently matches nothing (or, with `!=`, everything).
+"""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+
+from specs.meta import LABEL_KEY_RE, LABEL_VALUE_RE
 
 
 @dataclass(frozen=True)
 class Requirement:
     key: str
-    op: str  # "=", "!=", "exists", "!exists"
+    op: str  # "=", "!=", "exists", "!exists", "in", "notin"
     value: str = ""
+    values: tuple[str, ...] = ()
 
     def matches(self, labels: Mapping[str, str]) -> bool:
         if self.op == "=":
@@ -19,10 +29,47 @@ class Requirement:
             return labels.get(self.key) != self.value
         if self.op == "exists":
             return self.key in labels
+        if self.op == "in":
+            return self.key in labels and labels[self.key] in self.values
+        if self.op == "notin":
+            return labels.get(self.key) not in self.values
         return self.key not in labels
 
 
 Selector = tuple[Requirement, ...]
+
+_SET = re.compile(r"^(?P<key>\S+)\s+(?P<op>in|notin)\s*\((?P<values>[^()]*)\)$")
+
+
+def _split(text: str) -> list[str]:
+    """Split on commas outside parentheses."""
+    parts, depth, cur = [], 0, ""
+    for ch in text:
+        if ch == "(":
+            depth += 1
+        elif ch == ")":
+            depth -= 1
+        if ch == "," and depth == 0:
+            parts.append(cur)
+            cur = ""
+        else:
+            cur += ch
+    parts.append(cur)
+    return parts
+
+
+def _requirement(part: str) -> Requirement:
+    m = _SET.match(part)
+    if m:
+        values = tuple(v.strip() for v in m["values"].split(","))
+        return Requirement(m["key"], m["op"], values=values)
+    for token, op in (("!=", "!="), ("==", "="), ("=", "=")):
+        if token in part:
+            k, v = part.split(token, 1)
+            return Requirement(k.strip(), op, v.strip())
+    if part.startswith("!"):
+        return Requirement(part[1:].strip(), "!exists")
+    return Requirement(part, "exists")
 
 
 def parse_selector(text: str | Mapping[str, str] | None) -> Selector:
@@ -30,28 +77,15 @@ def parse_selector(text: str | Mapping[str, str] | None) -> Selector:
     if text is None:
         return ()
     if isinstance(text, Mapping):
-        return tuple(Requirement(k, "=", v) for k, v in text.items())
-    out: list[Requirement] = []
-    for raw in text.split(","):
-        part = raw.strip()
-        if not part:
-            continue
-        if "!=" in part:
-            k, v = part.split("!=", 1)
-            out.append(Requirement(k.strip(), "!=", v.strip()))
-        elif "==" in part:
-            k, v = part.split("==", 1)
-            out.append(Requirement(k.strip(), "=", v.strip()))
-        elif "=" in part:
-            k, v = part.split("=", 1)
-            out.append(Requirement(k.strip(), "=", v.strip()))
-        elif part.startswith("!"):
-            out.append(Requirement(part[1:].strip(), "!exists"))
-        else:
-            out.append(Requirement(part, "exists"))
+        out = [Requirement(k, "=", v) for k, v in text.items()]
+    else:
+        out = [_requirement(p.strip()) for p in _split(text) if p.strip()]
     for r in out:
-        if not r.key or any(c in r.key for c in " \t!=,"):
-            raise ValueError(f"invalid label selector {text!r}")
+        if not LABEL_KEY_RE.fullmatch(r.key):
+            raise ValueError(f"invalid label selector {text!r}: {r.key!r} is not a label key")
+        for v in (r.value, *r.values):
+            if not LABEL_VALUE_RE.fullmatch(v):
+                raise ValueError(f"invalid label selector {text!r}: {v!r} is not a label value")
     return tuple(out)
 
 

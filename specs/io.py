@@ -79,12 +79,39 @@ def _clean_loc(loc: tuple[Any, ...]) -> tuple[str | int, ...]:
     return tuple(p for p in loc if isinstance(p, int) or not str(p).startswith(("function-", "json-or-python")))
 
 
+_MESSAGES = {
+    "greater_than": "must be > {gt}",
+    "greater_than_equal": "must be >= {ge}",
+    "less_than": "must be < {lt}",
+    "less_than_equal": "must be <= {le}",
+    "missing": "field required",
+    "extra_forbidden": "unknown field",
+    "int_type": "must be an integer",
+    "int_parsing": "must be an integer",
+    "int_from_float": "must be an integer",
+    "string_type": "must be a string",
+    "bool_type": "must be true or false",
+    "bool_parsing": "must be true or false",
+    "dict_type": "must be a mapping",
+    "model_type": "must be a mapping",
+    "list_type": "must be a list",
+    "string_too_long": "must be at most {max_length} characters",
+    "string_too_short": "must be at least {min_length} characters",
+    "too_long": "must have at most {max_length} items",
+    "literal_error": "must be one of {expected}",
+}
+
+
 def _message(err: Any) -> str:
+    template = _MESSAGES.get(err["type"])
+    if template is not None:
+        try:
+            return template.format(**err.get("ctx", {}))
+        except (KeyError, IndexError):
+            pass
     msg: str = err["msg"]
     if msg.startswith("Value error, "):
         msg = msg[len("Value error, "):]
-    if err["type"] == "extra_forbidden":
-        msg = "unknown field"
     return msg
 
 
@@ -94,8 +121,11 @@ def validate_object(data: Any, source: str, locate: _Located | None = None) -> R
     if not isinstance(data, dict):
         raise SpecError([SpecErrorDetail(source, line, "", "document must be a mapping")])
     kind = data.get("kind")
-    if not isinstance(kind, str):
+    if kind is None:
         raise SpecError([SpecErrorDetail(source, line, "kind", "field required")])
+    if not isinstance(kind, str):
+        where = locate.line(("kind",)) if locate else None
+        raise SpecError([SpecErrorDetail(source, where, "kind", "must be a string")])
     try:
         cls = kind_for(kind)
     except KeyError as exc:
@@ -118,6 +148,8 @@ def load_documents(text: str, source: str = "<input>") -> list[Document]:
     """Parse YAML (JSON is YAML) with one or more documents into validated objects."""
     try:
         nodes = list(yaml.compose_all(text, Loader=_SafeLoader))
+    except RecursionError:
+        raise SpecError([SpecErrorDetail(source, None, "", "invalid YAML: nested too deeply")]) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark is not None else None
@@ -127,6 +159,15 @@ def load_documents(text: str, source: str = "<input>") -> list[Document]:
     errors: list[SpecErrorDetail] = []
     for node in nodes:
         if node is None:
+            continue
+        try:
+            dups = _duplicate_keys(node)
+        except (_TooBig, RecursionError):
+            errors.append(SpecErrorDetail(source, node.start_mark.line + 1, "",
+                                          f"document is too large or nested too deeply (over {MAX_NODES} nodes)"))
+            continue
+        if dups:
+            errors.extend(SpecErrorDetail(source, ln, p, "duplicate key") for p, ln in dups)
             continue
         data = _construct(node)
         if data is None:
@@ -144,6 +185,37 @@ def load_documents(text: str, source: str = "<input>") -> list[Document]:
     if errors:
         raise SpecError(errors)
     return docs
+
+
+# Aliases let a few lines of YAML stand for billions of nodes ("billion laughs"); no
+# object of ours comes near this many, so a document past it is refused before it is built.
+MAX_NODES = 100_000
+
+
+class _TooBig(Exception):
+    pass
+
+
+def _duplicate_keys(node: yaml.Node, path: tuple[str | int, ...] = (),
+                    budget: list[int] | None = None) -> list[tuple[str, int]]:
+    """(path, line) of every key repeated within one mapping: YAML would silently keep the last."""
+    budget = [MAX_NODES] if budget is None else budget
+    budget[0] -= 1
+    if budget[0] < 0:
+        raise _TooBig
+    found: list[tuple[str, int]] = []
+    if isinstance(node, yaml.MappingNode):
+        seen: set[str] = set()
+        for k, v in node.value:
+            if isinstance(k, yaml.ScalarNode):
+                if k.value in seen:
+                    found.append((_format_path((*path, k.value)), k.start_mark.line + 1))
+                seen.add(k.value)
+                found.extend(_duplicate_keys(v, (*path, k.value), budget))
+    elif isinstance(node, yaml.SequenceNode):
+        for i, v in enumerate(node.value):
+            found.extend(_duplicate_keys(v, (*path, i), budget))
+    return found
 
 
 def _construct(node: yaml.Node) -> Any:

@@ -11,13 +11,14 @@ import re
 from datetime import datetime
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import AfterValidator, Field, ValidationInfo, field_validator, model_validator
+from pydantic import AfterValidator, Field, Strict, ValidationInfo, field_validator, model_validator
 
 from specs.meta import API_VERSION, Condition, Labels, Model, Name, ObjectMeta, Text, check_text
-from specs.money import Currency, Money
+from specs.money import Currency, Money, canonical_amount
 
-PositiveInt = Annotated[int, Field(gt=0)]
-NonNegInt = Annotated[int, Field(ge=0)]
+# Strict: `memoryMiB: true` or `vcpus: "4"` is a wrong type, not 1 or 4.
+PositiveInt = Annotated[int, Strict(), Field(gt=0)]
+NonNegInt = Annotated[int, Strict(), Field(ge=0)]
 
 _HOSTNAME = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$")
 _SSH_TYPES = (
@@ -134,11 +135,12 @@ class BillingPolicy(Model):
 class Price(Money):
     period: Literal["month"] = "month"
 
-    @model_validator(mode="after")
-    def _not_negative(self) -> Price:
-        if self.amount.startswith("-"):
-            raise ValueError("price must be >= 0")
-        return self
+    @field_validator("amount")
+    @classmethod
+    def _not_negative(cls, value: str) -> str:
+        if value.startswith("-"):
+            raise ValueError("a price must be >= 0")
+        return value
 
 
 class Bandwidth(Model):
@@ -372,19 +374,17 @@ class CustomerSpec(Model):
     email: Email
     displayName: Annotated[Text, Field(max_length=256)] = ""
     currency: Currency = "EUR"
-    creditLimit: str = "0"
+    creditLimit: str = Field(default="0", validate_default=True)
     suspendHoldUntil: datetime | None = None
     billing: BillingPolicy = Field(default_factory=BillingPolicy)
 
-    @model_validator(mode="after")
-    def _credit(self) -> CustomerSpec:
-        from specs.money import format_minor, to_minor
-
-        minor = to_minor(self.creditLimit, self.currency)
-        if minor < 0:
+    @field_validator("creditLimit", mode="before")
+    @classmethod
+    def _credit(cls, value: Any, info: ValidationInfo) -> str:
+        amount = canonical_amount(value, info.data.get("currency"))
+        if amount.startswith("-"):
             raise ValueError("creditLimit must be >= 0")
-        object.__setattr__(self, "creditLimit", format_minor(minor, self.currency))
-        return self
+        return amount
 
 
 class CustomerStatus(Model):

@@ -123,3 +123,8 @@ def set_condition(
     if not found:
         out.append(new.model_copy(update={"lastTransitionTime": now}))
     return out
+
+
+# Public for the label selector parser, which must accept exactly what labels allow.
+LABEL_KEY_RE = _LABEL_KEY
+LABEL_VALUE_RE = _LABEL_VALUE

@@ -12,7 +12,7 @@ import re
 from decimal import Decimal
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationInfo, field_validator
 
 # ISO 4217 minor-unit exponents for the currencies a hoster is likely to bill in.
 CURRENCY_EXPONENT: dict[str, int] = {
@@ -87,22 +87,32 @@ def _check_currency(value: Any) -> Any:
 Currency = Annotated[str, BeforeValidator(_check_currency)]
 
 
+def canonical_amount(value: Any, currency: str | None) -> str:
+    """The canonical decimal string of an amount in `currency` ("12.5", EUR -> "12.50").
+
+    With no (valid) currency only the form is checked: the currency's own error is reported.
+    """
+    if currency is None:
+        return str(_decimal(value))
+    return format_minor(to_minor(value, currency), currency)
+
+
 class Money(BaseModel):
-    """An amount of money; `amount` is kept as a canonical decimal string."""
+    """An amount of money; `amount` is kept as a canonical decimal string.
+
+    `currency` comes first so that `amount` is checked against it and an error names
+    `amount` itself, not the whole value.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    amount: str
     currency: Currency
+    amount: str
 
-    @model_validator(mode="before")
+    @field_validator("amount", mode="before")
     @classmethod
-    def _canonical(cls, data: Any) -> Any:
-        if isinstance(data, dict) and "amount" in data and "currency" in data:
-            cur = _check_currency(data["currency"])
-            minor = to_minor(data["amount"], cur)
-            return {**data, "currency": cur, "amount": format_minor(minor, cur)}
-        return data
+    def _canonical(cls, value: Any, info: ValidationInfo) -> Any:
+        return canonical_amount(value, info.data.get("currency"))
 
     @property
     def minor(self) -> int:
