@@ -1,0 +1,296 @@
+"""The central controllers on a real etcd: state in (specs, heartbeats, observations) -> state out.
+
+Node agents are stood in for by writing their keys directly (a heartbeat on a lease, an
+ObservedDomain), which is exactly the contract an agent keeps.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from controllers import layout
+from controllers.booking import Book, Booking
+from controllers.events import read_events
+from controllers.manager import Manager, Settings
+from reconcile import keys
+from reconcile.errors import Conflict, NotFound
+from reconcile.leader import LeaderElector
+from reconcile.store import Store, encode
+from specs.domain import DomainSpec, ObservedDomain
+from specs.kinds import VPS, Node, NodeStatus, Subscription, SubscriptionStatus
+from tests.helpers import builders as b
+from tests.helpers.wait import wait_for
+
+FAST = Settings(workers=2, pending_retry_seconds=0.5, terminating_recheck_seconds=0.5)
+
+
+def heartbeat(store: Store, node: str, ttl: int = 30) -> int:
+    lease = store.grant_lease(ttl)
+    store.kv_put(keys.heartbeat_key(node, store.root),
+                 json.dumps({"time": datetime.now(UTC).isoformat(), "capacity": {"vcpus": 8}}).encode(), lease=lease)
+    return lease
+
+
+def desired(store: Store, node: str, vps: str) -> DomainSpec | None:
+    kv = store.kv_get(keys.desired_key(node, vps, store.root))
+    return DomainSpec.model_validate_json(kv.value) if kv else None
+
+
+def observe(store: Store, node: str, spec: DomainSpec, power: str | None = None, **kw: object) -> None:
+    """Stand in for the agent: report the domain as the desired entry asks (or as told)."""
+    obs = ObservedDomain(vps=spec.vps, uid=spec.uid, domainName=f"hp-{spec.uid}", power=power or spec.power,  # type: ignore[arg-type]
+                         vcpus=spec.vcpus, memoryMiB=spec.memoryMiB, diskGiB=spec.diskGiB,
+                         maxVcpus=spec.maxVcpus, maxMemoryMiB=spec.maxMemoryMiB)
+    obs = obs.model_copy(update=kw)
+    store.kv_put(keys.observed_key(node, spec.vps, store.root), encode(obs.model_dump(mode="json", exclude_none=True)))
+
+
+def phase(store: Store, name: str) -> str | None:
+    st = store.get(VPS, name).status
+    return st.phase if st else None
+
+
+def reasons(store: Store, name: str) -> list[str]:
+    st = store.get(VPS, name).status
+    return [c.reason for c in st.conditions] if st else []
+
+
+def seed(store: Store, nodes: int = 1, vps: int = 1, **node_kw: object) -> None:
+    for obj in (b.plan(), b.plan("s2", vcpus=2, memory=1024, disk=20), b.image(), b.customer(), b.subscription(),
+                b.pool(cidr="192.0.2.0/28", gateway="192.0.2.1")):
+        store.create(obj)
+    for i in range(nodes):
+        store.create(b.node(f"n{i + 1}", **node_kw))  # type: ignore[arg-type]
+    for i in range(vps):
+        store.create(b.vps(f"web-{i + 1}"))
+
+
+@pytest.fixture
+def manager(store: Store) -> Iterator[Manager]:
+    m = Manager(store, settings=FAST)
+    yield m
+    m.stop()
+
+
+def test_vps_is_scheduled_resolved_and_reported_running(store: Store, manager: Manager) -> None:
+    """A VPS gets a finalizer, a booking with an address, a DomainSpec on its node, and Running status."""
+    seed(store)
+    heartbeat(store, "n1")
+    manager.start()
+    spec = wait_for(lambda: desired(store, "n1", "web-1"), what="desired entry")
+    assert spec.vcpus == 1 and spec.power == "Running" and spec.network.ipv4 is not None
+    assert spec.network.ipv4.address == "192.0.2.2"
+    v = store.get(VPS, "web-1")
+    assert layout.FINALIZER in v.metadata.finalizers
+    booking = Booking.model_validate_json(store.kv_get(layout.booking_key("web-1", store.root)).value)  # type: ignore[union-attr]
+    assert booking.node == "n1" and booking.mac == spec.network.mac
+    assert store.kv_get(layout.ip_key("pool-a", "192.0.2.2", store.root)) is not None
+    wait_for(lambda: phase(store, "web-1") == "Provisioning", what="Provisioning")
+    observe(store, "n1", spec)
+    wait_for(lambda: phase(store, "web-1") == "Running", what="Running")
+    status = store.get(VPS, "web-1").status
+    assert status is not None and status.node == "n1" and status.ips.ipv4 == "192.0.2.2"
+    assert status.actual.vcpus == 1 and status.observedGeneration == v.metadata.generation
+    reasons = [e["reason"] for e in read_events(store, "VPS", "web-1")]
+    assert reasons[:2] == ["Scheduled", "Started"]
+    node_st = wait_for(lambda: store.get(Node, "n1").status, what="node status")
+    assert isinstance(node_st, NodeStatus)
+    wait_for(lambda: store.get(Node, "n1").status.allocated.get("vps") == 1, what="node allocation")  # type: ignore[union-attr]
+
+
+def test_desired_written_only_when_changed(store: Store, manager: Manager) -> None:
+    """Re-reconciling an unchanged VPS rewrites neither its DomainSpec nor its status."""
+    seed(store)
+    heartbeat(store, "n1")
+    manager.start()
+    spec = wait_for(lambda: desired(store, "n1", "web-1"), what="desired entry")
+    observe(store, "n1", spec)
+    wait_for(lambda: phase(store, "web-1") == "Running", what="Running")
+    before = store.kv_get(keys.desired_key("n1", "web-1", store.root))
+    status_before = store.kv_get(keys.status_key(VPS, "web-1", store.root))
+    manager.reconcile_vps("web-1")
+    manager.reconcile_vps("web-1")
+    assert store.kv_get(keys.desired_key("n1", "web-1", store.root)).mod_revision == before.mod_revision  # type: ignore[union-attr]
+    assert store.kv_get(keys.status_key(VPS, "web-1", store.root)).mod_revision == status_before.mod_revision  # type: ignore[union-attr]
+
+
+def test_billing_suspension_resume_and_plan_change(store: Store, manager: Manager) -> None:
+    """Suspended (unpaid) pauses the domain, paid again restores it, a plan change resizes it."""
+    seed(store)
+    heartbeat(store, "n1")
+    manager.start()
+    spec = wait_for(lambda: desired(store, "n1", "web-1"), what="desired entry")
+    observe(store, "n1", spec)
+    wait_for(lambda: phase(store, "web-1") == "Running", what="Running")
+    store.put_status(Subscription, "sub-1", SubscriptionStatus(
+        state="Suspended", suspendReason="nonpayment", suspendedAt=datetime.now(UTC)))
+    paused = wait_for(lambda: (d := desired(store, "n1", "web-1")) and d.power == "Paused" and d, what="Paused")
+    assert paused.powerReason == "suspended: nonpayment"
+    observe(store, "n1", paused)
+    wait_for(lambda: phase(store, "web-1") == "Suspended", what="Suspended")
+    assert any(e["reason"] == "Suspended" and e["message"] == "unpaid" for e in read_events(store, "VPS", "web-1"))
+    store.put_status(Subscription, "sub-1", SubscriptionStatus(state="Active"))
+    resumed = wait_for(lambda: (d := desired(store, "n1", "web-1")) and d.power == "Running" and d, what="resumed")
+    observe(store, "n1", resumed)
+    wait_for(lambda: phase(store, "web-1") == "Running", what="Running after payment")
+    sub = store.get(Subscription, "sub-1")
+    sub.spec.plan = "s2"
+    store.update(sub)
+    big = wait_for(lambda: (d := desired(store, "n1", "web-1")) and d.vcpus == 2 and d, what="resized spec")
+    assert big.memoryMiB == 1024 and big.diskGiB == 20
+    wait_for(lambda: phase(store, "web-1") == "Resizing", what="Resizing")
+    observe(store, "n1", big)
+    wait_for(lambda: phase(store, "web-1") == "Running", what="Running after resize")
+    assert any(e["reason"] == "Resized" for e in read_events(store, "VPS", "web-1"))
+    booking = Booking.model_validate_json(store.kv_get(layout.booking_key("web-1", store.root)).value)  # type: ignore[union-attr]
+    assert booking.vcpus == 2
+    wait_for(lambda: store.get(Node, "n1").status.allocated.get("vcpus") == 2, what="node allocation")  # type: ignore[union-attr]
+
+
+def test_terminated_past_retention_is_deleted_and_released(store: Store, manager: Manager) -> None:
+    """A subscription terminated longer ago than retention deletes the VPS, its domain and its address."""
+    seed(store)
+    heartbeat(store, "n1")
+    manager.start()
+    spec = wait_for(lambda: desired(store, "n1", "web-1"), what="desired entry")
+    observe(store, "n1", spec)
+    store.put_status(Subscription, "sub-1", SubscriptionStatus(
+        state="Terminated", terminatedAt=datetime.now(UTC) - timedelta(days=8)))
+    wait_for(lambda: desired(store, "n1", "web-1") is None, what="desired removed")
+    wait_for(lambda: phase(store, "web-1") == "Terminating", what="Terminating")
+    store.kv_delete(keys.observed_key("n1", "web-1", store.root))
+    wait_for(lambda: store.kv_get(keys.spec_key(VPS, "web-1", store.root)) is None, what="VPS gone")
+    assert store.kv_range(layout.alloc_prefix(store.root))[0] == []
+
+
+def test_deletion_waits_for_the_node_then_releases(store: Store, manager: Manager) -> None:
+    """Deleting a VPS removes the desired entry, waits for the observed one to go, then frees everything."""
+    seed(store)
+    heartbeat(store, "n1")
+    manager.start()
+    spec = wait_for(lambda: desired(store, "n1", "web-1"), what="desired entry")
+    observe(store, "n1", spec)
+    wait_for(lambda: phase(store, "web-1") == "Running", what="Running")
+    store.delete(VPS, "web-1")
+    wait_for(lambda: desired(store, "n1", "web-1") is None, what="desired removed")
+    wait_for(lambda: phase(store, "web-1") == "Terminating", what="Terminating")
+    assert store.kv_get(layout.booking_key("web-1", store.root)) is not None
+    observe(store, "n1", spec, power="Absent")
+    wait_for(lambda: store.kv_get(keys.spec_key(VPS, "web-1", store.root)) is None, what="VPS gone")
+    assert store.kv_range(layout.alloc_prefix(store.root))[0] == []
+    assert [e["reason"] for e in read_events(store, "VPS", "web-1")][-1] == "Deleted"
+
+
+def test_force_orphan_releases_without_the_node(store: Store, manager: Manager) -> None:
+    """With hostplane.io/force-orphan=true a VPS on a dead node is released at once, with a warning."""
+    seed(store)
+    lease = heartbeat(store, "n1")
+    manager.start()
+    spec = wait_for(lambda: desired(store, "n1", "web-1"), what="desired entry")
+    observe(store, "n1", spec)
+    store.revoke_lease(lease)
+    wait_for(lambda: phase(store, "web-1") == "Unknown", what="Unknown")
+    store.delete(VPS, "web-1")
+    wait_for(lambda: phase(store, "web-1") == "Terminating", what="Terminating")
+    v = store.get(VPS, "web-1")
+    v.metadata.annotations[layout.FORCE_ORPHAN_ANNOTATION] = "true"
+    store.update(v)
+    wait_for(lambda: store.kv_get(keys.spec_key(VPS, "web-1", store.root)) is None, what="VPS gone")
+    assert store.kv_range(layout.alloc_prefix(store.root))[0] == []
+    warn = [e for e in read_events(store, "VPS", "web-1") if e["type"] == "Warning"]
+    assert any(e["reason"] == "ForceOrphaned" for e in warn)
+
+
+def test_node_lifecycle_notready_unknown_and_back(store: Store, manager: Manager) -> None:
+    """A lost heartbeat makes the node NotReady and its VPS Unknown (kept in place); a new one restores them."""
+    seed(store)
+    lease = heartbeat(store, "n1")
+    manager.start()
+    spec = wait_for(lambda: desired(store, "n1", "web-1"), what="desired entry")
+    observe(store, "n1", spec)
+    wait_for(lambda: phase(store, "web-1") == "Running", what="Running")
+    store.revoke_lease(lease)
+    wait_for(lambda: phase(store, "web-1") == "Unknown", what="Unknown")
+    wait_for(lambda: store.get(Node, "n1").status.state == "NotReady", what="NotReady")  # type: ignore[union-attr]
+    assert desired(store, "n1", "web-1") is not None
+    assert store.kv_get(layout.booking_key("web-1", store.root)) is not None
+    heartbeat(store, "n1")
+    wait_for(lambda: phase(store, "web-1") == "Running", what="Running again")
+    wait_for(lambda: store.get(Node, "n1").status.state == "Ready", what="Ready")  # type: ignore[union-attr]
+
+
+def test_unschedulable_then_capacity_arrives(store: Store, manager: Manager) -> None:
+    """No room gives Pending with Unschedulable reasons; a new node with room takes the VPS."""
+    seed(store, nodes=0)
+    manager.start()
+    wait_for(lambda: "NoMatchingNode" in reasons(store, "web-1"), what="NoMatchingNode")
+    store.create(b.node("tiny", vcpus=1, memory=256, disk=5))
+    heartbeat(store, "tiny")
+    wait_for(lambda: "PlanTooLarge" in reasons(store, "web-1"), what="PlanTooLarge")
+    assert phase(store, "web-1") == "Pending"
+    store.create(b.node("big"))
+    heartbeat(store, "big")
+    wait_for(lambda: desired(store, "big", "web-1"), what="scheduled on big")
+    st = store.get(VPS, "web-1").status
+    assert st is not None and any(c.type == "Scheduled" and c.status == "True" for c in st.conditions)
+
+
+def test_pool_exhaustion_and_unknown_refs(store: Store, manager: Manager) -> None:
+    """A full pool and a missing image each give a clear condition; fixing the cause converges."""
+    seed(store, vps=0)
+    heartbeat(store, "n1")
+    for i in range(14):
+        store.create(b.vps(f"v{i}"))
+    store.create(b.vps("ghost", image_name="nope"))
+    manager.start()
+    wait_for(lambda: sum(desired(store, "n1", f"v{i}") is not None for i in range(14)) == 13, what="13 placed")
+    full = wait_for(lambda: next((f"v{i}" for i in range(14) if "IPPoolExhausted" in reasons(store, f"v{i}")), None),
+                    what="IPPoolExhausted")
+    wait_for(lambda: "ImageNotFound" in reasons(store, "ghost"), what="ImageNotFound")
+    store.delete(VPS, "v0")
+    wait_for(lambda: desired(store, "n1", "v0") is None, what="v0 desired removed")
+    store.kv_delete(keys.observed_key("n1", "v0", store.root))
+    wait_for(lambda: desired(store, "n1", full), what="exhausted VPS placed after a release")
+
+
+def test_racing_bookings_never_overbook(store: Store) -> None:
+    """Two books deciding on the same state: one transaction wins, the other gets Conflict and reloads."""
+    store.create(b.node("n1"))
+    one, two = Book(store), Book(store)
+    one.load()
+    two.load()
+    common = {"node": "n1", "vcpus": 1, "memoryMiB": 512, "diskGiB": 10}
+    one.book(Booking(vps="a", uid="ua", mac="52:54:00:00:00:01", **common))  # type: ignore[arg-type]
+    with pytest.raises(Conflict):
+        two.book(Booking(vps="b", uid="ub", mac="52:54:00:00:00:02", **common))  # type: ignore[arg-type]
+    two.book(Booking(vps="b", uid="ub", mac="52:54:00:00:00:02", **common))  # type: ignore[arg-type]
+    with pytest.raises(Conflict):
+        one.book(Booking(vps="a", uid="ua", node="n2", vcpus=1, memoryMiB=512, diskGiB=10, mac="52:54:00:00:00:03"))
+    assert two.allocated("n1").vcpus == 2
+
+
+def test_deposed_leader_cannot_write(store: Store) -> None:
+    """A manager fenced by an elector that lost its key fails its writes instead of deciding twice."""
+    seed(store)
+    heartbeat(store, "n1")
+    elector = LeaderElector(store, layout.ELECTION_NAME, "a", ttl=5, retry_period=0.2)
+    elector.start(lambda: None, lambda: None)
+    assert elector.wait_leading(10)
+    fence = elector.fence()
+    m = Manager(store, fence=lambda: [fence], settings=FAST)
+    store.kv_delete(keys.election_key(layout.ELECTION_NAME, store.root))  # another process took over
+    try:
+        with pytest.raises(Conflict):
+            m._txn([], [], "probe")
+        m.start()
+        with pytest.raises((Conflict, NotFound)):
+            m.reconcile_vps("web-1")
+        assert desired(store, "n1", "web-1") is None
+        assert store.kv_range(layout.alloc_prefix(store.root))[0] == []
+    finally:
+        m.stop()
+        elector.stop()
