@@ -10,13 +10,15 @@ This module must never do I/O or read a clock.
 from __future__ import annotations
 
 import json
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from controllers import layout
 from controllers.booking import NodeAllocation
 from specs.kinds import Node, NodeStatus
 from specs.meta import Condition, set_condition
+
+HEARTBEAT_RESOLUTION = timedelta(seconds=30)
 
 
 def parse_heartbeat(raw: bytes) -> dict[str, Any]:
@@ -61,13 +63,19 @@ def node_status(
     if heartbeat is not None:
         state = "Ready"
         last = _heartbeat_time(heartbeat) or (prev.lastHeartbeat if prev.state == "Ready" else None) or now
+        # Agents beat every few seconds; recording each beat would rewrite every node's status
+        # that often. The lease is what decides readiness; the time shown is coarse on purpose.
+        if (prev.state == "Ready" and prev.lastHeartbeat is not None
+                and timedelta(0) <= last - prev.lastHeartbeat < HEARTBEAT_RESOLUTION):
+            last = prev.lastHeartbeat
     else:
         state = "NotReady" if prev.state in ("Ready", "NotReady") else "Unknown"
         last = prev.lastHeartbeat
     capacity = heartbeat.get("capacity") if heartbeat else None
     observed_cap = ({k: int(v) for k, v in capacity.items() if isinstance(v, int | float)}
                     if isinstance(capacity, dict) else prev.capacityObserved)
-    unmanaged = heartbeat.get("unmanagedDomains", prev.unmanagedDomains) if heartbeat else prev.unmanagedDomains
+    domains = heartbeat.get("domains") if heartbeat else None
+    unmanaged = domains.get("unmanaged", prev.unmanagedDomains) if isinstance(domains, dict) else prev.unmanagedDomains
     conds = list(prev.conditions)
     if state == "Ready":
         conds = set_condition(conds, Condition(type="Ready", status="True", reason="HeartbeatFresh"), now)
