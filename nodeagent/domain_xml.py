@@ -55,11 +55,16 @@ def _sub(parent: ET.Element, tag: str, text: str | None = None, **attrs: str) ->
     return el
 
 
-def build(spec: DomainSpec, meta: Meta, boot: Boot) -> str:
-    """The full domain XML for `spec`, carrying `meta` in the Hostplane namespace."""
+def build(spec: DomainSpec, meta: Meta, boot: Boot, *, uuid: str | None = None) -> str:
+    """The full domain XML for `spec`, carrying `meta` in the Hostplane namespace.
+
+    `uuid`: the existing domain's, when redefining (libvirt refuses a new uuid for a known name).
+    """
     ET.register_namespace(PREFIX, NS)
     dom = ET.Element("domain", {"type": boot.domain_type})
     _sub(dom, "name", domain_name(spec.uid))
+    if uuid:
+        _sub(dom, "uuid", uuid)
     _sub(dom, "title", spec.vps)
     _sub(dom, "description", f"Hostplane VPS {spec.vps}")
     md = _sub(dom, "metadata")

@@ -41,21 +41,21 @@ class Meta:
     def with_(self, **changes: Any) -> Meta:
         return replace(self, **changes)
 
-    def element(self) -> ET.Element:
-        """The `<hp:instance>` element, namespaced, for a domain's `<metadata>`."""
-        root = ET.Element(f"{{{NS}}}{ROOT_TAG}")
+    def element(self, *, namespaced: bool = True) -> ET.Element:
+        """The `<hp:instance>` element for a domain's `<metadata>` (bare names for virDomainSetMetadata)."""
+        ns = f"{{{NS}}}" if namespaced else ""
+        root = ET.Element(f"{ns}{ROOT_TAG}")
         for f in fields(self):
             value = getattr(self, f.name)
             if value is None:
                 continue
-            child = ET.SubElement(root, f"{{{NS}}}{f.name}")
+            child = ET.SubElement(root, f"{ns}{f.name}")
             child.text = repr(value) if isinstance(value, float) else str(value)
         return root
 
     def to_xml(self) -> str:
-        """Standalone XML for virDomainSetMetadata (which takes the element without `<metadata>`)."""
-        ET.register_namespace(PREFIX, NS)
-        return ET.tostring(self.element(), encoding="unicode")
+        """XML for virDomainSetMetadata, which itself puts the element in our namespace."""
+        return ET.tostring(self.element(namespaced=False), encoding="unicode")
 
 
 def _parse_value(name: str, text: str) -> object:

@@ -1,0 +1,369 @@
+"""The node agent loop: make this node's libvirt match its desired domains, and say what it sees.
+
+It reads only `/nodes/<node>/desired/` and writes only `/nodes/<node>/observed/<vps>` and the
+lease-bound heartbeat. One work-queue key per VPS, so one VM never has two operations at once.
+Three sources wake a key — etcd watch events, libvirt lifecycle events (re-registered after a
+reconnect; a guest's STOPPED is debounced so a reboot inside it is not taken for a stop) and a
+periodic resync with a full scan that finds orphans — and every reconcile re-reads both sides
+(level-triggered). Domains without Hostplane metadata are never touched, only counted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+import libvirt
+
+from nodeagent import plan as P
+from nodeagent import report
+from nodeagent.domain_xml import domain_name
+from nodeagent.errors import AgentError, HypervisorUnavailable
+from nodeagent.events import ensure_event_loop
+from nodeagent.hypervisor import Hypervisor, Observation
+from reconcile import keys
+from reconcile.controller import Controller, Result
+from reconcile.errors import NotFound, StoreError
+from reconcile.informer import Informer
+from reconcile.store import Store
+from specs.domain import DomainSpec, ObservedDomain
+
+log = logging.getLogger(__name__)
+
+MAX_STEPS = 25
+
+
+def _decode_spec(_name: str, raw: bytes) -> DomainSpec:
+    return DomainSpec.model_validate_json(raw)
+
+
+class Agent:
+    """One node's agent. `start()` returns once the desired entries are listed; `stop()` ends it.
+
+    For a fleet in one process, pass `enqueue` (and drive `reconcile_key`/`housekeep` from shared
+    threads); otherwise the agent runs its own controller and housekeeping thread.
+    """
+
+    def __init__(self, store: Store, node: str, conn_uri: str, data_dir: Path, *, resync: float = 60.0,
+                 workers: int = 2, heartbeat_ttl: int = 10, debounce_seconds: float = 2.0,
+                 pool_name: str | None = None, network: str = "user",
+                 enqueue: Callable[[str, float], None] | None = None) -> None:
+        self.store = store
+        self.node = node
+        self.data_dir = data_dir
+        self.resync = resync
+        self.heartbeat_ttl = heartbeat_ttl
+        self.debounce_seconds = debounce_seconds
+        self.hv = Hypervisor(conn_uri, data_dir, pool_name=pool_name or "hostplane", network=network)
+        self.informer: Informer[DomainSpec] = Informer(store, keys.desired_prefix(node, store.root),
+                                                       decode=_decode_spec, name=f"agent {node}")
+        self._own_controller = enqueue is None
+        self.controller: Controller | None = None
+        if enqueue is None:
+            self.controller = Controller(f"agent-{node}", self.reconcile_key, workers=workers)
+            queue = self.controller.queue
+
+            def _enqueue(vps: str, after: float) -> None:
+                if after > 0:
+                    queue.add_after(vps, after)
+                else:
+                    queue.add(vps)
+
+            enqueue = _enqueue
+        self.enqueue: Callable[[str, float], None] = enqueue
+        self._lock = threading.Lock()
+        self._reported: dict[str, ObservedDomain] = {}
+        self._uids: dict[str, set[str]] = {}  # vps -> uids of domains seen for it
+        self._names: dict[str, str] = {}  # domain name -> vps
+        self._notes: dict[str, dict[str, str]] = {}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lease: int | None = None
+        self._last_scan = 0.0
+        self._scan_requested = threading.Event()
+        self._callback_ids: list[int] = []
+        self.hv_error = ""
+        self.reconciles = 0
+
+    # ------------------------------------------------------------ lifecycle
+
+    def start(self) -> Agent:
+        ensure_event_loop()
+        self._load_reported()
+        self.informer.add_handler(self._on_desired)
+        self._connect()
+        self.informer.start()
+        if self.controller is not None:
+            self.controller.start()
+        self.scan()
+        self.heartbeat()
+        if self._own_controller:
+            self._thread = threading.Thread(target=self._housekeeping, name=f"agent-{self.node}-hk", daemon=True)
+            self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.informer.stop()
+        if self.controller is not None:
+            self.controller.stop()
+        if self._thread is not None:
+            self._thread.join(10)
+        self._deregister_events()
+        if self._lease is not None:
+            with contextlib.suppress(StoreError):
+                self.store.revoke_lease(self._lease)
+            self._lease = None
+        self.hv.close()
+
+    def _housekeeping(self) -> None:
+        interval = max(0.5, self.heartbeat_ttl / 3)
+        while not self._stop.wait(interval if not self._scan_requested.is_set() else 0.05):
+            self.housekeep()
+
+    def housekeep(self) -> None:
+        """Reconnect if needed, beat, and scan when due (or when an event named an unknown domain)."""
+        if not self.hv.alive():
+            self._connect()
+        self.heartbeat()
+        due = time.monotonic() - self._last_scan >= self.resync
+        if self.hv.alive() and (due or self._scan_requested.is_set()):
+            self._scan_requested.clear()
+            self.scan()
+
+    # ---------------------------------------------------------- connection
+
+    def _connect(self) -> None:
+        try:
+            conn = self.hv.connect()
+        except AgentError as exc:
+            self.hv_error = str(exc)
+            log.warning("agent %s: %s", self.node, exc)
+            return
+        self.hv_error = ""
+        self._callback_ids = []
+        try:
+            self._callback_ids.append(conn.domainEventRegisterAny(
+                None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._on_lifecycle, None))
+            conn.registerCloseCallback(self._on_close, None)
+        except libvirt.libvirtError as exc:
+            log.warning("agent %s: lifecycle events unavailable (%s); resync only", self.node, exc)
+        self._scan_requested.set()
+        if self.informer.synced:
+            for vps in self.informer.items():
+                self.enqueue(vps, 0)
+
+    def _deregister_events(self) -> None:
+        conn = self.hv.conn
+        for cid in self._callback_ids:
+            try:
+                if conn is not None:
+                    conn.domainEventDeregisterAny(cid)
+            except libvirt.libvirtError:
+                pass
+        self._callback_ids = []
+
+    def _on_close(self, _conn: object, reason: int, _opaque: object) -> None:
+        log.warning("agent %s: libvirt connection closed (reason %d)", self.node, reason)
+        self._scan_requested.set()
+
+    def _on_lifecycle(self, _conn: object, dom: libvirt.virDomain, event: int, detail: int, _opaque: object) -> None:
+        vps = self._names.get(dom.name())
+        if vps is None:
+            self._scan_requested.set()
+            return
+        guest_stop = event == libvirt.VIR_DOMAIN_EVENT_STOPPED and detail == libvirt.VIR_DOMAIN_EVENT_STOPPED_SHUTDOWN
+        # A STOPPED straight after a shutdown request from inside can be a reboot on its way; look a bit later.
+        self.enqueue(vps, self.debounce_seconds if guest_stop else 0)
+
+    # ------------------------------------------------------------- informer
+
+    def _on_desired(self, vps: str, old: DomainSpec | None, new: DomainSpec | None) -> None:
+        with self._lock:
+            for spec in (old, new):
+                if spec is not None:
+                    self._uids.setdefault(vps, set()).add(spec.uid)
+                    self._names[domain_name(spec.uid)] = vps
+        self.enqueue(vps, 0)
+
+    def _load_reported(self) -> None:
+        kvs, _ = self.store.kv_range(keys.observed_prefix(self.node, self.store.root))
+        prefix = keys.observed_prefix(self.node, self.store.root)
+        for kv in kvs:
+            try:
+                obs = ObservedDomain.model_validate_json(kv.value)
+            except ValueError:
+                continue
+            vps = kv.key[len(prefix):]
+            self._reported[vps] = obs
+            self._uids.setdefault(vps, set()).add(obs.uid)
+            self._names[obs.domainName] = vps
+
+    # ----------------------------------------------------------------- scan
+
+    def scan(self) -> None:
+        """Every managed domain gets a look (orphans included); volumes with no owner are removed."""
+        self._last_scan = time.monotonic()
+        try:
+            domains = self.hv.all_domains()
+        except (libvirt.libvirtError, AgentError) as exc:
+            log.warning("agent %s: scan failed: %s", self.node, exc)
+            return
+        found: set[str] = set()
+        for dom, meta in domains:
+            if meta is None:
+                continue
+            with self._lock:
+                self._uids.setdefault(meta.vps, set()).add(meta.uid)
+                self._names[dom.name()] = meta.vps
+            found.add(meta.vps)
+        for vps in found | set(self.informer.items()) | set(self._reported):
+            self.enqueue(vps, 0)
+        keep = {domain_name(s.uid) for s in self.informer.items().values()}
+        try:
+            removed = self.hv.delete_orphan_volumes(keep)
+        except (libvirt.libvirtError, AgentError) as exc:
+            log.warning("agent %s: orphan volume scan failed: %s", self.node, exc)
+            return
+        if removed:
+            log.info("agent %s: removed orphan volumes %s", self.node, removed)
+
+    # ------------------------------------------------------------ reconcile
+
+    def note(self, vps: str) -> Callable[[str, str], None]:
+        def _note(kind: str, message: str) -> None:
+            self._notes.setdefault(vps, {})[kind] = message
+        return _note
+
+    def reconcile_key(self, vps: str) -> Result | None:
+        self.reconciles += 1
+        spec = self.informer.get(vps)
+        generation = self.informer.mod_revision(vps)
+        with self._lock:
+            uids = set(self._uids.get(vps, set()))
+        wait: float | None = None
+        error: tuple[str, str] | None = None
+        obs: Observation | None = None
+        converged = False
+        try:
+            # A domain of an earlier incarnation of this VPS (another uid) goes first.
+            for uid in sorted(uids - ({spec.uid} if spec else set())):
+                stale, _done, w = self._converge(None, uid, vps)
+                if not stale.actual.defined and stale.actual.disk_gib is None and not stale.actual.seed_present:
+                    with self._lock:
+                        self._uids.get(vps, set()).discard(uid)
+                elif w is not None:
+                    wait = w if wait is None else min(wait, w)
+            if spec is not None:
+                obs, converged, w = self._converge(spec, spec.uid, vps)
+                if w is not None:
+                    wait = w if wait is None else min(wait, w)
+        except (AgentError, libvirt.libvirtError) as exc:
+            reason = exc.reason if isinstance(exc, AgentError) else "LibvirtError"
+            error = (reason, str(exc))
+            log.warning("agent %s: %s: %s", self.node, vps, exc)
+        if spec is None:
+            with self._lock:
+                leftover = bool(self._uids.get(vps))
+            if not leftover and error is None:
+                self._delete_report(vps)
+            elif error is not None:
+                self._report_error_only(vps, error)
+        else:
+            if obs is None:
+                try:
+                    obs = self.hv.read(spec.uid, spec=spec)
+                except (AgentError, libvirt.libvirtError):
+                    obs = Observation(P.Actual(), None)
+            self._report(vps, spec, obs, generation, converged, error)
+        if error is not None:
+            raise _Retry(error[1])
+        return Result(requeue_after=wait) if wait is not None else None
+
+    def _converge(self, spec: DomainSpec | None, uid: str, vps: str) -> tuple[Observation, bool, float | None]:
+        if not self.hv.alive():
+            raise HypervisorUnavailable(self.hv_error or f"not connected to {self.hv.uri}")
+        with self._lock:
+            self._names[domain_name(uid)] = vps
+        for _ in range(MAX_STEPS):
+            obs = self.hv.read(uid, spec=spec)
+            now = time.time()
+            actions = P.plan(spec, obs.actual, now=now)
+            if not actions:
+                return obs, True, P.wake_after(spec, obs.actual, now=now)
+            for action in actions:
+                log.info("agent %s: %s: %s", self.node, vps, action)
+                self.hv.execute(action, spec, uid, vps, self.note(vps))
+        obs = self.hv.read(uid, spec=spec)
+        return obs, False, 1.0
+
+    # -------------------------------------------------------------- reports
+
+    def _write(self, vps: str, obs: ObservedDomain) -> None:
+        if report.same_report(self._reported.get(vps), obs):
+            return
+        self.store.kv_put(keys.observed_key(self.node, vps, self.store.root),
+                          obs.model_dump_json(exclude_none=False).encode())
+        self._reported[vps] = obs
+
+    def _report(self, vps: str, spec: DomainSpec, obs: Observation, generation: int | None, converged: bool,
+                error: tuple[str, str] | None) -> None:
+        notes = self._notes.pop(vps, {}) if converged else self._notes.get(vps, {})
+        prev = self._reported.get(vps)
+        if prev is not None and prev.uid != spec.uid:
+            prev = None
+        new = report.observe(spec, obs.actual, vps=vps, uid=spec.uid, generation=generation, converged=converged,
+                             error=error, notes=notes, previous=prev, now=datetime.now(UTC))
+        self._write(vps, new)
+
+    def _report_error_only(self, vps: str, error: tuple[str, str]) -> None:
+        prev = self._reported.get(vps)
+        if prev is not None:
+            self._write(vps, prev.model_copy(update={"lastError": f"{error[0]}: {error[1]}"}))
+
+    def _delete_report(self, vps: str) -> None:
+        if self._reported.pop(vps, None) is not None:
+            self.store.kv_delete(keys.observed_key(self.node, vps, self.store.root))
+
+    # ------------------------------------------------------------ heartbeat
+
+    def allocated(self) -> dict[str, int]:
+        specs = self.informer.items().values()
+        return {"vcpus": sum(s.vcpus for s in specs), "memoryMiB": sum(s.memoryMiB for s in specs),
+                "diskGiB": sum(s.diskGiB for s in specs), "domains": len(specs)}
+
+    def heartbeat(self) -> None:
+        facts = None
+        if self.hv.alive():
+            try:
+                facts = self.hv.facts()
+            except (AgentError, libvirt.libvirtError) as exc:
+                self.hv_error = str(exc)
+        value = report.heartbeat(self.node, facts, allocated=self.allocated(), libvirt_ok=facts is not None,
+                                 error=self.hv_error, now=datetime.now(UTC))
+        key = keys.heartbeat_key(self.node, self.store.root)
+        try:
+            if self._lease is not None:
+                try:
+                    self.store.refresh_lease(self._lease)
+                except NotFound:
+                    self._lease = None
+            if self._lease is None:
+                self._lease = self.store.grant_lease(self.heartbeat_ttl)
+            self.store.kv_put(key, report_bytes(value), lease=self._lease)
+        except StoreError as exc:
+            log.warning("agent %s: heartbeat failed: %s", self.node, exc)
+
+
+def report_bytes(value: object) -> bytes:
+    return json.dumps(value, sort_keys=True).encode()
+
+
+class _Retry(Exception):
+    """Raised after a failed reconcile has been reported, so the work queue retries with backoff."""

@@ -1,0 +1,42 @@
+"""The node agent's error tree. libvirt and I/O errors are translated to these at the edge.
+
+    AgentError
+      ├── HypervisorUnavailable   libvirt cannot be reached (the connection is retried)
+      ├── NameConflict            a domain of the derived name exists without Hostplane metadata
+      ├── ImageError              the image cannot be made ready
+      │     └── ChecksumMismatch  the bytes do not hash to the image's sha256
+      ├── StorageFull             the pool lacks the space the action needs
+      └── ActionFailed            a libvirt call in an action failed (cause attached)
+
+Each carries a `reason`, the condition reason reported in the VPS's observed status.
+"""
+
+from __future__ import annotations
+
+
+class AgentError(Exception):
+    reason = "Error"
+
+
+class HypervisorUnavailable(AgentError):
+    reason = "LibvirtUnavailable"
+
+
+class NameConflict(AgentError):
+    reason = "NameConflict"
+
+
+class ImageError(AgentError):
+    reason = "ImageUnavailable"
+
+
+class ChecksumMismatch(ImageError):
+    reason = "ImageChecksumMismatch"
+
+
+class StorageFull(AgentError):
+    reason = "StorageFull"
+
+
+class ActionFailed(AgentError):
+    reason = "ActionFailed"

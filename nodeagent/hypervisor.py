@@ -1,0 +1,380 @@
+"""The libvirt side of one node: read what a VPS has (`read`), carry out planned actions (`execute`).
+
+Holds one libvirt connection (thread-safe) and the agent's storage pool. Every action re-reads
+what it needs and is safe to repeat after a crash at any line: intent is written to the domain's
+metadata before the power call it describes, so a restarted agent resumes rather than restarts.
+It never touches a domain without Hostplane metadata for the uid it was asked about.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import libvirt
+
+from nodeagent import cloudinit, domain_xml
+from nodeagent import plan as P
+from nodeagent.errors import ActionFailed, HypervisorUnavailable, NameConflict
+from nodeagent.metadata import NS, PREFIX, Meta, from_domain_xml
+from nodeagent.storage import Storage
+from specs.domain import DomainSpec
+
+log = logging.getLogger(__name__)
+
+def _libvirt_quiet(_ctx: object, _err: object) -> None:
+    """libvirt prints every error to stderr by default; errors reach us as exceptions instead."""
+
+
+@dataclass
+class Observation:
+    """`Actual` for the planner plus what reporting needs (the libvirt state and reason)."""
+
+    actual: P.Actual
+    meta: Meta | None
+    state: int | None = None
+    reason: int | None = None
+    conflict: bool = False
+
+
+@dataclass(frozen=True)
+class NodeFacts:
+    cpus: int
+    memory_mib: int
+    free_memory_mib: int
+    pool_capacity_gib: float
+    pool_available_gib: float
+    managed: int
+    unmanaged: int
+
+
+class Hypervisor:
+    def __init__(self, uri: str, data_dir: Path, *, pool_name: str = "hostplane", network: str = "user") -> None:
+        self.uri = uri
+        self.data_dir = data_dir
+        self.pool_name = pool_name
+        self.network = network
+        self._lock = threading.Lock()
+        self.conn: libvirt.virConnect | None = None
+        self.storage: Storage | None = None
+        self.simulated = False
+        self.domain_type = "qemu"
+        self.logs_dir = data_dir / "logs"
+
+    # ------------------------------------------------------------ connection
+
+    def connect(self) -> libvirt.virConnect:
+        libvirt.registerErrorHandler(_libvirt_quiet, None)
+        try:
+            conn = libvirt.open(self.uri)
+        except libvirt.libvirtError as exc:
+            raise HypervisorUnavailable(f"cannot open {self.uri}: {exc}") from exc
+        self.simulated = str(conn.getType()).upper() == "TEST"
+        self.domain_type = "test" if self.simulated else self._virt_type(conn)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        pool_dir = self.data_dir / "pool"
+        if self.storage is None:
+            self.storage = Storage(conn, pool_name=self.pool_name, pool_dir=pool_dir,
+                                   work_dir=self.data_dir / "downloads", simulated=self.simulated)
+        else:
+            self.storage.reattach(conn)
+        self.logs_dir.mkdir(parents=True, exist_ok=True)
+        if not self.simulated and os.geteuid() == 0 and pool_dir.exists():
+            # The hypervisor daemon may run as another user (a session daemon): let it write serial logs.
+            st = pool_dir.stat()
+            os.chown(self.logs_dir, st.st_uid, st.st_gid)
+        self.conn = conn
+        return conn
+
+    @staticmethod
+    def _virt_type(conn: libvirt.virConnect) -> str:
+        try:
+            conn.getDomainCapabilities(None, "x86_64", None, "kvm", 0)
+            return "kvm"
+        except libvirt.libvirtError:
+            return "qemu"
+
+    def alive(self) -> bool:
+        conn = self.conn
+        if conn is None:
+            return False
+        try:
+            return bool(conn.isAlive())
+        except libvirt.libvirtError:
+            return False
+
+    def _conn(self) -> libvirt.virConnect:
+        if self.conn is None:
+            raise HypervisorUnavailable(f"not connected to {self.uri}")
+        return self.conn
+
+    def _storage(self) -> Storage:
+        if self.storage is None:
+            raise HypervisorUnavailable(f"not connected to {self.uri}")
+        return self.storage
+
+    def close(self) -> None:
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            with contextlib.suppress(libvirt.libvirtError):
+                conn.close()
+
+    # --------------------------------------------------------------- reading
+
+    def lookup(self, name: str) -> libvirt.virDomain | None:
+        try:
+            return self._conn().lookupByName(name)
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                return None
+            raise HypervisorUnavailable(f"lookup {name}: {exc}") from exc
+
+    def all_domains(self) -> list[tuple[libvirt.virDomain, Meta | None]]:
+        out = []
+        for dom in self._conn().listAllDomains(0):
+            try:
+                out.append((dom, from_domain_xml(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))))
+            except libvirt.libvirtError:
+                continue  # vanished while listing
+        return out
+
+    def read(self, uid: str, *, spec: DomainSpec | None = None) -> Observation:
+        """Everything the planner needs about the domain and volumes derived from `uid`."""
+        st = self._storage()
+        name = domain_xml.domain_name(uid)
+        base_present = spec is not None and st.base_present(spec.image)
+        disk = st.root_gib(name)
+        seed = st.seed_present(name)
+        dom = self.lookup(name)
+        if dom is None:
+            return Observation(P.Actual(base_present=base_present, disk_gib=disk, seed_present=seed), None)
+        try:
+            meta = from_domain_xml(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
+            state, reason = dom.state(0)
+            active = state not in (libvirt.VIR_DOMAIN_SHUTOFF, libvirt.VIR_DOMAIN_CRASHED)
+            sizes = domain_xml.read_sizes(dom.XMLDesc(0) if active else dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                return Observation(P.Actual(base_present=base_present, disk_gib=disk, seed_present=seed), None)
+            raise HypervisorUnavailable(f"read {name}: {exc}") from exc
+        if meta is None or meta.uid != uid:
+            return Observation(P.Actual(defined=True, managed=False), None, state, reason, conflict=True)
+        power: P.Power
+        if state == libvirt.VIR_DOMAIN_PAUSED or state == libvirt.VIR_DOMAIN_PMSUSPENDED:
+            power = "paused"
+        elif state == libvirt.VIR_DOMAIN_CRASHED or (
+                state == libvirt.VIR_DOMAIN_SHUTOFF and reason in (libvirt.VIR_DOMAIN_SHUTOFF_CRASHED,
+                                                                   libvirt.VIR_DOMAIN_SHUTOFF_FAILED)):
+            power = "crashed"
+        elif state == libvirt.VIR_DOMAIN_SHUTOFF:
+            power = "shutoff"
+        else:
+            power = "running"
+        off_by_guest = (state == libvirt.VIR_DOMAIN_SHUTOFF and reason == libvirt.VIR_DOMAIN_SHUTOFF_SHUTDOWN
+                        and meta.stop_intent is None)
+        actual = P.Actual(
+            defined=True, managed=True, power=power, off_by_guest=off_by_guest,
+            vcpus=sizes.vcpus, max_vcpus=sizes.max_vcpus, memory_mib=sizes.memory_mib,
+            max_memory_mib=sizes.max_memory_mib, config_hash=meta.config_hash, seed_hash=meta.seed_hash,
+            rebuild_generation=meta.rebuild_generation, restart_generation=meta.restart_generation,
+            stop_intent=meta.stop_intent, stop_requested_at=meta.stop_requested_at, last_acpi_at=meta.last_acpi_at,
+            grace_seconds=meta.grace_seconds, paused_at=meta.paused_at, crash_count=meta.crash_count,
+            crashed_at=meta.crashed_at, last_start_at=meta.last_start_at,
+            base_present=base_present, disk_gib=disk, seed_present=seed,
+        )
+        return Observation(actual, meta, state, reason)
+
+    def facts(self) -> NodeFacts:
+        conn = self._conn()
+        info = conn.getInfo()
+        cap, avail = self._storage().capacity()
+        managed = unmanaged = 0
+        for _, meta in self.all_domains():
+            if meta is None:
+                unmanaged += 1
+            else:
+                managed += 1
+        return NodeFacts(cpus=int(info[2]), memory_mib=int(info[1]),
+                         free_memory_mib=int(conn.getFreeMemory()) // 1024**2,
+                         pool_capacity_gib=round(cap / 1024**3, 2), pool_available_gib=round(avail / 1024**3, 2),
+                         managed=managed, unmanaged=unmanaged)
+
+    # -------------------------------------------------------------- actions
+
+    def _set_meta(self, dom: libvirt.virDomain, meta: Meta) -> None:
+        flags = libvirt.VIR_DOMAIN_AFFECT_CONFIG
+        if dom.isActive():
+            flags |= libvirt.VIR_DOMAIN_AFFECT_LIVE
+        dom.setMetadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, meta.to_xml(), PREFIX, NS, flags)
+
+    def _boot(self, spec: DomainSpec, name: str) -> domain_xml.Boot:
+        st = self._storage()
+        base = st.base_paths(spec.image) if (spec.image.kernel or spec.image.initrd) else None
+        return domain_xml.Boot(
+            domain_type=self.domain_type, root_disk=st.root_path(name), seed=st.seed_path(name),
+            serial_log=str(self.logs_dir / f"{name}.log"),
+            kernel=base.kernel if base else None, initrd=base.initrd if base else None,
+            arch="i686" if self.simulated else "x86_64", machine=None if self.simulated else "pc",
+            network=self.network, guest_agent=not self.simulated,
+        )
+
+    def execute(self, action: P.Action, spec: DomainSpec | None, uid: str, vps: str,
+                note: Callable[[str, str], None]) -> None:
+        """Carry out one planned action; `note(kind, message)` records something worth reporting."""
+        name = domain_xml.domain_name(uid)
+        st = self._storage()
+        try:
+            self._execute(action, spec, uid, vps, name, st, note)
+        except libvirt.libvirtError as exc:
+            if not self.alive():
+                raise HypervisorUnavailable(f"libvirt connection lost during {action.name}: {exc}") from exc
+            raise ActionFailed(f"{action.name} on {name}: {exc.get_error_message()}") from exc
+
+    def _domain(self, name: str, uid: str) -> tuple[libvirt.virDomain, Meta]:
+        dom = self.lookup(name)
+        if dom is None:
+            raise ActionFailed(f"domain {name} is not defined")
+        meta = from_domain_xml(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
+        if meta is None or meta.uid != uid:
+            raise NameConflict(f"domain {name} exists but is not Hostplane's; it is left alone")
+        return dom, meta
+
+    def _execute(self, action: P.Action, spec: DomainSpec | None, uid: str, vps: str, name: str,
+                 st: Storage, note: Callable[[str, str], None]) -> None:
+        if isinstance(action, P.EnsureImage):
+            assert spec is not None
+            st.ensure_image(spec.image)
+        elif isinstance(action, P.CreateRootDisk):
+            assert spec is not None
+            st.create_root(name, spec.image, action.size_gib)
+        elif isinstance(action, P.RecreateRootDisk):
+            assert spec is not None
+            dom, meta = self._domain(name, uid)
+            st.recreate_root(name, spec.image, action.size_gib)
+            self._set_meta(dom, meta.with_(rebuild_generation=action.rebuild_generation))
+        elif isinstance(action, P.GrowRootDisk):
+            assert spec is not None
+            st.grow_root(name, action.size_gib, self.lookup(name), spec.image)
+        elif isinstance(action, P.BuildSeed):
+            assert spec is not None
+            st.write_seed(name, cloudinit.build_iso(cloudinit.seed_files(spec)))
+            dom = self.lookup(name)
+            if dom is not None:
+                dom, meta = self._domain(name, uid)
+                self._set_meta(dom, meta.with_(seed_hash=action.seed_hash))
+        elif isinstance(action, P.Define):
+            assert spec is not None
+            self._define(action, spec, uid, name)
+        else:
+            self._power(action, name, uid, note)
+
+    def _define(self, action: P.Define, spec: DomainSpec, uid: str, name: str) -> None:
+        dom = self.lookup(name)
+        meta = Meta(vps=spec.vps, uid=uid)
+        uuid = None
+        if dom is not None:
+            uuid = dom.UUIDString()
+            old = from_domain_xml(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
+            if old is None or old.uid != uid:
+                raise NameConflict(f"domain {name} exists but is not Hostplane's; it is left alone")
+            meta = old
+        meta = meta.with_(vps=spec.vps, config_hash=action.config_hash, seed_hash=action.seed_hash,
+                          rebuild_generation=action.rebuild_generation,
+                          restart_generation=action.restart_generation,
+                          grace_seconds=float(spec.shutdownGraceSeconds))
+        xml = domain_xml.build(spec, meta, self._boot(spec, name), uuid=uuid)
+        new = self._conn().defineXML(xml)
+        if new.isActive():
+            # defineXML changes the persistent config only; keep the live metadata in step.
+            self._set_meta(new, meta)
+
+    def _power(self, action: P.Action, name: str, uid: str, note: Callable[[str, str], None]) -> None:
+        if isinstance(action, P.DeleteVolumes):
+            self._storage().delete_domain_volumes(name)
+            return
+        dom, meta = self._domain(name, uid)
+        if isinstance(action, P.Start):
+            meta = meta.with_(restart_generation=max(meta.restart_generation, action.restart_generation),
+                              stop_intent=None, stop_requested_at=None, last_acpi_at=None, crashed_at=None,
+                              last_start_at=action.at, paused_at=action.at if action.paused else None)
+            self._set_meta(dom, meta)
+            if not dom.isActive():
+                dom.createWithFlags(libvirt.VIR_DOMAIN_START_PAUSED if action.paused else 0)
+        elif isinstance(action, P.RequestShutdown):
+            now = time.time()
+            self._set_meta(dom, meta.with_(
+                stop_intent=action.intent, last_acpi_at=now, grace_seconds=action.grace_seconds,
+                stop_requested_at=now if action.first or meta.stop_requested_at is None else meta.stop_requested_at))
+            if dom.isActive():
+                try:
+                    if self.simulated:
+                        dom.shutdown()  # the test driver knows no ACPI flag
+                    else:
+                        dom.shutdownFlags(libvirt.VIR_DOMAIN_SHUTDOWN_ACPI_POWER_BTN)
+                except libvirt.libvirtError as exc:
+                    if exc.get_error_code() != libvirt.VIR_ERR_OPERATION_INVALID:
+                        raise
+        elif isinstance(action, P.Destroy):
+            if meta.stop_intent is None:
+                self._set_meta(dom, meta.with_(stop_intent="stop"))
+            if dom.isActive():
+                dom.destroy()
+        elif isinstance(action, P.Pause):
+            self._set_meta(dom, meta.with_(paused_at=action.at))
+            if dom.state(0)[0] == libvirt.VIR_DOMAIN_RUNNING:
+                dom.suspend()
+        elif isinstance(action, P.Resume):
+            if not action.for_stop:
+                self._set_meta(dom, meta.with_(paused_at=None))
+            if dom.state(0)[0] in (libvirt.VIR_DOMAIN_PAUSED, libvirt.VIR_DOMAIN_PMSUSPENDED):
+                dom.resume()
+                self._sync_clock(dom, note)
+        elif isinstance(action, P.SetVcpus):
+            dom.setVcpusFlags(action.vcpus, libvirt.VIR_DOMAIN_AFFECT_LIVE)
+            dom.setVcpusFlags(action.vcpus, libvirt.VIR_DOMAIN_AFFECT_CONFIG)
+        elif isinstance(action, P.SetMemory):
+            dom.setMemoryFlags(action.memory_mib * 1024, libvirt.VIR_DOMAIN_AFFECT_LIVE)
+            dom.setMemoryFlags(action.memory_mib * 1024, libvirt.VIR_DOMAIN_AFFECT_CONFIG)
+        elif isinstance(action, P.RecordIntent):
+            self._set_meta(dom, meta.with_(**{action.key: action.value}))
+        elif isinstance(action, P.RecordCrash):
+            self._set_meta(dom, meta.with_(crashed_at=action.crashed_at, crash_count=meta.crash_count + 1))
+        elif isinstance(action, P.ForgetCrashes):
+            self._set_meta(dom, meta.with_(crash_count=0))
+        elif isinstance(action, P.Undefine):
+            if dom.isActive():
+                dom.destroy()
+            dom.undefine()
+        else:
+            raise ActionFailed(f"unknown action {action.name}")
+
+    @staticmethod
+    def _sync_clock(dom: libvirt.virDomain, note: Callable[[str, str], None]) -> None:
+        """After a pause the guest clock is behind; only a guest agent can set it."""
+        try:
+            now = time.time()
+            dom.setTime({"seconds": int(now), "nseconds": int((now % 1) * 1e9)}, 0)
+        except libvirt.libvirtError as exc:
+            note("ClockNotSynced", f"guest clock not re-synced after unpause (no guest agent): "
+                                   f"{exc.get_error_message()}")
+
+    def delete_orphan_volumes(self, keep_names: set[str]) -> list[str]:
+        """Root disks and seeds whose domain is gone and whose VPS is not desired here."""
+        st = self._storage()
+        defined = {dom.name() for dom, _ in self.all_domains()}
+        removed = []
+        for vol in st.volume_names():
+            if not vol.startswith("hp-"):
+                continue
+            owner = vol.removesuffix("-root.qcow2").removesuffix("-seed.iso")
+            if owner == vol or owner in defined or owner in keep_names:
+                continue
+            st.delete_volume(vol)
+            removed.append(vol)
+        return removed

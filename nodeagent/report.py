@@ -1,0 +1,96 @@
+"""What the agent tells the control plane about one VPS: an `ObservedDomain`, and node capacity.
+
+Pure: values in, values out, `now` passed in. Condition transition times move only when a
+status changes, so an unchanged domain yields an identical report and nothing is written.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from nodeagent import plan as P
+from nodeagent.domain_xml import domain_name
+from specs.domain import DomainSpec, ObservedDomain, ObservedPower
+from specs.meta import Condition, set_condition
+
+CRASH_LOOP_AFTER = 2
+
+
+def observed_power(a: P.Actual) -> tuple[ObservedPower, str]:
+    if not a.defined:
+        return "Absent", ""
+    if not a.managed:
+        return "Unknown", "not managed by Hostplane"
+    if a.power == "running":
+        return ("ShuttingDown", a.stop_intent) if a.stop_intent and a.stop_requested_at else ("Running", "")
+    if a.power == "paused":
+        return "Paused", ""
+    if a.power == "crashed":
+        return "Crashed", "crashed"
+    if a.off_by_guest:
+        return "Stopped", "guest"
+    return "Stopped", "agent" if a.stop_intent else ""
+
+
+def observe(desired: DomainSpec | None, a: P.Actual, *, vps: str, uid: str, generation: int | None,
+            converged: bool, error: tuple[str, str] | None, notes: dict[str, str],
+            previous: ObservedDomain | None, now: datetime) -> ObservedDomain:
+    """The report for one VPS. `error` is (reason, message) of the last failure, if the last attempt failed."""
+    power, reason = observed_power(a)
+    if desired is not None and desired.powerReason and reason in ("", "agent"):
+        reason = desired.powerReason
+    conds: list[Condition] = list(previous.conditions) if previous else []
+
+    def put(type_: str, status: bool, reason_: str = "", message: str = "") -> None:
+        nonlocal conds
+        conds = set_condition(conds, Condition(type=type_, status="True" if status else "False",
+                                               reason=reason_, message=message), now)
+
+    ready = converged and error is None and desired is not None
+    put("Ready", ready, "Converged" if ready else (error[0] if error else "Converging"), error[1] if error else "")
+    restart = desired is not None and P.restart_required(desired, a)
+    put("RestartRequired", restart, "BeyondLiveMaximum" if restart else "",
+        "vCPU or memory beyond the domain's maximum; applied at the next restart" if restart else "")
+    loop = a.crash_count >= CRASH_LOOP_AFTER
+    put("CrashLoop", loop, "CrashLoopBackOff" if loop else "",
+        f"crashed {a.crash_count} times; next start after {P.crash_backoff(a.crash_count):.0f} s" if loop else "")
+    if "ClockNotSynced" in notes or any(c.type == "ClockSynced" for c in conds):
+        put("ClockSynced", "ClockNotSynced" not in notes, "NoGuestAgent" if "ClockNotSynced" in notes else "",
+            notes.get("ClockNotSynced", ""))
+    if a.defined and not a.managed:
+        error = ("NameConflict", f"a domain named {domain_name(uid)} exists without Hostplane metadata; left alone")
+
+    observed_generation = generation if (converged and error is None) else (
+        previous.observedGeneration if previous else None)
+    since = previous.since if previous and previous.power == power and previous.since else now
+    return ObservedDomain(
+        vps=vps, uid=uid, domainName=domain_name(uid), power=power, powerReason=reason,
+        vcpus=a.vcpus if a.defined else None, memoryMiB=a.memory_mib if a.defined else None,
+        diskGiB=a.disk_gib, maxVcpus=a.max_vcpus if a.defined else None,
+        maxMemoryMiB=a.max_memory_mib if a.defined else None,
+        observedGeneration=observed_generation, rebuildGeneration=a.rebuild_generation,
+        restartGeneration=a.restart_generation, conditions=conds,
+        lastError=f"{error[0]}: {error[1]}" if error else "", since=since,
+    )
+
+
+def same_report(a: ObservedDomain | None, b: ObservedDomain | None) -> bool:
+    if a is None or b is None:
+        return a is b
+    return a.model_dump() == b.model_dump()
+
+
+def heartbeat(node: str, facts: Any, *, allocated: dict[str, int], libvirt_ok: bool, error: str,
+              now: datetime) -> dict[str, Any]:
+    """The node's heartbeat value: capacity from libvirt and what its managed domains use."""
+    doc: dict[str, Any] = {"node": node, "time": now.astimezone(UTC).isoformat(), "libvirt": libvirt_ok}
+    if facts is not None:
+        doc["capacity"] = {"cpus": facts.cpus, "memoryMiB": facts.memory_mib,
+                           "freeMemoryMiB": facts.free_memory_mib, "poolGiB": facts.pool_capacity_gib,
+                           "poolAvailableGiB": facts.pool_available_gib}
+        doc["domains"] = {"managed": facts.managed, "unmanaged": facts.unmanaged}
+    doc["allocated"] = allocated
+    if error:
+        doc["error"] = error
+    return doc
