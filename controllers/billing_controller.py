@@ -1,0 +1,298 @@
+"""The billing controller: charges, decides subscription states, warns, and deletes after retention.
+
+One reconcile per customer (its subscriptions share one balance): take the hourly charges
+owed by now (`charging.py`), close ended months into statements (`ledger.roll_up`), then for
+each subscription ask `billing.next_billing_state` and write the answer to
+Subscription.status (one fenced compare-and-swap), queue the warnings it owes (an outbox
+key per warning, created once, plus a Warning event), and delete the VPSes of a
+subscription whose retention has passed (the controllers' finalizer frees the rest).
+
+A customer is reconciled when its account moves (a payment), when it or one of its
+subscriptions changes, at the moment a decision said it would change (`wake_at`) and on a
+periodic sweep that also takes each new hour's charges.
+
+    <root>/billing/outbox/<customer>/<subscription>.<warning key>   a notice queued for e-mail
+
+It must never decide anything itself (the decisions are pure functions) nor act when the
+leader fence no longer holds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from controllers import charging, ledger
+from controllers.billing import DEFAULT_POLICY, BillingDecision, BillingFacts, Policy, Warning, effective_policy
+from controllers.billing import next_billing_state as decide
+from controllers.events import EventRecorder
+from reconcile import keys
+from reconcile.controller import Controller, Result
+from reconcile.errors import NotFound
+from reconcile.informer import Informer
+from reconcile.store import Compare, CreatedAt, Get, ModIs, Put, Store
+from specs.kinds import VPS, Customer, Plan, Subscription, SubscriptionStatus
+from specs.money import format_minor, to_minor
+
+log = logging.getLogger(__name__)
+
+FenceFn = Callable[[], "Compare | Sequence[Compare]"]
+Clock = Callable[[], datetime]
+
+_MESSAGES = {
+    "Overdue": "Your balance is below your credit limit; please pay by {deadline} to keep your server running.",
+    "SuspensionSoon": "Your server will be suspended at {deadline} unless the balance is paid.",
+    "Suspended": "Your server is suspended; it will be terminated at {deadline} unless the balance is paid.",
+    "TerminationSoon": "Your subscription will be terminated at {deadline}; pay now to keep it.",
+    "Terminated": "Your subscription is terminated; its server and disks will be deleted at {deadline}.",
+    "DeletionSoon": "Your server and its disks will be deleted at {deadline}.",
+}
+
+
+def outbox_prefix(root: str) -> str:
+    return f"{root}/billing/outbox/"
+
+
+def outbox_key(customer: str, sub: str, warning_key: str, root: str) -> str:
+    return f"{outbox_prefix(root)}{customer}/{sub}.{warning_key}"
+
+
+def _fences(fence: FenceFn | None) -> list[Compare]:
+    if fence is None:
+        return []
+    got = fence()
+    return list(got) if isinstance(got, list | tuple) else [got]  # type: ignore[list-item]
+
+
+@dataclass
+class SyncReport:
+    customer: str
+    charged_minor: int = 0
+    transitions: list[tuple[str, tuple[str, ...]]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    deleted: list[str] = field(default_factory=list)
+    wake_at: datetime | None = None
+    errors: list[str] = field(default_factory=list)
+
+
+class BillingController:
+    """Reconciles customers; use `sync_customer` directly (tests) or `start()` for the watch loop."""
+
+    def __init__(self, store: Store, *, clock: Clock, fence: FenceFn | None = None,
+                 defaults: Policy = DEFAULT_POLICY, interval: float = 30.0, workers: int = 2,
+                 recorder: EventRecorder | None = None) -> None:
+        self.store = store
+        self.clock = clock
+        self.fence = fence
+        self.defaults = defaults
+        self.interval = interval
+        self.events = recorder or EventRecorder(store, clock=clock)
+        self.charger = charging.Charger(store, fence=fence)
+        self.controller = Controller("billing", self._reconcile, workers=workers)
+        self._subs: Informer[str] | None = None
+        self._accounts: Informer[bytes] | None = None
+        self._customers: Informer[bytes] | None = None
+        self._stop = threading.Event()
+        self._sweeper: threading.Thread | None = None
+        self._rolled: dict[str, str] = {}
+
+    # ------------------------------------------------------------ reconcile
+
+    def _reconcile(self, customer: str) -> Result | None:
+        report = self.sync_customer(customer)
+        if report.errors:
+            log.warning("billing %s: %s", customer, "; ".join(report.errors))
+        if report.wake_at is not None:
+            delay = (report.wake_at - self.clock()).total_seconds()
+            return Result(requeue_after=min(max(delay, 0.0) + 0.05, self.interval))
+        return None
+
+    def _customer_subs(self, customer: str) -> list[Subscription]:
+        if self._subs is not None:
+            names = [n for n, c in self._subs.items().items() if c == customer]
+            out = []
+            for n in names:
+                try:
+                    out.append(self.store.get(Subscription, n))
+                except NotFound:
+                    continue
+            return out
+        return [s for s in self.store.list(Subscription).items if s.spec.customer == customer]
+
+    def sync_customer(self, customer: str) -> SyncReport:
+        """Charge, roll up, decide and act for one customer, at the injected clock's `now`."""
+        now = self.clock()
+        report = SyncReport(customer)
+        try:
+            cust = self.store.get(Customer, customer)
+        except NotFound:
+            return report
+        subs = self._customer_subs(customer)
+        plans: dict[str, Plan] = {}
+        for s in subs:
+            if s.spec.plan not in plans:
+                with contextlib.suppress(NotFound):
+                    plans[s.spec.plan] = self.store.get(Plan, s.spec.plan)
+        cursors = {s.name: c for s in subs if (c := charging.read_cursor(self.store, s.name)) is not None}
+        charged = self.charger.charge_customer(customer, subs, plans, cursors, now)
+        report.charged_minor = charged.amount_minor
+        report.errors += charged.errors
+        month = f"{now.astimezone(UTC):%Y-%m}"
+        if self._rolled.get(customer) != month:
+            ledger.roll_up(self.store, customer, now=now, guard=_fences(self.fence))
+            self._rolled[customer] = month
+        account = ledger.read_account(self.store, customer)
+        if account.revision == 0 and cust.status is None:
+            zero = format_minor(0, cust.spec.currency)
+            self.store.put_status(Customer, customer, {"balance": zero, "balanceMinor": 0, "state": "Active"})
+        credit = to_minor(cust.spec.creditLimit, cust.spec.currency)
+        wakes: list[datetime] = []
+        for sub in subs:
+            try:
+                decision = self._sync_sub(cust, sub, plans.get(sub.spec.plan), account.balanceMinor, credit, now,
+                                          report)
+            except ledger.LedgerError as exc:
+                report.errors.append(f"{sub.name}: {exc}")
+                continue
+            if decision.wake_at is not None:
+                wakes.append(decision.wake_at)
+        report.wake_at = min(wakes) if wakes else None
+        return report
+
+    def _sync_sub(self, cust: Customer, sub: Subscription, plan: Plan | None, balance: int, credit: int,
+                  now: datetime, report: SyncReport) -> BillingDecision:
+        policy = effective_policy(plan.spec.billing if plan else None, cust.spec.billing, self.defaults)
+        holds = [h for h in (sub.spec.suspendHoldUntil, cust.spec.suspendHoldUntil) if h is not None]
+        facts = BillingFacts(balance_minor=balance, credit_limit_minor=credit, operator_suspend=sub.spec.suspend,
+                             hold_until=max(holds) if holds else None, cancelled=sub.spec.cancelled,
+                             external=sub.spec.billingMode == "external")
+        decision = decide(sub.status, facts, policy, now)
+        if decision.status != (sub.status or SubscriptionStatus()) or sub.status is None:
+            self._write_status(sub, decision.status)
+            if len(decision.path) > 1:
+                report.transitions.append((sub.name, decision.path))
+                self.events.record("Subscription", sub.name, "Normal", decision.status.state,
+                                   " -> ".join(decision.path))
+        for w in decision.warnings:
+            if self._queue_warning(cust, sub, w, now):
+                report.warnings.append(f"{sub.name}:{w.kind}")
+        if decision.delete_vps:
+            report.deleted += self._delete_vps(sub)
+        return decision
+
+    def _write_status(self, sub: Subscription, status: SubscriptionStatus) -> None:
+        r = self.store.root
+        skey, tkey = keys.spec_key(Subscription, sub.name, r), keys.status_key(Subscription, sub.name, r)
+        res = self.store.txn([], [Get(skey), Get(tkey)])
+        if not res.gets[0]:
+            return
+        current = res.gets[1][0] if res.gets[1] else None
+        if current is not None and (sub.status is None or json.loads(current.value) != sub.status.model_dump(
+                mode="json", exclude_none=True)):
+            # Written by someone else since we read it: decide again on the next pass.
+            raise ledger.GuardFailed(f"status of {sub.name} changed meanwhile")
+        value = self.store_encode(status)
+        out = self.store.txn([CreatedAt(skey, res.gets[0][0].create_revision),
+                              ModIs(tkey, current.mod_revision if current else 0), *_fences(self.fence)],
+                             [Put(tkey, value)])
+        if not out.succeeded:
+            raise ledger.GuardFailed(f"status of {sub.name} changed meanwhile (or no longer leading)")
+
+    @staticmethod
+    def store_encode(status: SubscriptionStatus) -> bytes:
+        data = status.model_dump(mode="json", exclude_none=True)
+        return json.dumps(data, separators=(",", ":"), sort_keys=True).encode()
+
+    def _queue_warning(self, cust: Customer, sub: Subscription, w: Warning, now: datetime) -> bool:
+        deadline = f"{w.deadline:%Y-%m-%d %H:%M} UTC" if w.deadline is not None else "an operator's decision"
+        message = _MESSAGES[w.kind].format(deadline=deadline)
+        body = {"to": cust.spec.email, "customer": cust.name, "subscription": sub.name, "kind": w.kind,
+                "deadline": w.deadline.isoformat() if w.deadline else None,
+                "subject": f"[{sub.name}] {w.kind}", "body": message, "queuedAt": now.isoformat()}
+        key = outbox_key(cust.name, sub.name, ledger.safe_key(w.key), self.store.root)
+        res = self.store.txn([ModIs(key, 0), *_fences(self.fence)],
+                             [Put(key, json.dumps(body, sort_keys=True).encode())])
+        if res.succeeded:
+            self.events.record("Subscription", sub.name, "Warning", w.kind, message)
+        return res.succeeded
+
+    def _delete_vps(self, sub: Subscription) -> list[str]:
+        _fences(self.fence)  # raises when no longer leading
+        deleted = []
+        for vps in self.store.list(VPS).items:
+            if vps.spec.subscription != sub.name or vps.metadata.deletionTimestamp is not None:
+                continue
+            try:
+                self.store.delete(VPS, vps.name)
+            except NotFound:
+                continue
+            deleted.append(vps.name)
+            self.events.record("Subscription", sub.name, "Normal", "Deleted",
+                               f"retention passed: VPS {vps.name} deleted")
+        return deleted
+
+    # ------------------------------------------------------------ loop
+
+    def start(self) -> BillingController:
+        r = self.store.root
+        self._subs = Informer(self.store, keys.spec_prefix(Subscription, r),
+                              decode=lambda _n, raw: str(json.loads(raw)["spec"]["customer"]))
+        self._accounts = Informer(self.store, ledger.accounts_prefix(r), decode=lambda _n, raw: raw)
+        self._customers = Informer(self.store, keys.spec_prefix(Customer, r), decode=lambda _n, raw: raw)
+        q = self.controller.queue
+
+        def on_sub(_name: str, old: str | None, new: str | None) -> None:
+            for c in {old, new}:
+                if c:
+                    q.add(c)
+
+        self._subs.add_handler(on_sub)
+        self._accounts.add_handler(lambda n, _o, _v: q.add(n))
+        self._customers.add_handler(lambda n, _o, new: q.add(n) if new is not None else None)
+        for inf in (self._customers, self._subs, self._accounts):
+            inf.start()
+        self.controller.start()
+        self._sweeper = threading.Thread(target=self._sweep, name="billing-sweep", daemon=True)
+        self._sweeper.start()
+        return self
+
+    def kick(self, customer: str | None = None) -> None:
+        """Reconcile one customer (or all) soon."""
+        names = [customer] if customer else list(self._customers.items() if self._customers else [])
+        for n in names:
+            self.controller.queue.add(n)
+
+    def _sweep(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.kick()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.controller.stop()
+        for inf in (self._accounts, self._subs, self._customers):
+            if inf is not None:
+                inf.stop()
+        if self._sweeper is not None:
+            self._sweeper.join(5)
+
+    @property
+    def idle(self) -> bool:
+        return self.controller.idle
+
+
+def start_billing(store: Store, *, clock: Clock, fence: FenceFn | None = None, interval: float = 30.0,
+                  defaults: Policy = DEFAULT_POLICY) -> BillingController:
+    """Start the billing controller on `store`; the returned handle's `.stop()` stops it.
+
+    `fence` is the leader elector's (`elector.fence`, returning a compare or a list of them);
+    every billing write carries it.
+    """
+    return BillingController(store, clock=clock, fence=fence, interval=interval, defaults=defaults).start()
+
+
+__all__ = ["BillingController", "SyncReport", "outbox_key", "outbox_prefix", "start_billing"]
