@@ -174,6 +174,18 @@ class TokenVerifier:
             self._cache[token_id] = (now + ttl, rec)
         return rec
 
+    def cached(self, token: str) -> Principal | None:
+        """The principal if the token's record is cached and matches; None means: ask `verify`."""
+        parsed = parse_token(token)
+        if parsed is None:
+            return None
+        with self._lock:
+            hit = self._cache.get(parsed[0])
+        if hit is None or hit[0] <= time.monotonic() or hit[1] is None or not _matches(hit[1], parsed[1]):
+            return None
+        rec = hit[1]
+        return Principal(parsed[0], str(rec.get("role", "")), rec.get("customer"))
+
     def verify(self, token: str) -> Principal | None:
         parsed = parse_token(token)
         if parsed is None:

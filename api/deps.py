@@ -8,11 +8,13 @@ a few bytes of anchors can otherwise expand into an enormous document.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Any
 
 import yaml
 from fastapi import Depends, Request
+from starlette.concurrency import run_in_threadpool
 
 from api.auth import Principal, TokenVerifier
 from api.errors import BadRequest, Forbidden, PayloadTooLarge, Unauthorized
@@ -37,7 +39,7 @@ class AppState:
     ready_store: Store | None = None
 
 
-def app_state(request: Request) -> AppState:
+async def app_state(request: Request) -> AppState:
     state: AppState = request.app.state.hostplane
     return state
 
@@ -53,12 +55,24 @@ def bearer(request: Request) -> str | None:
     return value.strip()
 
 
-def authenticate(request: Request, state: State) -> Principal:
-    """Dependency: the caller's principal, or 401. Runs in the thread pool (it may read etcd)."""
+def authenticate(request: Request, state: AppState) -> Principal:
+    """The caller's principal, or 401. Blocking: it may read etcd."""
+    return _check(bearer(request), state.verifier.verify)
+
+
+async def authenticated(request: Request, state: State) -> Principal:
+    """Dependency: like `authenticate`, but reads etcd in the thread pool only on a cache miss."""
     token = bearer(request)
+    cached = state.verifier.cached(token) if token is not None else None
+    if cached is not None:
+        return _check(token, lambda _: cached)
+    return await run_in_threadpool(_check, token, state.verifier.verify)
+
+
+def _check(token: str | None, verify: Callable[[str], Principal | None]) -> Principal:
     if token is None:
         raise Unauthorized("an 'Authorization: Bearer <token>' header is required")
-    principal = state.verifier.verify(token)
+    principal = verify(token)
     if principal is None:
         raise Unauthorized("the bearer token is not valid")
     if principal.role != "admin":
@@ -66,7 +80,7 @@ def authenticate(request: Request, state: State) -> Principal:
     return principal
 
 
-Caller = Annotated[Principal, Depends(authenticate)]
+Caller = Annotated[Principal, Depends(authenticated)]
 
 
 async def read_body(request: Request, state: State) -> Any:

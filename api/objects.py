@@ -73,7 +73,7 @@ def kind_for_or_none(kind: str) -> type[Resource] | None:
 
 
 @router.get("/events", summary="Events recorded about an object (empty when none are recorded)")
-def list_events(state: State, _: Caller, kind: str | None = None, name: str | None = None) -> dict[str, Any]:
+def list_events(state: State, _: Caller, kind: str | None = None, name: str | None = None) -> JSONResponse:
     # Hook for whoever records events under <root>/events/: any JSON object naming its
     # subject as {"kind", "name"} or {"involvedObject": {"kind", "name"}} is listed.
     cls = resolve_kind(kind) if kind else None
@@ -93,23 +93,23 @@ def list_events(state: State, _: Caller, kind: str | None = None, name: str | No
         if name is not None and subject.get("name") != name:
             continue
         items.append(ev)
-    return {"apiVersion": API_VERSION, "kind": "EventList", "metadata": {"resourceVersion": str(rev)},
-            "items": items}
+    return JSONResponse({"apiVersion": API_VERSION, "kind": "EventList",
+                         "metadata": {"resourceVersion": str(rev)}, "items": items})
 
 
 @router.get("/{kind}", summary="List objects of a kind, optionally by label selector")
 def list_objects(kind: str, state: State, _: Caller,
                  labelSelector: str | None = Query(None, description="e.g. `tier=standard,!legacy`"),
-                 ) -> dict[str, Any]:
+                 ) -> JSONResponse:
     cls = resolve_kind(kind)
     try:
         selector = parse_selector(labelSelector)
     except ValueError as exc:
         raise BadRequest(str(exc), [{"path": "labelSelector", "message": str(exc)}]) from None
     result = state.store.list(cls, selector)
-    return {"apiVersion": API_VERSION, "kind": f"{cls.KIND}List",
-            "metadata": {"resourceVersion": str(result.revision)},
-            "items": [render(o) for o in result.items]}
+    return JSONResponse({"apiVersion": API_VERSION, "kind": f"{cls.KIND}List",
+                         "metadata": {"resourceVersion": str(result.revision)},
+                         "items": [render(o) for o in result.items]})
 
 
 @router.post("/{kind}", status_code=201, summary="Create an object")
@@ -128,19 +128,19 @@ def create_object(kind: str, body: Body, state: State, _: Caller) -> JSONRespons
 
 
 @router.get("/{kind}/{name}", summary="Read an object with its status")
-def get_object(kind: str, name: str, state: State, _: Caller) -> dict[str, Any]:
-    return render(state.store.get(resolve_kind(kind), name))
+def get_object(kind: str, name: str, state: State, _: Caller) -> JSONResponse:
+    return JSONResponse(render(state.store.get(resolve_kind(kind), name)))
 
 
 @router.put("/{kind}/{name}", summary="Replace metadata and spec (409 if metadata.resourceVersion is stale)")
-def replace_object(kind: str, name: str, body: Body, state: State, _: Caller) -> dict[str, Any]:
+def replace_object(kind: str, name: str, body: Body, state: State, _: Caller) -> JSONResponse:
     cls = resolve_kind(kind)
     obj = object_from_body(body, cls, name=name)
-    return render(state.store.update(obj))
+    return JSONResponse(render(state.store.update(obj)))
 
 
 @router.patch("/{kind}/{name}", summary="JSON merge patch (RFC 7386) of metadata and spec")
-def patch_object(kind: str, name: str, body: Body, state: State, _: Caller) -> dict[str, Any]:
+def patch_object(kind: str, name: str, body: Body, state: State, _: Caller) -> JSONResponse:
     cls = resolve_kind(kind)
     if not isinstance(body, dict):
         raise Invalid("a merge patch must be an object", [{"path": "", "message": "must be a mapping"}])
@@ -153,7 +153,7 @@ def patch_object(kind: str, name: str, body: Body, state: State, _: Caller) -> d
         doc.pop("status", None)
         obj = object_from_body(merge_patch(doc, patch), cls, name=name)
         try:
-            return render(state.store.update(obj))
+            return JSONResponse(render(state.store.update(obj)))
         except Conflict:
             # Unpinned patches apply to whatever is current: re-read and apply again.
             if pinned or attempt == _PATCH_ATTEMPTS - 1:
@@ -173,12 +173,12 @@ def delete_object(kind: str, name: str, state: State, _: Caller,
 
 
 @router.get("/{kind}/{name}/status", summary="Read an object's status (written by controllers only)")
-def get_status(kind: str, name: str, state: State, _: Caller) -> dict[str, Any]:
+def get_status(kind: str, name: str, state: State, _: Caller) -> JSONResponse:
     cls = resolve_kind(kind)
     obj = state.store.get(cls, name)
     status = obj.status.model_dump(mode="json", exclude_none=True) if hasattr(obj.status, "model_dump") \
         else obj.status
-    return {"apiVersion": API_VERSION, "kind": cls.KIND,
-            "metadata": {"name": obj.name, "resourceVersion": obj.metadata.resourceVersion,
-                         "generation": obj.metadata.generation},
-            "status": status or {}}
+    return JSONResponse({"apiVersion": API_VERSION, "kind": cls.KIND,
+                         "metadata": {"name": obj.name, "resourceVersion": obj.metadata.resourceVersion,
+                                      "generation": obj.metadata.generation},
+                         "status": status or {}})
