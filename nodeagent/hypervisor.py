@@ -22,6 +22,7 @@ import libvirt
 from nodeagent import cloudinit, domain_xml
 from nodeagent import plan as P
 from nodeagent.errors import ActionFailed, HypervisorUnavailable, NameConflict
+from nodeagent.events import ensure_event_loop
 from nodeagent.metadata import NS, PREFIX, Meta, from_domain_xml
 from nodeagent.storage import Storage
 from specs.domain import DomainSpec
@@ -70,7 +71,11 @@ class Hypervisor:
     # ------------------------------------------------------------ connection
 
     def connect(self) -> libvirt.virConnect:
+        """Open the connection (or keep the live one) and make sure the pool exists."""
+        ensure_event_loop()
         libvirt.registerErrorHandler(_libvirt_quiet, None)
+        if self.conn is not None and self.alive():
+            return self.conn
         try:
             conn = libvirt.open(self.uri)
         except libvirt.libvirtError as exc:
@@ -360,6 +365,7 @@ class Hypervisor:
         try:
             now = time.time()
             dom.setTime({"seconds": int(now), "nseconds": int((now % 1) * 1e9)}, 0)
+            note("ClockSynced", "guest clock set after unpause")
         except libvirt.libvirtError as exc:
             note("ClockNotSynced", f"guest clock not re-synced after unpause (no guest agent): "
                                    f"{exc.get_error_message()}")

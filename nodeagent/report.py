@@ -55,9 +55,11 @@ def observe(desired: DomainSpec | None, a: P.Actual, *, vps: str, uid: str, gene
     loop = a.crash_count >= CRASH_LOOP_AFTER
     put("CrashLoop", loop, "CrashLoopBackOff" if loop else "",
         f"crashed {a.crash_count} times; next start after {P.crash_backoff(a.crash_count):.0f} s" if loop else "")
-    if "ClockNotSynced" in notes or any(c.type == "ClockSynced" for c in conds):
-        put("ClockSynced", "ClockNotSynced" not in notes, "NoGuestAgent" if "ClockNotSynced" in notes else "",
-            notes.get("ClockNotSynced", ""))
+    # Only an unpause says anything about the guest clock; otherwise the last word stands.
+    if "ClockNotSynced" in notes:
+        put("ClockSynced", False, "NoGuestAgent", notes["ClockNotSynced"])
+    elif "ClockSynced" in notes:
+        put("ClockSynced", True, "GuestAgent", notes["ClockSynced"])
     if a.defined and not a.managed:
         error = ("NameConflict", f"a domain named {domain_name(uid)} exists without Hostplane metadata; left alone")
 

@@ -1,0 +1,362 @@
+"""The node agent on libvirt's test driver with a real etcd: every action and transition."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import libvirt
+import pytest
+
+from nodeagent import plan as P
+from nodeagent.agent import Agent
+from nodeagent.domain_xml import domain_name, root_volume_name, seed_volume_name
+from nodeagent.hypervisor import Hypervisor
+from nodeagent.main import Fleet, simulated_node_xml
+from reconcile import keys
+from reconcile.store import Store
+from specs.domain import DomainImage, DomainNetwork, DomainSpec, ObservedDomain
+from tests.helpers.wait import wait_for
+
+IMAGE_BYTES = b"QFI\xfb" + b"\0" * 4092
+
+
+@pytest.fixture
+def image(tmp_path: Path) -> DomainImage:
+    path = tmp_path / "tiny.qcow2"
+    path.write_bytes(IMAGE_BYTES)
+    return DomainImage(name="tiny", path=str(path), sha256=hashlib.sha256(IMAGE_BYTES).hexdigest())
+
+
+class Node:
+    """One agent on a private test-driver hypervisor, plus helpers to write desired and read observed."""
+
+    def __init__(self, store: Store, tmp: Path, name: str = "n1") -> None:
+        self.store = store
+        self.name = name
+        self.tmp = tmp
+        self.uri = simulated_node_xml(tmp / f"{name}.xml")
+        self.agent: Agent | None = None
+
+    def start(self, **kw: object) -> Agent:
+        kw.setdefault("resync", 2.0)
+        kw.setdefault("debounce_seconds", 0.2)
+        self.agent = Agent(self.store, self.name, self.uri, self.tmp / "agent", heartbeat_ttl=3, **kw)  # type: ignore[arg-type]
+        return self.agent.start()
+
+    def stop(self) -> None:
+        if self.agent is not None:
+            self.agent.stop()
+            self.agent = None
+
+    @property
+    def conn(self) -> libvirt.virConnect:
+        assert self.agent is not None and self.agent.hv.conn is not None
+        return self.agent.hv.conn
+
+    def put(self, spec: DomainSpec) -> int:
+        key = keys.desired_key(self.name, spec.vps, self.store.root)
+        return self.store.kv_put(key, spec.model_dump_json().encode())
+
+    def delete(self, vps: str) -> None:
+        self.store.kv_delete(keys.desired_key(self.name, vps, self.store.root))
+
+    def observed(self, vps: str) -> ObservedDomain | None:
+        kv = self.store.kv_get(keys.observed_key(self.name, vps, self.store.root))
+        return None if kv is None else ObservedDomain.model_validate_json(kv.value)
+
+    def wait(self, vps: str, pred: Callable[[ObservedDomain], bool], what: str, timeout: float = 15) -> ObservedDomain:
+        def check() -> ObservedDomain | None:
+            o = self.observed(vps)
+            return o if o is not None and pred(o) else None
+        return wait_for(check, timeout=timeout, what=what)
+
+    def domain(self, spec: DomainSpec) -> libvirt.virDomain:
+        return self.conn.lookupByName(domain_name(spec.uid))
+
+    def volumes(self) -> set[str]:
+        assert self.agent is not None and self.agent.hv.storage is not None
+        return set(self.agent.hv.storage.volume_names())
+
+
+@pytest.fixture
+def node(store: Store, tmp_path: Path) -> Iterator[Node]:
+    n = Node(store, tmp_path)
+    yield n
+    n.stop()
+
+
+def make_spec(image: DomainImage, **kw: object) -> DomainSpec:
+    base: dict[str, object] = {
+        "vps": "web-1", "uid": uuid.uuid4().hex[:12], "vcpus": 1, "memoryMiB": 128, "diskGiB": 2, "maxVcpus": 4,
+        "maxMemoryMiB": 512, "image": image, "hostname": "web-1", "sshKeys": ["ssh-ed25519 AAAAC3Nza k@h"],
+        "network": DomainNetwork(mac="52:54:00:00:00:01"), "shutdownGraceSeconds": 5,
+    }
+    base.update(kw)
+    return DomainSpec.model_validate(base)
+
+
+def ready(gen: int) -> Callable[[ObservedDomain], bool]:
+    return lambda o: o.observedGeneration == gen and any(c.type == "Ready" and c.status == "True" for c in o.conditions)
+
+
+def test_create_runs_and_reports(node: Node, image: DomainImage) -> None:
+    """A new desired entry becomes a running domain with disk and seed, reported Ready at its revision."""
+    node.start()
+    spec = make_spec(image)
+    gen = node.put(spec)
+    obs = node.wait("web-1", ready(gen), "running and ready")
+    assert obs.power == "Running" and obs.vcpus == 1 and obs.memoryMiB == 128 and obs.diskGiB == 2
+    assert node.domain(spec).state()[0] == libvirt.VIR_DOMAIN_RUNNING
+    name = domain_name(spec.uid)
+    assert {root_volume_name(name), seed_volume_name(name)} <= node.volumes()
+    def heartbeat() -> dict[str, object] | None:
+        kv = node.store.kv_get(keys.heartbeat_key("n1", node.store.root))
+        assert kv is not None and kv.lease
+        hb: dict[str, object] = json.loads(kv.value)
+        return hb if hb["domains"] == {"managed": 1, "unmanaged": 0} else None
+
+    hb = wait_for(heartbeat, what="heartbeat counting the domain")
+    assert hb["capacity"]["cpus"] == 32 and hb["allocated"]["vcpus"] == 1  # type: ignore[index]
+
+
+def test_observed_written_only_on_change(node: Node, image: DomainImage) -> None:
+    """Once converged, resyncs do not rewrite the observed entry."""
+    node.start(resync=0.3)
+    gen = node.put(make_spec(image))
+    node.wait("web-1", ready(gen), "ready")
+    rev = node.store.kv_get(keys.observed_key("n1", "web-1", node.store.root)).mod_revision  # type: ignore[union-attr]
+    time.sleep(1.2)
+    assert node.store.kv_get(keys.observed_key("n1", "web-1", node.store.root)).mod_revision == rev  # type: ignore[union-attr]
+
+
+def test_pause_resume_syncs_clock(node: Node, image: DomainImage) -> None:
+    """Paused pauses the domain; Running resumes it and re-syncs the guest clock."""
+    node.start()
+    spec = make_spec(image)
+    node.wait("web-1", ready(node.put(spec)), "ready")
+    gen = node.put(spec.model_copy(update={"power": "Paused", "powerReason": "suspended: nonpayment"}))
+    obs = node.wait("web-1", lambda o: o.power == "Paused" and o.observedGeneration == gen, "paused")
+    assert obs.powerReason == "suspended: nonpayment"
+    assert node.domain(spec).state()[0] == libvirt.VIR_DOMAIN_PAUSED
+    gen = node.put(spec)
+    obs = node.wait("web-1", lambda o: o.power == "Running" and o.observedGeneration == gen, "resumed")
+    clock = [c for c in obs.conditions if c.type == "ClockSynced"]
+    assert clock and clock[0].status == "True"
+
+
+def test_live_resize_grow_and_restart_required(node: Node, image: DomainImage) -> None:
+    """vCPU/memory grow live within the maximum, the disk grows, beyond the maximum waits for a restart."""
+    node.start()
+    spec = make_spec(image, maxVcpus=2, maxMemoryMiB=256)
+    node.wait("web-1", ready(node.put(spec)), "ready")
+    gen = node.put(spec.model_copy(update={"vcpus": 2, "memoryMiB": 256, "diskGiB": 5}))
+    obs = node.wait("web-1", ready(gen), "resized")
+    assert (obs.vcpus, obs.memoryMiB, obs.diskGiB) == (2, 256, 5)
+    big = spec.model_copy(update={"vcpus": 4, "maxVcpus": 4, "memoryMiB": 256, "diskGiB": 5})
+    node.put(big)
+    obs = node.wait("web-1", lambda o: any(c.type == "RestartRequired" and c.status == "True"
+                                           for c in o.conditions), "restart required")
+    assert obs.vcpus == 2
+    gen = node.put(big.model_copy(update={"restartGeneration": 1}))
+    obs = node.wait("web-1", lambda o: o.vcpus == 4 and o.restartGeneration == 1 and o.power == "Running"
+                    and o.observedGeneration == gen, "restarted at new size")
+    assert obs.maxVcpus == 4
+
+
+def test_stop_then_start(node: Node, image: DomainImage) -> None:
+    """Stopped shuts the domain off (reported as stopped by the agent); Running boots it again."""
+    node.start()
+    spec = make_spec(image)
+    node.wait("web-1", ready(node.put(spec)), "ready")
+    gen = node.put(spec.model_copy(update={"power": "Stopped"}))
+    obs = node.wait("web-1", lambda o: o.power == "Stopped" and o.observedGeneration == gen, "stopped")
+    assert obs.powerReason == "agent"
+    gen = node.put(spec)
+    node.wait("web-1", lambda o: o.power == "Running" and o.observedGeneration == gen, "running again")
+
+
+def test_guest_poweroff_stays_off(node: Node, image: DomainImage) -> None:
+    """A domain that powers itself off stays off, reported Stopped (guest); a restart request boots it."""
+    node.start()
+    spec = make_spec(image)
+    node.wait("web-1", ready(node.put(spec)), "ready")
+    node.domain(spec).shutdown()  # the guest's own power-off, as the hypervisor reports it
+    obs = node.wait("web-1", lambda o: o.power == "Stopped", "guest stop reported")
+    assert obs.powerReason == "guest"
+    time.sleep(0.5)
+    assert node.domain(spec).state()[0] == libvirt.VIR_DOMAIN_SHUTOFF
+    gen = node.put(spec.model_copy(update={"restartGeneration": 1}))
+    node.wait("web-1", lambda o: o.power == "Running" and o.observedGeneration == gen, "booted by restart")
+
+
+def test_rebuild_replaces_disk_keeps_identity(node: Node, image: DomainImage) -> None:
+    """A rebuild stops the domain, gives it a fresh root disk and boots it with the same seed and MAC."""
+    node.start()
+    spec = make_spec(image)
+    node.wait("web-1", ready(node.put(spec)), "ready")
+    uuid_before = node.domain(spec).UUIDString()
+    gen = node.put(spec.model_copy(update={"rebuildGeneration": 1}))
+    obs = node.wait("web-1", lambda o: o.rebuildGeneration == 1 and o.power == "Running"
+                    and o.observedGeneration == gen, "rebuilt")
+    assert obs.diskGiB == 2 and node.domain(spec).UUIDString() == uuid_before
+
+
+def test_delete_removes_domain_volumes_and_report(node: Node, image: DomainImage) -> None:
+    """Removing the desired entry shuts the domain down, deletes its volumes, undefines it and its report."""
+    node.start()
+    spec = make_spec(image)
+    node.wait("web-1", ready(node.put(spec)), "ready")
+    node.delete("web-1")
+    wait_for(lambda: node.observed("web-1") is None, what="observed deleted")
+    name = domain_name(spec.uid)
+    assert name not in [d.name() for d in node.conn.listAllDomains()]
+    assert not any(v.startswith(name) for v in node.volumes())
+
+
+def test_unmanaged_same_name_left_alone(node: Node, image: DomainImage) -> None:
+    """A domain of the derived name without Hostplane metadata is untouched and reported as a conflict."""
+    agent = node.start()
+    spec = make_spec(image)
+    xml = (f"<domain type='test'><name>{domain_name(spec.uid)}</name><memory>65536</memory>"
+           "<os><type>hvm</type></os></domain>")
+    foreign = node.conn.defineXML(xml)
+    foreign.create()
+    node.put(spec)
+    obs = node.wait("web-1", lambda o: "NameConflict" in o.lastError, "conflict reported")
+    assert obs.power == "Unknown"
+    assert foreign.state()[0] == libvirt.VIR_DOMAIN_RUNNING
+    assert agent.hv.facts().unmanaged == 1
+    node.delete("web-1")
+    time.sleep(0.5)
+    assert foreign.isActive()
+    foreign.destroy()
+    foreign.undefine()
+
+
+def test_orphans_found_at_start_are_removed(node: Node, image: DomainImage) -> None:
+    """At start-up a managed domain with no desired entry, and a stray volume, are removed."""
+    agent = node.start()
+    spec = make_spec(image)
+    node.wait("web-1", ready(node.put(spec)), "ready")
+    node.stop()
+    node.delete("web-1")
+    agent2 = node.start()
+    assert agent2 is not agent
+    assert agent2.hv.storage is not None
+    wait_for(lambda: domain_name(spec.uid) not in [d.name() for d in node.conn.listAllDomains()], what="orphan gone")
+    wait_for(lambda: not any(v.startswith("hp-") for v in node.volumes()), what="volumes gone")
+    assert node.observed("web-1") is None
+
+
+def test_new_uid_replaces_stale_domain(node: Node, image: DomainImage) -> None:
+    """A VPS re-created under a new uid gets a new domain; the old incarnation is removed."""
+    node.start()
+    old = make_spec(image)
+    node.wait("web-1", ready(node.put(old)), "ready")
+    new = make_spec(image)
+    gen = node.put(new)
+    node.wait("web-1", lambda o: o.uid == new.uid and ready(gen)(o), "new incarnation ready")
+    wait_for(lambda: domain_name(old.uid) not in [d.name() for d in node.conn.listAllDomains()], what="stale gone")
+    assert not any(v.startswith(domain_name(old.uid)) for v in node.volumes())
+
+
+def test_bad_checksum_reported_and_nothing_created(node: Node, image: DomainImage) -> None:
+    """An image whose bytes do not match its sha256 is refused with a clear error; no domain is made."""
+    node.start()
+    spec = make_spec(image.model_copy(update={"sha256": "0" * 64}))
+    node.put(spec)
+    obs = node.wait("web-1", lambda o: "ImageChecksumMismatch" in o.lastError, "checksum error")
+    assert obs.power == "Absent"
+    assert domain_name(spec.uid) not in [d.name() for d in node.conn.listAllDomains()]
+
+
+def test_unreachable_libvirt_reported(store: Store, tmp_path: Path, image: DomainImage) -> None:
+    """With libvirt unreachable the heartbeat says so and the VPS reports the error."""
+    agent = Agent(store, "down", f"qemu+unix:///system?socket={tmp_path}/none.sock", tmp_path / "a",
+                  heartbeat_ttl=3, resync=1.0)
+    agent.start()
+    try:
+        store.kv_put(keys.desired_key("down", "web-1", store.root), make_spec(image).model_dump_json().encode())
+        hb = wait_for(lambda: store.kv_get(keys.heartbeat_key("down", store.root)), what="heartbeat")
+        assert json.loads(hb.value)["libvirt"] is False
+        kv = wait_for(lambda: store.kv_get(keys.observed_key("down", "web-1", store.root)), what="report")
+        assert "LibvirtUnavailable" in ObservedDomain.model_validate_json(kv.value).lastError
+    finally:
+        agent.stop()
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_crash_at_any_step_then_restart_converges(store: Store, tmp_path: Path, image: DomainImage,
+                                                   seed: int) -> None:
+    """An agent killed after any prefix of its actions leaves state a fresh agent converges, with nothing extra."""
+    rng = random.Random(seed)
+    n = Node(store, tmp_path)
+    spec = make_spec(image)
+    hv = Hypervisor(n.uri, tmp_path / "agent")
+    hv.connect()
+    # The dead agent's work: the create plan, then (for odd seeds) a delete, cut off at a random step.
+    steps: list[tuple[P.Action, DomainSpec | None]] = []
+    actual = hv.read(spec.uid, spec=spec).actual
+    for action in P.plan(spec, actual, now=time.time()):
+        steps.append((action, spec))
+    cut = rng.randint(0, len(steps))
+    for action, s in steps[:cut]:
+        hv.execute(action, s, spec.uid, spec.vps, lambda k, m: None)
+    want_deleted = seed % 2 == 1
+    if want_deleted and cut == len(steps):
+        for action in P.plan(None, hv.read(spec.uid).actual, now=time.time())[: rng.randint(0, 2)]:
+            hv.execute(action, None, spec.uid, spec.vps, lambda k, m: None)
+    if want_deleted:
+        # The desired entry was removed while the agent was down; the observed key says whose it was.
+        from nodeagent import report
+        obs = report.observe(spec, hv.read(spec.uid, spec=spec).actual, vps="web-1", uid=spec.uid, generation=None,
+                             converged=False, error=None, notes={}, previous=None, now=report.datetime.now(report.UTC))
+        store.kv_put(keys.observed_key("n1", "web-1", store.root), obs.model_dump_json().encode())
+    else:
+        n.put(spec)
+    # The test driver is private to a connection: the restarted agent must reuse this one.
+    n.uri = hv.uri
+    agent = Agent(store, "n1", n.uri, tmp_path / "agent", resync=1.0, heartbeat_ttl=3)
+    agent.hv = hv
+    agent.start()
+    try:
+        conn = hv.conn
+        assert conn is not None
+        name = domain_name(spec.uid)
+        if want_deleted:
+            wait_for(lambda: name not in [d.name() for d in conn.listAllDomains()], what="deleted")
+            wait_for(lambda: not any(v.startswith("hp-") for v in hv.storage.volume_names()),  # type: ignore[union-attr]
+                     what="no orphan volume")
+        else:
+            gen = store.kv_get(keys.desired_key("n1", "web-1", store.root)).mod_revision  # type: ignore[union-attr]
+            n.agent = agent
+            n.wait("web-1", ready(gen), "converged after restart")
+            assert [d.name() for d in conn.listAllDomains()].count(name) == 1
+            vols = {v for v in hv.storage.volume_names() if v.startswith("hp-")}  # type: ignore[union-attr]
+            assert vols == {root_volume_name(name), seed_volume_name(name)}
+    finally:
+        agent.stop()
+
+
+def test_simulated_fleet_converges_each_node(store: Store, tmp_path: Path, image: DomainImage) -> None:
+    """A fleet of simulated nodes in one process runs each node's desired domains on its own hypervisor."""
+    fleet = Fleet(store, ["f-0", "f-1", "f-2"], tmp_path, heartbeat_ttl=3)
+    fleet.start()
+    try:
+        for i in range(3):
+            spec = make_spec(image, vps=f"vm-{i}")
+            store.kv_put(keys.desired_key(f"f-{i}", spec.vps, store.root), spec.model_dump_json().encode())
+        for i, agent in enumerate(fleet.agents.values()):
+            conn = agent.hv.conn
+            assert conn is not None
+            wait_for(lambda c=conn: len(c.listAllDomains()) == 1, what=f"node {i} has its domain")
+            wait_for(lambda i=i: store.kv_get(keys.observed_key(f"f-{i}", f"vm-{i}", store.root)), what="report")
+            assert store.kv_get(keys.heartbeat_key(f"f-{i}", store.root)) is not None
+    finally:
+        fleet.stop()
