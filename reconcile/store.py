@@ -23,6 +23,7 @@ import logging
 import queue
 import threading
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -31,6 +32,7 @@ from typing import Any, Generic, TypeVar
 import grpc
 import pyetcd
 import pyetcd.exceptions as etcd_exc
+from pydantic import TypeAdapter
 from pyetcd import etcdrpc
 from pyetcd import transactions as etcd_txn
 from tenacity import (
@@ -52,6 +54,7 @@ from reconcile.errors import (
 )
 from reconcile.selector import Selector, matches, parse_selector
 from specs.kinds import Resource
+from specs.meta import ObjectMeta
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +63,21 @@ T = TypeVar("T")
 
 # etcd refuses requests over 1.5 MiB by default; keep a margin for the key and framing.
 MAX_VALUE_BYTES = 1_400_000
+# Bounds of the remembered spec values (see Store._seen): small values only, so that the
+# extra value compare in update's transaction stays well inside etcd's request limit.
+_SEEN_VALUE_MAX = 64 * 1024
+_SEEN_TOTAL_MAX = 64 * 1024 * 1024
+
+_STATUS_ADAPTERS: dict[type[Resource], TypeAdapter[Any]] = {}
+
+
+def _status_adapter(cls: type[Resource]) -> TypeAdapter[Any]:
+    """Validator of a kind's status alone (its field type, e.g. `NodeStatus | None`)."""
+    adapter = _STATUS_ADAPTERS.get(cls)
+    if adapter is None:
+        annotation: Any = cls.model_fields["status"].annotation
+        adapter = _STATUS_ADAPTERS[cls] = TypeAdapter(annotation)
+    return adapter
 
 
 # ------------------------------------------------------------------ values
@@ -237,6 +255,12 @@ class Store:
             endpoints=endpoints_objs, timeout=timeout, failover=True
         )
         self._closed = False
+        # Spec values this store last read or wrote, by key: (mod_revision, bytes). It lets
+        # `update` of an object read through this store skip re-reading it; the write still
+        # compares both the revision and the bytes, so a stale entry can only cost a retry.
+        self._seen: OrderedDict[str, tuple[int, bytes]] = OrderedDict()
+        self._seen_bytes = 0
+        self._seen_lock = threading.Lock()
 
     def close(self) -> None:
         self._closed = True
@@ -365,21 +389,23 @@ class Store:
     def txn(self, compares: Sequence[Compare], success: Sequence[Op],
             failure: Sequence[Op] = ()) -> TxnResult:
         """One etcd transaction: if every compare holds run `success`, else `failure`."""
+        resp = self._txn_response(compares, success, failure)
+        gets: list[list[KV]] = []
+        for r in resp.responses:
+            if r.WhichOneof("response") == "response_range":
+                gets.append([self._kv(kv) for kv in r.response_range.kvs])
+        return TxnResult(bool(resp.succeeded), int(resp.header.revision), gets)
+
+    def _txn_response(self, compares: Sequence[Compare], success: Sequence[Op],
+                      failure: Sequence[Op] = ()) -> Any:
+        """The raw TxnResponse, for readers of many keys that skip the KV copies."""
         request = etcdrpc.TxnRequest(
             compare=[self._compare(c).build_message() for c in compares],
             success=self._client._ops_to_requests([self._op(o) for o in success]),
             failure=self._client._ops_to_requests([self._op(o) for o in failure]),
         )
-
-        def run() -> TxnResult:
-            resp = self._client.kvstub.Txn(request, self.timeout, metadata=self._client.metadata)
-            gets: list[list[KV]] = []
-            for r in resp.responses:
-                if r.WhichOneof("response") == "response_range":
-                    gets.append([self._kv(kv) for kv in r.response_range.kvs])
-            return TxnResult(bool(resp.succeeded), int(resp.header.revision), gets)
-
-        return self._call(run)
+        return self._call(
+            lambda: self._client.kvstub.Txn(request, self.timeout, metadata=self._client.metadata))
 
     # ----------------------------------------------------------- leases
 
@@ -453,17 +479,49 @@ class Store:
         data["metadata"].pop("resourceVersion", None)
         return data
 
+    # The spec value is JSON written by this store from a validated model; parsing it with
+    # pydantic's JSON validator in one step is several times cheaper than json.loads + validate.
     def _load(self, cls: type[R], spec: KV, status: KV | None) -> R:
-        data = decode(spec.value)
-        data["metadata"]["resourceVersion"] = str(spec.mod_revision)
+        return self._load_raw(cls, spec.key, spec.value, spec.mod_revision,
+                              None if status is None else status.value)
+
+    def _load_raw(self, cls: type[R], key: str, value: bytes, mod_revision: int,
+                  status: bytes | None) -> R:
+        obj = cls.model_validate_json(value)
+        obj.metadata.resourceVersion = str(mod_revision)
         if status is not None:
-            data["status"] = decode(status.value)
-        return cls.model_validate(data)
+            obj.status = _status_adapter(cls).validate_json(status)
+        self._remember(key, mod_revision, value)
+        return obj
+
+    def _remember(self, key: str, mod_revision: int, value: bytes) -> None:
+        with self._seen_lock:
+            old = self._seen.pop(key, None)
+            if old is not None:
+                self._seen_bytes -= len(old[1])
+            if len(value) > _SEEN_VALUE_MAX:
+                return
+            self._seen[key] = (mod_revision, value)
+            self._seen_bytes += len(value)
+            while self._seen_bytes > _SEEN_TOTAL_MAX and self._seen:
+                _, (_, dropped) = self._seen.popitem(last=False)
+                self._seen_bytes -= len(dropped)
+
+    def _recall(self, key: str) -> tuple[int, bytes] | None:
+        with self._seen_lock:
+            return self._seen.get(key)
+
+    def _forget(self, key: str) -> None:
+        with self._seen_lock:
+            old = self._seen.pop(key, None)
+            if old is not None:
+                self._seen_bytes -= len(old[1])
 
     def get(self, cls: type[R], name: str) -> R:
         skey, tkey = keys.spec_key(cls, name, self.root), keys.status_key(cls, name, self.root)
         res = self.txn([], [Get(skey), Get(tkey)])
         if not res.gets[0]:
+            self._forget(skey)
             raise NotFound(f"{cls.KIND} {name!r} not found")
         return self._load(cls, res.gets[0][0], res.gets[1][0] if res.gets[1] else None)
 
@@ -471,18 +529,21 @@ class Store:
              ) -> ListResult[R]:
         """All objects of a kind (with status), optionally filtered by labels, at one revision."""
         sel = selector if isinstance(selector, tuple) else parse_selector(selector)
-        res = self.txn(
+        resp = self._txn_response(
             [],
             [Get(keys.spec_prefix(cls, self.root), prefix=True),
              Get(keys.status_prefix(cls, self.root), prefix=True)],
         )
-        statuses = {keys.last_segment(kv.key): kv for kv in res.gets[1]}
+        specs, statuses = (r.response_range.kvs for r in resp.responses)
+        status_by_name = {keys.last_segment(kv.key.decode()): kv.value for kv in statuses}
         items: list[R] = []
-        for kv in res.gets[0]:
-            obj = self._load(cls, kv, statuses.get(keys.last_segment(kv.key)))
+        for kv in specs:
+            key = kv.key.decode()
+            obj = self._load_raw(cls, key, kv.value, int(kv.mod_revision),
+                                 status_by_name.get(keys.last_segment(key)))
             if matches(sel, obj.metadata.labels):
                 items.append(obj)
-        return ListResult(items, res.revision)
+        return ListResult(items, int(resp.header.revision))
 
     def create(self, obj: R) -> R:
         """Create an object; AlreadyExists if the name is taken. Sets uid, generation, times."""
@@ -498,6 +559,7 @@ class Store:
         key = keys.spec_key(cls, new.name, self.root)
         value = encode(self._doc(new))
         rev = self.kv_put(key, value, expect=0)
+        self._remember(key, rev, value)
         return new.model_copy(update={"metadata": meta.model_copy(update={"resourceVersion": str(rev)})})
 
     def update(self, obj: R) -> R:
@@ -507,37 +569,84 @@ class Store:
         changed since. uid, creationTimestamp and deletionTimestamp are kept from the stored
         object; generation moves when the spec changes; an unchanged object is not rewritten.
         Removing the last finalizer of an object being deleted deletes it.
+
+        An object last read or written through this store at the same resourceVersion is not
+        read again: the write is one transaction comparing that revision and those bytes.
         """
         cls = type(obj)
-        current = self.get(cls, obj.name)
-        rv = obj.metadata.resourceVersion or current.metadata.resourceVersion
-        if rv != current.metadata.resourceVersion:
-            raise Conflict(
-                f"{cls.KIND} {obj.name!r} was modified (resourceVersion "
-                f"{current.metadata.resourceVersion}, not {rv}); re-read and retry"
-            )
-        gen = current.metadata.generation or 1
-        if obj.spec != current.spec:
-            gen += 1
-        meta = obj.metadata.model_copy(update={
-            "uid": current.metadata.uid,
-            "creationTimestamp": current.metadata.creationTimestamp,
-            "deletionTimestamp": current.metadata.deletionTimestamp,
-            "generation": gen,
-            "resourceVersion": None,
-        })
-        new = obj.model_copy(update={"metadata": meta, "status": current.status})
-        key = keys.spec_key(cls, obj.name, self.root)
-        if meta.deletionTimestamp is not None and not meta.finalizers:
-            self._remove(cls, obj.name, int(current.metadata.resourceVersion or 0))
-            return new
-        if self._doc(new) == self._doc(current):
-            return current
-        rev = self.kv_put(key, encode(self._doc(new)), expect=int(rv or 0))
-        return new.model_copy(update={"metadata": meta.model_copy(update={"resourceVersion": str(rev)})})
+        skey, tkey = keys.spec_key(cls, obj.name, self.root), keys.status_key(cls, obj.name, self.root)
+        rv_text = obj.metadata.resourceVersion
+        seen = self._recall(skey)
+        fast = rv_text is not None and seen is not None and str(seen[0]) == rv_text
+        if fast and seen is not None:
+            rv, stored_raw = seen
+        else:
+            res = self.txn([], [Get(skey)])
+            if not res.gets[0]:
+                self._forget(skey)
+                raise NotFound(f"{cls.KIND} {obj.name!r} not found")
+            kv = res.gets[0][0]
+            self._remember(skey, kv.mod_revision, kv.value)
+            rv, stored_raw = kv.mod_revision, kv.value
+            if rv_text is not None and rv_text != str(rv):
+                raise Conflict(
+                    f"{cls.KIND} {obj.name!r} was modified (resourceVersion {rv}, not {rv_text}); "
+                    "re-read and retry")
+        stored = decode(stored_raw)
+        smeta = stored["metadata"]
+        doc = self._doc(obj)
+        meta = doc["metadata"]
+        for kept in ("uid", "creationTimestamp", "deletionTimestamp"):
+            if kept in smeta:
+                meta[kept] = smeta[kept]
+            else:
+                meta.pop(kept, None)
+        meta["generation"] = (smeta.get("generation") or 1) + (doc.get("spec") != stored.get("spec"))
+        if meta.get("deletionTimestamp") is not None and not meta.get("finalizers"):
+            self._remove(cls, obj.name, rv)
+            return obj.model_copy(update={"metadata": ObjectMeta.model_validate(meta)})
+        if doc == stored:
+            return obj.model_copy(update={
+                "metadata": ObjectMeta.model_validate({**meta, "resourceVersion": str(rv)}),
+                "status": self._read_status(cls, tkey)})
+        value = encode(doc)
+        compares: list[Compare] = [ModIs(skey, rv)]
+        if fast:
+            compares.append(ValueIs(skey, stored_raw))
+        res = self.txn(compares, [Put(skey, value), Get(tkey)], [Get(skey)])
+        if res.succeeded:
+            rev = res.revision
+            status = self._parse_status(cls, res.gets[0][0].value if res.gets[0] else None)
+        else:
+            current = res.gets[0][0] if res.gets and res.gets[0] else None
+            if current is None:
+                self._forget(skey)
+                raise NotFound(f"{cls.KIND} {obj.name!r} not found")
+            if current.value != value:
+                self._remember(skey, current.mod_revision, current.value)
+                if fast and current.mod_revision == rv:
+                    return self.update(obj)  # the remembered bytes were wrong: read and decide again
+                raise Conflict(f"{cls.KIND} {obj.name!r} was modified (resourceVersion "
+                               f"{current.mod_revision}, not {rv}); re-read and retry")
+            # A retried write whose first attempt landed: our bytes are there.
+            rev = current.mod_revision
+            status = self._read_status(cls, tkey)
+        self._remember(skey, rev, value)
+        return obj.model_copy(update={
+            "metadata": ObjectMeta.model_validate({**meta, "resourceVersion": str(rev)}),
+            "status": status})
+
+    def _read_status(self, cls: type[Resource], tkey: str) -> Any:
+        kv = self.kv_get(tkey)
+        return self._parse_status(cls, None if kv is None else kv.value)
+
+    @staticmethod
+    def _parse_status(cls: type[Resource], raw: bytes | None) -> Any:
+        return None if raw is None else _status_adapter(cls).validate_json(raw)
 
     def _remove(self, cls: type[Resource], name: str, revision: int) -> None:
         skey, tkey = keys.spec_key(cls, name, self.root), keys.status_key(cls, name, self.root)
+        self._forget(skey)
         res = self.txn([ModIs(skey, revision)], [Delete(skey), Delete(tkey)], [Get(skey)])
         if not res.succeeded:
             if not res.gets[0]:
@@ -556,8 +665,10 @@ class Store:
             meta = current.metadata.model_copy(update={"deletionTimestamp": _now(),
                                                        "resourceVersion": None})
             marked = current.model_copy(update={"metadata": meta})
-            new_rv = self.kv_put(keys.spec_key(cls, name, self.root),
-                                 encode(self._doc(marked)), expect=rv)
+            skey = keys.spec_key(cls, name, self.root)
+            value = encode(self._doc(marked))
+            new_rv = self.kv_put(skey, value, expect=rv)
+            self._remember(skey, new_rv, value)
             return marked.model_copy(update={
                 "metadata": meta.model_copy(update={"resourceVersion": str(new_rv)})})
         self._remove(cls, name, rv)

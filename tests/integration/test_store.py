@@ -329,3 +329,38 @@ def test_revoked_lease_deletes_its_keys(store: Store) -> None:
     store.kv_put(key, b"v", lease=lease)
     store.revoke_lease(lease)
     assert store.kv_get(key) is None
+
+
+def test_update_through_another_store_instance_sees_the_conflict(store: Store) -> None:
+    """A second process's write is noticed: an update from a stale read through any Store is Conflict."""
+    other = Store(store.endpoints, root=store.root)
+    try:
+        mine = store.create(plan("shared"))
+        theirs = other.update(with_vcpus(other.get(Plan, "shared"), 5))
+        with pytest.raises(Conflict):
+            store.update(with_vcpus(mine, 6))
+        # A fresh read through the first store then updates fine.
+        again = store.update(with_vcpus(store.get(Plan, "shared"), 7))
+        assert int(again.metadata.resourceVersion or 0) > int(theirs.metadata.resourceVersion or 0)
+        assert other.get(Plan, "shared").spec.vcpus == 7
+    finally:
+        other.close()
+
+
+def test_update_recovers_when_the_remembered_value_is_wrong(store: Store) -> None:
+    """If the store's remembered bytes for a revision are wrong, update re-reads instead of failing."""
+    created = store.create(plan("mem"))
+    key = keys.spec_key(Plan, "mem", store.root)
+    store._remember(key, int(created.metadata.resourceVersion or 0), b'{"metadata":{}}')
+    updated = store.update(with_vcpus(created, 3))
+    assert updated.metadata.generation == 2 and updated.metadata.uid == created.metadata.uid
+    assert store.get(Plan, "mem").spec.vcpus == 3
+
+
+def test_update_returns_the_current_status(store: Store) -> None:
+    """update's result carries the object's stored status, not whatever the caller passed in."""
+    created = store.create(plan("st"))
+    store.put_status(Plan, "st", {"n": 1})
+    forged = created.model_copy(update={"status": {"n": 999}})
+    assert store.update(with_vcpus(forged, 2)).status == {"n": 1}
+    assert store.update(store.get(Plan, "st")).status == {"n": 1}
