@@ -28,7 +28,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from api import objects, watch
+from api import billing_routes, objects, watch
 from api.auth import TokenVerifier, ensure_admin_token
 from api.deps import AppState, Settings, State, authenticate
 from api.errors import PROBLEM_JSON, ApiError, Problem, problem_for
@@ -128,6 +128,7 @@ def create_app(store: Store, *, max_body_bytes: int = 1024 * 1024, heartbeat_sec
 
     app.include_router(watch.router)
     app.include_router(objects.router)
+    app.include_router(billing_routes.router)
     return app
 
 
