@@ -40,6 +40,7 @@ from api.config import resolve
 from specs import SpecError, dump_json, dump_yaml, kind_for
 from specs.kinds import Resource
 
+FORCE_ORPHAN = "hostplane.io/force-orphan"
 EXIT_OK = 0
 EXIT_DRIFT = 1
 EXIT_ERROR = 2
@@ -345,9 +346,9 @@ def describe_cmd(obj: _Ctx, kind: str, name: str) -> None:
     click.echo("\nEvents:")
     events = client.events(cls.KIND, name)
     if events:
-        body = [[str(e.get("time") or e.get("timestamp") or ""), str(e.get("type", "")), str(e.get("reason", "")),
+        body = [[str(e.get("time", "")), str(e.get("type", "")), str(e.get("reason", "")), str(e.get("count", 1)),
                  str(e.get("message", ""))] for e in events]
-        click.echo(table.format_table(["TIME", "TYPE", "REASON", "MESSAGE"], body))
+        click.echo(table.format_table(["TIME", "TYPE", "REASON", "COUNT", "MESSAGE"], body))
     else:
         click.echo("  <none>")
 
@@ -356,8 +357,11 @@ def describe_cmd(obj: _Ctx, kind: str, name: str) -> None:
 @click.argument("kind", required=False)
 @click.argument("name", required=False)
 @click.option("-f", "--filename", "files", multiple=True, metavar="FILE|DIR", help="delete the objects in these files")
+@click.option("--force-orphan", is_flag=True,
+              help=f"do not wait for the node to clean up (sets {FORCE_ORPHAN}); whatever is left on the node "
+                   "stays there and is reported as unmanaged")
 @click.pass_obj
-def delete_cmd(obj: _Ctx, kind: str | None, name: str | None, files: tuple[str, ...]) -> None:
+def delete_cmd(obj: _Ctx, kind: str | None, name: str | None, files: tuple[str, ...], force_orphan: bool) -> None:
     """Delete KIND NAME, or every object named in -f files."""
     if files and (kind or name):
         raise click.UsageError("give either KIND NAME or -f, not both")
@@ -371,8 +375,14 @@ def delete_cmd(obj: _Ctx, kind: str | None, name: str | None, files: tuple[str, 
     client = obj.client()
     for k, n in targets:
         try:
+            if force_orphan:
+                # Set before (or after) the delete: the controllers then release the object at once.
+                client.patch(k, n, {"metadata": {"annotations": {FORCE_ORPHAN: "true"}}})
             marked = client.delete(k, n)
         except NotFoundError:
+            if force_orphan and client.get_or_none(k, n) is None:
+                click.echo(f"{k.lower()}/{n} deleted")  # released between the annotation and the delete
+                continue
             if not files:
                 raise
             click.echo(f"{k.lower()}/{n} not found")
@@ -464,6 +474,7 @@ def _run_entry(fn: Callable[[threading.Event], None]) -> None:
         fn(stop)
 
 
+main.add_command(importlib.import_module("api.billing_cli").billing)
 
 
 if __name__ == "__main__":  # pragma: no cover
