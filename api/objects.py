@@ -72,27 +72,27 @@ def kind_for_or_none(kind: str) -> type[Resource] | None:
         return None
 
 
-@router.get("/events", summary="Events recorded about an object (empty when none are recorded)")
+@router.get("/events", summary="Events recorded about objects, oldest first (empty when none are recorded)")
 def list_events(state: State, _: Caller, kind: str | None = None, name: str | None = None) -> JSONResponse:
-    # Hook for whoever records events under <root>/events/: any JSON object naming its
-    # subject as {"kind", "name"} or {"involvedObject": {"kind", "name"}} is listed.
-    cls = resolve_kind(kind) if kind else None
-    kvs, rev = state.store.kv_range(keys.events_prefix(state.store.root))
+    # Events live at <root>/events/<Kind>/<name>/<time>, written by the controllers; the
+    # subject is in the key, so each item gets `kind` and `name` from there.
+    prefix = keys.events_prefix(state.store.root)
+    if kind:
+        prefix += resolve_kind(kind).KIND + "/"
+        if name:
+            prefix += name + "/"
+    kvs, rev = state.store.kv_range(prefix)
     items: list[dict[str, Any]] = []
     for kv in kvs:
+        parts = kv.key[len(keys.events_prefix(state.store.root)):].split("/")
+        if len(parts) != 3 or (name is not None and parts[1] != name):
+            continue
         try:
             ev = decode(kv.value)
         except ValueError:
             continue
-        if not isinstance(ev, dict):
-            continue
-        involved = ev.get("involvedObject")
-        subject: dict[str, Any] = involved if isinstance(involved, dict) else ev
-        if cls is not None and kind_for_or_none(str(subject.get("kind", ""))) is not cls:
-            continue
-        if name is not None and subject.get("name") != name:
-            continue
-        items.append(ev)
+        if isinstance(ev, dict):
+            items.append({"kind": parts[0], "name": parts[1], **ev})
     return JSONResponse({"apiVersion": API_VERSION, "kind": "EventList",
                          "metadata": {"resourceVersion": str(rev)}, "items": items})
 

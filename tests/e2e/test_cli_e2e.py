@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -173,6 +174,28 @@ def test_get_describe_delete(cli: Cli, examples: Path) -> None:
     gone = cli("delete", "-f", str(examples / "plans.yaml"))
     assert "plan/s1 not found" in lines(gone) and "plan/s2 deleted" in lines(gone)
     assert cli("delete", "plan", "s1").exit_code == 2
+
+
+def test_describe_shows_recorded_events_and_delete_can_force_orphan(cli: Cli, store: Store) -> None:
+    """describe lists the object's events from <root>/events/; delete --force-orphan annotates, then deletes."""
+    body = (EXAMPLES / "plans.yaml").read_text().split("\n---\n")[0]
+    body = body.replace("  labels: {line: standard}", "  labels: {line: standard}\n  finalizers: [hostplane.io/x]")
+    with cli.client() as c:
+        from specs import load_documents
+
+        c.create(load_documents(body)[0].obj)
+    event = {"type": "Warning", "reason": "Tested", "message": "something happened", "time": "2026-01-01T00:00:00Z",
+             "count": 2}
+    store.kv_put(f"{store.root}/events/Plan/s1/00000000000000001", json.dumps(event).encode())
+    store.kv_put(f"{store.root}/events/Plan/s10/00000000000000001", json.dumps(event | {"reason": "Other"}).encode())
+    described = cli("describe", "plan", "s1")
+    assert "Tested" in described.output and "something happened" in described.output
+    assert "Other" not in described.output
+    marked = cli("delete", "plan", "s1", "--force-orphan")
+    assert lines(marked) == ["plan/s1 marked for deletion (finalizers: hostplane.io/x)"]
+    with cli.client() as c:
+        obj = c.get("Plan", "s1")
+    assert obj.metadata.annotations == {"hostplane.io/force-orphan": "true"} and obj.metadata.deletionTimestamp
 
 
 def test_schema_needs_no_server(cli: Cli) -> None:
