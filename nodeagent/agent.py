@@ -296,7 +296,7 @@ class Agent:
             now = time.time()
             actions = P.plan(spec, obs.actual, now=now)
             if not actions:
-                return obs, True, P.wake_after(spec, obs.actual, now=now)
+                return obs, P.settled(spec, obs.actual), P.wake_after(spec, obs.actual, now=now)
             for action in actions:
                 log.info("agent %s: %s: %s", self.node, vps, action)
                 self.hv.execute(action, spec, uid, vps, self.note(vps))

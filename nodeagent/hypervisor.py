@@ -174,8 +174,7 @@ class Hypervisor:
         if state == libvirt.VIR_DOMAIN_PAUSED or state == libvirt.VIR_DOMAIN_PMSUSPENDED:
             power = "paused"
         elif state == libvirt.VIR_DOMAIN_CRASHED or (
-                state == libvirt.VIR_DOMAIN_SHUTOFF and reason in (libvirt.VIR_DOMAIN_SHUTOFF_CRASHED,
-                                                                   libvirt.VIR_DOMAIN_SHUTOFF_FAILED)):
+                state == libvirt.VIR_DOMAIN_SHUTOFF and reason == libvirt.VIR_DOMAIN_SHUTOFF_CRASHED):
             power = "crashed"
         elif state == libvirt.VIR_DOMAIN_SHUTOFF:
             power = "shutoff"

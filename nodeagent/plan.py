@@ -406,6 +406,14 @@ def wake_after(desired: DomainSpec | None, actual: Actual | None, *, now: float)
     return max(0.05, min(future))
 
 
+def settled(desired: DomainSpec | None, actual: Actual | None) -> bool:
+    """With an empty plan: is that the end state, or only a wait (a stop under way, a crash backing off)?"""
+    a = actual or Actual()
+    if _active(a) and a.stop_requested_at is not None and a.stop_intent is not None:
+        return False
+    return not (desired is not None and a.defined and a.power == "crashed" and desired.power != "Stopped")
+
+
 def restart_required(desired: DomainSpec, actual: Actual) -> bool:
     """The running domain cannot reach the desired size live: its maximums are below it."""
     return _active(actual) and (desired.vcpus > actual.max_vcpus or desired.memoryMiB > actual.max_memory_mib

@@ -332,3 +332,12 @@ def test_property_delete_leaves_nothing(a: Actual, acpi: bool) -> None:
 def test_property_unmanaged_untouched(d: DomainSpec | None, a: Actual) -> None:
     """A domain without Hostplane metadata never gets an action."""
     assert plan(d, replace(a, defined=True, managed=False), now=NOW) == []
+
+
+def test_waiting_is_not_settled() -> None:
+    """A stop under way or a crash backing off plans nothing yet is not the end state."""
+    d = spec()
+    assert P.settled(d, converged_actual(d))
+    assert not P.settled(spec(power="Stopped"), converged_actual(d, stop_intent="stop", stop_requested_at=NOW))
+    assert not P.settled(d, converged_actual(d, power="crashed", crashed_at=NOW, crash_count=1))
+    assert P.settled(d, converged_actual(d, power="shutoff", off_by_guest=True))
