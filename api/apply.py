@@ -2,9 +2,10 @@
 
 Files are read and validated all at once (nothing is written unless every document is
 valid); each object gets the label `hostplane.io/source=<source>` so `--prune` can later
-delete exactly what this source created and nothing else. Apply owns an object's labels,
-annotations and spec; finalizers stay as the server has them (they belong to controllers,
-and dropping one would skip a cleanup). This module must never talk to the server.
+delete exactly what this source created and nothing else. Apply owns an object's labels
+and spec and the annotations the files name; other annotations (set by hand: drain,
+force-orphan) and finalizers stay as the server has them (finalizers belong to
+controllers, and dropping one would skip a cleanup). This module must never talk to the server.
 """
 
 from __future__ import annotations
@@ -112,23 +113,31 @@ def with_source(obj: Resource, source: str) -> Resource:
     return obj.model_copy(update={"metadata": obj.metadata.model_copy(update={"labels": labels}), "status": None})
 
 
-def managed_view(obj: Resource) -> dict[str, Any]:
-    """The part of an object that apply owns and diff compares."""
+def managed_view(obj: Resource, *, annotations_of: Resource | None = None) -> dict[str, Any]:
+    """The part of an object that apply owns and diff compares.
+
+    With `annotations_of`, only the annotations that object names are compared: operators
+    set others by hand (drain, force-orphan) and apply must neither see them as drift nor
+    remove them.
+    """
     data = obj.model_dump(mode="json", exclude_none=True, include={"apiVersion", "kind", "metadata", "spec"})
     meta = data.get("metadata", {})
+    if annotations_of is not None:
+        wanted = annotations_of.metadata.annotations
+        meta["annotations"] = {k: v for k, v in meta.get("annotations", {}).items() if k in wanted}
     data["metadata"] = {k: meta[k] for k in ("name", "labels", "annotations") if meta.get(k) or k == "name"}
     return data
 
 
 def is_unchanged(current: Resource, desired: Resource) -> bool:
-    return managed_view(current) == managed_view(desired)
+    return managed_view(current, annotations_of=desired) == managed_view(desired)
 
 
 def merged_for_update(current: Resource, desired: Resource) -> Resource:
     """`desired`'s labels, annotations and spec on top of the server's object (CAS on its version)."""
     meta = current.metadata.model_copy(update={
         "labels": dict(desired.metadata.labels),
-        "annotations": dict(desired.metadata.annotations),
+        "annotations": {**current.metadata.annotations, **desired.metadata.annotations},
     })
     return current.model_copy(update={"metadata": meta, "spec": desired.spec, "status": None})
 
@@ -145,7 +154,7 @@ def _yaml_lines(view: dict[str, Any] | None) -> list[str]:
 
 def diff_text(current: Resource | None, desired: Resource) -> str:
     """A unified diff from the server's object to the file's; empty when they agree."""
-    before = managed_view(current) if current is not None else None
+    before = managed_view(current, annotations_of=desired) if current is not None else None
     after = managed_view(desired)
     if before == after:
         return ""

@@ -82,6 +82,14 @@ def test_apply_owns_labels_and_spec_but_keeps_server_finalizers() -> None:
     assert ap.is_unchanged(merged, desired)
 
 
+def test_apply_keeps_annotations_the_files_do_not_name() -> None:
+    """Hand-set annotations are neither drift nor removed; annotations in the file are enforced."""
+    desired = ap.with_source(plan(annotations={"team": "web"}), "g")
+    current = ap.merged_for_update(plan(annotations={"hostplane.io/drain": "true", "team": "ops"}), desired)
+    assert current.metadata.annotations == {"hostplane.io/drain": "true", "team": "web"}
+    assert ap.is_unchanged(current, desired) and ap.diff_text(current, desired) == ""
+
+
 def test_diff_is_empty_when_equal_and_unified_otherwise() -> None:
     """diff_text is empty for equal objects and a unified diff naming the object otherwise."""
     a = ap.with_source(plan(), "s")
