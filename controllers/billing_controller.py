@@ -35,7 +35,7 @@ from reconcile import keys
 from reconcile.controller import Controller, Result
 from reconcile.errors import NotFound
 from reconcile.informer import Informer
-from reconcile.store import Compare, CreatedAt, Get, ModIs, Put, Store
+from reconcile.store import Compare, CreatedAt, Exists, Get, ModIs, Put, Store
 from specs.kinds import VPS, Customer, Plan, Subscription, SubscriptionStatus
 from specs.money import format_minor, to_minor
 
@@ -149,7 +149,10 @@ class BillingController:
         account = ledger.read_account(self.store, customer)
         if account.revision == 0 and cust.status is None:
             zero = format_minor(0, cust.spec.currency)
-            self.store.put_status(Customer, customer, {"balance": zero, "balanceMinor": 0, "state": "Active"})
+            body = json.dumps({"balance": zero, "balanceMinor": 0, "state": "Active"}, sort_keys=True).encode()
+            tkey = keys.status_key(Customer, customer, self.store.root)
+            self.store.txn([ModIs(tkey, 0), Exists(keys.spec_key(Customer, customer, self.store.root)),
+                            *_fences(self.fence)], [Put(tkey, body)])
         credit = to_minor(cust.spec.creditLimit, cust.spec.currency)
         wakes: list[datetime] = []
         for sub in subs:
