@@ -132,10 +132,19 @@ def get_object(kind: str, name: str, state: State, _: Caller) -> JSONResponse:
     return JSONResponse(render(state.store.get(resolve_kind(kind), name)))
 
 
-@router.put("/{kind}/{name}", summary="Replace metadata and spec (409 if metadata.resourceVersion is stale)")
+@router.put("/{kind}/{name}", summary="Replace metadata and spec (409 if metadata.resourceVersion is stale); "
+            "finalizers are kept unless the body lists them")
 def replace_object(kind: str, name: str, body: Body, state: State, _: Caller) -> JSONResponse:
     cls = resolve_kind(kind)
     obj = object_from_body(body, cls, name=name)
+    meta = body.get("metadata") if isinstance(body, dict) else None
+    if not (isinstance(meta, dict) and "finalizers" in meta):
+        # A body that does not mention finalizers keeps the server's: dropping one by omission
+        # would skip a controller's cleanup. Pinning the version keeps this read-modify-write safe.
+        current = state.store.get(cls, name)
+        obj = obj.model_copy(update={"metadata": obj.metadata.model_copy(update={
+            "finalizers": current.metadata.finalizers,
+            "resourceVersion": obj.metadata.resourceVersion or current.metadata.resourceVersion})})
     return JSONResponse(render(state.store.update(obj)))
 
 

@@ -195,6 +195,8 @@ def test_delete_with_finalizers_marks_then_removal_of_finalizer_deletes(api: htt
     r = api.delete("/v1/plans/s1")
     assert r.status_code == 202 and r.json()["metadata"]["deletionTimestamp"]
     assert api.delete("/v1/plans/s1").status_code == 202
+    # A PUT that does not mention finalizers keeps them; only an explicit list changes them.
+    assert api.put("/v1/plans/s1", json=plan(vcpus=3)).json()["metadata"]["finalizers"] == ["hostplane.io/cleanup"]
     marked = api.get("/v1/plans/s1").json()
     marked["metadata"]["finalizers"] = []
     api.put("/v1/plans/s1", json=marked)
