@@ -131,12 +131,13 @@ def is_converged(d: DomainSpec, a: Actual, now: float) -> bool:
     want = d.power
     if want == "Stopped":
         return a.power in ("shutoff", "crashed")
-    if want == "Paused":
-        expired = d.shutdownAfterPausedSeconds is not None
-        return a.power == "paused" or (expired and a.power == "shutoff")
+    # A guest that powered itself off stays off, whatever runs it would want.
     guest_off = a.power == "shutoff" and a.off_by_guest and a.stop_intent is None
     if guest_off:
         return a.restart_generation >= d.restartGeneration
+    if want == "Paused":
+        expired = d.shutdownAfterPausedSeconds is not None
+        return a.power == "paused" or (expired and a.power == "shutoff")
     return (a.power == "running" and a.restart_generation >= d.restartGeneration
             and (a.vcpus == d.vcpus or d.vcpus > a.max_vcpus)
             and (a.memory_mib == d.memoryMiB or d.memoryMiB > a.max_memory_mib))
