@@ -286,8 +286,12 @@ class Store:
             except Exception as exc:
                 raise _translate(exc) from exc
 
-        if not retry or self.retry_seconds <= 0:
+        # The first attempt runs outside tenacity: its setup costs more than a fast etcd call.
+        try:
             return once()
+        except Unavailable:
+            if not retry or self.retry_seconds <= 0:
+                raise
         for attempt in Retrying(
             retry=retry_if_exception_type(Unavailable),
             stop=stop_after_delay(self.retry_seconds),
@@ -560,7 +564,8 @@ class Store:
         value = encode(self._doc(new))
         rev = self.kv_put(key, value, expect=0)
         self._remember(key, rev, value)
-        return new.model_copy(update={"metadata": meta.model_copy(update={"resourceVersion": str(rev)})})
+        meta.resourceVersion = str(rev)  # `meta` is this call's own copy
+        return new
 
     def update(self, obj: R) -> R:
         """Replace an object's metadata and spec with compare-and-swap.
@@ -604,7 +609,7 @@ class Store:
         meta["generation"] = (smeta.get("generation") or 1) + (doc.get("spec") != stored.get("spec"))
         if meta.get("deletionTimestamp") is not None and not meta.get("finalizers"):
             self._remove(cls, obj.name, rv)
-            return obj.model_copy(update={"metadata": ObjectMeta.model_validate(meta)})
+            return obj.model_copy(update={"metadata": _kept_meta(obj.metadata, meta, None)})
         if doc == stored:
             return obj.model_copy(update={
                 "metadata": ObjectMeta.model_validate({**meta, "resourceVersion": str(rv)}),
@@ -632,9 +637,7 @@ class Store:
             rev = current.mod_revision
             status = self._read_status(cls, tkey)
         self._remember(skey, rev, value)
-        return obj.model_copy(update={
-            "metadata": ObjectMeta.model_validate({**meta, "resourceVersion": str(rev)}),
-            "status": status})
+        return obj.model_copy(update={"metadata": _kept_meta(obj.metadata, meta, rev), "status": status})
 
     def _read_status(self, cls: type[Resource], tkey: str) -> Any:
         kv = self.kv_get(tkey)
@@ -693,6 +696,22 @@ class Store:
         if not out.succeeded:
             raise NotFound(f"{cls.KIND} {name!r} was deleted")
         return True
+
+
+def _kept_meta(given: ObjectMeta, written: dict[str, Any], rev: int | None) -> ObjectMeta:
+    """The caller's metadata with the fields the store keeps or sets, as written to etcd."""
+
+    def when(field: str) -> datetime | None:
+        value = written.get(field)
+        return None if value is None else datetime.fromisoformat(value)
+
+    return given.model_copy(update={
+        "uid": written.get("uid"),
+        "creationTimestamp": when("creationTimestamp"),
+        "deletionTimestamp": when("deletionTimestamp"),
+        "generation": written["generation"],
+        "resourceVersion": None if rev is None else str(rev),
+    })
 
 
 class Watch:
