@@ -215,6 +215,8 @@ def _translate(exc: BaseException) -> StoreError:
         if code == grpc.StatusCode.INVALID_ARGUMENT and "too large" in str(details):
             return TooLarge(str(details))
         if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+            if "space exceeded" in str(details):
+                return StoreError(f"etcd is out of space (alarm NOSPACE): {details}")
             return TooLarge(str(details))
         return StoreError(f"etcd error {code}: {details}")
     if isinstance(exc, ValueError) and "failed node" in str(exc):
@@ -363,8 +365,10 @@ class Store:
     def kv_delete(self, key: str, *, expect: int | None = None, prefix: bool = False) -> bool:
         """Delete a key (or prefix); with `expect` only if unchanged. True if it existed."""
         compares: list[Compare] = [] if expect is None else [ModIs(key, expect)]
-        res = self.txn(compares, [Get(key, prefix=prefix), Delete(key, prefix=prefix)])
+        res = self.txn(compares, [Get(key, prefix=prefix), Delete(key, prefix=prefix)], [Get(key)])
         if not res.succeeded:
+            if not res.gets[0]:
+                return False  # already gone (a retried delete whose first attempt landed, or another deleter)
             raise Conflict(key)
         return bool(res.gets and res.gets[0])
 
@@ -732,6 +736,7 @@ class Watch:
         self._thread = threading.Thread(target=self._run, name=f"watch {prefix}", daemon=True)
         self.connected = threading.Event()
         self.reconnects = 0
+        self.handler_errors = 0
 
     def start(self) -> None:
         self._thread.start()
@@ -790,8 +795,15 @@ class Watch:
                     ]
                     rev = int(rs.header.revision)
                     if evs:
+                        try:
+                            self._on_events(evs, rev)
+                        except Exception:
+                            # Not acknowledged: resume from this batch so no event is skipped.
+                            log.exception("watch %s: handler failed; redelivering from %d",
+                                          self.prefix, evs[0].mod_revision)
+                            self.handler_errors += 1
+                            raise _Canceled("handler failed") from None
                         self.next_revision = evs[-1].mod_revision + 1
-                        self._on_events(evs, rev)
                     elif rev >= self.next_revision and not rs.created:
                         # A progress notification: nothing under the prefix up to `rev`.
                         self.next_revision = rev + 1

@@ -195,3 +195,27 @@ def test_write_retried_across_an_etcd_restart_is_applied_once(etcd: EtcdServer, 
     assert q is not None and q.version == 1
     assert p is not None and p.version == 2
     assert store.get(Plan, "p").spec.vcpus == 2
+
+
+def test_watch_redelivers_a_batch_its_handler_failed_on(store: Store) -> None:
+    """If the handler raises, the watch resumes from that batch: no event is skipped."""
+    prefix = store.root + "/f/"
+    got = Collector()
+    failures = [1]
+
+    def flaky(events: list[WatchEvent], revision: int) -> None:
+        if failures and any(e.key.endswith("/2") for e in events):
+            failures.pop()
+            raise RuntimeError("handler bug")
+        got.on_events(events, revision)
+
+    w = store.watch(prefix, start_revision=store.revision() + 1, on_events=flaky)
+    try:
+        for i in range(5):
+            store.kv_put(f"{prefix}{i}", b"v")
+        assert got.wait_for(lambda c: any(e.key.endswith("/4") for e in c.events))
+    finally:
+        w.stop()
+    assert w.handler_errors == 1
+    assert sorted({e.key for e in got.events}) == [f"{prefix}{i}" for i in range(5)]
+    assert_in_order_once(got.events)
