@@ -250,7 +250,7 @@ class MaxResize(Model):
 
 
 class NodeSpec(Model):
-    libvirtURI: str = "qemu:///system"
+    libvirtURI: Annotated[Text, Field(min_length=1, max_length=1024)] = "qemu:///system"
     capacity: Capacity
     overcommit: Overcommit = Field(default_factory=Overcommit)
     maxResize: MaxResize = Field(default_factory=MaxResize)

@@ -322,3 +322,20 @@ def test_json_surrogate_escapes_are_joined() -> None:
            ' "spec": {"vcpus": 1, "memoryMiB": 1, "diskGiB": 1, "price": {"amount": "1", "currency": "EUR"}}}'
     (doc,) = load_documents(text, "p.json")
     assert doc.obj.metadata.annotations["note"] == "\U0001f600"
+
+
+YAML_LOOKALIKES = ["yes", "No", "on", "OFF", "null", "~", "1e3", "0x10", "0o17", "012", ".inf", "-.nan",
+                   "2020-01-01", "2020-01-01T00:00:00Z", "12:30:00", "<<", "=", "- a", "{a: 1}", "[1]", "'q'",
+                   '"dq"', "a: b", "#c", "&anchor", "*alias", "!tag", "%dir", "@at", "`bt`", "|", ">", " lead",
+                   "trail ", "", "\u00e9t\u00e9", "\U0001f600", "\u00a0nbsp"]
+
+
+@pytest.mark.parametrize("value", YAML_LOOKALIKES)
+def test_strings_that_look_like_other_yaml_types_survive(value: str) -> None:
+    """Strings YAML could read as bools, numbers, dates or syntax come back as the same strings."""
+    obj = validate_object({"kind": "Plan", "metadata": {"name": "p", "annotations": {"note": value}},
+                           "spec": {"vcpus": 1, "memoryMiB": 1, "diskGiB": 1, "description": value,
+                                    "price": {"amount": "1", "currency": "EUR"}}}, "<t>")
+    (back,) = load_documents(dump_yaml([obj]))
+    assert back.obj == obj
+    assert back.obj.metadata.annotations["note"] == value
