@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -34,7 +35,10 @@ def store(etcd_session: EtcdServer, request: pytest.FixtureRequest) -> Iterator[
     """A Store on the shared etcd, rooted at a key prefix of its own."""
     import uuid
 
-    root = f"/t/{uuid.uuid4().hex[:12]}/hostplane/v1"
-    s = Store(etcd_session.endpoint, root=root)
+    base = f"/t/{uuid.uuid4().hex[:12]}/"
+    s = Store(etcd_session.endpoint, root=base + "hostplane/v1")
     yield s
+    # Leave the shared etcd as found, so later tests' ranges stay small.
+    with contextlib.suppress(Exception):
+        s.kv_delete(base, prefix=True)
     s.close()
