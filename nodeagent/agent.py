@@ -37,6 +37,7 @@ from specs.domain import DomainSpec, ObservedDomain
 log = logging.getLogger(__name__)
 
 MAX_STEPS = 25
+HEARTBEAT_REWRITE = 25.0
 
 
 def _decode_spec(_name: str, raw: bytes) -> DomainSpec:
@@ -90,6 +91,8 @@ class Agent:
         self._callback_ids: list[int] = []
         self.hv_error = ""
         self.reconciles = 0
+        self._hb_content: dict[str, object] | None = None
+        self._hb_written = 0.0
 
     # ------------------------------------------------------------ lifecycle
 
@@ -354,9 +357,16 @@ class Agent:
                     self.store.refresh_lease(self._lease)
                 except NotFound:
                     self._lease = None
-            if self._lease is None:
+            fresh = self._lease is None
+            if fresh:
                 self._lease = self.store.grant_lease(self.heartbeat_ttl)
-            self.store.kv_put(key, report_bytes(value), lease=self._lease)
+            # The lease is the liveness signal; the value is rewritten only when it says something new
+            # (or its time is getting old), so a quiet node costs one lease refresh per beat.
+            content = {k: v for k, v in value.items() if k != "time"}
+            if fresh or content != self._hb_content or time.monotonic() - self._hb_written >= HEARTBEAT_REWRITE:
+                self.store.kv_put(key, report_bytes(value), lease=self._lease)
+                self._hb_content = content
+                self._hb_written = time.monotonic()
         except StoreError as exc:
             log.warning("agent %s: heartbeat failed: %s", self.node, exc)
 

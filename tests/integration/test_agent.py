@@ -360,3 +360,15 @@ def test_simulated_fleet_converges_each_node(store: Store, tmp_path: Path, image
             assert store.kv_get(keys.heartbeat_key(f"f-{i}", store.root)) is not None
     finally:
         fleet.stop()
+
+
+def test_full_pool_reported_then_recovers(node: Node, image: DomainImage) -> None:
+    """A pool without room refuses new disks with StorageFull; once room is back the VPS converges."""
+    agent = node.start()
+    assert agent.hv.storage is not None
+    agent.hv.storage.min_free_bytes = 1 << 60  # more than any pool holds
+    gen = node.put(make_spec(image))
+    obs = node.wait("web-1", lambda o: "StorageFull" in o.lastError, "storage full reported")
+    assert obs.power == "Absent"
+    agent.hv.storage.min_free_bytes = 0
+    node.wait("web-1", ready(gen), "converged once there is room", timeout=20)
