@@ -1,128 +1,25 @@
-"""Fixtures for end-to-end tests on real QEMU: a libvirt session connection and the test guest.
+"""Fixtures for end-to-end tests on real QEMU: a libvirt QEMU connection and the test guest.
 
-`qemu:///session` is used as is when it answers. As root it maps to the system daemon, which a
-test host need not run; then a private session daemon is started as the unprivileged `nobody`
-user with its runtime in a temp dir, reached through its socket (`qemu:///session?socket=...`).
-That daemon, and every domain on it, is stopped by PID at the end. Guests run under TCG when
-/dev/kvm is not usable, with user-mode NICs and VNC on 127.0.0.1 only.
+See `tests.e2e.guest.session` for how the connection is found or a private daemon started.
 """
 
 from __future__ import annotations
 
-import os
-import pwd
 import shutil
-import signal
-import subprocess
-import tempfile
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
-import libvirt
 import pytest
 
 from tests.e2e.guest.build import GuestImage, build
-
-
-@dataclass
-class Session:
-    uri: str
-    # A directory the hypervisor's user may write (pools and logs live under it).
-    workdir: Path
-    daemon: subprocess.Popen[bytes] | None = None
-
-
-def _try_open(uri: str) -> bool:
-    libvirt.registerErrorHandler(lambda _c, _e: None, None)
-    try:
-        conn = libvirt.open(uri)
-    except libvirt.libvirtError:
-        return False
-    conn.close()
-    return True
-
-
-def _start_private_daemon(base: Path) -> tuple[str, subprocess.Popen[bytes]]:
-    user = pwd.getpwnam("nobody")
-    # Short paths: libvirt puts UNIX sockets under the config dir and their paths are limited to 108 bytes.
-    for d in ("run", "home", "c", "home/.cache"):
-        (base / d).mkdir(parents=True, exist_ok=True)
-    for p in [base, *base.rglob("*")]:
-        os.chown(p, user.pw_uid, user.pw_gid)
-    os.chmod(base / "run", 0o700)
-    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(base / "home"),
-           "XDG_RUNTIME_DIR": str(base / "run"), "XDG_CONFIG_HOME": str(base / "c"),
-           "XDG_CACHE_HOME": str(base / "home/.cache")}
-    with open(base / "libvirtd.log", "wb") as log:
-        proc = subprocess.Popen(["libvirtd"], env=env, stdout=log, stderr=subprocess.STDOUT,
-                                user=user.pw_uid, group=user.pw_gid, extra_groups=[], start_new_session=True)
-    sock = base / "run" / "libvirt" / "libvirt-sock"
-    uri = f"qemu:///session?socket={sock}"
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        if sock.exists() and _try_open(uri):
-            return uri, proc
-        if proc.poll() is not None:
-            raise RuntimeError(f"private libvirtd exited: {(base / 'libvirtd.log').read_text()[-2000:]}")
-        time.sleep(0.1)
-    proc.kill()
-    proc.wait(10)
-    raise RuntimeError("private libvirtd did not answer within 20 s")
+from tests.e2e.guest.session import Session, make_workdir, qemu_session
 
 
 @pytest.fixture(scope="session")
-def qemu_session() -> Iterator[Session]:
-    """A working QEMU libvirt connection URI; a private daemon is started (and stopped) if needed."""
-    base = Path(tempfile.mkdtemp(prefix="hpq", dir="/tmp"))
-    os.chmod(base, 0o755)
-    if _try_open("qemu:///session"):
-        yield Session("qemu:///session", base)
-        shutil.rmtree(base, ignore_errors=True)
-        return
-    if os.geteuid() != 0:
-        pytest.fail("qemu:///session is not reachable and a private daemon needs root to drop to 'nobody'")
-    uri, proc = _start_private_daemon(base)
-    work = base / "work"
-    work.mkdir()
-    user = pwd.getpwnam("nobody")
-    os.chown(work, user.pw_uid, user.pw_gid)
-    session = Session(uri, work, proc)
-    try:
+def qemu() -> Iterator[Session]:
+    """A working QEMU libvirt connection for the session (a private daemon if needed, stopped after)."""
+    with qemu_session() as session:
         yield session
-    finally:
-        _cleanup(uri)
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-        shutil.rmtree(base, ignore_errors=True)
-
-
-def _cleanup(uri: str) -> None:
-    """Nothing a test started may outlive the session: destroy and undefine every domain."""
-    try:
-        conn = libvirt.open(uri)
-    except libvirt.libvirtError:
-        return
-    for dom in conn.listAllDomains(0):
-        try:
-            if dom.isActive():
-                dom.destroy()
-            dom.undefine()
-        except libvirt.libvirtError:
-            pass
-    for pool in conn.listAllStoragePools(0):
-        try:
-            if pool.isActive():
-                pool.destroy()
-            pool.undefine()
-        except libvirt.libvirtError:
-            pass
-    conn.close()
 
 
 @pytest.fixture(scope="session")
@@ -132,11 +29,8 @@ def guest_image() -> GuestImage:
 
 
 @pytest.fixture
-def agent_dir(qemu_session: Session) -> Iterator[Path]:
+def agent_dir(qemu: Session) -> Iterator[Path]:
     """A data dir the hypervisor's user can write, removed afterwards."""
-    d = Path(tempfile.mkdtemp(dir=qemu_session.workdir))
-    os.chmod(d, 0o755)
-    st = qemu_session.workdir.stat()
-    os.chown(d, st.st_uid, st.st_gid)
+    d = make_workdir(qemu)
     yield d
     shutil.rmtree(d, ignore_errors=True)

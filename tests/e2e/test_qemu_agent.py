@@ -17,8 +17,8 @@ from nodeagent.domain_xml import domain_name
 from reconcile import keys
 from reconcile.store import Store
 from specs.domain import DomainImage, DomainNetwork, DomainSpec, ObservedDomain
-from tests.e2e.conftest import Session
 from tests.e2e.guest.build import GuestImage
+from tests.e2e.guest.session import Session
 from tests.helpers.wait import wait_for
 
 pytestmark = pytest.mark.qemu
@@ -69,8 +69,8 @@ class Harness:
 
 
 @pytest.fixture
-def harness(store: Store, qemu_session: Session, agent_dir: Path, guest_image: GuestImage) -> Iterator[Harness]:
-    h = Harness(store, qemu_session, agent_dir, guest_image)
+def harness(store: Store, qemu: Session, agent_dir: Path, guest_image: GuestImage) -> Iterator[Harness]:
+    h = Harness(store, qemu, agent_dir, guest_image)
     h.agent.start()
     yield h
     h.agent.stop()
