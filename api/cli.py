@@ -17,6 +17,7 @@ import signal
 import socket
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -37,6 +38,7 @@ from api.client import (
     TransportError,
 )
 from api.config import resolve
+from reconcile.selector import matches, parse_selector
 from specs import SpecError, dump_json, dump_yaml, kind_for
 from specs.kinds import Resource
 
@@ -243,39 +245,49 @@ def _print_objects(kind: str, items: list[Resource], output: str | None, single:
 def _watch_rows(client: Client, cls: type[Resource], name: str | None, selector: str | None,
                 output: str | None, rv: str, known: dict[str, dict[str, Any]], max_events: int | None) -> None:
     seen = 0
+    wanted = parse_selector(selector)
     while True:
-        for ev in client.watch([cls.KIND], rv):
-            if ev.get("type") == "COMPACTED":
-                items, rv = client.list(cls.KIND, selector)
-                known.clear()
-                known.update({o.name: o.model_dump(mode="json", exclude_none=True) for o in items})
-                break
-            rv = str(ev.get("_id") or rv)
-            ev_name = str(ev.get("name"))
-            if name is not None and ev_name != name:
-                continue
-            row = dict(known.get(ev_name) or {})
-            if ev.get("part") == "spec" and ev.get("type") == "DELETE":
-                known.pop(ev_name, None)
-                row.setdefault("metadata", {"name": ev_name})
-                click.echo(f"{_one_row(cls.KIND, row, output)}   (deleted)")
-            elif ev.get("part") == "spec" and isinstance(ev.get("object"), dict):
-                new = dict(ev["object"])
-                if "status" in row:
-                    new["status"] = row["status"]
-                known[ev_name] = new
-                click.echo(_one_row(cls.KIND, new, output))
-            elif ev.get("part") == "status" and ev_name in known:
-                row["status"] = ev.get("object") or {}
-                known[ev_name] = row
-                click.echo(_one_row(cls.KIND, row, output))
+        try:
+            for ev in client.watch([cls.KIND], rv):
+                if ev.get("type") == "COMPACTED":
+                    items, rv = client.list(cls.KIND, selector)
+                    known.clear()
+                    known.update({o.name: o.model_dump(mode="json", exclude_none=True) for o in items})
+                    break
+                rv = str(ev.get("_id") or rv)
+                ev_name = str(ev.get("name"))
+                if name is not None and ev_name != name:
+                    continue
+                row = dict(known.get(ev_name) or {})
+                if ev.get("part") == "spec" and ev.get("type") == "DELETE":
+                    known.pop(ev_name, None)
+                    row.setdefault("metadata", {"name": ev_name})
+                    click.echo(f"{_one_row(cls.KIND, row, output)}   (deleted)")
+                elif ev.get("part") == "spec" and isinstance(ev.get("object"), dict):
+                    new = dict(ev["object"])
+                    labels = (new.get("metadata") or {}).get("labels") or {}
+                    if not matches(wanted, labels):
+                        known.pop(ev_name, None)
+                        continue
+                    if "status" in row:
+                        new["status"] = row["status"]
+                    known[ev_name] = new
+                    click.echo(_one_row(cls.KIND, new, output))
+                elif ev.get("part") == "status" and ev_name in known:
+                    row["status"] = ev.get("object") or {}
+                    known[ev_name] = row
+                    click.echo(_one_row(cls.KIND, row, output))
+                else:
+                    continue
+                seen += 1
+                if max_events is not None and seen >= max_events:
+                    return
             else:
-                continue
-            seen += 1
-            if max_events is not None and seen >= max_events:
-                return
-        else:
-            return  # the server ended the stream
+                click.echo("# the watch stream ended; reconnecting", err=True)
+        except TransportError as exc:
+            # An API restart or a dropped connection: resume after the last revision printed.
+            click.echo(f"# {exc}; reconnecting", err=True)
+        time.sleep(1.0)
 
 
 def _one_row(kind: str, data: dict[str, Any], output: str | None) -> str:
