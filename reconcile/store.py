@@ -244,10 +244,13 @@ class Store:
             ("grpc.max_receive_message_length", 64 * 1024 * 1024),
         ]
         endpoints_objs = []
+        # With one endpoint there is nowhere to fail over to: never mark it failed, reconnect.
+        # With several, a failed member is skipped for a while so calls go to the others.
+        time_retry = 0.0 if len(eps) < 2 else 2.0
         for ep in eps:
             host, _, port = ep.removeprefix("http://").rpartition(":")
             endpoints_objs.append(
-                pyetcd.Endpoint(host, int(port), secure=False, time_retry=0.0, opts=opts)
+                pyetcd.Endpoint(host, int(port), secure=False, time_retry=time_retry, opts=opts)
             )
         self.endpoints = eps
         self.root = root
@@ -286,7 +289,10 @@ class Store:
             except StoreError:
                 raise
             except Exception as exc:
-                raise _translate(exc) from exc
+                err = _translate(exc)
+                if isinstance(err, Unavailable) and isinstance(exc, grpc.RpcError):
+                    self._fail_over()
+                raise err from exc
 
         # The first attempt runs outside tenacity: its setup costs more than a fast etcd call.
         try:
@@ -303,6 +309,14 @@ class Store:
             with attempt:
                 return once()
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _fail_over(self) -> None:
+        """Mark the endpoint in use as failed so the next call tries another member."""
+        if len(self.endpoints) < 2:
+            return  # nothing to fail over to; keep reconnecting to the one we have
+        with contextlib.suppress(Exception):
+            self._client.endpoint_in_use.fail()
+            self._client._clear_old_stubs()
 
     @staticmethod
     def _kv(kv: Any) -> KV:
@@ -810,6 +824,8 @@ class Watch:
             except (grpc.RpcError, _Canceled, etcd_exc.Etcd3Exception, ValueError) as exc:
                 if self._stop.is_set():
                     return
+                if isinstance(exc, grpc.RpcError) and isinstance(_translate(exc), Unavailable):
+                    self._store._fail_over()
                 log.info("watch %s dropped (%r); resuming at %d", self.prefix, exc,
                          self.next_revision)
             finally:

@@ -219,3 +219,20 @@ def test_watch_redelivers_a_batch_its_handler_failed_on(store: Store) -> None:
     assert w.handler_errors == 1
     assert sorted({e.key for e in got.events}) == [f"{prefix}{i}" for i in range(5)]
     assert_in_order_once(got.events)
+
+
+def test_store_fails_over_to_a_live_member(etcd_session: EtcdServer) -> None:
+    """With a dead endpoint listed first, calls fail over to the live one within the retry budget."""
+    from reconcile.etcd_server import free_port
+
+    dead = f"127.0.0.1:{free_port()}"
+    store = Store([dead, etcd_session.endpoint], root=f"/t/failover-{time.monotonic_ns()}", timeout=1.0,
+                  retry_seconds=10.0)
+    try:
+        t0 = time.monotonic()
+        created = store.create(plan("fo"))
+        assert store.get(Plan, "fo") == created
+        assert time.monotonic() - t0 < 10
+    finally:
+        store.kv_delete(store.root + "/", prefix=True)
+        store.close()
