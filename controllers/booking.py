@@ -155,41 +155,61 @@ class Book:
             raise Conflict("the allocation book changed underneath; decide again")
         return res
 
-    def book(self, b: Booking) -> None:
-        """Book a VPS on its node with its MAC and addresses, all or nothing."""
+    def book_ops(self, b: Booking) -> tuple[list[Compare], list[Op]]:
+        """The compares and ops that book `b` (call with `lock` held; then `booked` after commit)."""
+        cur = self._nodes.get(b.node)
+        alloc, nrev = cur if cur else (NodeAllocation(), 0)
+        bkey = layout.booking_key(b.vps, self.root)
+        nkey = layout.node_alloc_key(b.node, self.root)
+        mkey = layout.mac_key(b.mac, self.root)
+        owner = json.dumps({"vps": b.vps, "uid": b.uid, "node": b.node}, sort_keys=True).encode()
+        compares: list[Compare] = [ModIs(bkey, 0), ModIs(nkey, nrev), ModIs(mkey, 0)]
+        ops: list[Op] = [Put(bkey, _enc(b)), Put(nkey, _enc(alloc.plus(b.resources, 1))), Put(mkey, owner)]
+        for pool, addr in _addresses(b):
+            k = layout.ip_key(pool, addr, self.root)
+            compares.append(ModIs(k, 0))
+            ops.append(Put(k, owner))
+        return compares, ops
+
+    def booked(self, b: Booking, revision: int) -> None:
+        """Record a committed booking (made with `book_ops`) in the in-memory view."""
         with self.lock:
-            cur = self._nodes.get(b.node)
-            alloc, nrev = cur if cur else (NodeAllocation(), 0)
-            new_alloc = alloc.plus(b.resources, 1)
-            bkey = layout.booking_key(b.vps, self.root)
-            nkey = layout.node_alloc_key(b.node, self.root)
-            mkey = layout.mac_key(b.mac, self.root)
-            owner = json.dumps({"vps": b.vps, "uid": b.uid, "node": b.node}, sort_keys=True).encode()
-            compares: list[Compare] = [ModIs(bkey, 0), ModIs(nkey, nrev), ModIs(mkey, 0)]
-            ops: list[Op] = [Put(bkey, _enc(b)), Put(nkey, _enc(new_alloc)), Put(mkey, owner)]
-            for pool, addr in _addresses(b):
-                k = layout.ip_key(pool, addr, self.root)
-                compares.append(ModIs(k, 0))
-                ops.append(Put(k, owner))
-            res = self._commit(compares, ops)
-            self._bookings[b.vps] = (b, res.revision)
-            self._nodes[b.node] = (new_alloc, res.revision)
+            alloc = self._nodes.get(b.node, (NodeAllocation(), 0))[0]
+            self._bookings[b.vps] = (b, revision)
+            self._nodes[b.node] = (alloc.plus(b.resources, 1), revision)
             self._macs.add(b.mac)
             for pool, addr in _addresses(b):
                 self._ips.setdefault(pool, set()).add(addr)
 
+    def book(self, b: Booking) -> None:
+        """Book a VPS on its node with its MAC and addresses, all or nothing."""
+        with self.lock:
+            compares, ops = self.book_ops(b)
+            res = self._commit(compares, ops)
+            self.booked(b, res.revision)
+
+    def resize_ops(self, vps: str, size: Resources) -> tuple[Booking, list[Compare], list[Op]]:
+        """The resized booking and the compares and ops that make it so (then `resized` after commit)."""
+        b, brev = self._bookings[vps]
+        alloc, nrev = self._nodes.get(b.node, (NodeAllocation(), 0))
+        nb = b.model_copy(update={"vcpus": size.vcpus, "memoryMiB": size.memoryMiB, "diskGiB": size.diskGiB})
+        bkey, nkey = layout.booking_key(vps, self.root), layout.node_alloc_key(b.node, self.root)
+        return nb, [ModIs(bkey, brev), ModIs(nkey, nrev)], [
+            Put(bkey, _enc(nb)), Put(nkey, _enc(alloc.plus(size - b.resources, 0)))]
+
+    def resized(self, nb: Booking, revision: int) -> None:
+        with self.lock:
+            b, _ = self._bookings[nb.vps]
+            alloc = self._nodes.get(b.node, (NodeAllocation(), 0))[0]
+            self._bookings[nb.vps] = (nb, revision)
+            self._nodes[b.node] = (alloc.plus(nb.resources - b.resources, 0), revision)
+
     def resize(self, vps: str, size: Resources) -> Booking:
         """Change a booked VPS's size in place (its disk is local: it never moves)."""
         with self.lock:
-            b, brev = self._bookings[vps]
-            alloc, nrev = self._nodes.get(b.node, (NodeAllocation(), 0))
-            nb = b.model_copy(update={"vcpus": size.vcpus, "memoryMiB": size.memoryMiB, "diskGiB": size.diskGiB})
-            new_alloc = alloc.plus(size - b.resources, 0)
-            bkey, nkey = layout.booking_key(vps, self.root), layout.node_alloc_key(b.node, self.root)
-            res = self._commit([ModIs(bkey, brev), ModIs(nkey, nrev)],
-                               [Put(bkey, _enc(nb)), Put(nkey, _enc(new_alloc))])
-            self._bookings[vps] = (nb, res.revision)
-            self._nodes[b.node] = (new_alloc, res.revision)
+            nb, compares, ops = self.resize_ops(vps, size)
+            res = self._commit(compares, ops)
+            self.resized(nb, res.revision)
             return nb
 
     def release(self, vps: str, *, compares: Sequence[Compare] = (), ops: Sequence[Op] = ()) -> Booking | None:

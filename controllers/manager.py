@@ -18,6 +18,7 @@ It must never decide anything inline: the decisions are the pure functions it ca
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import threading
@@ -59,6 +60,8 @@ log = logging.getLogger(__name__)
 R = TypeVar("R", bound=Resource)
 Fence = Callable[[], Sequence[Compare]]
 NodeEntry = DomainSpec | ObservedDomain | dict[str, Any] | bytes
+# A burst of bookings on a node updates its status once, not once per booking.
+NODE_STATUS_BATCH_SECONDS = 1.0
 
 
 def utcnow() -> datetime:
@@ -68,7 +71,7 @@ def utcnow() -> datetime:
 @dataclass(frozen=True)
 class Settings:
     policy: Policy = "spread"
-    workers: int = 4
+    workers: int = 8
     billing: BillingDefaults = field(default_factory=BillingDefaults)
     pending_retry_seconds: float = 30.0
     terminating_recheck_seconds: float = 30.0
@@ -93,8 +96,26 @@ def _node_entry(name: str, raw: bytes) -> NodeEntry:
     return raw
 
 
+def _only_finalizer_added(old: VPS, new: VPS) -> bool:
+    if layout.FINALIZER in old.metadata.finalizers or layout.FINALIZER not in new.metadata.finalizers:
+        return False
+    strip = {"finalizers", "resourceVersion"}
+    same_meta = old.metadata.model_dump(exclude=strip) == new.metadata.model_dump(exclude=strip)
+    return bool(old.spec == new.spec and same_meta)
+
+
 def _status_doc(status: Any) -> bytes:
     return encode(status.model_dump(mode="json", exclude_none=True))
+
+
+@dataclass
+class _Batch:
+    """One reconcile's writes: compares and ops for one transaction, follow-ups given its revision."""
+
+    compares: list[Compare] = field(default_factory=list)
+    ops: list[Op] = field(default_factory=list)
+    after: list[Callable[[int], None]] = field(default_factory=list)
+    touches_book: bool = False
 
 
 class Manager:
@@ -155,6 +176,8 @@ class Manager:
         self.pool_inf.add_handler(lambda _n, _o, _new: self._enqueue_pending())
         self.nodes_inf.add_handler(self._on_node_entry)
         self.book.load()
+        self.events.load()
+        self.events.start()
         for inf in self._informers:
             inf.start(timeout)
         for name in self.book.bookings():
@@ -169,10 +192,13 @@ class Manager:
         self.node_ctl.stop()
         for inf in self._informers:
             inf.stop()
+        self.events.stop()
 
     # ------------------------------------------------------------ handlers (never block)
 
     def _on_vps(self, name: str, old: VPS | None, new: VPS | None) -> None:
+        if old is not None and new is not None and _only_finalizer_added(old, new):
+            return  # our own finalizer write: the reconcile that made it carried on with the result
         with self._lock:
             prev = self._sub_of.pop(name, None)
             if prev is not None:
@@ -226,6 +252,9 @@ class Manager:
                     nodes.discard(node)
                 else:
                     nodes.add(node)
+            mine = self._desired.get(keys.desired_key(node, vps, self.root))
+            if mine is not None and mine[0] == new:
+                return  # the echo of our own write
         if kind in ("desired", "observed"):
             self.vps_ctl.queue.add(vps)
 
@@ -268,8 +297,8 @@ class Manager:
         entry = self.nodes_inf.get(f"{node}/desired/{vps}")
         rev = self.nodes_inf.mod_revision(f"{node}/desired/{vps}") or 0
         mine = self._desired.get(key)
-        if mine is not None and mine[1] > rev:
-            return mine
+        if mine is not None and mine[1] > self.nodes_inf.revision:
+            return mine  # the informer has not seen our own latest write yet
         return (entry if isinstance(entry, DomainSpec) else None), rev
 
     def _previous_status(self, name: str) -> VPSStatus | None:
@@ -284,40 +313,69 @@ class Manager:
             raise Conflict(f"{what}: changed underneath or no longer leading; deciding again")
         return res.revision
 
-    def _write_meta(self, vps: VPS, **changes: Any) -> VPS:
-        meta = vps.metadata.model_copy(update=changes)
-        new = vps.model_copy(update={"metadata": meta})
-        doc = new.model_dump(mode="json", exclude={"status"}, exclude_none=True)
-        doc["metadata"].pop("resourceVersion", None)
-        key = keys.spec_key(VPS, vps.name, self.root)
-        rev = self._txn([ModIs(key, int(vps.metadata.resourceVersion or 0))], [Put(key, encode(doc))],
-                        f"VPS {vps.name}")
-        return new.model_copy(update={"metadata": meta.model_copy(update={"resourceVersion": str(rev)})})
+    def _commit(self, batch: _Batch, what: str) -> int | None:
+        """Write a reconcile's decisions in one fenced transaction; run their follow-ups on success."""
+        if not batch.ops:
+            for fn in batch.after:
+                fn(0)
+            return None
+        res = self.store.txn([*self.fence(), *batch.compares], batch.ops)
+        if not res.succeeded:
+            if batch.touches_book:
+                self.book.load()
+            raise Conflict(f"{what}: changed underneath or no longer leading; deciding again")
+        for fn in batch.after:
+            fn(res.revision)
+        return res.revision
 
-    def _write_desired(self, node: str, vps: str, desired: DomainSpec | None) -> bool:
+    @staticmethod
+    def _spec_doc(vps: VPS) -> bytes:
+        doc = vps.model_dump(mode="json", exclude={"status"}, exclude_none=True)
+        doc["metadata"].pop("resourceVersion", None)
+        return encode(doc)
+
+    def _write_meta(self, vps: VPS, **changes: Any) -> VPS:
+        new = vps.model_copy(update={"metadata": vps.metadata.model_copy(update=changes)})
+        key = keys.spec_key(VPS, vps.name, self.root)
+        rev = self._txn([ModIs(key, int(vps.metadata.resourceVersion or 0))], [Put(key, self._spec_doc(new))],
+                        f"VPS {vps.name}")
+        return new.model_copy(update={"metadata": new.metadata.model_copy(update={"resourceVersion": str(rev)})})
+
+    def _desired_ops(self, batch: _Batch, node: str, vps: str, desired: DomainSpec | None) -> None:
         current, rev = self._current_desired(node, vps)
         if current == desired:
-            return False
+            return
         key = keys.desired_key(node, vps, self.root)
         if desired is None:
-            new_rev = self._txn([], [Delete(key)], f"desired {node}/{vps}")
+            batch.ops.append(Delete(key))
         else:
-            value = encode(desired.model_dump(mode="json", exclude_none=True))
-            new_rev = self._txn([ModIs(key, rev)], [Put(key, value)], f"desired {node}/{vps}")
-        self._desired[key] = (desired, new_rev)
-        return True
+            batch.compares.append(ModIs(key, rev))
+            batch.ops.append(Put(key, encode(desired.model_dump(mode="json", exclude_none=True))))
+        batch.after.append(lambda r: self._desired.__setitem__(key, (desired, r)))
 
-    def _write_status(self, vps: VPS, status: VPSStatus) -> None:
+    def _write_desired(self, node: str, vps: str, desired: DomainSpec | None) -> None:
+        batch = _Batch()
+        self._desired_ops(batch, node, vps, desired)
+        self._commit(batch, f"desired {node}/{vps}")
+
+    def _status_ops(self, batch: _Batch, vps: VPS, status: VPSStatus) -> None:
         value = _status_doc(status)
         prev = self._previous_status(vps.name)
         if prev is not None and _status_doc(prev) == value:
             return
-        skey = keys.spec_key(VPS, vps.name, self.root)
-        self._txn([ModIs(skey, int(vps.metadata.resourceVersion or 0))],
-                  [Put(keys.status_key(VPS, vps.name, self.root), value)], f"VPS {vps.name} status")
-        self._status[vps.name] = (value, status)
-        for ev in events_for(prev, status):
-            self.events.record("VPS", vps.name, ev.type, ev.reason, ev.message)
+        batch.ops.append(Put(keys.status_key(VPS, vps.name, self.root), value))
+
+        def done(_rev: int) -> None:
+            self._status[vps.name] = (value, status)
+            for ev in events_for(prev, status):
+                self.events.record("VPS", vps.name, ev.type, ev.reason, ev.message)
+        batch.after.append(done)
+
+    def _write_status(self, vps: VPS, status: VPSStatus) -> None:
+        batch = _Batch(compares=[ModIs(keys.spec_key(VPS, vps.name, self.root),
+                                       int(vps.metadata.resourceVersion or 0))])
+        self._status_ops(batch, vps, status)
+        self._commit(batch, f"VPS {vps.name} status")
 
     # ------------------------------------------------------------ VPS
 
@@ -328,8 +386,15 @@ class Manager:
             return self._orphan(name)
         if vps.metadata.deletionTimestamp is not None:
             return self._finalize(vps, now)
+        # Everything this reconcile decides is written in one transaction, guarded by the
+        # spec's resourceVersion: a VPS changed meanwhile is decided again, never half-written.
+        skey = keys.spec_key(VPS, name, self.root)
+        batch = _Batch(compares=[ModIs(skey, int(vps.metadata.resourceVersion or 0))])
+        spec_changed = False
         if layout.FINALIZER not in vps.metadata.finalizers:
-            vps = self._write_meta(vps, finalizers=[*vps.metadata.finalizers, layout.FINALIZER])
+            vps = vps.model_copy(update={"metadata": vps.metadata.model_copy(
+                update={"finalizers": [*vps.metadata.finalizers, layout.FINALIZER]})})
+            spec_changed = True
 
         problem: Problem | None = None
         sub = self._subscription(vps.spec.subscription)
@@ -344,59 +409,76 @@ class Manager:
         elif image is None:
             problem = Problem("Resolved", "ImageNotFound", f"image {vps.spec.image!r} does not exist")
 
+        result: Result | None = None
         booking = self.book.get(name)
+        size: Resources | None = None
         if problem is None and plan is not None and image is not None:
             size = Resources(plan.spec.vcpus, plan.spec.memoryMiB, max(plan.spec.diskGiB, image.spec.minDiskGiB))
-            if booking is None:
-                booking, problem = self._place(vps, size)
-            elif booking.resources != size:
-                booking = self.book.resize(name, size)
-                self.node_ctl.queue.add(booking.node)
-        with self._lock:
-            if problem is not None and problem.condition == "Scheduled":
-                self._pending.add(name)
-            else:
-                self._pending.discard(name)
+        placing = size is not None and (booking is None or booking.resources != size)
+        with self.book.lock if placing else contextlib.nullcontext():
+            if size is not None and booking is None:
+                booking, problem = self._place(vps, size, batch)
+            elif size is not None and booking is not None and booking.resources != size:
+                nb, compares, ops = self.book.resize_ops(name, size)
+                batch.compares.extend(compares)
+                batch.ops.extend(ops)
+                batch.touches_book = True
 
-        result: Result | None = None
-        desired: DomainSpec | None = None
-        generation = (self._previous_status(name) or VPSStatus()).observedGeneration
-        if booking is not None:
-            desired, _ = self._current_desired(booking.node, name)
-            for other in self._desired_nodes.get(name, set()) - {booking.node}:
-                self._write_desired(other, name, None)
-        if booking is not None and problem is None and sub is not None and plan is not None and image is not None:
-            node = self.node_inf.get(booking.node)
-            try:
-                fresh = resolve(vps, sub, plan, image, booking.ips, now, mac=booking.mac, customer=customer,
-                                max_resize=node.spec.maxResize if node is not None else None,
-                                drained=drained(node), defaults=self.settings.billing)
-            except ValueError as exc:
-                problem, fresh = Problem("Resolved", "InvalidSpec", str(exc)), desired
-            if fresh is None and problem is None:
-                # Terminated and past retention: delete the VPS; the finalizer frees the rest.
-                self._write_meta(vps, deletionTimestamp=now)
-                self.events.record("VPS", name, "Normal", "Terminated",
-                                   "subscription terminated and retention passed: deleting")
-                return None
-            if problem is None:
-                self._write_desired(booking.node, name, fresh)
-                desired = fresh
-                generation = vps.metadata.generation
-                nxt = next_change(vps, sub, plan, customer, now, self.settings.billing)
-                if nxt is not None:
-                    result = Result(requeue_after=max((nxt - now).total_seconds(), 0.0) + 0.05)
-        elif problem is not None and problem.condition == "Scheduled":
-            result = Result(requeue_after=self.settings.pending_retry_seconds)
+                def resized(rev: int, nb: Booking = nb) -> None:
+                    self.book.resized(nb, rev)
+                    self.node_ctl.queue.add_after(nb.node, NODE_STATUS_BATCH_SECONDS)
+                batch.after.append(resized)
+                booking = nb
+            with self._lock:
+                if problem is not None and problem.condition == "Scheduled":
+                    self._pending.add(name)
+                else:
+                    self._pending.discard(name)
 
-        node_name = booking.node if booking is not None else None
-        status = vps_status(
-            vps, previous=self._previous_status(name), node=node_name,
-            ips=booking.ips if booking is not None else None, desired=desired,
-            observed=self._observed(node_name, name) if node_name else None,
-            node_state=self.node_state(node_name) if node_name else None,
-            problem=problem, observed_generation=generation, now=now)
-        self._write_status(vps, status)
+            desired: DomainSpec | None = None
+            generation = (self._previous_status(name) or VPSStatus()).observedGeneration
+            if booking is not None:
+                desired, _ = self._current_desired(booking.node, name)
+                for other in self._desired_nodes.get(name, set()) - {booking.node}:
+                    self._desired_ops(batch, other, name, None)
+            if booking is not None and problem is None and sub is not None and plan is not None and image is not None:
+                node = self.node_inf.get(booking.node)
+                try:
+                    fresh = resolve(vps, sub, plan, image, booking.ips, now, mac=booking.mac, customer=customer,
+                                    max_resize=node.spec.maxResize if node is not None else None,
+                                    drained=drained(node), defaults=self.settings.billing)
+                except ValueError as exc:
+                    problem, fresh = Problem("Resolved", "InvalidSpec", str(exc)), desired
+                if fresh is None and problem is None:
+                    # Terminated and past retention: delete the VPS; the finalizer frees the rest.
+                    vps = vps.model_copy(update={"metadata": vps.metadata.model_copy(
+                        update={"deletionTimestamp": now})})
+                    batch.ops.append(Put(skey, self._spec_doc(vps)))
+                    batch.after.append(lambda _r: self.events.record(
+                        "VPS", name, "Normal", "Terminated", "subscription terminated and retention passed: deleting"))
+                    self._commit(batch, f"VPS {name}")
+                    return None
+                if problem is None:
+                    self._desired_ops(batch, booking.node, name, fresh)
+                    desired = fresh
+                    generation = vps.metadata.generation
+                    nxt = next_change(vps, sub, plan, customer, now, self.settings.billing)
+                    if nxt is not None:
+                        result = Result(requeue_after=max((nxt - now).total_seconds(), 0.0) + 0.05)
+            elif problem is not None and problem.condition == "Scheduled":
+                result = Result(requeue_after=self.settings.pending_retry_seconds)
+
+            node_name = booking.node if booking is not None else None
+            status = vps_status(
+                vps, previous=self._previous_status(name), node=node_name,
+                ips=booking.ips if booking is not None else None, desired=desired,
+                observed=self._observed(node_name, name) if node_name else None,
+                node_state=self.node_state(node_name) if node_name else None,
+                problem=problem, observed_generation=generation, now=now)
+            if spec_changed:
+                batch.ops.append(Put(skey, self._spec_doc(vps)))
+            self._status_ops(batch, vps, status)
+            self._commit(batch, f"VPS {name}")
         return result
 
     def _node_views(self) -> list[NodeView]:
@@ -409,41 +491,48 @@ class Manager:
                 ready=self.node_state(name) == "Ready", schedulable=schedulable(node)))
         return views
 
-    def _place(self, vps: VPS, size: Resources) -> tuple[Booking | None, Problem | None]:
+    def _place(self, vps: VPS, size: Resources, batch: _Batch) -> tuple[Booking | None, Problem | None]:
+        """Decide a node, addresses and a MAC (book lock held); add the booking to the batch."""
         uid = vps.metadata.uid or vps.name
         pools = list(self.pool_inf.items().values())
-        with self.book.lock:
-            views = self._node_views()
-            excluded: list[str] = []
-            last: Problem | None = None
-            while True:
-                decision = schedule(size, [v for v in views if v.name not in excluded],
-                                    node_selector=vps.spec.nodeSelector, pinned=vps.spec.node,
-                                    policy=self.settings.policy)
-                if decision.node is None:
-                    if last is not None and decision.reason in ("NoMatchingNode", "NodeNotFound"):
-                        return None, last  # every placeable node lacked addresses
-                    return None, Problem("Scheduled", decision.reason or "Unschedulable", decision.message)
-                node = self.node_inf.get(decision.node)
-                assert node is not None
-                ips: IPAllocation | None = None
-                if pools:
-                    addr = allocate(pools, node.metadata.labels, self.book.used_addresses(),
-                                    cursors=self.book.cursors)
-                    if addr.allocation is None:
-                        last = Problem("Scheduled", addr.reason, addr.message)
-                        excluded.append(decision.node)
-                        continue
-                    ips = addr.allocation
-                booking = Booking(vps=vps.name, uid=uid, node=decision.node, vcpus=size.vcpus,
-                                  memoryMiB=size.memoryMiB, diskGiB=size.diskGiB,
-                                  mac=pick_mac(uid, self.book.used_macs()), ips=ips)
-                self.book.book(booking)
+        views = self._node_views()
+        excluded: list[str] = []
+        last: Problem | None = None
+        while True:
+            decision = schedule(size, [v for v in views if v.name not in excluded],
+                                node_selector=vps.spec.nodeSelector, pinned=vps.spec.node,
+                                policy=self.settings.policy)
+            if decision.node is None:
+                if last is not None and decision.reason in ("NoMatchingNode", "NodeNotFound"):
+                    return None, last  # every placeable node lacked addresses
+                return None, Problem("Scheduled", decision.reason or "Unschedulable", decision.message)
+            node = self.node_inf.get(decision.node)
+            assert node is not None
+            ips: IPAllocation | None = None
+            if pools:
+                addr = allocate(pools, node.metadata.labels, self.book.used_addresses(),
+                                cursors=self.book.cursors)
+                if addr.allocation is None:
+                    last = Problem("Scheduled", addr.reason, addr.message)
+                    excluded.append(decision.node)
+                    continue
+                ips = addr.allocation
+            booking = Booking(vps=vps.name, uid=uid, node=decision.node, vcpus=size.vcpus,
+                              memoryMiB=size.memoryMiB, diskGiB=size.diskGiB,
+                              mac=pick_mac(uid, self.book.used_macs()), ips=ips)
+            compares, ops = self.book.book_ops(booking)
+            batch.compares.extend(compares)
+            batch.ops.extend(ops)
+            batch.touches_book = True
+
+            def booked(rev: int, booking: Booking = booking, ips: IPAllocation | None = ips) -> None:
+                self.book.booked(booking, rev)
                 if ips is not None:
                     pool = next(p for p in pools if p.name == ips.pool)
                     self.book.cursors[ips.pool] = offset_of(pool, ips.ipv4) + 1
-                self.node_ctl.queue.add(decision.node)
-                return booking, None
+                self.node_ctl.queue.add_after(booking.node, NODE_STATUS_BATCH_SECONDS)
+            batch.after.append(booked)
+            return booking, None
 
     # ------------------------------------------------------------ deletion
 
@@ -504,7 +593,7 @@ class Manager:
         compares, ops = self._release_ops(vps)
         released = self.book.release(name, compares=compares, ops=ops)
         if released is not None:
-            self.node_ctl.queue.add(released.node)
+            self.node_ctl.queue.add_after(released.node, NODE_STATUS_BATCH_SECONDS)
             self._enqueue_pending()
         self.events.record("VPS", name, "Normal", "Deleted",
                            "domain gone; addresses and booking released" if not remaining

@@ -95,8 +95,8 @@ def test_vps_is_scheduled_resolved_and_reported_running(store: Store, manager: M
     status = store.get(VPS, "web-1").status
     assert status is not None and status.node == "n1" and status.ips.ipv4 == "192.0.2.2"
     assert status.actual.vcpus == 1 and status.observedGeneration == v.metadata.generation
-    reasons = [e["reason"] for e in read_events(store, "VPS", "web-1")]
-    assert reasons[:2] == ["Scheduled", "Started"]
+    wait_for(lambda: [e["reason"] for e in read_events(store, "VPS", "web-1")][:2] == ["Scheduled", "Started"],
+             what="Scheduled and Started events")
     node_st = wait_for(lambda: store.get(Node, "n1").status, what="node status")
     assert isinstance(node_st, NodeStatus)
     wait_for(lambda: store.get(Node, "n1").status.allocated.get("vps") == 1, what="node allocation")  # type: ignore[union-attr]
@@ -132,7 +132,8 @@ def test_billing_suspension_resume_and_plan_change(store: Store, manager: Manage
     assert paused.powerReason == "suspended: nonpayment"
     observe(store, "n1", paused)
     wait_for(lambda: phase(store, "web-1") == "Suspended", what="Suspended")
-    assert any(e["reason"] == "Suspended" and e["message"] == "unpaid" for e in read_events(store, "VPS", "web-1"))
+    wait_for(lambda: any(e["reason"] == "Suspended" and e["message"] == "unpaid"
+                         for e in read_events(store, "VPS", "web-1")), what="Suspended: unpaid event")
     store.put_status(Subscription, "sub-1", SubscriptionStatus(state="Active"))
     resumed = wait_for(lambda: (d := desired(store, "n1", "web-1")) and d.power == "Running" and d, what="resumed")
     observe(store, "n1", resumed)
@@ -145,7 +146,7 @@ def test_billing_suspension_resume_and_plan_change(store: Store, manager: Manage
     wait_for(lambda: phase(store, "web-1") == "Resizing", what="Resizing")
     observe(store, "n1", big)
     wait_for(lambda: phase(store, "web-1") == "Running", what="Running after resize")
-    assert any(e["reason"] == "Resized" for e in read_events(store, "VPS", "web-1"))
+    wait_for(lambda: any(e["reason"] == "Resized" for e in read_events(store, "VPS", "web-1")), what="Resized event")
     booking = Booking.model_validate_json(store.kv_get(layout.booking_key("web-1", store.root)).value)  # type: ignore[union-attr]
     assert booking.vcpus == 2
     wait_for(lambda: store.get(Node, "n1").status.allocated.get("vcpus") == 2, what="node allocation")  # type: ignore[union-attr]
@@ -182,7 +183,7 @@ def test_deletion_waits_for_the_node_then_releases(store: Store, manager: Manage
     observe(store, "n1", spec, power="Absent")
     wait_for(lambda: store.kv_get(keys.spec_key(VPS, "web-1", store.root)) is None, what="VPS gone")
     assert store.kv_range(layout.alloc_prefix(store.root))[0] == []
-    assert [e["reason"] for e in read_events(store, "VPS", "web-1")][-1] == "Deleted"
+    wait_for(lambda: [e["reason"] for e in read_events(store, "VPS", "web-1")][-1] == "Deleted", what="Deleted event")
 
 
 def test_force_orphan_releases_without_the_node(store: Store, manager: Manager) -> None:
@@ -201,8 +202,8 @@ def test_force_orphan_releases_without_the_node(store: Store, manager: Manager) 
     store.update(v)
     wait_for(lambda: store.kv_get(keys.spec_key(VPS, "web-1", store.root)) is None, what="VPS gone")
     assert store.kv_range(layout.alloc_prefix(store.root))[0] == []
-    warn = [e for e in read_events(store, "VPS", "web-1") if e["type"] == "Warning"]
-    assert any(e["reason"] == "ForceOrphaned" for e in warn)
+    wait_for(lambda: any(e["reason"] == "ForceOrphaned" and e["type"] == "Warning"
+                         for e in read_events(store, "VPS", "web-1")), what="ForceOrphaned warning")
 
 
 def test_node_lifecycle_notready_unknown_and_back(store: Store, manager: Manager) -> None:
