@@ -451,8 +451,8 @@ def api_cmd(etcd: str, host: str, port: int, data_dir: Path) -> None:
 @_data_dir
 def agent_cmd(etcd: str, node: str, libvirt_uri: str, data_dir: Path) -> None:
     """Run the node agent for one hypervisor (until SIGTERM/SIGINT)."""
-    # Imported by name: the agent (and libvirt) is only needed by this command.
-    run_agent = importlib.import_module("nodeagent.main").run_agent
+    from nodeagent.main import run_agent  # here, not at the top: only this command needs libvirt
+
     _run_entry(lambda stop: run_agent(etcd=etcd, node=node, libvirt_uri=libvirt_uri, data_dir=data_dir, stop=stop))
 
 
@@ -462,7 +462,8 @@ def agent_cmd(etcd: str, node: str, libvirt_uri: str, data_dir: Path) -> None:
               show_default="host-pid", help="this manager's name in leader election")
 def controllers_cmd(etcd: str, identity: str) -> None:
     """Run the controller manager (one leads at a time; until SIGTERM/SIGINT)."""
-    run_controllers = importlib.import_module("controllers.main").run_controllers
+    from controllers.main import run_controllers
+
     _run_entry(lambda stop: run_controllers(etcd=etcd, identity=identity, stop=stop))
 
 
