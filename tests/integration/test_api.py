@@ -262,6 +262,12 @@ def test_watch_resumes_from_last_event_id_header_and_sends_heartbeats(api: httpx
     assert got == "s2" and heartbeat
 
 
+def test_bad_label_selector_is_400_naming_the_parameter(api: httpx.Client) -> None:
+    """A malformed labelSelector is a 400 whose error path is the query parameter."""
+    errors = problem(api.get("/v1/plans", params={"labelSelector": "a b=c"}), 400)["errors"]
+    assert errors[0]["path"] == "labelSelector"
+
+
 def test_watch_rejects_unknown_kind_and_bad_revision(api: httpx.Client) -> None:
     """A watch on an unknown kind is 404; a non-numeric resourceVersion is 400."""
     problem(api.get("/v1/watch", params={"kinds": "widgets"}), 404)
