@@ -107,6 +107,7 @@ class BillingController:
         report = self.sync_customer(customer)
         if report.errors:
             log.warning("billing %s: %s", customer, "; ".join(report.errors))
+            return Result(requeue=True)
         if report.wake_at is not None:
             delay = (report.wake_at - self.clock()).total_seconds()
             return Result(requeue_after=min(max(delay, 0.0) + 0.05, self.interval))
@@ -195,8 +196,8 @@ class BillingController:
         if not res.gets[0]:
             return
         current = res.gets[1][0] if res.gets[1] else None
-        if current is not None and (sub.status is None or json.loads(current.value) != sub.status.model_dump(
-                mode="json", exclude_none=True)):
+        stored = SubscriptionStatus.model_validate(json.loads(current.value)) if current is not None else None
+        if stored != sub.status:
             # Written by someone else since we read it: decide again on the next pass.
             raise ledger.GuardFailed(f"status of {sub.name} changed meanwhile")
         value = self.store_encode(status)
