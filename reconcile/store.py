@@ -71,6 +71,13 @@ _SEEN_TOTAL_MAX = 64 * 1024 * 1024
 _STATUS_ADAPTERS: dict[type[Resource], TypeAdapter[Any]] = {}
 
 
+@dataclass(frozen=True)
+class _Seen:
+    mod_revision: int
+    value: bytes
+    doc: dict[str, Any] | None  # decoded value when it was at hand; read-only
+
+
 def _status_adapter(cls: type[Resource]) -> TypeAdapter[Any]:
     """Validator of a kind's status alone (its field type, e.g. `NodeStatus | None`)."""
     adapter = _STATUS_ADAPTERS.get(cls)
@@ -263,7 +270,7 @@ class Store:
         # Spec values this store last read or wrote, by key: (mod_revision, bytes). It lets
         # `update` of an object read through this store skip re-reading it; the write still
         # compares both the revision and the bytes, so a stale entry can only cost a retry.
-        self._seen: OrderedDict[str, tuple[int, bytes]] = OrderedDict()
+        self._seen: OrderedDict[str, _Seen] = OrderedDict()
         self._seen_bytes = 0
         self._seen_lock = threading.Lock()
 
@@ -516,20 +523,22 @@ class Store:
         self._remember(key, mod_revision, value)
         return obj
 
-    def _remember(self, key: str, mod_revision: int, value: bytes) -> None:
+    def _remember(self, key: str, mod_revision: int, value: bytes,
+                  doc: dict[str, Any] | None = None) -> None:
+        """Note a spec value (and, if at hand, its decoded form, which must never be mutated)."""
         with self._seen_lock:
             old = self._seen.pop(key, None)
             if old is not None:
-                self._seen_bytes -= len(old[1])
+                self._seen_bytes -= len(old.value)
             if len(value) > _SEEN_VALUE_MAX:
                 return
-            self._seen[key] = (mod_revision, value)
+            self._seen[key] = _Seen(mod_revision, value, doc)
             self._seen_bytes += len(value)
             while self._seen_bytes > _SEEN_TOTAL_MAX and self._seen:
-                _, (_, dropped) = self._seen.popitem(last=False)
-                self._seen_bytes -= len(dropped)
+                _, dropped = self._seen.popitem(last=False)
+                self._seen_bytes -= len(dropped.value)
 
-    def _recall(self, key: str) -> tuple[int, bytes] | None:
+    def _recall(self, key: str) -> _Seen | None:
         with self._seen_lock:
             return self._seen.get(key)
 
@@ -537,7 +546,7 @@ class Store:
         with self._seen_lock:
             old = self._seen.pop(key, None)
             if old is not None:
-                self._seen_bytes -= len(old[1])
+                self._seen_bytes -= len(old.value)
 
     def get(self, cls: type[R], name: str) -> R:
         skey, tkey = keys.spec_key(cls, name, self.root), keys.status_key(cls, name, self.root)
@@ -579,9 +588,10 @@ class Store:
         })
         new = obj.model_copy(update={"metadata": meta, "status": None})
         key = keys.spec_key(cls, new.name, self.root)
-        value = encode(self._doc(new))
+        doc = self._doc(new)
+        value = encode(doc)
         rev = self.kv_put(key, value, expect=0)
-        self._remember(key, rev, value)
+        self._remember(key, rev, value, doc)
         meta.resourceVersion = str(rev)  # `meta` is this call's own copy
         return new
 
@@ -600,9 +610,10 @@ class Store:
         skey, tkey = keys.spec_key(cls, obj.name, self.root), keys.status_key(cls, obj.name, self.root)
         rv_text = obj.metadata.resourceVersion
         seen = self._recall(skey)
-        fast = rv_text is not None and seen is not None and str(seen[0]) == rv_text
+        fast = rv_text is not None and seen is not None and str(seen.mod_revision) == rv_text
+        stored: dict[str, Any] | None = None
         if fast and seen is not None:
-            rv, stored_raw = seen
+            rv, stored_raw, stored = seen.mod_revision, seen.value, seen.doc
         else:
             res = self.txn([], [Get(skey)])
             if not res.gets[0]:
@@ -615,7 +626,8 @@ class Store:
                 raise Conflict(
                     f"{cls.KIND} {obj.name!r} was modified (resourceVersion {rv}, not {rv_text}); "
                     "re-read and retry")
-        stored = decode(stored_raw)
+        if stored is None:
+            stored = decode(stored_raw)
         smeta = stored["metadata"]
         doc = self._doc(obj)
         meta = doc["metadata"]
@@ -654,7 +666,7 @@ class Store:
             # A retried write whose first attempt landed: our bytes are there.
             rev = current.mod_revision
             status = self._read_status(cls, tkey)
-        self._remember(skey, rev, value)
+        self._remember(skey, rev, value, doc)
         return obj.model_copy(update={"metadata": _kept_meta(obj.metadata, meta, rev), "status": status})
 
     def _read_status(self, cls: type[Resource], tkey: str) -> Any:
