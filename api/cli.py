@@ -249,7 +249,7 @@ def _watch_rows(client: Client, cls: type[Resource], name: str | None, selector:
     while True:
         try:
             for ev in client.watch([cls.KIND], rv):
-                if ev.get("type") == "COMPACTED":
+                if ev.get("type") in ("COMPACTED", "RELIST"):
                     items, rv = client.list(cls.KIND, selector)
                     known.clear()
                     known.update({o.name: o.model_dump(mode="json", exclude_none=True) for o in items})

@@ -181,7 +181,8 @@ class Client:
         """Yield change events (dicts) from the server's SSE stream, until it ends.
 
         Each event carries `_id` (the revision to resume after) when the server sent one.
-        A compaction arrives as {"type": "COMPACTED", ...}; list again and watch from there.
+        A compaction arrives as {"type": "COMPACTED", ...}, a stream that fell behind ends with
+        {"type": "RELIST", ...}; either way, list again and watch from the list's resourceVersion.
         """
         params: dict[str, str] = {}
         if kinds:

@@ -6,8 +6,9 @@ safe resume point. Several keys can change in one revision; only the last event 
 revision carries the `id:`, so a client that resumes from it has seen the whole revision.
 
 Event data: {"type": "PUT"|"DELETE", "part": "spec"|"status", "kind", "name",
-"resourceVersion", "object"}. On compaction the stream sends `event: compacted` and ends:
-the client must list again and watch from the list's resourceVersion.
+"resourceVersion", "object"}. On compaction the stream sends `event: compacted` and ends;
+a client too slow to keep up gets `event: relist` and the stream ends. Either way the
+client must list again and watch from the list's resourceVersion.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import threading
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -28,6 +30,8 @@ from reconcile.store import WatchEvent, decode
 from specs import KINDS, Resource, kind_for
 
 router = APIRouter(prefix="/v1", tags=["watch"])
+
+_MAX_PENDING_BATCHES = 10_000
 
 
 def _kinds(text: str | None) -> dict[str, type[Resource]]:
@@ -98,9 +102,17 @@ async def watch(state: State, _: Caller,
         after = await run_in_threadpool(store.revision)
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+    overflowed = threading.Event()
 
     def deliver(item: tuple[str, Any]) -> None:
         # Called on the watch thread; the loop may already be gone when a client left.
+        # A client that reads slower than etcd changes would make the queue grow without
+        # bound: past the limit it is told to re-list instead.
+        if overflowed.is_set():
+            return
+        if queue.qsize() > _MAX_PENDING_BATCHES:
+            overflowed.set()
+            item = ("overflow", None)
         with contextlib.suppress(RuntimeError):
             loop.call_soon_threadsafe(queue.put_nowait, item)
 
@@ -124,6 +136,11 @@ async def watch(state: State, _: Caller,
                             "message": "the requested revision is compacted; list again and watch from its "
                                        "resourceVersion"}
                     yield f"event: compacted\ndata: {json.dumps(body)}\n\n"
+                    return
+                if what == "overflow" or overflowed.is_set():
+                    body = {"type": "RELIST", "message": "this stream fell too far behind; list again and watch "
+                                                         "from its resourceVersion"}
+                    yield f"event: relist\ndata: {json.dumps(body)}\n\n"
                     return
                 for frame in render_events(payload, store.root, wanted):
                     yield frame

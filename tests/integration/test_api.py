@@ -274,6 +274,16 @@ def test_watch_rejects_unknown_kind_and_bad_revision(api: httpx.Client) -> None:
     problem(api.get("/v1/watch", params={"resourceVersion": "abc"}), 400)
 
 
+def test_watch_that_falls_behind_is_told_to_relist(api: httpx.Client, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stream whose backlog passes the limit ends with a `relist` event instead of growing without bound."""
+    monkeypatch.setattr("api.watch._MAX_PENDING_BATCHES", -1)
+    start = api.get("/v1/plans").json()["metadata"]["resourceVersion"]
+    api.post("/v1/plans", json=plan())
+    with api.stream("GET", "/v1/watch", params={"kinds": "plans", "resourceVersion": start}) as resp:
+        lines = list(resp.iter_lines())
+    assert "event: relist" in lines and not any('"part"' in line for line in lines)
+
+
 def test_metrics_count_requests_by_route(api: httpx.Client) -> None:
     """/metrics reports requests by route template and status, open to loopback without a token."""
     api.get("/v1/plans/nope")
