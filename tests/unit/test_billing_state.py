@@ -160,7 +160,7 @@ policies = st.builds(
 )
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(statuses(), facts_st, policies, st.integers(0, 60 * 24).map(lambda h: T0 + timedelta(hours=h)))
 def test_decision_is_a_fixed_point_with_legal_steps(s: SubscriptionStatus, f: BillingFacts, p: Policy,
                                                    now: datetime) -> None:
@@ -177,7 +177,7 @@ def test_decision_is_a_fixed_point_with_legal_steps(s: SubscriptionStatus, f: Bi
         assert out.status.suspendedAt is not None and out.status.suspendReason is not None
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(statuses(), facts_st, policies, st.integers(0, 60 * 24).map(lambda h: T0 + timedelta(hours=h)))
 def test_only_money_time_or_an_operator_moves_a_subscription(s: SubscriptionStatus, f: BillingFacts, p: Policy,
                                                             now: datetime) -> None:
@@ -257,4 +257,4 @@ class LifecycleMachine(RuleBasedStateMachine):
 
 
 TestLifecycleMachine = LifecycleMachine.TestCase
-TestLifecycleMachine.settings = settings(max_examples=150, stateful_step_count=40, deadline=None)
+TestLifecycleMachine.settings = settings(max_examples=100, stateful_step_count=30, deadline=None)
