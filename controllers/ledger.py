@@ -446,6 +446,11 @@ def statement(store: Store, customer: str, month: str) -> Statement:
         data = json.loads(kv.value)
         return Statement(**{k: v for k, v in data.items() if k in Statement.__dataclass_fields__})
     acct = read_account(store, customer)
+    if acct.rolledMonth is not None and month <= acct.rolledMonth:
+        # A closed month without entries of its own: the balance carried over from the month before.
+        earlier = [m for m in statements(store, customer) if m < month]
+        carried = statement(store, customer, earlier[-1]).closingMinor if earlier else 0
+        return Statement(customer, month, acct.currency, carried, carried, 0, 0, True)
     live = entries(store, customer)
     opening = acct.openingMinor + sum(e.amountMinor for e in live if month_of(e.time) < month)
     return build_statement(customer, month, acct.currency, opening, [e for e in live if month_of(e.time) == month],

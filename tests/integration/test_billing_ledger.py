@@ -166,6 +166,21 @@ def test_closed_months_roll_up_into_statements(store: Store) -> None:
     assert ledger.statements(store, "acme") == ["2026-09", "2026-10"]
     assert assert_adds_up(store) == 10_000 - 300
     assert ledger.roll_up(store, "acme", now=datetime(2026, 11, 21, tzinfo=UTC)) == []
+    quiet = ledger.statement(store, "acme", "2026-08")
+    assert quiet.final and quiet.openingMinor == quiet.closingMinor == 0 and quiet.lines == []
+
+
+def test_late_entry_for_a_closed_month_goes_on_the_next_statement(store: Store) -> None:
+    """An entry stamped in a month already closed (a clock behind) is carried by the next statement, not lost."""
+    make_customer(store)
+    pay(store, 100, "A", now=datetime(2026, 9, 10, tzinfo=UTC))
+    assert ledger.roll_up(store, "acme", now=datetime(2026, 10, 2, tzinfo=UTC)) == ["2026-09"]
+    pay(store, 200, "LATE", now=datetime(2026, 9, 30, 23, 59, tzinfo=UTC))
+    pay(store, 400, "B", now=datetime(2026, 10, 5, tzinfo=UTC))
+    assert ledger.roll_up(store, "acme", now=datetime(2026, 11, 2, tzinfo=UTC)) == ["2026-10"]
+    oct_ = ledger.statement(store, "acme", "2026-10")
+    assert (oct_.openingMinor, oct_.closingMinor, oct_.totals) == (100, 700, {"payment": 600})
+    assert ledger.entries(store, "acme") == [] and assert_adds_up(store) == 700
 
 
 def test_charging_run_charges_each_hour_once(store: Store) -> None:
