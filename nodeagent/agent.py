@@ -164,6 +164,9 @@ class Agent:
 
     def _deregister_events(self) -> None:
         conn = self.hv.conn
+        if conn is not None:
+            with contextlib.suppress(libvirt.libvirtError):
+                conn.unregisterCloseCallback()
         for cid in self._callback_ids:
             try:
                 if conn is not None:
