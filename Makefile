@@ -49,3 +49,9 @@ bench: deps venv
 
 clean:
 	rm -rf $(VENV) var .mypy_cache .pytest_cache .ruff_cache
+
+# The tiny test guest for the real-QEMU tests (Debian cloud kernel + busybox initramfs, built from
+# `apt-get download`ed packages), cached under ~/.cache/hostplane-test-guest; prints its paths and sha256.
+.PHONY: test-image
+test-image: venv
+	$(BIN)/python -m tests.e2e.guest.build
