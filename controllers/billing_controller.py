@@ -25,7 +25,7 @@ import logging
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from controllers import charging, ledger
 from controllers.billing import DEFAULT_POLICY, BillingDecision, BillingFacts, Policy, Warning, effective_policy
@@ -84,7 +84,7 @@ class BillingController:
     """Reconciles customers; use `sync_customer` directly (tests) or `start()` for the watch loop."""
 
     def __init__(self, store: Store, *, clock: Clock, fence: FenceFn | None = None,
-                 defaults: Policy = DEFAULT_POLICY, interval: float = 30.0, workers: int = 2,
+                 defaults: Policy = DEFAULT_POLICY, interval: float = 300.0, workers: int = 2,
                  recorder: EventRecorder | None = None) -> None:
         self.store = store
         self.clock = clock
@@ -272,7 +272,12 @@ class BillingController:
             self.controller.queue.add(n)
 
     def _sweep(self) -> None:
-        while not self._stop.wait(self.interval):
+        # Every customer at the top of each hour (its new charges) and at least every `interval`.
+        while True:
+            now = self.clock()
+            top = charging.floor_hour(now) + charging.HOUR + timedelta(seconds=2)
+            if self._stop.wait(min(self.interval, max((top - now).total_seconds(), 1.0))):
+                return
             self.kick()
 
     def stop(self) -> None:
@@ -289,7 +294,7 @@ class BillingController:
         return self.controller.idle
 
 
-def start_billing(store: Store, *, clock: Clock, fence: FenceFn | None = None, interval: float = 30.0,
+def start_billing(store: Store, *, clock: Clock, fence: FenceFn | None = None, interval: float = 300.0,
                   defaults: Policy = DEFAULT_POLICY) -> BillingController:
     """Start the billing controller on `store`; the returned handle's `.stop()` stops it.
 
