@@ -4,9 +4,11 @@
       ├── BadRequest        400   the body is not JSON/YAML, a query parameter is malformed
       ├── Unauthorized      401   no or wrong bearer token
       ├── Forbidden         403   a valid token whose role may not do this
+      ├── PaymentRequired   402   an order the customer's balance and credit do not cover
       ├── UnknownKind       404   the path names no kind
       ├── PayloadTooLarge   413   the body exceeds the API's limit
-      └── Invalid           422   the object fails validation (.errors: [{path, message}])
+      ├── Invalid           422   the object fails validation (.errors: [{path, message}])
+      └── TooManyRequests   429   rate limit or login throttle (.retry_after seconds -> Retry-After)
 
 Store errors (reconcile.errors) and spec errors (specs.SpecError) are not wrapped where
 they happen: `problem_for` maps every one of them here, so a status code is decided once.
@@ -15,6 +17,7 @@ A response never carries a stack trace; unexpected exceptions become a bare 500.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,6 +51,19 @@ class Forbidden(ApiError):
     status, title, slug = 403, "Forbidden", "forbidden"
 
 
+class PaymentRequired(ApiError):
+    status, title, slug = 402, "Payment required", "payment-required"
+
+
+class TooManyRequests(ApiError):
+    status, title, slug = 429, "Too many requests", "too-many-requests"
+
+    def __init__(self, detail: str = "", errors: list[dict[str, str]] | None = None, *,
+                 retry_after: float = 1.0) -> None:
+        super().__init__(detail, errors)
+        self.retry_after = retry_after
+
+
 class UnknownKind(ApiError):
     status, title, slug = 404, "Unknown kind", "unknown-kind"
 
@@ -69,6 +85,7 @@ class Problem:
     detail: str
     slug: str
     errors: list[dict[str, str]] = field(default_factory=list)
+    headers: dict[str, str] = field(default_factory=dict)
 
     def body(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -99,6 +116,9 @@ def spec_errors(exc: SpecError) -> list[dict[str, str]]:
 
 def problem_for(exc: BaseException) -> Problem:
     """The single mapping from any exception to the problem the client sees."""
+    if isinstance(exc, TooManyRequests):
+        return Problem(exc.status, exc.title, exc.detail, exc.slug, exc.errors,
+                       {"Retry-After": str(max(1, math.ceil(exc.retry_after)))})
     if isinstance(exc, ApiError):
         return Problem(exc.status, exc.title, exc.detail, exc.slug, exc.errors)
     if isinstance(exc, SpecError):
