@@ -75,12 +75,20 @@ def _check(token: str | None, verify: Callable[[str], Principal | None]) -> Prin
     principal = verify(token)
     if principal is None:
         raise Unauthorized("the bearer token is not valid")
-    if principal.role != "admin":
-        raise Forbidden(f"role {principal.role!r} may not use this endpoint")
     return principal
 
 
+async def admin(caller: Annotated[Principal, Depends(authenticated)]) -> Principal:
+    """Dependency: a caller whose token has the admin role, else 403."""
+    if caller.role != "admin":
+        raise Forbidden(f"a token with role {caller.role!r} may not use this endpoint")
+    return caller
+
+
+# Any valid token (routes that scope by customer check the principal themselves).
 Caller = Annotated[Principal, Depends(authenticated)]
+# Operators only: the object routes, watch and events see every customer's objects.
+Admin = Annotated[Principal, Depends(admin)]
 
 
 async def read_body(request: Request, state: State) -> Any:

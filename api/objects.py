@@ -12,7 +12,7 @@ from typing import Any
 from fastapi import APIRouter, Query, Response
 from fastapi.responses import JSONResponse
 
-from api.deps import Body, Caller, State
+from api.deps import Admin, Body, State
 from api.errors import BadRequest, Invalid, UnknownKind
 from api.merge_patch import merge_patch
 from reconcile import keys
@@ -73,7 +73,7 @@ def kind_for_or_none(kind: str) -> type[Resource] | None:
 
 
 @router.get("/events", summary="Events recorded about objects, oldest first (empty when none are recorded)")
-def list_events(state: State, _: Caller, kind: str | None = None, name: str | None = None) -> JSONResponse:
+def list_events(state: State, _: Admin, kind: str | None = None, name: str | None = None) -> JSONResponse:
     # Events live at <root>/events/<Kind>/<name>/<time>, written by the controllers; the
     # subject is in the key, so each item gets `kind` and `name` from there.
     prefix = keys.events_prefix(state.store.root)
@@ -98,7 +98,7 @@ def list_events(state: State, _: Caller, kind: str | None = None, name: str | No
 
 
 @router.get("/{kind}", summary="List objects of a kind, optionally by label selector")
-def list_objects(kind: str, state: State, _: Caller,
+def list_objects(kind: str, state: State, _: Admin,
                  labelSelector: str | None = Query(None, description="e.g. `tier=standard,!legacy`"),
                  ) -> JSONResponse:
     cls = resolve_kind(kind)
@@ -113,7 +113,7 @@ def list_objects(kind: str, state: State, _: Caller,
 
 
 @router.post("/{kind}", status_code=201, summary="Create an object")
-def create_object(kind: str, body: Body, state: State, _: Caller) -> JSONResponse:
+def create_object(kind: str, body: Body, state: State, _: Admin) -> JSONResponse:
     cls = resolve_kind(kind)
     obj = object_from_body(body, cls, name=None)
     # Identity and timestamps are the server's to assign.
@@ -128,13 +128,13 @@ def create_object(kind: str, body: Body, state: State, _: Caller) -> JSONRespons
 
 
 @router.get("/{kind}/{name}", summary="Read an object with its status")
-def get_object(kind: str, name: str, state: State, _: Caller) -> JSONResponse:
+def get_object(kind: str, name: str, state: State, _: Admin) -> JSONResponse:
     return JSONResponse(render(state.store.get(resolve_kind(kind), name)))
 
 
 @router.put("/{kind}/{name}", summary="Replace metadata and spec (409 if metadata.resourceVersion is stale); "
             "finalizers are kept unless the body lists them")
-def replace_object(kind: str, name: str, body: Body, state: State, _: Caller) -> JSONResponse:
+def replace_object(kind: str, name: str, body: Body, state: State, _: Admin) -> JSONResponse:
     cls = resolve_kind(kind)
     obj = object_from_body(body, cls, name=name)
     meta = body.get("metadata") if isinstance(body, dict) else None
@@ -149,7 +149,7 @@ def replace_object(kind: str, name: str, body: Body, state: State, _: Caller) ->
 
 
 @router.patch("/{kind}/{name}", summary="JSON merge patch (RFC 7386) of metadata and spec")
-def patch_object(kind: str, name: str, body: Body, state: State, _: Caller) -> JSONResponse:
+def patch_object(kind: str, name: str, body: Body, state: State, _: Admin) -> JSONResponse:
     cls = resolve_kind(kind)
     if not isinstance(body, dict):
         raise Invalid("a merge patch must be an object", [{"path": "", "message": "must be a mapping"}])
@@ -172,7 +172,7 @@ def patch_object(kind: str, name: str, body: Body, state: State, _: Caller) -> J
 
 @router.delete("/{kind}/{name}", status_code=204,
                summary="Delete; with finalizers the object is only marked (202 with the object)")
-def delete_object(kind: str, name: str, state: State, _: Caller,
+def delete_object(kind: str, name: str, state: State, _: Admin,
                   resourceVersion: str | None = Query(None, description="delete only if unchanged")) -> Response:
     cls = resolve_kind(kind)
     marked = state.store.delete(cls, name, resource_version=resourceVersion)
@@ -182,7 +182,7 @@ def delete_object(kind: str, name: str, state: State, _: Caller,
 
 
 @router.get("/{kind}/{name}/status", summary="Read an object's status (written by controllers only)")
-def get_status(kind: str, name: str, state: State, _: Caller) -> JSONResponse:
+def get_status(kind: str, name: str, state: State, _: Admin) -> JSONResponse:
     cls = resolve_kind(kind)
     obj = state.store.get(cls, name)
     status = obj.status.model_dump(mode="json", exclude_none=True) if hasattr(obj.status, "model_dump") \

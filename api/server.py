@@ -31,7 +31,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from api import billing_routes, objects, watch
 from api.auth import TokenVerifier, ensure_admin_token
 from api.deps import AppState, Settings, State, authenticate
-from api.errors import PROBLEM_JSON, ApiError, Problem, problem_for
+from api.errors import PROBLEM_JSON, ApiError, Forbidden, Problem, problem_for
 from api.metrics import ApiMetrics, MetricsMiddleware
 from reconcile.errors import StoreError
 from reconcile.etcd_server import free_port
@@ -123,7 +123,9 @@ def create_app(store: Store, *, max_body_bytes: int = 1024 * 1024, heartbeat_sec
     @app.get("/metrics", tags=["health"], summary="Prometheus metrics (open on loopback)")
     async def prometheus(request: Request, st: State) -> Response:
         if not (st.settings.open_metrics_on_loopback and _is_loopback(request)):
-            await run_in_threadpool(authenticate, request, st)
+            principal = await run_in_threadpool(authenticate, request, st)
+            if principal.role != "admin":
+                raise Forbidden("only an operator token may read metrics")
         return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
     app.include_router(watch.router)

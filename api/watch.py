@@ -24,7 +24,7 @@ from fastapi import APIRouter, Header, Query
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from api.deps import Caller, State
+from api.deps import Admin, State
 from api.errors import BadRequest, UnknownKind
 from reconcile.store import WatchEvent, decode
 from specs import KINDS, Resource, kind_for
@@ -89,7 +89,7 @@ def render_events(events: list[WatchEvent], root: str, kinds: dict[str, type[Res
 
 @router.get("/watch", summary="Server-sent events of spec and status changes",
             response_class=StreamingResponse)
-async def watch(state: State, _: Caller,
+async def watch(state: State, _: Admin,
                 kinds: str | None = Query(None, description="comma-separated kinds; all when omitted"),
                 resourceVersion: str | None = Query(None, description="deliver changes after this revision"),
                 last_event_id: str | None = Header(None, alias="Last-Event-ID")) -> StreamingResponse:

@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from api.auth import ADMIN_TOKEN_FILE, ensure_admin_token, token_key
+from api.auth import ADMIN_TOKEN_FILE, create_token, ensure_admin_token, token_key
 from api.server import create_app, serving
 from reconcile.store import Store
 from specs import Plan
@@ -158,6 +158,14 @@ def test_auth_is_required_except_health(api: httpx.Client) -> None:
         assert anon.get("/readyz").status_code == 200
         assert anon.get("/openapi.json").status_code == 200
     assert api.get("/v1/plans").status_code == 200
+
+
+def test_non_admin_token_is_403_on_object_routes(api: httpx.Client, store: Store) -> None:
+    """A valid token without the admin role may not use the object, watch or events routes."""
+    customer = create_token(store, "customer", customer="acme")
+    headers = {"Authorization": f"Bearer {customer}"}
+    for path in ("/v1/plans", "/v1/watch", "/v1/events"):
+        assert "role 'customer'" in problem(api.get(path, headers=headers), 403)["detail"]
 
 
 def test_status_is_read_only_and_ignored_in_bodies(api: httpx.Client, store: Store) -> None:
