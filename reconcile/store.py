@@ -32,7 +32,7 @@ from typing import Any, Generic, TypeVar
 import grpc
 import pyetcd
 import pyetcd.exceptions as etcd_exc
-from pydantic import TypeAdapter
+from pydantic import TypeAdapter, ValidationError
 from pyetcd import etcdrpc
 from pyetcd import transactions as etcd_txn
 from tenacity import (
@@ -516,10 +516,14 @@ class Store:
 
     def _load_raw(self, cls: type[R], key: str, value: bytes, mod_revision: int,
                   status: bytes | None) -> R:
-        obj = cls.model_validate_json(value)
+        try:
+            obj = cls.model_validate_json(value)
+            if status is not None:
+                obj.status = _status_adapter(cls).validate_json(status)
+        except ValidationError as exc:
+            # Written by something else or by an older model: say which key, never guess.
+            raise StoreError(f"{key}: stored value is not a valid {cls.KIND}: {exc}") from exc
         obj.metadata.resourceVersion = str(mod_revision)
-        if status is not None:
-            obj.status = _status_adapter(cls).validate_json(status)
         self._remember(key, mod_revision, value)
         return obj
 

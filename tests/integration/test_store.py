@@ -364,3 +364,15 @@ def test_update_returns_the_current_status(store: Store) -> None:
     forged = created.model_copy(update={"status": {"n": 999}})
     assert store.update(with_vcpus(forged, 2)).status == {"n": 1}
     assert store.update(store.get(Plan, "st")).status == {"n": 1}
+
+
+def test_a_corrupt_stored_value_is_a_store_error_naming_the_key(store: Store) -> None:
+    """A spec key holding something that is not a valid object raises StoreError with the key, not NotFound."""
+    from reconcile.errors import StoreError
+
+    key = keys.spec_key(Plan, "bad", store.root)
+    store.kv_put(key, b'{"kind": "Plan", "metadata": {"name": "bad"}, "spec": {"vcpus": 0}}')
+    for call in (lambda: store.get(Plan, "bad"), lambda: store.list(Plan)):
+        with pytest.raises(StoreError, match="stored value is not a valid Plan") as info:
+            call()
+        assert key in str(info.value) and not isinstance(info.value, NotFound)
