@@ -12,6 +12,7 @@ from typing import Any
 from fastapi import APIRouter, Query, Response
 from fastapi.responses import JSONResponse
 
+from api.admission import admit_update
 from api.deps import Admin, Body, State
 from api.errors import BadRequest, Invalid, UnknownKind
 from api.merge_patch import merge_patch
@@ -19,7 +20,7 @@ from reconcile import keys
 from reconcile.errors import AlreadyExists, Conflict
 from reconcile.selector import parse_selector
 from reconcile.store import decode
-from specs import Resource, kind_for
+from specs import Plan, Resource, Subscription, kind_for
 from specs.io import validate_object
 from specs.meta import API_VERSION
 
@@ -27,6 +28,8 @@ router = APIRouter(prefix="/v1", tags=["objects"])
 
 _SOURCE = "request body"
 _PATCH_ATTEMPTS = 5
+# Kinds with cross-object rules checked on update (api.admission).
+_ADMITTED: tuple[type[Resource], ...] = (Plan, Subscription)
 
 
 def resolve_kind(kind: str) -> type[Resource]:
@@ -138,13 +141,17 @@ def replace_object(kind: str, name: str, body: Body, state: State, _: Admin) -> 
     cls = resolve_kind(kind)
     obj = object_from_body(body, cls, name=name)
     meta = body.get("metadata") if isinstance(body, dict) else None
-    if not (isinstance(meta, dict) and "finalizers" in meta):
-        # A body that does not mention finalizers keeps the server's: dropping one by omission
-        # would skip a controller's cleanup. Pinning the version keeps this read-modify-write safe.
+    keep_finalizers = not (isinstance(meta, dict) and "finalizers" in meta)
+    if keep_finalizers or cls in _ADMITTED:
+        # Pinning the version keeps this read-modify-write safe.
         current = state.store.get(cls, name)
-        obj = obj.model_copy(update={"metadata": obj.metadata.model_copy(update={
-            "finalizers": current.metadata.finalizers,
-            "resourceVersion": obj.metadata.resourceVersion or current.metadata.resourceVersion})})
+        admit_update(state.store, current, obj)
+        update: dict[str, Any] = {"resourceVersion": obj.metadata.resourceVersion or current.metadata.resourceVersion}
+        if keep_finalizers:
+            # A body that does not mention finalizers keeps the server's: dropping one by
+            # omission would skip a controller's cleanup.
+            update["finalizers"] = current.metadata.finalizers
+        obj = obj.model_copy(update={"metadata": obj.metadata.model_copy(update=update)})
     return JSONResponse(render(state.store.update(obj)))
 
 
@@ -161,6 +168,7 @@ def patch_object(kind: str, name: str, body: Body, state: State, _: Admin) -> JS
         doc = render(current)
         doc.pop("status", None)
         obj = object_from_body(merge_patch(doc, patch), cls, name=name)
+        admit_update(state.store, current, obj)
         try:
             return JSONResponse(render(state.store.update(obj)))
         except Conflict:

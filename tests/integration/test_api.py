@@ -351,3 +351,22 @@ def test_concurrent_writers_one_wins(api: httpx.Client) -> None:
     for t in threads:
         t.join()
     assert sorted(codes) == [200, 409]
+
+
+def test_disk_shrink_is_refused(api: httpx.Client) -> None:
+    """A subscription cannot move to a plan with a smaller disk, nor a used plan lose disk; both 422 by path."""
+    api.post("/v1/plans", json=plan("big", diskGiB=80))
+    api.post("/v1/plans", json=plan("small", diskGiB=25))
+    api.post("/v1/plans", json=plan("bigger", diskGiB=160))
+    api.post("/v1/customers", json={"kind": "Customer", "metadata": {"name": "acme"},
+                                    "spec": {"email": "a@acme.example.com"}})
+    sub = {"kind": "Subscription", "metadata": {"name": "s"}, "spec": {"customer": "acme", "plan": "big"}}
+    api.post("/v1/subscriptions", json=sub)
+    errors = problem(api.patch("/v1/subscriptions/s", json={"spec": {"plan": "small"}}), 422)["errors"]
+    assert errors[0]["path"] == "spec.plan" and "never shrink" in errors[0]["message"]
+    problem(api.put("/v1/subscriptions/s", json=sub | {"spec": {"customer": "acme", "plan": "small"}}), 422)
+    assert api.patch("/v1/subscriptions/s", json={"spec": {"plan": "bigger"}}).status_code == 200
+    errors = problem(api.patch("/v1/plans/bigger", json={"spec": {"diskGiB": 100}}), 422)["errors"]
+    assert errors[0]["path"] == "spec.diskGiB" and "use this plan (s)" in errors[0]["message"]
+    assert api.patch("/v1/plans/big", json={"spec": {"diskGiB": 40}}).status_code == 200  # unused now
+    assert api.get("/v1/subscriptions/s").json()["spec"]["plan"] == "bigger"

@@ -1,0 +1,41 @@
+"""Admission rules the API enforces on writes, beyond what one object's schema can say.
+
+Disks never shrink (no provider supports it, and a smaller desired disk than the real one
+is a state the node agent must refuse forever). So the API refuses, with the field path:
+
+* a Subscription moving to a plan with a smaller disk than its current plan's;
+* a Plan whose disk is reduced while any Subscription uses it.
+
+This module reads the store and raises `Invalid`; it must never write.
+"""
+
+from __future__ import annotations
+
+from api.errors import Invalid
+from reconcile.errors import NotFound
+from reconcile.store import Store
+from specs.kinds import Plan, Resource, Subscription
+
+
+def _plan(store: Store, name: str) -> Plan | None:
+    try:
+        return store.get(Plan, name)
+    except NotFound:
+        return None  # a missing plan is the controllers' to report (condition PlanNotFound)
+
+
+def admit_update(store: Store, current: Resource, new: Resource) -> None:
+    """Raise Invalid if replacing `current` by `new` breaks a cross-object rule."""
+    if isinstance(new, Subscription) and isinstance(current, Subscription) and new.spec.plan != current.spec.plan:
+        old_plan, new_plan = _plan(store, current.spec.plan), _plan(store, new.spec.plan)
+        if old_plan is not None and new_plan is not None and new_plan.spec.diskGiB < old_plan.spec.diskGiB:
+            message = (f"plan {new_plan.name!r} has a {new_plan.spec.diskGiB} GiB disk, smaller than the "
+                       f"{old_plan.spec.diskGiB} GiB of plan {old_plan.name!r}; disks never shrink")
+            raise Invalid(f"spec.plan: {message}", [{"path": "spec.plan", "message": message}])
+    if isinstance(new, Plan) and isinstance(current, Plan) and new.spec.diskGiB < current.spec.diskGiB:
+        users = sorted(s.name for s in store.list(Subscription).items if s.spec.plan == new.name)
+        if users:
+            shown = ", ".join(users[:5]) + (f" and {len(users) - 5} more" if len(users) > 5 else "")
+            message = (f"cannot shrink from {current.spec.diskGiB} to {new.spec.diskGiB} GiB while subscriptions use "
+                       f"this plan ({shown}); disks never shrink")
+            raise Invalid(f"spec.diskGiB: {message}", [{"path": "spec.diskGiB", "message": message}])
