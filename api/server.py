@@ -28,7 +28,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from api import billing_routes, objects, watch
+from api import billing_routes, objects, panel, watch
 from api.auth import TokenVerifier, ensure_admin_token
 from api.deps import AppState, Settings, State, authenticate
 from api.errors import PROBLEM_JSON, ApiError, Forbidden, Problem, problem_for
@@ -100,6 +100,7 @@ def create_app(store: Store, *, max_body_bytes: int = 1024 * 1024, heartbeat_sec
     )
     app.state.hostplane = state
     app.add_middleware(MetricsMiddleware, metrics=metrics)
+    panel.install(app)  # the web panel at / (api/panel.py); never shadows an API path
     for exc_type in (ApiError, SpecError, StoreError, Exception):
         app.add_exception_handler(exc_type, _on_error)
     app.add_exception_handler(StarletteHTTPException, _on_http_error)
