@@ -1,7 +1,8 @@
 """Bearer tokens: minting, storing only their hash in etcd, and checking them.
 
 A token reads `hpt_<id>_<secret>`. etcd holds, under `<root>/auth/tokens/<id>`, the token's
-role, a random per-token salt and sha256(salt + secret). The secret is 256 random bits, so a
+role (one of ROLES), its customer (role `customer`), an optional expiry, a random per-token salt
+and sha256(salt + secret). Revoking a token deletes that key. The secret is 256 random bits, so a
 fast hash is enough (no password stretching needed); comparison is constant-time.
 
 The plaintext admin token lives only in `<data_dir>/admin-token` (mode 0600) so `hostplane up`
@@ -29,13 +30,26 @@ ADMIN_TOKEN_FILE = "admin-token"
 _PREFIX = "hpt"
 
 
+ROLES = ("admin", "operator", "customer", "gitops", "billing-webhook")
+
+
+class TokenError(ValueError):
+    """A token cannot be minted as asked (unknown role, customer missing or misplaced)."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
 @dataclass(frozen=True)
 class Principal:
-    """Who a verified token speaks for."""
+    """Who a verified token (or panel session) speaks for."""
 
     token_id: str
-    role: str  # "admin" (everything); other roles are refused until they are defined
+    role: str  # one of ROLES; api.access decides what each may do
     customer: str | None = None
+    name: str = ""
+    via: str = "token"  # "token" or "session": a session must send the CSRF header on writes
 
 
 def tokens_prefix(root: str) -> str:
@@ -67,7 +81,8 @@ def new_token() -> tuple[str, str, str]:
     return f"{_PREFIX}_{token_id}_{secret}", token_id, secret
 
 
-def token_record(token_id: str, secret: str, role: str, *, customer: str | None = None) -> dict[str, Any]:
+def token_record(token_id: str, secret: str, role: str, *, customer: str | None = None,
+                 expires: datetime | None = None, name: str | None = None) -> dict[str, Any]:
     salt = secrets.token_hex(16)
     rec: dict[str, Any] = {
         "id": token_id,
@@ -78,7 +93,39 @@ def token_record(token_id: str, secret: str, role: str, *, customer: str | None 
     }
     if customer is not None:
         rec["customer"] = customer
+    if expires is not None:
+        rec["expires"] = expires.astimezone(UTC).isoformat()
+    if name:
+        rec["name"] = name
     return rec
+
+
+def check_token_request(role: str, customer: str | None, expires: datetime | None) -> None:
+    """Refuse a token that could never be used as intended. Pure."""
+    if role not in ROLES:
+        raise TokenError("role", f"must be one of {', '.join(ROLES)}")
+    if role == "customer" and not customer:
+        raise TokenError("customer", "a customer token must name its customer")
+    if role != "customer" and customer:
+        raise TokenError("customer", "only a customer token is bound to a customer")
+    if expires is not None and expires.tzinfo is None:
+        raise TokenError("expires", "must carry a time zone")
+
+
+def expired(record: dict[str, Any], now: datetime) -> bool:
+    """True if the record has an expiry at or before `now`; an unreadable expiry counts as expired."""
+    raw = record.get("expires")
+    if raw is None:
+        return False
+    try:
+        return datetime.fromisoformat(str(raw)) <= now
+    except ValueError:
+        return True
+
+
+def public_record(record: dict[str, Any]) -> dict[str, Any]:
+    """What may be shown about a token: never its salt or hash."""
+    return {k: v for k, v in record.items() if k not in ("salt", "sha256")}
 
 
 def _matches(record: dict[str, Any], secret: str) -> bool:
@@ -90,12 +137,35 @@ def _matches(record: dict[str, Any], secret: str) -> bool:
     return hmac.compare_digest(expected, got)
 
 
-def create_token(store: Store, role: str, *, customer: str | None = None) -> str:
-    """Mint a token, store its hash, and return the plaintext (shown once)."""
+def create_token(store: Store, role: str, *, customer: str | None = None, expires: datetime | None = None,
+                 name: str | None = None) -> str:
+    """Mint a token, store its hash, and return the plaintext (shown once). TokenError if ill-formed."""
+    check_token_request(role, customer, expires)
     token, token_id, secret = new_token()
-    rec = token_record(token_id, secret, role, customer=customer)
+    rec = token_record(token_id, secret, role, customer=customer, expires=expires, name=name)
     store.kv_put(token_key(store.root, token_id), json.dumps(rec).encode(), expect=0)
     return token
+
+
+def list_tokens(store: Store) -> list[dict[str, Any]]:
+    """Every token's public record (no salt, no hash), oldest first."""
+    kvs, _ = store.kv_range(tokens_prefix(store.root))
+    out: list[dict[str, Any]] = []
+    for kv in kvs:
+        try:
+            rec = json.loads(kv.value)
+        except ValueError:
+            continue
+        if isinstance(rec, dict):
+            out.append(public_record(rec))
+    return sorted(out, key=lambda r: str(r.get("created", "")))
+
+
+def revoke_token(store: Store, token_id: str) -> bool:
+    """Delete a token's record; False if there was none. Every API process drops it from its cache."""
+    if not token_id or not all(c in "0123456789abcdef" for c in token_id):
+        return False
+    return store.kv_delete(token_key(store.root, token_id))
 
 
 def _write_private(path: Path, text: str) -> None:
@@ -143,7 +213,8 @@ def ensure_admin_token(store: Store, data_dir: Path) -> str:
 class TokenVerifier:
     """Checks bearer tokens against etcd, caching records briefly to spare etcd a read per call.
 
-    A revoked token stops working within `cache_seconds`.
+    A revoked token stops working at once in every process that runs `invalidate` from a
+    watch on the tokens prefix (the API does); otherwise within `cache_seconds`.
     """
 
     def __init__(self, store: Store, *, cache_seconds: float = 10.0) -> None:
@@ -174,6 +245,14 @@ class TokenVerifier:
             self._cache[token_id] = (now + ttl, rec)
         return rec
 
+    def invalidate(self, token_id: str | None = None) -> None:
+        """Drop one cached record (or all): the next use reads etcd again."""
+        with self._lock:
+            if token_id is None:
+                self._cache.clear()
+            else:
+                self._cache.pop(token_id, None)
+
     def cached(self, token: str) -> Principal | None:
         """The principal if the token's record is cached and matches; None means: ask `verify`."""
         parsed = parse_token(token)
@@ -183,8 +262,7 @@ class TokenVerifier:
             hit = self._cache.get(parsed[0])
         if hit is None or hit[0] <= time.monotonic() or hit[1] is None or not _matches(hit[1], parsed[1]):
             return None
-        rec = hit[1]
-        return Principal(parsed[0], str(rec.get("role", "")), rec.get("customer"))
+        return _principal(parsed[0], hit[1])
 
     def verify(self, token: str) -> Principal | None:
         parsed = parse_token(token)
@@ -194,4 +272,14 @@ class TokenVerifier:
         rec = self._record(token_id)
         if rec is None or not _matches(rec, secret):
             return None
-        return Principal(token_id, str(rec.get("role", "")), rec.get("customer"))
+        return _principal(token_id, rec)
+
+
+def _principal(token_id: str, rec: dict[str, Any]) -> Principal | None:
+    role = str(rec.get("role", ""))
+    if role not in ROLES or expired(rec, datetime.now(UTC)):
+        return None
+    customer = rec.get("customer")
+    if role == "customer" and not isinstance(customer, str):
+        return None
+    return Principal(token_id, role, customer if isinstance(customer, str) else None, str(rec.get("name", "")))

@@ -1,4 +1,8 @@
-"""Request plumbing shared by the routes: settings, bearer auth and bounded body parsing.
+"""Request plumbing shared by the routes: settings, authentication and bounded body parsing.
+
+A caller is a bearer token or a panel session cookie. A write with a session cookie must
+carry `X-Hostplane-CSRF: 1`: a cross-site form cannot set that header, so a forged request
+never counts as the customer's. Requests are rate-limited per principal (admin exempt).
 
 Bodies are read here with a hard size limit before any parsing, so an oversized or
 malicious request costs at most `max_body_bytes` of memory. YAML aliases are refused:
@@ -8,17 +12,27 @@ a few bytes of anchors can otherwise expand into an enormous document.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Annotated, Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Annotated, Any
 
 import yaml
 from fastapi import Depends, Request
 from starlette.concurrency import run_in_threadpool
 
 from api.auth import Principal, TokenVerifier
-from api.errors import BadRequest, Forbidden, PayloadTooLarge, Unauthorized
+from api.errors import BadRequest, Forbidden, PayloadTooLarge, TooManyRequests, Unauthorized
+from api.ratelimit import LoginThrottle, TokenBuckets
+from api.sessions import SESSION_COOKIE, Sessions
 from reconcile.store import Store
+
+if TYPE_CHECKING:
+    from api.hub import WatchHub
+
+CSRF_HEADER = "X-Hostplane-CSRF"
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+PRINCIPAL_SCOPE_KEY = "hostplane.principal"
 
 _YAML_TYPES = {"application/yaml", "application/x-yaml", "text/yaml", "text/x-yaml"}
 
@@ -29,6 +43,10 @@ class Settings:
     heartbeat_seconds: float = 15.0
     # /metrics without a token, but only for clients on the loopback interface.
     open_metrics_on_loopback: bool = True
+    # Requests per second per token or session (admin tokens are not limited); <= 0: no limit.
+    rate_per_principal: float = 50.0
+    burst_per_principal: float = 200.0
+    cookie_secure: bool | None = None  # None: Secure when the request came over https
 
 
 @dataclass
@@ -37,6 +55,10 @@ class AppState:
     verifier: TokenVerifier
     settings: Settings
     ready_store: Store | None = None
+    sessions: Sessions | None = None
+    buckets: TokenBuckets = field(default_factory=lambda: TokenBuckets(0, 1))
+    login_throttle: LoginThrottle = field(default_factory=LoginThrottle)
+    hub: WatchHub | None = None
 
 
 async def app_state(request: Request) -> AppState:
@@ -57,24 +79,47 @@ def bearer(request: Request) -> str | None:
 
 def authenticate(request: Request, state: AppState) -> Principal:
     """The caller's principal, or 401. Blocking: it may read etcd."""
-    return _check(bearer(request), state.verifier.verify)
+    token = bearer(request)
+    if token is None and state.sessions is not None and request.cookies.get(SESSION_COOKIE):
+        return _admit(request, state, _check(request.cookies[SESSION_COOKIE], state.sessions.verify, "session"))
+    return _admit(request, state, _check(token, state.verifier.verify, "token"))
 
 
 async def authenticated(request: Request, state: State) -> Principal:
     """Dependency: like `authenticate`, but reads etcd in the thread pool only on a cache miss."""
     token = bearer(request)
+    if token is None and state.sessions is not None and request.cookies.get(SESSION_COOKIE):
+        sid = request.cookies[SESSION_COOKIE]
+        hit = state.sessions.cached(sid)
+        if hit is not None:
+            return _admit(request, state, hit)
+        return _admit(request, state, await run_in_threadpool(_check, sid, state.sessions.verify, "session"))
     cached = state.verifier.cached(token) if token is not None else None
     if cached is not None:
-        return _check(token, lambda _: cached)
-    return await run_in_threadpool(_check, token, state.verifier.verify)
+        return _admit(request, state, cached)
+    return _admit(request, state, await run_in_threadpool(_check, token, state.verifier.verify, "token"))
 
 
-def _check(token: str | None, verify: Callable[[str], Principal | None]) -> Principal:
-    if token is None:
-        raise Unauthorized("an 'Authorization: Bearer <token>' header is required")
-    principal = verify(token)
+def _check(secret: str | None, verify: Callable[[str], Principal | None], what: str) -> Principal:
+    if secret is None:
+        raise Unauthorized("an 'Authorization: Bearer <token>' header (or a panel session) is required")
+    principal = verify(secret)
     if principal is None:
-        raise Unauthorized("the bearer token is not valid")
+        raise Unauthorized("the bearer token is not valid" if what == "token"
+                           else "the session has ended; log in again")
+    return principal
+
+
+def _admit(request: Request, state: AppState, principal: Principal) -> Principal:
+    """Checks that apply to every authenticated request: CSRF for cookie writes, the rate limit."""
+    request.scope[PRINCIPAL_SCOPE_KEY] = principal
+    if principal.via == "session" and request.method not in SAFE_METHODS \
+            and request.headers.get(CSRF_HEADER) != "1":
+        raise Forbidden(f"a request made with a session cookie must carry the header '{CSRF_HEADER}: 1'")
+    if principal.role != "admin":
+        wait = state.buckets.take(principal.token_id, time.monotonic())
+        if wait > 0:
+            raise TooManyRequests("too many requests for this token; slow down", retry_after=wait)
     return principal
 
 
