@@ -39,7 +39,7 @@ from api.client import (
 )
 from api.config import resolve
 from reconcile.selector import matches, parse_selector
-from specs import SpecError, dump_json, dump_yaml, kind_for
+from specs import SpecError, dump_json, dump_yaml, json_schema, kind_for
 from specs.kinds import Resource
 
 FORCE_ORPHAN = "hostplane.io/force-orphan"
@@ -409,7 +409,7 @@ def delete_cmd(obj: _Ctx, kind: str | None, name: str | None, files: tuple[str, 
 @click.argument("kind")
 def schema_cmd(kind: str) -> None:
     """Print the JSON Schema of KIND."""
-    click.echo(json.dumps(_kind(kind).model_json_schema(), indent=2))
+    click.echo(json.dumps(json_schema(_kind(kind)), indent=2))
 
 
 # ------------------------------------------------------------------ processes
