@@ -16,6 +16,7 @@ callback receiving it, one put at a time.
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import tempfile
 import threading
@@ -199,6 +200,7 @@ def _pct(samples: list[float], q: float) -> float:
 
 
 def run() -> str:
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="hostplane-bench-store-") as tmp:
         etcd = EtcdServer(Path(tmp) / "etcd")
         etcd.start()
@@ -233,6 +235,9 @@ def run() -> str:
         f"Watch latency, put → `Store.watch` callback ({len(latency)} puts, one at a time): "
         f"p50 {_pct(latency, 0.5) * 1000:.2f} ms, p99 {_pct(latency, 0.99) * 1000:.2f} ms, "
         f"mean {statistics.fmean(latency) * 1000:.2f} ms.",
+        "",
+        f"Load average of the machine (2 cores) during the run: {load_before:.1f} at the start, "
+        f"{os.getloadavg()[0]:.1f} at the end.",
         "",
     ]
     return "\n".join(lines)
