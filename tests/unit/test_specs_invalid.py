@@ -136,3 +136,12 @@ def test_load_file_names_the_file_and_refuses_non_utf8(tmp_path: Path) -> None:
     binary.write_bytes(b"kind: \xff\xfe\n")
     with pytest.raises(SpecError, match="not UTF-8"):
         load_file(binary)
+
+
+def test_error_in_a_json_array_names_the_elements_line() -> None:
+    """In a JSON array of objects the error line is that of the offending field of that element."""
+    ok = '{"kind": "Plan", "metadata": {"name": "a"}, "spec": {"vcpus": 1, "memoryMiB": 1, "diskGiB": 1,' \
+         ' "price": {"amount": "1", "currency": "EUR"}}}'
+    text = "[\n  " + ok + ",\n  " + ok.replace('"a"', '"b"').replace('"spec"', '\n   "spec"').replace(
+        '"vcpus": 1', '"vcpus": 0') + "\n]"
+    assert errors(text, "plans.json") == ["plans.json:4: spec.vcpus: must be > 0"]
