@@ -22,6 +22,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
 
+from api import access
 from api.auth import Principal
 from api.deps import Body, Caller, State
 from api.errors import BadRequest, Forbidden, Invalid, PayloadTooLarge, Unauthorized
@@ -72,8 +73,8 @@ def _translate() -> Iterator[None]:
 
 
 def _may_read(principal: Principal, customer: str) -> None:
-    if principal.role != "admin" and principal.customer != customer:
-        raise Forbidden(f"this token may not read customer {customer!r}")
+    # Staff and the billing-webhook role read any account; a customer only its own (404 otherwise).
+    access.may_read_customer(principal, customer)
 
 
 def _customer(state: State, name: str) -> Customer:

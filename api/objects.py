@@ -2,7 +2,9 @@
 
 Clients write metadata and spec; status is the controllers' and is ignored in bodies.
 Handlers are plain `def` functions: FastAPI runs them in its thread pool, where the
-blocking etcd client belongs. This module must never write a status key.
+blocking etcd client belongs. Every handler asks api.access first: a customer sees only its
+own objects (404 for anyone else's) and may patch only a few fields. This module must never
+write a status key.
 """
 
 from __future__ import annotations
@@ -12,9 +14,10 @@ from typing import Any
 from fastapi import APIRouter, Query, Response
 from fastapi.responses import JSONResponse
 
+from api import access
 from api.admission import admit_update
-from api.deps import Admin, Body, State
-from api.errors import BadRequest, Invalid, UnknownKind
+from api.deps import Body, Caller, State
+from api.errors import BadRequest, Forbidden, Invalid, UnknownKind
 from api.merge_patch import merge_patch
 from reconcile import keys
 from reconcile.errors import AlreadyExists, Conflict
@@ -76,19 +79,29 @@ def kind_for_or_none(kind: str) -> type[Resource] | None:
 
 
 @router.get("/events", summary="Events recorded about objects, oldest first (empty when none are recorded)")
-def list_events(state: State, _: Admin, kind: str | None = None, name: str | None = None) -> JSONResponse:
+def list_events(state: State, caller: Caller, kind: str | None = None, name: str | None = None) -> JSONResponse:
     # Events live at <root>/events/<Kind>/<name>/<time>, written by the controllers; the
     # subject is in the key, so each item gets `kind` and `name` from there.
     prefix = keys.events_prefix(state.store.root)
     if kind:
-        prefix += resolve_kind(kind).KIND + "/"
+        cls = resolve_kind(kind)
+        if name:
+            access.deny_unreadable_kind(caller, cls, name)
+        elif cls.KIND not in access.readable_kinds(caller):
+            raise Forbidden(f"role {caller.role!r} may not read events of {cls.PLURAL}")
+        prefix += cls.KIND + "/"
         if name:
             prefix += name + "/"
+    elif not access.readable_kinds(caller):
+        raise Forbidden(f"role {caller.role!r} may not read events")
+    seen: dict[tuple[str, str], bool] = {}
     kvs, rev = state.store.kv_range(prefix)
     items: list[dict[str, Any]] = []
     for kv in kvs:
         parts = kv.key[len(keys.events_prefix(state.store.root)):].split("/")
         if len(parts) != 3 or (name is not None and parts[1] != name):
+            continue
+        if not access.event_visible(state.store, caller, parts[0], parts[1], seen):
             continue
         try:
             ev = decode(kv.value)
@@ -101,10 +114,11 @@ def list_events(state: State, _: Admin, kind: str | None = None, name: str | Non
 
 
 @router.get("/{kind}", summary="List objects of a kind, optionally by label selector")
-def list_objects(kind: str, state: State, _: Admin,
+def list_objects(kind: str, state: State, caller: Caller,
                  labelSelector: str | None = Query(None, description="e.g. `tier=standard,!legacy`"),
                  ) -> JSONResponse:
     cls = resolve_kind(kind)
+    access.require_collection(caller, cls, "list")
     try:
         selector = parse_selector(labelSelector)
     except ValueError as exc:
@@ -112,12 +126,13 @@ def list_objects(kind: str, state: State, _: Admin,
     result = state.store.list(cls, selector)
     return JSONResponse({"apiVersion": API_VERSION, "kind": f"{cls.KIND}List",
                          "metadata": {"resourceVersion": str(result.revision)},
-                         "items": [render(o) for o in result.items]})
+                         "items": [render(o) for o in access.filter_visible(state.store, caller, result.items)]})
 
 
 @router.post("/{kind}", status_code=201, summary="Create an object")
-def create_object(kind: str, body: Body, state: State, _: Admin) -> JSONResponse:
+def create_object(kind: str, body: Body, state: State, caller: Caller) -> JSONResponse:
     cls = resolve_kind(kind)
+    access.require_collection(caller, cls, "create")
     obj = object_from_body(body, cls, name=None)
     # Identity and timestamps are the server's to assign.
     meta = obj.metadata.model_copy(update={"uid": None, "creationTimestamp": None, "resourceVersion": None})
@@ -131,14 +146,17 @@ def create_object(kind: str, body: Body, state: State, _: Admin) -> JSONResponse
 
 
 @router.get("/{kind}/{name}", summary="Read an object with its status")
-def get_object(kind: str, name: str, state: State, _: Admin) -> JSONResponse:
-    return JSONResponse(render(state.store.get(resolve_kind(kind), name)))
+def get_object(kind: str, name: str, state: State, caller: Caller) -> JSONResponse:
+    cls = resolve_kind(kind)
+    access.deny_unreadable_kind(caller, cls, name)
+    return JSONResponse(render(access.require_visible(state.store, caller, state.store.get(cls, name))))
 
 
 @router.put("/{kind}/{name}", summary="Replace metadata and spec (409 if metadata.resourceVersion is stale); "
             "finalizers are kept unless the body lists them")
-def replace_object(kind: str, name: str, body: Body, state: State, _: Admin) -> JSONResponse:
+def replace_object(kind: str, name: str, body: Body, state: State, caller: Caller) -> JSONResponse:
     cls = resolve_kind(kind)
+    _require_write(state, caller, cls, name, "replace")
     obj = object_from_body(body, cls, name=name)
     meta = body.get("metadata") if isinstance(body, dict) else None
     keep_finalizers = not (isinstance(meta, dict) and "finalizers" in meta)
@@ -156,8 +174,9 @@ def replace_object(kind: str, name: str, body: Body, state: State, _: Admin) -> 
 
 
 @router.patch("/{kind}/{name}", summary="JSON merge patch (RFC 7386) of metadata and spec")
-def patch_object(kind: str, name: str, body: Body, state: State, _: Admin) -> JSONResponse:
+def patch_object(kind: str, name: str, body: Body, state: State, caller: Caller) -> JSONResponse:
     cls = resolve_kind(kind)
+    access.deny_unreadable_kind(caller, cls, name)
     if not isinstance(body, dict):
         raise Invalid("a merge patch must be an object", [{"path": "", "message": "must be a mapping"}])
     patch = {k: v for k, v in body.items() if k != "status"}
@@ -165,6 +184,7 @@ def patch_object(kind: str, name: str, body: Body, state: State, _: Admin) -> JS
     pinned = isinstance(meta_patch, dict) and meta_patch.get("resourceVersion") is not None
     for attempt in range(_PATCH_ATTEMPTS):
         current = state.store.get(cls, name)
+        access.require_patch(state.store, caller, current, patch)
         doc = render(current)
         doc.pop("status", None)
         obj = object_from_body(merge_patch(doc, patch), cls, name=name)
@@ -180,9 +200,10 @@ def patch_object(kind: str, name: str, body: Body, state: State, _: Admin) -> JS
 
 @router.delete("/{kind}/{name}", status_code=204,
                summary="Delete; with finalizers the object is only marked (202 with the object)")
-def delete_object(kind: str, name: str, state: State, _: Admin,
+def delete_object(kind: str, name: str, state: State, caller: Caller,
                   resourceVersion: str | None = Query(None, description="delete only if unchanged")) -> Response:
     cls = resolve_kind(kind)
+    _require_write(state, caller, cls, name, "delete")
     marked = state.store.delete(cls, name, resource_version=resourceVersion)
     if marked is not None:
         return JSONResponse(render(marked), status_code=202)
@@ -190,12 +211,21 @@ def delete_object(kind: str, name: str, state: State, _: Admin,
 
 
 @router.get("/{kind}/{name}/status", summary="Read an object's status (written by controllers only)")
-def get_status(kind: str, name: str, state: State, _: Admin) -> JSONResponse:
+def get_status(kind: str, name: str, state: State, caller: Caller) -> JSONResponse:
     cls = resolve_kind(kind)
-    obj = state.store.get(cls, name)
+    access.deny_unreadable_kind(caller, cls, name)
+    obj = access.require_visible(state.store, caller, state.store.get(cls, name))
     status = obj.status.model_dump(mode="json", exclude_none=True) if hasattr(obj.status, "model_dump") \
         else obj.status
     return JSONResponse({"apiVersion": API_VERSION, "kind": cls.KIND,
                          "metadata": {"name": obj.name, "resourceVersion": obj.metadata.resourceVersion,
                                       "generation": obj.metadata.generation},
                          "status": status or {}})
+
+
+def _require_write(state: State, caller: Caller, cls: type[Resource], name: str, verb: str) -> None:
+    """Replace/delete: writers by kind pass at once; anyone else learns 404 or 403 (after one read)."""
+    if access.may_write_kind(caller, cls.KIND):
+        return
+    access.deny_unreadable_kind(caller, cls, name)
+    access.require_write(state.store, caller, state.store.get(cls, name), verb)

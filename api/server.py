@@ -28,11 +28,15 @@ from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from api import billing_routes, objects, panel, watch
+from api import actions, audit, billing_routes, objects, orders, panel, principals, watch
+from api.audit import AuditMiddleware
 from api.auth import TokenVerifier, ensure_admin_token
 from api.deps import AppState, Settings, State, authenticate
 from api.errors import PROBLEM_JSON, ApiError, Forbidden, Problem, problem_for
+from api.hub import WatchHub
 from api.metrics import ApiMetrics, MetricsMiddleware
+from api.ratelimit import LoginThrottle, TokenBuckets
+from api.sessions import Sessions
 from reconcile.errors import StoreError
 from reconcile.etcd_server import free_port
 from reconcile.store import Store
@@ -42,7 +46,8 @@ log = logging.getLogger(__name__)
 
 
 def problem_response(problem: Problem) -> JSONResponse:
-    headers = {"WWW-Authenticate": "Bearer"} if problem.status == 401 else None
+    headers = {"WWW-Authenticate": "Bearer"} if problem.status == 401 else {}
+    headers.update(problem.headers)
     return JSONResponse(problem.body(), status_code=problem.status, media_type=PROBLEM_JSON, headers=headers)
 
 
@@ -78,19 +83,39 @@ def _is_loopback(request: Request) -> bool:
 
 
 def create_app(store: Store, *, max_body_bytes: int = 1024 * 1024, heartbeat_seconds: float = 15.0,
-               token_cache_seconds: float = 10.0, open_metrics_on_loopback: bool = True) -> FastAPI:
-    """Build the API over `store`. The caller owns the store and closes it."""
+               token_cache_seconds: float = 10.0, open_metrics_on_loopback: bool = True,
+               rate_per_principal: float = 50.0, burst_per_principal: float = 200.0,
+               session_ttl_seconds: int = 12 * 3600, cookie_secure: bool | None = None,
+               login_throttle: LoginThrottle | None = None) -> FastAPI:
+    """Build the API over `store`. The caller owns the store and closes it.
+
+    No CORS headers are ever sent: browsers keep other origins out, and the panel is served
+    from this same origin.
+    """
     settings = Settings(max_body_bytes=max_body_bytes, heartbeat_seconds=heartbeat_seconds,
-                        open_metrics_on_loopback=open_metrics_on_loopback)
+                        open_metrics_on_loopback=open_metrics_on_loopback, rate_per_principal=rate_per_principal,
+                        burst_per_principal=burst_per_principal, cookie_secure=cookie_secure)
     state = AppState(store=store, verifier=TokenVerifier(store, cache_seconds=token_cache_seconds),
-                     settings=settings)
+                     settings=settings,
+                     sessions=Sessions(store, ttl_seconds=session_ttl_seconds, cache_seconds=token_cache_seconds),
+                     buckets=TokenBuckets(rate_per_principal, burst_per_principal),
+                     login_throttle=login_throttle or LoginThrottle(),
+                     hub=WatchHub(store))
     metrics = ApiMetrics()
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        yield
-        if state.ready_store is not None:
-            state.ready_store.close()
+        assert state.sessions is not None
+        # Revocations and logouts elsewhere reach this process's caches at once.
+        auth_watch = await run_in_threadpool(principals.watch_auth, store, state.verifier, state.sessions)
+        try:
+            yield
+        finally:
+            auth_watch.stop(timeout=0)
+            if state.hub is not None:
+                state.hub.stop()
+            if state.ready_store is not None:
+                state.ready_store.close()
 
     app = FastAPI(
         title="Hostplane API",
@@ -99,6 +124,7 @@ def create_app(store: Store, *, max_body_bytes: int = 1024 * 1024, heartbeat_sec
         lifespan=lifespan,
     )
     app.state.hostplane = state
+    app.add_middleware(AuditMiddleware, store=store)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     panel.install(app)  # the web panel at / (api/panel.py); never shadows an API path
     for exc_type in (ApiError, SpecError, StoreError, Exception):
@@ -130,6 +156,9 @@ def create_app(store: Store, *, max_body_bytes: int = 1024 * 1024, heartbeat_sec
         return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
     app.include_router(watch.router)
+    # Before the object routes: /v1/{kind} would otherwise match /v1/tokens, /v1/orders, /v1/audit.
+    for router in (principals.router, actions.router, orders.router, audit.router):
+        app.include_router(router)
     app.include_router(objects.router)
     app.include_router(billing_routes.router)
     return app

@@ -1,8 +1,11 @@
 """GET /v1/watch: spec and status changes as server-sent events, resumable by revision.
 
-One etcd watch per stream covers both `specs/` and `status/` (every key under
-`<root>/s`), so events arrive in revision order and the SSE `id:` (the etcd revision) is a
-safe resume point. Several keys can change in one revision; only the last event of a
+One etcd watch per API process (api.hub) covers both `specs/` and `status/` (every key
+under `<root>/s`) for every stream, so events arrive in revision order and the SSE `id:`
+(the etcd revision) is a safe resume point; a stream resuming from before the hub's buffer
+gets a watch of its own. Each stream carries only what its principal may read (a customer:
+its own Customer, Subscriptions and VPS, public plans, images); a revoked token or ended
+session ends its streams within a second. Several keys can change in one revision; only the last event of a
 revision carries the `id:`, so a client that resumes from it has seen the whole revision.
 
 Event data: {"type": "PUT"|"DELETE", "part": "spec"|"status", "kind", "name",
@@ -17,21 +20,25 @@ import asyncio
 import contextlib
 import json
 import threading
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from fastapi import APIRouter, Header, Query
+from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from api.deps import Admin, State
-from api.errors import BadRequest, UnknownKind
+from api import access
+from api.deps import Caller, State, authenticated
+from api.errors import ApiError, BadRequest, Forbidden, UnknownKind
+from api.hub import EVERYONE, HubEvent, frames
 from reconcile.store import WatchEvent, decode
 from specs import KINDS, Resource, kind_for
 
 router = APIRouter(prefix="/v1", tags=["watch"])
 
 _MAX_PENDING_BATCHES = 10_000
+_RECHECK_SECONDS = 1.0
 
 
 def _kinds(text: str | None) -> dict[str, type[Resource]]:
@@ -87,17 +94,28 @@ def render_events(events: list[WatchEvent], root: str, kinds: dict[str, type[Res
     return out
 
 
-@router.get("/watch", summary="Server-sent events of spec and status changes",
+@router.get("/watch", summary="Server-sent events of spec and status changes the caller may see",
             response_class=StreamingResponse)
-async def watch(state: State, _: Admin,
-                kinds: str | None = Query(None, description="comma-separated kinds; all when omitted"),
+async def watch(request: Request, state: State, caller: Caller,
+                kinds: str | None = Query(None, description="comma-separated kinds; all the caller may read when "
+                                                             "omitted"),
                 resourceVersion: str | None = Query(None, description="deliver changes after this revision"),
                 last_event_id: str | None = Header(None, alias="Last-Event-ID")) -> StreamingResponse:
+    readable = access.readable_kinds(caller)
     wanted = _kinds(kinds)
+    refused = sorted(cls.KIND for cls in wanted.values() if cls.KIND not in readable)
+    if kinds and refused:
+        raise Forbidden(f"role {caller.role!r} may not watch {', '.join(refused)}")
+    wanted_kinds = {cls.KIND for cls in wanted.values() if cls.KIND in readable}
+    if not wanted_kinds:
+        raise Forbidden(f"role {caller.role!r} may not watch anything")
     after = _revision(resourceVersion, "resourceVersion")
     if after is None:
         after = _revision(last_event_id, "Last-Event-ID")
     store = state.store
+    hub = state.hub
+    assert hub is not None
+    await run_in_threadpool(hub.start)
     if after is None:
         after = await run_in_threadpool(store.revision)
     loop = asyncio.get_running_loop()
@@ -105,7 +123,7 @@ async def watch(state: State, _: Admin,
     overflowed = threading.Event()
 
     def deliver(item: tuple[str, Any]) -> None:
-        # Called on the watch thread; the loop may already be gone when a client left.
+        # Called on a watch thread; the loop may already be gone when a client left.
         # A client that reads slower than etcd changes would make the queue grow without
         # bound: past the limit it is told to re-list instead.
         if overflowed.is_set():
@@ -116,19 +134,49 @@ async def watch(state: State, _: Admin,
         with contextlib.suppress(RuntimeError):
             loop.call_soon_threadsafe(queue.put_nowait, item)
 
-    handle = await run_in_threadpool(
-        store.watch, store.root + "/s", start_revision=after + 1,
-        on_events=lambda evs, _rev: deliver(("events", evs)),
-        on_compacted=lambda rev: deliver(("compacted", rev)))
+    customer = caller.customer if caller.role == "customer" else None
+
+    def visible(e: HubEvent) -> bool:
+        if e.kind not in wanted_kinds:
+            return False
+        return customer is None or e.audience in (EVERYONE, customer)
+
+    subscribed = hub.subscribe(after, deliver)
+    private = None
+    if subscribed is None:
+        # Older than the hub's buffer: this stream reads etcd from that revision itself.
+        private = await run_in_threadpool(
+            store.watch, store.root + "/s", start_revision=after + 1,
+            on_events=lambda evs, _rev: deliver(("events", hub.translate_private(evs))),
+            on_compacted=lambda rev: deliver(("compacted", rev)))
+    else:
+        deliver(("events", subscribed[1]))
     heartbeat = state.settings.heartbeat_seconds
+    start_from = after
+
+    async def still_allowed() -> bool:
+        # A revoked token or ended session closes its streams too, not only its next request.
+        try:
+            await authenticated(request, state)
+        except ApiError:
+            return False
+        return True
 
     async def stream() -> AsyncIterator[str]:
+        checked = time.monotonic()
         try:
-            yield f"retry: 2000\n: watching from revision {after}\n\n"
+            yield f"retry: 2000\n: watching from revision {start_from}\n\n"
             while True:
                 try:
                     what, payload = await asyncio.wait_for(queue.get(), heartbeat)
                 except TimeoutError:
+                    what, payload = "heartbeat", None
+                if time.monotonic() - checked >= _RECHECK_SECONDS or what == "heartbeat":
+                    checked = time.monotonic()
+                    if not await still_allowed():
+                        yield "event: unauthorized\ndata: {\"type\": \"UNAUTHORIZED\"}\n\n"
+                        return
+                if what == "heartbeat":
                     yield ": heartbeat\n\n"
                     continue
                 if what == "compacted":
@@ -142,11 +190,14 @@ async def watch(state: State, _: Admin,
                                                          "from its resourceVersion"}
                     yield f"event: relist\ndata: {json.dumps(body)}\n\n"
                     return
-                for frame in render_events(payload, store.root, wanted):
+                for frame in frames(payload, start_from, visible):
                     yield frame
         finally:
-            # Non-blocking: cancels the gRPC stream; its thread ends on its own.
-            handle.stop(timeout=0)
+            if subscribed is not None:
+                hub.unsubscribe(subscribed[0])
+            if private is not None:
+                # Non-blocking: cancels the gRPC stream; its thread ends on its own.
+                private.stop(timeout=0)
 
     return StreamingResponse(stream(), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

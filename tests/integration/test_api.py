@@ -160,12 +160,12 @@ def test_auth_is_required_except_health(api: httpx.Client) -> None:
     assert api.get("/v1/plans").status_code == 200
 
 
-def test_non_admin_token_is_403_on_object_routes(api: httpx.Client, store: Store) -> None:
-    """A valid token without the admin role may not use the object, watch or events routes."""
-    customer = create_token(store, "customer", customer="acme")
-    headers = {"Authorization": f"Bearer {customer}"}
-    for path in ("/v1/plans", "/v1/watch", "/v1/events"):
-        assert "role 'customer'" in problem(api.get(path, headers=headers), 403)["detail"]
+def test_role_without_a_kind_is_403_on_its_object_watch_and_events_routes(api: httpx.Client, store: Store) -> None:
+    """A valid token whose role may not read a kind gets 403 on that kind's list, watch and events."""
+    webhook = create_token(store, "billing-webhook")
+    headers = {"Authorization": f"Bearer {webhook}"}
+    for path in ("/v1/plans", "/v1/watch?kinds=plans", "/v1/events?kind=Plan"):
+        assert "role 'billing-webhook'" in problem(api.get(path, headers=headers), 403)["detail"]
 
 
 def test_status_is_read_only_and_ignored_in_bodies(api: httpx.Client, store: Store) -> None:

@@ -1,0 +1,150 @@
+"""The audit log: who changed what, when and from where, as append-only records in etcd.
+
+    <root>/audit/<YYYYMMDDTHHMMSS.ffffffZ>-<process>-<seq>   {time, actor, method, path, route, status, ip}
+
+`AuditMiddleware` writes one record for every mutating request (POST, PUT, PATCH, DELETE
+under /v1/) made by an authenticated principal, every login attempt, and every webhook
+the server accepted, before the response leaves: a change the client saw acknowledged
+is always in the log. Requests refused for want of credentials are not recorded (anyone
+could fill etcd with them); they are rate limited and counted in metrics instead.
+Records are created with a create-only put and never updated; no route deletes them.
+This module must never record a request body, a token, a password or a cookie.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import os
+import secrets
+from datetime import UTC, datetime
+from typing import Any
+
+from fastapi import APIRouter, Query
+from starlette.concurrency import run_in_threadpool
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from api import access
+from api.auth import Principal
+from api.deps import PRINCIPAL_SCOPE_KEY, Caller, State
+from api.errors import BadRequest
+from reconcile.errors import StoreError
+from reconcile.store import Store
+
+log = logging.getLogger(__name__)
+
+MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+ACTOR_SCOPE_KEY = "hostplane.audit_actor"
+_PROCESS = f"{os.getpid():x}{secrets.token_hex(2)}"
+_SEQ = itertools.count()
+
+
+def audit_prefix(root: str) -> str:
+    return f"{root}/audit/"
+
+
+def record_key(root: str, when: datetime) -> str:
+    return f"{audit_prefix(root)}{when.strftime('%Y%m%dT%H%M%S.%fZ')}-{_PROCESS}-{next(_SEQ):08d}"
+
+
+def actor_of(principal: Principal | None) -> dict[str, Any]:
+    if principal is None:
+        return {"role": "anonymous"}
+    out: dict[str, Any] = {"role": principal.role, "id": principal.token_id}
+    if principal.customer:
+        out["customer"] = principal.customer
+    if principal.name:
+        out["name"] = principal.name
+    return out
+
+
+def write_record(store: Store, record: dict[str, Any], when: datetime) -> None:
+    store.kv_put(record_key(store.root, when), json.dumps(record, separators=(",", ":")).encode(), expect=0)
+
+
+def _should_record(path: str, method: str, status: int, actor: dict[str, Any] | None,
+                   principal: Principal | None) -> bool:
+    if method not in MUTATING or not path.startswith("/v1/"):
+        return False
+    if path == "/v1/auth/login":
+        return True
+    if path.startswith("/v1/webhooks/"):
+        return status < 400
+    return principal is not None or actor is not None
+
+
+class AuditMiddleware:
+    """Pure ASGI middleware: records a mutation when its response starts, before it is sent."""
+
+    def __init__(self, app: ASGIApp, store: Store) -> None:
+        self.app = app
+        self.store = store
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope.get("method") not in MUTATING:
+            await self.app(scope, receive, send)
+            return
+
+        async def send_wrapper(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                await self._record(scope, int(message["status"]))
+            await send(message)
+
+        await self.app(scope, receive, send_wrapper)
+
+    async def _record(self, scope: Scope, status: int) -> None:
+        path, method = str(scope.get("path", "")), str(scope.get("method", ""))
+        principal = scope.get(PRINCIPAL_SCOPE_KEY)
+        actor = scope.get(ACTOR_SCOPE_KEY)
+        if not _should_record(path, method, status, actor, principal):
+            return
+        client = scope.get("client")
+        now = datetime.now(UTC)
+        record: dict[str, Any] = {
+            "time": now.isoformat(), "actor": actor or actor_of(principal), "method": method, "path": path,
+            "route": getattr(scope.get("route"), "path", None), "status": status,
+            "ip": client[0] if client else None,
+        }
+        try:
+            await run_in_threadpool(write_record, self.store, record, now)
+        except StoreError:
+            # The change itself may have landed; say so loudly rather than fail the answer.
+            log.error("audit record not written: %s %s by %s -> %s", method, path, record["actor"], status)
+
+
+router = APIRouter(prefix="/v1", tags=["audit"])
+
+
+@router.get("/audit", summary="Audit records, oldest first (admin, operator)")
+def read_audit(state: State, caller: Caller,
+               since: str | None = Query(None, description="ISO time; records at or after it"),
+               role: str | None = Query(None, description="only this actor role"),
+               customer: str | None = Query(None, description="only this actor customer"),
+               limit: int = Query(200, ge=1, le=10_000, description="at most this many, the newest")) -> dict[str, Any]:
+    access.require_staff(caller, "read the audit log")
+    start = ""
+    if since:
+        try:
+            when = datetime.fromisoformat(since)
+        except ValueError:
+            raise BadRequest("since: must be an ISO 8601 time", [{"path": "since", "message": "must be ISO 8601"}]) \
+                from None
+        start = (when if when.tzinfo else when.replace(tzinfo=UTC)).astimezone(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
+    prefix = audit_prefix(state.store.root)
+    kvs, rev = state.store.kv_range(prefix)
+    items: list[dict[str, Any]] = []
+    for kv in kvs:
+        if kv.key[len(prefix):] < start:
+            continue
+        try:
+            rec = json.loads(kv.value)
+        except ValueError:
+            continue
+        actor = rec.get("actor") or {}
+        if role and actor.get("role") != role:
+            continue
+        if customer and actor.get("customer") != customer:
+            continue
+        items.append({"id": kv.key[len(prefix):], **rec})
+    return {"items": items[-limit:], "resourceVersion": str(rev)}
