@@ -488,6 +488,8 @@ def _run_entry(fn: Callable[[threading.Event], None]) -> None:
 
 
 main.add_command(importlib.import_module("api.billing_cli").billing)
+for _cmd in importlib.import_module("api.access_cli").COMMANDS:
+    main.add_command(_cmd)
 
 
 if __name__ == "__main__":  # pragma: no cover
