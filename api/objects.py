@@ -95,6 +95,9 @@ def list_events(state: State, caller: Caller, kind: str | None = None, name: str
     elif not access.readable_kinds(caller):
         raise Forbidden(f"role {caller.role!r} may not read events")
     seen: dict[tuple[str, str], bool] = {}
+    if kind and name and caller.role == "customer" \
+            and not access.event_visible(state.store, caller, resolve_kind(kind).KIND, name, seen):
+        raise access.not_found(resolve_kind(kind).KIND, name)
     kvs, rev = state.store.kv_range(prefix)
     items: list[dict[str, Any]] = []
     for kv in kvs:
