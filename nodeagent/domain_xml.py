@@ -162,9 +162,9 @@ def read_sizes(domain_xml: str) -> Sizes:
     vcpu = root.find("vcpu")
     max_vcpus = int(vcpu.text) if vcpu is not None and vcpu.text else 0
     cur_vcpus = int(vcpu.get("current", max_vcpus)) if vcpu is not None else 0
-    max_mem = _kib(root.find("memory")) // 1024
+    max_mem = round(_kib(root.find("memory")) / 1024)
     cur = root.find("currentMemory")
-    cur_mem = _kib(cur) // 1024 if cur is not None else max_mem
+    cur_mem = round(_kib(cur) / 1024) if cur is not None else max_mem
     return Sizes(cur_vcpus, max_vcpus, cur_mem, max_mem)
 
 

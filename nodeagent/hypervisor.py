@@ -182,9 +182,12 @@ class Hypervisor:
             power = "running"
         off_by_guest = (state == libvirt.VIR_DOMAIN_SHUTOFF and reason == libvirt.VIR_DOMAIN_SHUTOFF_SHUTDOWN
                         and meta.stop_intent is None)
+        memory = sizes.memory_mib
+        if active and meta.memory_target_mib is not None:
+            memory = meta.memory_target_mib
         actual = P.Actual(
             defined=True, managed=True, power=power, off_by_guest=off_by_guest,
-            vcpus=sizes.vcpus, max_vcpus=sizes.max_vcpus, memory_mib=sizes.memory_mib,
+            vcpus=sizes.vcpus, max_vcpus=sizes.max_vcpus, memory_mib=memory,
             max_memory_mib=sizes.max_memory_mib, config_hash=meta.config_hash, seed_hash=meta.seed_hash,
             rebuild_generation=meta.rebuild_generation, restart_generation=meta.restart_generation,
             stop_intent=meta.stop_intent, stop_requested_at=meta.stop_requested_at, last_acpi_at=meta.last_acpi_at,
@@ -292,6 +295,8 @@ class Hypervisor:
                           rebuild_generation=action.rebuild_generation,
                           restart_generation=action.restart_generation,
                           grace_seconds=float(spec.shutdownGraceSeconds))
+        if dom is None or not dom.isActive():
+            meta = meta.with_(memory_target_mib=spec.memoryMiB)
         xml = domain_xml.build(spec, meta, self._boot(spec, name), uuid=uuid)
         new = self._conn().defineXML(xml)
         if new.isActive():
@@ -345,6 +350,7 @@ class Hypervisor:
         elif isinstance(action, P.SetMemory):
             dom.setMemoryFlags(action.memory_mib * 1024, libvirt.VIR_DOMAIN_AFFECT_LIVE)
             dom.setMemoryFlags(action.memory_mib * 1024, libvirt.VIR_DOMAIN_AFFECT_CONFIG)
+            self._set_meta(dom, meta.with_(memory_target_mib=action.memory_mib))
         elif isinstance(action, P.RecordIntent):
             self._set_meta(dom, meta.with_(**{action.key: action.value}))
         elif isinstance(action, P.RecordCrash):

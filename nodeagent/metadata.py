@@ -37,6 +37,8 @@ class Meta:
     crash_count: int = 0
     crashed_at: float | None = None
     last_start_at: float | None = None
+    # The balloon target last set: a guest without a balloon driver never reports reaching it.
+    memory_target_mib: int | None = None
 
     def with_(self, **changes: Any) -> Meta:
         return replace(self, **changes)

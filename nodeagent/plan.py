@@ -229,6 +229,11 @@ def seed_hash(spec: DomainSpec) -> str:
     })
 
 
+def memory_differs(actual_mib: int, desired_mib: int) -> bool:
+    """A running guest's balloon settles near its target, not on it: within 2% (at least 4 MiB) is reached."""
+    return abs(actual_mib - desired_mib) > max(4, desired_mib // 50)
+
+
 def crash_backoff(crash_count: int) -> float:
     """10 s * n^2, capped at 5 min."""
     return min(CRASH_BACKOFF_BASE * max(crash_count, 1) ** 2, CRASH_BACKOFF_CAP)
@@ -316,7 +321,7 @@ def plan(desired: DomainSpec | None, actual: Actual | None, *, now: float) -> li
     if not a.seed_present or a.seed_hash != sh:
         out.append(BuildSeed(sh))
     ch = config_hash(d)
-    sizes_differ = a.vcpus != d.vcpus or a.memory_mib != d.memoryMiB
+    sizes_differ = a.vcpus != d.vcpus or memory_differs(a.memory_mib, d.memoryMiB)
     if not a.defined or a.config_hash != ch or (not active and sizes_differ):
         out.append(Define(ch, sh, a.rebuild_generation if a.defined else d.rebuildGeneration,
                           a.restart_generation if a.defined else d.restartGeneration))
@@ -351,7 +356,7 @@ def plan(desired: DomainSpec | None, actual: Actual | None, *, now: float) -> li
     # Live resize within the maximums fixed at define time; beyond them waits for a restart.
     if d.vcpus != a.vcpus and d.vcpus <= a.max_vcpus:
         out.append(SetVcpus(d.vcpus, live=True))
-    if d.memoryMiB != a.memory_mib and d.memoryMiB <= a.max_memory_mib:
+    if memory_differs(a.memory_mib, d.memoryMiB) and d.memoryMiB <= a.max_memory_mib:
         out.append(SetMemory(d.memoryMiB, live=True))
     if (a.crash_count > 0 and a.power == "running" and a.last_start_at is not None
             and now - a.last_start_at >= CRASH_FORGET_SECONDS):

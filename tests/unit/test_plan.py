@@ -140,7 +140,7 @@ def is_converged(d: DomainSpec, a: Actual, now: float) -> bool:
         return a.power == "paused" or (expired and a.power in ("shutoff", "crashed"))
     return (a.power == "running" and a.restart_generation >= d.restartGeneration
             and (a.vcpus == d.vcpus or d.vcpus > a.max_vcpus)
-            and (a.memory_mib == d.memoryMiB or d.memoryMiB > a.max_memory_mib))
+            and (not P.memory_differs(a.memory_mib, d.memoryMiB) or d.memoryMiB > a.max_memory_mib))
 
 
 # ----------------------------------------------------------------------------- tables
@@ -342,3 +342,10 @@ def test_waiting_is_not_settled() -> None:
     assert not P.settled(spec(power="Stopped"), converged_actual(d, stop_intent="stop", stop_requested_at=NOW))
     assert not P.settled(d, converged_actual(d, power="crashed", crashed_at=NOW, crash_count=1))
     assert P.settled(d, converged_actual(d, power="shutoff", off_by_guest=True))
+
+
+def test_balloon_near_target_is_reached() -> None:
+    """A guest whose balloon settled a little off the target is not resized again and again."""
+    d = spec(memoryMiB=128)
+    assert plan(d, converged_actual(d, memory_mib=126), now=NOW) == []
+    assert plan(d, converged_actual(d, memory_mib=100), now=NOW) == [P.SetMemory(128, live=True)]
