@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime
+from typing import Protocol
 
 from controllers import layout
 from controllers.manager import Manager, Settings, utcnow
@@ -21,13 +22,32 @@ from reconcile.store import Compare, Store
 
 log = logging.getLogger(__name__)
 
+Fence = Callable[[], Sequence[Compare]]
+
+
+class Addon(Protocol):
+    """Another leader-only loop (billing, for one): started after the manager, stopped before it."""
+
+    def start(self) -> object: ...
+
+    def stop(self) -> object: ...
+
+
+# Factories of the leader-only loops every `hostplane controllers` runs beside the manager;
+# each gets the store and the fence its writes must carry.
+AddonFactory = Callable[[Store, Fence], Addon]
+DEFAULT_ADDONS: list[AddonFactory] = []
+
 
 class ControllerProcess:
     """A leader-elected manager on a store; `start()`, then `stop()`. Used by run_controllers and tests."""
 
     def __init__(self, store: Store, *, identity: str, ttl: int = 15, retry_period: float = 2.0,
-                 settings: Settings | None = None, clock: Callable[[], datetime] = utcnow) -> None:
+                 settings: Settings | None = None, clock: Callable[[], datetime] = utcnow,
+                 addons: Sequence[AddonFactory] = ()) -> None:
         self.store = store
+        self.addon_factories = list(addons)
+        self.addons: list[Addon] = []
         self.identity = identity
         self.settings = settings
         self.clock = clock
@@ -44,8 +64,18 @@ class ControllerProcess:
         with self._lock:
             self.manager = manager
         manager.start()
+        for factory in self.addon_factories:
+            addon = factory(self.store, self._fence)
+            addon.start()
+            self.addons.append(addon)
 
     def _stopped(self) -> None:
+        addons, self.addons = self.addons, []
+        for addon in reversed(addons):
+            try:
+                addon.stop()
+            except Exception:
+                log.exception("controllers %s: stopping %r failed", self.identity, addon)
         with self._lock:
             manager, self.manager = self.manager, None
         if manager is not None:
@@ -68,7 +98,7 @@ class ControllerProcess:
 def run_controllers(*, etcd: str, identity: str, stop: threading.Event) -> None:
     """Run leader-elected controllers against `etcd` until `stop` is set."""
     store = Store(etcd)
-    proc = ControllerProcess(store, identity=identity).start()
+    proc = ControllerProcess(store, identity=identity, addons=DEFAULT_ADDONS).start()
     try:
         stop.wait()
     finally:

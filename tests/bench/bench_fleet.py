@@ -166,10 +166,12 @@ def run(nodes: int = 200, vps: int = 10_000, mass: int = 1_000, per_sub: int = 1
             time.sleep(0.5)
         ready_s = time.monotonic() - t_ready
         time.sleep(3)
-        probe_empty = _cpu_share(probe.pid, 10)
+        probe_empty = _cpu_share(probe.pid, 20)
         fleet_empty = _cpu_share(fleet.pid, 10)
 
         poller.start()
+        rows.append(("simulated nodes (one process) + 1 probe agent", f"{nodes} + 1"))
+        rows.append(("fleet Ready (all heartbeats) after start", f"{ready_s:.1f} s"))
         names = [f"vm-{i:05d}" for i in range(vps)]
         created: dict[str, float] = {}
 
@@ -181,14 +183,21 @@ def run(nodes: int = 200, vps: int = 10_000, mass: int = 1_000, per_sub: int = 1
         with ThreadPoolExecutor(8) as ex:
             list(ex.map(create, range(vps)))
         applied_s = time.monotonic() - t0
+        rows.append((f"{vps:,} VPS applied (8 client threads, store writes)", f"{applied_s:.1f} s"))
+        _progress(rows[-1])
         done = poller.wait("Running", set(names), timeout=900)
         if done is None:
-            raise TimeoutError(f"not all Running after 900 s: {poller.counts}")
+            rows.append((f"{vps:,} VPS applied -> all Running", f"not within 900 s: {poller.counts}"))
+            return _section(rows)
         run_s = done - t0
         seen = poller.first_seen["Running"]
         lat = [seen[n] - created[n] for n in names]
+        rows.append((f"{vps:,} VPS applied -> all Running", f"{run_s:.1f} s ({vps / run_s:.0f} VPS/s)"))
+        rows.append(("per-VPS create -> first seen Running, p50 / p99 / max (1 s polling)",
+                     f"{statistics.median(lat):.1f} / {_pct(lat, 0.99):.1f} / {max(lat):.1f} s"))
+        _progress(rows[-2])
         time.sleep(3)
-        probe_full = _cpu_share(probe.pid, 10)
+        probe_full = _cpu_share(probe.pid, 20)
         fleet_idle = _cpu_share(fleet.pid, 10)
         ctl_idle = _cpu_share(ctl.pid, 10)
 
@@ -196,37 +205,39 @@ def run(nodes: int = 200, vps: int = 10_000, mass: int = 1_000, per_sub: int = 1
         t1 = time.monotonic()
         when = datetime.now(UTC)
         probe_during: list[float] = []
-        sampler = threading.Thread(target=lambda: probe_during.append(_cpu_share(probe.pid, 8)), daemon=True)
+        sampler = threading.Thread(target=lambda: probe_during.append(_cpu_share(probe.pid, 20)), daemon=True)
         sampler.start()
         with ThreadPoolExecutor(8) as ex:
             list(ex.map(lambda s: store.put_status(Subscription, f"sub-{s}", SubscriptionStatus(
                 state="Suspended", suspendReason="nonpayment", suspendedAt=when)), range(mass // per_sub)))
-        done2 = poller.wait("Suspended", set(suspended), timeout=600)
-        if done2 is None:
-            raise TimeoutError(f"mass suspension not converged after 600 s: {poller.counts}")
-        mass_s = done2 - t1
-        sampler.join(15)
-
-        rows = [
-            ("simulated nodes (one process) + 1 probe agent", f"{nodes} + 1"),
-            ("fleet Ready (all heartbeats) after start", f"{ready_s:.1f} s"),
-            (f"{vps:,} VPS applied (8 client threads, store writes)", f"{applied_s:.1f} s"),
-            (f"{vps:,} VPS applied -> all Running", f"{run_s:.1f} s ({vps / run_s:.0f} VPS/s)"),
-            ("per-VPS create -> Running, p50 / p99 / max (1 s polling)",
-             f"{statistics.median(lat):.1f} / {_pct(lat, 0.99):.1f} / {max(lat):.1f} s"),
-            (f"mass suspension of {mass:,} VPS (billing status) -> all Suspended", f"{mass_s:.1f} s"),
-            (f"probe agent CPU, fleet empty / {vps:,} VPS running / during mass change",
-             f"{probe_empty:.2f} / {probe_full:.2f} / {probe_during[0] if probe_during else float('nan'):.2f} "
-             f"% of a core (ratio full/empty {probe_full / probe_empty if probe_empty else float('nan'):.2f})"),
-            (f"fleet process CPU idle, empty / {vps:,} VPS", f"{fleet_empty:.1f} / {fleet_idle:.1f} % of a core"),
-            (f"controllers CPU idle with {vps:,} VPS", f"{ctl_idle:.1f} % of a core"),
-        ]
+        done2 = poller.wait("Suspended", set(suspended), timeout=300)
+        label = f"mass suspension of {mass:,} VPS (billing status) -> all Suspended"
+        rows.append((label, f"{done2 - t1:.1f} s" if done2 is not None else f"not within 300 s: {poller.counts}"))
+        _progress(rows[-1])
+        sampler.join(30)
+        rows.append((f"probe agent CPU, fleet empty / {vps:,} VPS running / during mass change",
+                     f"{probe_empty:.2f} / {probe_full:.2f} / {probe_during[0] if probe_during else float('nan'):.2f} "
+                     f"% of a core (ratio full/empty {probe_full / probe_empty if probe_empty else float('nan'):.2f})"))
+        rows.append((f"fleet process CPU idle, empty / {vps:,} VPS",
+                     f"{fleet_empty:.1f} / {fleet_idle:.1f} % of a core"))
+        rows.append((f"controllers CPU idle with {vps:,} VPS", f"{ctl_idle:.1f} % of a core"))
+        heartbeats = sum(1 for kv in store.kv_range(f"{store.root}/nodes/", keys_only=True)[0]
+                         if kv.key.endswith("/heartbeat"))
+        rows.append(("node heartbeats present at the end", f"{heartbeats} of {nodes + 1}"))
+        return _section(rows)
     finally:
         poller.stop()
         for p in reversed(procs):
             _stop(p)
         store.close()
         etcd.stop()
+
+
+def _progress(row: tuple[str, str]) -> None:
+    print(f"<!-- fleet: {row[0]}: {row[1]} -->", file=sys.stderr, flush=True)
+
+
+def _section(rows: list[tuple[str, str]]) -> str:
     table = "\n".join(f"| {k} | {v} |" for k, v in rows)
     return textwrap.dedent("""\
         ## Fleet

@@ -18,6 +18,7 @@ from controllers.events import read_events
 from controllers.manager import Manager, Settings
 from reconcile import keys
 from reconcile.errors import Conflict, NotFound
+from reconcile.etcd_server import EtcdServer
 from reconcile.leader import LeaderElector
 from reconcile.store import Store, encode
 from specs.domain import DomainSpec, ObservedDomain
@@ -295,3 +296,41 @@ def test_deposed_leader_cannot_write(store: Store) -> None:
     finally:
         m.stop()
         elector.stop()
+
+
+def test_events_are_bounded_and_repeats_counted(store: Store) -> None:
+    """A repeated event bumps its count; an object keeps at most `limit` events, newest last."""
+    from controllers.events import EventRecorder
+
+    rec = EventRecorder(store, clock=lambda: datetime.now(UTC), limit=3)
+    rec.load()
+    for _ in range(3):
+        rec.record("VPS", "web-1", "Warning", "FailedScheduling", "no room")
+    for i in range(5):
+        rec.record("VPS", "web-1", "Normal", "Step", f"step {i}")
+    events = read_events(store, "VPS", "web-1")
+    assert [e["message"] for e in events] == ["step 2", "step 3", "step 4"]
+    rec2 = EventRecorder(store, clock=lambda: datetime.now(UTC), limit=3).start()
+    rec2.load()
+    rec2.record("VPS", "web-1", "Normal", "Step", "step 4")
+    rec2.stop()
+    events = read_events(store, "VPS", "web-1")
+    assert events[-1]["count"] == 2 and len(events) == 3
+
+
+def test_converges_across_an_etcd_restart(etcd: EtcdServer) -> None:
+    """Controllers keep working through an etcd restart: a VPS created afterwards is scheduled and resolved."""
+    store = Store(etcd.endpoint)
+    m = Manager(store, settings=FAST)
+    try:
+        seed(store)
+        heartbeat(store, "n1", ttl=60)
+        m.start()
+        wait_for(lambda: desired(store, "n1", "web-1"), what="desired entry")
+        etcd.restart()
+        store.create(b.vps("web-2"))
+        spec = wait_for(lambda: desired(store, "n1", "web-2"), timeout=40, what="desired entry after restart")
+        assert spec.network.ipv4 is not None and spec.network.ipv4.address == "192.0.2.3"
+    finally:
+        m.stop()
+        store.close()
