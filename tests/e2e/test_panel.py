@@ -40,17 +40,20 @@ def _ok(r: httpx.Response) -> Any:
 @pytest.fixture(scope="module")
 def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     """`hostplane up` with two plans, an image and customers alice and bob (bob owns one server)."""
-    up = UpProcess(tmp_path_factory.mktemp("panel"))
+    tmp = tmp_path_factory.mktemp("panel")
+    disk = tmp / "debian-12.raw"
+    disk.write_bytes(b"\0" * 4096)
+    up = UpProcess(tmp)
     try:
         token = up.wait_ready()
         with _admin(up.base, token) as api:
-            for name, vcpus, mem, disk, amount in (("small", 1, 512, 10, "5.00"), ("large", 2, 2048, 40, "20.00"),
-                                                   ("tiny", 1, 256, 5, "2.00")):
+            for name, vcpus, mem, gib, amount in (("small", 1, 512, 10, "5.00"), ("large", 2, 2048, 40, "20.00"),
+                                                  ("tiny", 1, 256, 5, "2.00")):
                 _ok(api.post("/v1/plans", json={"metadata": {"name": name}, "spec": {
-                    "vcpus": vcpus, "memoryMiB": mem, "diskGiB": disk,
+                    "vcpus": vcpus, "memoryMiB": mem, "diskGiB": gib,
                     "price": {"amount": amount, "currency": "EUR"}}}))
             _ok(api.post("/v1/images", json={"metadata": {"name": "debian-12"}, "spec": {
-                "os": "Debian", "version": "12", "source": {"path": "/var/lib/hostplane/images/debian-12.qcow2"}}}))
+                "os": "Debian", "version": "12", "source": {"path": str(disk), "format": "raw"}}}))
             for who in ("alice", "bob"):
                 _ok(api.post("/v1/customers", json={"metadata": {"name": who}, "spec": {
                     "email": f"{who}@example.com", "displayName": who.title(), "creditLimit": "100"}}))
