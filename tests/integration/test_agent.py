@@ -372,3 +372,81 @@ def test_full_pool_reported_then_recovers(node: Node, image: DomainImage) -> Non
     assert obs.power == "Absent"
     agent.hv.storage.min_free_bytes = 0
     node.wait("web-1", ready(gen), "converged once there is room", timeout=20)
+
+
+def test_image_from_url_fetched_once_for_concurrent_vps(node: Node, tmp_path: Path) -> None:
+    """Two VPS on one URL image at once share a single download (a loopback HTTP server counts requests)."""
+    import http.server
+    import threading
+
+    hits: list[str] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            hits.append(self.path)
+            time.sleep(0.3)  # slow enough for both reconciles to ask at once
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(IMAGE_BYTES)))
+            self.end_headers()
+            self.wfile.write(IMAGE_BYTES)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/tiny.qcow2"
+        image = DomainImage(name="tiny-url", url=url, sha256=hashlib.sha256(IMAGE_BYTES).hexdigest())
+        node.start(workers=2)
+        gens = {vps: node.put(make_spec(image, vps=vps)) for vps in ("a-1", "a-2")}
+        for vps, gen in gens.items():
+            node.wait(vps, ready(gen), f"{vps} ready")
+        assert hits == ["/tiny.qcow2"]
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+def test_seed_rebuilt_when_identity_changes(node: Node, image: DomainImage) -> None:
+    """New SSH keys rebuild the seed (its hash is recorded on the domain); the disk is kept."""
+    from nodeagent.metadata import from_domain_xml
+    from nodeagent.plan import seed_hash
+
+    node.start()
+    spec = make_spec(image)
+    node.wait("web-1", ready(node.put(spec)), "ready")
+    changed = spec.model_copy(update={"sshKeys": ["ssh-ed25519 AAAAC3NzaNEW new@h"]})
+    gen = node.put(changed)
+    node.wait("web-1", ready(gen), "converged with new keys")
+    meta = from_domain_xml(node.domain(spec).XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
+    assert meta is not None and meta.seed_hash == seed_hash(changed) != seed_hash(spec)
+
+
+def test_run_agent_entry_point_runs_until_stopped(etcd_session: object, tmp_path: Path, image: DomainImage) -> None:
+    """run_agent serves its node until the stop event is set, then returns having revoked its heartbeat."""
+    import threading
+
+    from nodeagent.main import run_agent
+
+    endpoint = etcd_session.endpoint  # type: ignore[attr-defined]
+    node_name = "entry-" + uuid.uuid4().hex[:6]
+    uri = simulated_node_xml(tmp_path / "node.xml")
+    stop = threading.Event()
+    t = threading.Thread(target=run_agent, kwargs={"etcd": endpoint, "node": node_name, "libvirt_uri": uri,
+                                                   "data_dir": tmp_path / "d", "stop": stop})
+    t.start()
+    with Store(endpoint) as s:
+        try:
+            spec = make_spec(image)
+            gen = s.kv_put(keys.desired_key(node_name, spec.vps, s.root), spec.model_dump_json().encode())
+            wait_for(lambda: (kv := s.kv_get(keys.observed_key(node_name, spec.vps, s.root))) is not None
+                     and ObservedDomain.model_validate_json(kv.value).observedGeneration == gen, what="converged")
+        finally:
+            stop.set()
+            t.join(20)
+        assert not t.is_alive()
+        assert s.kv_get(keys.heartbeat_key(node_name, s.root)) is None
+        s.kv_delete(keys.node_prefix(node_name, s.root), prefix=True)
