@@ -231,9 +231,11 @@ class Agent:
             found.add(meta.vps)
         for vps in found | set(self.informer.items()) | set(self._reported):
             self.enqueue(vps, 0)
-        keep = {domain_name(s.uid) for s in self.informer.items().values()}
+        def wanted(name: str) -> bool:
+            return name in {domain_name(s.uid) for s in self.informer.items().values()}
+
         try:
-            removed = self.hv.delete_orphan_volumes(keep)
+            removed = self.hv.delete_orphan_volumes(wanted)
         except (libvirt.libvirtError, AgentError) as exc:
             log.warning("agent %s: orphan volume scan failed: %s", self.node, exc)
             return

@@ -375,16 +375,19 @@ class Hypervisor:
             note("ClockNotSynced", f"guest clock not re-synced after unpause (no guest agent): "
                                    f"{exc.get_error_message()}")
 
-    def delete_orphan_volumes(self, keep_names: set[str]) -> list[str]:
-        """Root disks and seeds whose domain is gone and whose VPS is not desired here."""
+    def delete_orphan_volumes(self, wanted: Callable[[str], bool]) -> list[str]:
+        """Root disks and seeds whose domain is gone and whose VPS is not desired here.
+
+        `wanted(domain_name)` is asked at deletion time, so a VPS that became desired while the scan
+        ran keeps the disk its reconcile may just have created.
+        """
         st = self._storage()
-        defined = {dom.name() for dom, _ in self.all_domains()}
         removed = []
         for vol in st.volume_names():
             if not vol.startswith("hp-"):
                 continue
             owner = vol.removesuffix("-root.qcow2").removesuffix("-seed.iso")
-            if owner == vol or owner in defined or owner in keep_names:
+            if owner == vol or wanted(owner) or self.lookup(owner) is not None:
                 continue
             st.delete_volume(vol)
             removed.append(vol)
