@@ -236,3 +236,20 @@ def test_store_fails_over_to_a_live_member(etcd_session: EtcdServer) -> None:
     finally:
         store.kv_delete(store.root + "/", prefix=True)
         store.close()
+
+
+def test_writes_whose_replies_time_out_are_applied_once(etcd: EtcdServer) -> None:
+    """With a deadline so short that replies get lost, retried creates and updates still land exactly once."""
+    store = Store(etcd.endpoint, timeout=0.002, retry_seconds=30.0)
+    checker = Store(etcd.endpoint)
+    try:
+        for i in range(20):
+            created = store.create(plan(f"p{i}"))
+            store.update(created.model_copy(update={"spec": created.spec.model_copy(update={"vcpus": 3})}))
+        kvs, _ = checker.kv_range(checker.root + "/specs/plans/")
+        assert len(kvs) == 20
+        assert {kv.version for kv in kvs} == {2}, "each object written exactly twice: create, then update"
+        assert {p.spec.vcpus for p in checker.list(Plan).items} == {3}
+    finally:
+        store.close()
+        checker.close()
