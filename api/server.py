@@ -35,6 +35,7 @@ from api.deps import AppState, Settings, State, authenticate
 from api.errors import PROBLEM_JSON, ApiError, Forbidden, Problem, problem_for
 from api.hub import WatchHub
 from api.metrics import ApiMetrics, MetricsMiddleware
+from api.openapi import build_openapi
 from api.ratelimit import LoginThrottle, TokenBuckets
 from api.sessions import Sessions
 from reconcile.errors import StoreError
@@ -161,6 +162,7 @@ def create_app(store: Store, *, max_body_bytes: int = 1024 * 1024, heartbeat_sec
         app.include_router(router)
     app.include_router(objects.router)
     app.include_router(billing_routes.router)
+    app.openapi = lambda: build_openapi(app)  # type: ignore[method-assign]  # bodies, answers, errors: api.openapi
     return app
 
 
