@@ -54,6 +54,8 @@ def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
                     "price": {"amount": amount, "currency": "EUR"}}}))
             _ok(api.post("/v1/images", json={"metadata": {"name": "debian-12"}, "spec": {
                 "os": "Debian", "version": "12", "source": {"path": str(disk), "format": "raw"}}}))
+            _ok(api.post("/v1/ippools", json={"metadata": {"name": "public"}, "spec": {
+                "cidr": "192.0.2.0/24", "gateway": "192.0.2.1", "ipv6Prefix": "2001:db8::/64"}}))
             for who in ("alice", "bob"):
                 _ok(api.post("/v1/customers", json={"metadata": {"name": who}, "spec": {
                     "email": f"{who}@example.com", "displayName": who.title(), "creditLimit": "100"}}))

@@ -51,6 +51,12 @@ export function badge(text, tone) {
   return h('span', { class: `badge ${tone || PHASE_TONE[label] || 'idle'}` }, label);
 }
 
+// A subscription's billing state; "Pending" until billing has written one.
+export function subState(sub) {
+  const state = sub && sub.status && sub.status.state;
+  return state ? badge(state) : h('span', { class: 'badge busy', title: 'Billing has not reported a state yet' }, 'Pending');
+}
+
 export function when(iso) {
   if (!iso) return '—';
   const d = new Date(iso);

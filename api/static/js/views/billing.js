@@ -2,7 +2,7 @@
 
 import { h, render } from '../dom.js';
 import * as api from '../api.js';
-import { alertBox, badge, money, pageHeader, table, when } from '../ui.js';
+import { alertBox, money, pageHeader, subState, table, when } from '../ui.js';
 
 export function ledgerPanel(customer, live, { compact = false } = {}) {
   const box = h('div', { class: 'ledger' }, h('p', { class: 'muted' }, 'Loading…'));
@@ -74,7 +74,7 @@ export function billingView(container, ctx) {
   const paint = () => {
     render(subs, h('h2', { id: 'subs-h' }, 'Subscriptions'), table(['Subscription', 'Plan', 'State', 'Paid until'],
       live.list('Subscription').map((s) => h('tr', null, h('td', null, s.metadata.name), h('td', null, s.spec.plan),
-        h('td', null, badge((s.status && s.status.state) || 'Active'),
+        h('td', null, subState(s),
           s.status && s.status.suspendReason ? ` (${s.status.suspendReason})` : ''),
         h('td', null, when(s.status && s.status.paidUntil)))), { empty: 'No subscriptions.', caption: 'Subscriptions' }));
   };

@@ -5,7 +5,7 @@ import { h, render } from '../dom.js';
 import * as api from '../api.js';
 import {
   alertBox, badge, busy, dialog, field, fromMinor, mib, money, moneyMinor, pageHeader, planSummary, price,
-  table, toMinor, toast, when,
+  subState, table, toMinor, toast, when,
 } from '../ui.js';
 
 // ------------------------------------------------------------------ lookups
@@ -197,9 +197,16 @@ function rebuildDialog(live, vps) {
   });
 }
 
-function deleteDialog(vps, after) {
+// An operator deletes the VPS object; a customer may not, so for a customer "delete" cancels
+// the subscription: billing terminates it at once and deletes the server after retention.
+function deleteDialog(live, vps, operator, after) {
   const name = vps.metadata.name;
+  const sub = subscriptionOf(live, vps);
   let input;
+  const what = operator
+    ? `The server ${name}, its disk and everything on it are deleted now, and its IP addresses are released.`
+    : `Deleting cancels its subscription${sub ? ` ${sub.metadata.name}` : ''}: ${name} is shut off at once and billing `
+      + 'stops; the server, its disk with everything on it and its IP addresses are deleted after the retention period.';
   return dialog({
     title: `Delete ${name}?`,
     confirmLabel: 'Delete for good',
@@ -207,18 +214,21 @@ function deleteDialog(vps, after) {
     tone: 'danger',
     body: (confirm) => {
       confirm.disabled = true;
-      input = h('input', { type: 'text', autocomplete: 'off', spellcheck: 'false' });
+      input = h('input', { type: 'text', name: 'confirm-name', autocomplete: 'off', spellcheck: 'false' });
       input.addEventListener('input', () => { confirm.disabled = input.value !== name; });
-      return h('div', null,
-        h('p', null, `The server ${name}, its disk and everything on it are deleted, and its IP addresses are released. `
-          + 'This cannot be undone.'),
+      return h('div', null, h('p', null, what), h('p', { class: 'strong' }, 'This cannot be undone.'),
         field(`Type ${name} to confirm`, input));
     },
     action: async () => {
       if (input.value !== name) throw new Error(`Type ${name} exactly to confirm.`);
-      await api.del(`/v1/vps/${api.enc(name)}`);
-      expect(name, 'Deleting…', () => false);
-      toast(`${name} is being deleted.`);
+      if (operator) {
+        await api.del(`/v1/vps/${api.enc(name)}`);
+      } else {
+        if (!sub) throw new Error('The subscription of this server is not known yet; try again in a moment.');
+        await api.patch(`/v1/subscriptions/${api.enc(sub.metadata.name)}`, { spec: { cancelled: true } });
+      }
+      expect(name, 'Deleting…', (v) => phaseOf(v) === 'Terminating' || phaseOf(v) === 'Stopped');
+      toast(operator ? `${name} is being deleted.` : `${name} is cancelled: it is shut off now and deleted after retention.`);
       after();
     },
   });
@@ -258,7 +268,7 @@ export function serverView(container, ctx) {
         h('div', null, h('dt', null, 'Location'), h('dd', null, regionOf(live, vps))),
         h('div', null, h('dt', null, 'Power wanted'), h('dd', null, vps.spec.powerState)),
         a.vcpus ? h('div', null, h('dt', null, 'Running with'), h('dd', null, `${a.vcpus} vCPU · ${mib(a.memoryMiB)} · ${a.diskGiB} GiB`)) : null,
-        sub ? h('div', null, h('dt', null, 'Subscription'), h('dd', null, sub.metadata.name, ' ', badge((sub.status && sub.status.state) || 'Active'))) : null,
+        sub ? h('div', null, h('dt', null, 'Subscription'), h('dd', null, sub.metadata.name, ' ', subState(sub))) : null,
         operator && sub ? h('div', null, h('dt', null, 'Customer'), h('dd', null, h('a', { href: `/ops/customers/${encodeURIComponent(sub.spec.customer)}` }, sub.spec.customer))) : null),
       notes.length ? h('ul', { class: 'notes' }, notes.map((n) => h('li', null, n))) : null);
 
@@ -288,7 +298,8 @@ export function serverView(container, ctx) {
         btn('reboot', 'Reboot', simple('reboot', 'Reboot', 'Rebooting…', 'reboot'), { disabled: !running || suspended }),
         btn('resize', 'Resize…', () => plan && resizeDialog(live, vps, plan), { disabled: !plan }),
         btn('rebuild', 'Rebuild…', () => rebuildDialog(live, vps), { tone: 'danger-outline' }),
-        btn('delete', 'Delete…', () => deleteDialog(vps, () => ctx.navigate(back)), { tone: 'danger-outline' })));
+        btn('delete', 'Delete…', () => deleteDialog(live, vps, operator, () => ctx.navigate(back)), {
+          tone: 'danger-outline', disabled: !operator && sub && sub.spec.cancelled })));
   };
 
   let timer = null;
@@ -400,7 +411,10 @@ export function billingBanner(session) {
   const paint = () => {
     const subs = live.list('Subscription');
     const me = live.list('Customer')[0];
-    const suspended = subs.filter((s) => s.status && s.status.state === 'Suspended');
+    // Billing's state of the subscription, or the servers themselves reporting the suspension
+    // (the VPS status can get there first: the resolver reads an operator's suspension directly).
+    const pausedSubs = new Set(live.list('VPS').filter((v) => phaseOf(v) === 'Suspended').map((v) => v.spec.subscription));
+    const suspended = subs.filter((s) => (s.status && s.status.state === 'Suspended') || pausedSubs.has(s.metadata.name));
     const overdue = subs.filter((s) => s.status && s.status.state === 'Overdue');
     if (!suspended.length && !overdue.length) { el.replaceChildren(); return; }
     const currency = (me && me.spec.currency) || 'EUR';
@@ -411,7 +425,7 @@ export function billingBanner(session) {
     const bal = `Balance: ${fromMinor(balance, currency)} ${currency}.`;
     let text;
     if (suspended.length) {
-      const reasons = [...new Set(suspended.map((s) => s.status.suspendReason || s.spec.suspend || 'nonpayment'))];
+      const reasons = [...new Set(suspended.map((s) => (s.status && s.status.suspendReason) || s.spec.suspend || 'nonpayment'))];
       const byOperator = reasons.some((r) => r !== 'nonpayment');
       text = byOperator
         ? `Suspended (${reasons.join(', ')}): ${suspended.length} subscription(s) are suspended by an operator and their servers are paused. Contact support to lift it.`

@@ -2,7 +2,7 @@
 
 import { h } from '../dom.js';
 import * as api from '../api.js';
-import { alertBox, busy, field } from '../ui.js';
+import { busy, field } from '../ui.js';
 
 export function loginView({ onSignedIn }) {
   let mode = 'password';

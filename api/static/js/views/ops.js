@@ -2,7 +2,7 @@
 
 import { h, render } from '../dom.js';
 import * as api from '../api.js';
-import { alertBox, ago, badge, bar, busy, dialog, field, pageHeader, table, toast, when } from '../ui.js';
+import { alertBox, ago, badge, bar, busy, dialog, field, pageHeader, subState, table, toast, when } from '../ui.js';
 import { imageLabel, ipsOf, phaseBadge, phaseOf, planName, serverCard, subscriptionOf } from './customer.js';
 import { ledgerPanel } from './billing.js';
 
@@ -188,7 +188,7 @@ export function customerView(container, ctx) {
       const held = s.spec.suspend;
       const note = (s.metadata.annotations || {})['hostplane.io/suspend-note'];
       return h('li', { class: 'sub', 'data-name': s.metadata.name },
-        h('div', { class: 'server-head' }, h('strong', null, s.metadata.name), badge(st.state || 'Active')),
+        h('div', { class: 'server-head' }, h('strong', null, s.metadata.name), subState(s)),
         h('div', { class: 'muted' }, `plan ${s.spec.plan}`, st.suspendReason ? ` · reason ${st.suspendReason}` : '',
           st.paidUntil ? ` · paid until ${when(st.paidUntil)}` : ''),
         held ? h('div', { class: 'hint' }, `Operator suspension: ${held}${note ? ` — ${note}` : ''}`) : null,
