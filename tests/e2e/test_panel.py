@@ -154,6 +154,11 @@ def test_customer_orders_stops_is_suspended_live_and_sees_only_own_servers(syste
         page.check("dialog input[name=plan][value=large]")
         assert "prorated to the hour" in page.inner_text("dialog")
         page.keyboard.press("Escape")
+        page.click("button[data-key=rebuild]")
+        warning = page.inner_text("dialog")
+        assert "Everything on its 10 GiB disk is erased" in warning and "Debian 12" in warning
+        page.keyboard.press("Escape")
+        page.wait_for_selector("dialog", state="detached")
 
         page.click("a:has-text('My servers')")
         page.wait_for_selector("li.server[data-name=alice-web]")
@@ -193,6 +198,29 @@ def test_customer_orders_stops_is_suspended_live_and_sees_only_own_servers(syste
         ops.goto(f"{base}/ops/servers")
         ops.wait_for_selector(f"tr[data-name='{bob_vps}']")
         _shot(ops, "operator-servers-desktop")
+        ops.goto(f"{base}/ops/events?kind=VPS&name=alice-web")
+        ops.wait_for_selector("td:has-text('Scheduled')")
+
+        # Lifting the suspension clears the customer's banner, live.
+        ops.goto(f"{base}/ops/customers/alice")
+        ops.click("li.sub button:has-text('Lift suspension')")
+        ops.wait_for_selector("li.sub button:has-text('Suspend…')")
+        page.wait_for_selector("[data-testid=billing-banner]", state="detached", timeout=30_000)
+
+        # Delete asks for the server's name before it does anything; for a customer it cancels the subscription.
+        page.click("a[href='/servers/alice-web']")
+        page.click("button[data-key=delete]")
+        confirm = page.locator("dialog button:has-text('Delete for good')")
+        assert confirm.is_disabled()
+        page.fill("dialog input[name=confirm-name]", "alice-we")
+        assert confirm.is_disabled()
+        page.fill("dialog input[name=confirm-name]", "alice-web")
+        confirm.click()
+        page.wait_for_url(f"{base}/servers")
+        with _admin(base, system["token"]) as api:
+            vps = _ok(api.get("/v1/vps/alice-web"))
+            assert _ok(api.get(f"/v1/subscriptions/{vps['spec']['subscription']}"))["spec"]["cancelled"] is True
+        assert page.evaluate("window.__sameDocument === true")
         assert not errors, errors
     finally:
         alice_ctx.close()
