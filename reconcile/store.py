@@ -392,36 +392,40 @@ class Store:
             raise Conflict(key)
         return bool(res.gets and res.gets[0])
 
-    # Requests are built as protobuf messages directly: the client library's helper layers
-    # cost more CPU than the etcd round trip's own client side.
+    # Requests are filled in place as protobuf messages: the client library's helpers, and even
+    # protobuf constructors taking sub-messages (which copy them), cost more CPU than the rest
+    # of a store call together.
     @staticmethod
-    def _compare(c: Compare) -> Any:
+    def _fill_compare(msg: Any, c: Compare) -> None:
+        msg.key = c.key.encode()
         if isinstance(c, ModIs):
-            return etcdrpc.Compare(result=etcdrpc.Compare.EQUAL, target=etcdrpc.Compare.MOD,
-                                   key=c.key.encode(), mod_revision=c.revision)
-        if isinstance(c, Exists):
-            return etcdrpc.Compare(result=etcdrpc.Compare.GREATER, target=etcdrpc.Compare.VERSION,
-                                   key=c.key.encode(), version=0)
-        if isinstance(c, CreatedAt):
-            return etcdrpc.Compare(result=etcdrpc.Compare.EQUAL, target=etcdrpc.Compare.CREATE,
-                                   key=c.key.encode(), create_revision=c.revision)
-        return etcdrpc.Compare(result=etcdrpc.Compare.EQUAL, target=etcdrpc.Compare.VALUE,
-                               key=c.key.encode(), value=c.value)
+            msg.target = etcdrpc.Compare.MOD
+            msg.mod_revision = c.revision
+        elif isinstance(c, Exists):
+            msg.result = etcdrpc.Compare.GREATER
+            msg.target = etcdrpc.Compare.VERSION
+            msg.version = 0
+        elif isinstance(c, CreatedAt):
+            msg.target = etcdrpc.Compare.CREATE
+            msg.create_revision = c.revision
+        else:
+            msg.target = etcdrpc.Compare.VALUE
+            msg.value = c.value
 
     @staticmethod
-    def _op(op: Op) -> Any:
+    def _fill_op(msg: Any, op: Op) -> None:
         if isinstance(op, Put):
-            if len(op.value) > MAX_VALUE_BYTES:
-                raise TooLarge(
-                    f"{op.key}: value of {len(op.value)} bytes exceeds {MAX_VALUE_BYTES}"
-                )
-            return etcdrpc.RequestOp(request_put=etcdrpc.PutRequest(
-                key=op.key.encode(), value=op.value, lease=op.lease or 0))
-        end = _prefix_end(op.key) if op.prefix else b""
-        if isinstance(op, Delete):
-            return etcdrpc.RequestOp(request_delete_range=etcdrpc.DeleteRangeRequest(
-                key=op.key.encode(), range_end=end))
-        return etcdrpc.RequestOp(request_range=etcdrpc.RangeRequest(key=op.key.encode(), range_end=end))
+            put = msg.request_put
+            put.key = op.key.encode()
+            put.value = op.value
+            if op.lease:
+                put.lease = op.lease
+            return
+        req = msg.request_delete_range if isinstance(op, Delete) else msg.request_range
+        req.SetInParent()
+        req.key = op.key.encode()
+        if op.prefix:
+            req.range_end = _prefix_end(op.key)
 
     def txn(self, compares: Sequence[Compare], success: Sequence[Op],
             failure: Sequence[Op] = ()) -> TxnResult:
@@ -436,11 +440,16 @@ class Store:
     def _txn_response(self, compares: Sequence[Compare], success: Sequence[Op],
                       failure: Sequence[Op] = ()) -> Any:
         """The raw TxnResponse, for readers of many keys that skip the KV copies."""
-        request = etcdrpc.TxnRequest(
-            compare=[self._compare(c) for c in compares],
-            success=[self._op(o) for o in success],
-            failure=[self._op(o) for o in failure],
-        )
+        for op in (*success, *failure):
+            if isinstance(op, Put) and len(op.value) > MAX_VALUE_BYTES:
+                raise TooLarge(f"{op.key}: value of {len(op.value)} bytes exceeds {MAX_VALUE_BYTES}")
+        request = etcdrpc.TxnRequest()
+        for c in compares:
+            self._fill_compare(request.compare.add(), c)
+        for o in success:
+            self._fill_op(request.success.add(), o)
+        for o in failure:
+            self._fill_op(request.failure.add(), o)
         return self._call(
             lambda: self._client.kvstub.Txn(request, self.timeout, metadata=self._client.metadata))
 
