@@ -196,6 +196,9 @@ export class Live {
     this.retry += 1;
     this.setState('reconnecting');
     const delay = Math.min(10000, 500 * 2 ** Math.min(this.retry - 1, 5));
+    // A stream cannot say why it failed; after a few tries ask whether the session is still
+    // valid (a 401 there signs the panel out instead of retrying for ever).
+    if (this.retry === 3) get('/v1/auth/whoami').catch(() => {});
     clearTimeout(this.timer);
     this.timer = setTimeout(() => this.watch(), delay);
   }
