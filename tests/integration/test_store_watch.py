@@ -118,9 +118,14 @@ def test_watch_resumes_after_etcd_restart_without_loss_or_duplicates(
             store.kv_put(f"{prefix}{i}", b"before")
         assert got.wait_for(lambda c: len(c.events) == 5)
         etcd.kill()
+        # Issued while etcd is down: each write waits in the store's retry until etcd is back.
+        writer = threading.Thread(target=lambda: [store.kv_put(f"{prefix}{i}", b"during") for i in range(5, 8)])
+        writer.start()
+        time.sleep(0.5)
         etcd.start()
-        # Written while the watch is still reconnecting.
-        for i in range(5, 10):
+        writer.join(20)
+        # Written while the watch may still be reconnecting.
+        for i in range(8, 10):
             store.kv_put(f"{prefix}{i}", b"after")
         assert got.wait_for(lambda c: len(c.events) >= 10, timeout=20)
         time.sleep(0.3)  # a duplicate would show up here
