@@ -11,7 +11,7 @@ import threading
 import time
 from pathlib import Path
 
-from reconcile.etcd_server import EtcdServer
+from reconcile.etcd_server import EtcdServer, free_port
 from reconcile.informer import Informer
 from reconcile.leader import LeaderElector
 from reconcile.store import Store
@@ -76,9 +76,11 @@ def test_informer_relists_after_compaction(etcd: EtcdServer) -> None:
         s.kv_put("/c/keep", b"1")
         s.kv_put("/c/gone", b"1")
         assert _wait(lambda: len(inf.items()) == 2)
-        # Stop the watch's progress by compacting while it is disconnected: restart etcd
-        # and write, delete and compact before the watch can resume.
+        # While the informer cannot reach etcd (it knows only the old client port), change
+        # and compact through another port, then bring etcd back where the informer looks.
         etcd.stop()
+        informer_port = etcd.client_port
+        etcd.client_port = free_port()
         etcd.start()
         s2 = Store(etcd.endpoint)
         s2.kv_delete("/c/gone")
@@ -87,6 +89,9 @@ def test_informer_relists_after_compaction(etcd: EtcdServer) -> None:
             s2.kv_put("/c/churn", str(i).encode())
         s2.compact(s2.revision())
         s2.close()
+        etcd.stop()
+        etcd.client_port = informer_port
+        etcd.start()
         assert _wait(lambda: inf.items() == {"keep": "1", "new": "2", "churn": "4"}, 15)
         assert "gone" in deleted
         assert inf.relists >= 1
