@@ -137,6 +137,8 @@ def _operations() -> dict[tuple[str, str], tuple[dict[str, Any] | None, dict[str
                                                                "402": {"description": "Balance and credit do not "
                                                                        "cover the first period"}}),
         ("get", "/v1/audit"): (None, {"200": _json(_ref("AuditList"), "Audit records, oldest first")}),
+        ("get", "/metrics"): (None, {"200": {"description": "Prometheus text format", "content": {
+            "text/plain": {"schema": {"type": "string"}}}}}),
         ("post", "/v1/customers/{name}/payments"): (_body(_ANY_OBJECT), {}),
         ("post", "/v1/webhooks/payments/{provider}"): (_body(_ANY_OBJECT), {}),
         ("post", "/v1/webhooks/external-billing"): (_body(_ANY_OBJECT), {}),
