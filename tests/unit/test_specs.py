@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from specs import KINDS, dump_json, dump_yaml, json_schema, load_documents, validate_object
@@ -233,7 +233,7 @@ def test_every_kind_has_a_strategy() -> None:
     assert set(STRATEGIES) == set(KINDS)
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(doc=any_document)
 def test_valid_documents_validate_as_their_kind(doc: dict[str, Any]) -> None:
     """A document built valid validates as the kind it names."""
@@ -241,7 +241,7 @@ def test_valid_documents_validate_as_their_kind(doc: dict[str, Any]) -> None:
     assert doc["kind"] == obj.KIND
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(doc=any_document)
 def test_yaml_round_trip(doc: dict[str, Any]) -> None:
     """dump_yaml then load_documents gives back an equal object."""
@@ -251,7 +251,7 @@ def test_yaml_round_trip(doc: dict[str, Any]) -> None:
     assert type(back.obj) is type(obj)
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(doc=any_document)
 def test_json_round_trip(doc: dict[str, Any]) -> None:
     """dump_json then validate_object of the parsed JSON gives back an equal object."""
@@ -259,7 +259,7 @@ def test_json_round_trip(doc: dict[str, Any]) -> None:
     assert validate_object(json.loads(dump_json(obj)), "<json>") == obj
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(docs=st.lists(any_document, min_size=1, max_size=5))
 def test_multi_document_yaml_round_trip_keeps_order_and_lines(docs: list[dict[str, Any]]) -> None:
     """A multi-document YAML stream comes back in order, each document with its starting line."""
@@ -272,7 +272,7 @@ def test_multi_document_yaml_round_trip_keeps_order_and_lines(docs: list[dict[st
         assert lines[d.line - 1].startswith(("apiVersion:", "kind:", "---")) or d.line == 1
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(doc=any_document)
 def test_json_text_is_yaml_too(doc: dict[str, Any]) -> None:
     """A JSON document (as the API or an editor writes it) loads through load_documents."""
@@ -281,7 +281,7 @@ def test_json_text_is_yaml_too(doc: dict[str, Any]) -> None:
     assert back.obj == obj
 
 
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(doc=any_document)
 def test_dump_is_a_fixed_point(doc: dict[str, Any]) -> None:
     """Dumping a loaded dump gives the same text: the canonical form is stable."""
@@ -308,7 +308,7 @@ def test_json_schema_of_an_unknown_kind_names_the_known_ones() -> None:
         json_schema("Flavor")
 
 
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(docs=st.lists(any_document, min_size=1, max_size=4))
 def test_json_array_of_objects_loads_as_documents(docs: list[dict[str, Any]]) -> None:
     """dump_json of a list is read back by load_documents as one document per element."""
