@@ -142,3 +142,22 @@ def test_text_from_the_api_is_shown_as_text_never_run(page: Any) -> None:
     assert XSS in page.inner_text("form.order")
     assert page.locator("form.order img").count() == 0 and page.locator("form.order b").count() == 0
     assert page.evaluate("window.__xss === undefined")
+
+
+def test_an_order_the_balance_cannot_cover_fails_with_a_clear_message(page: Any) -> None:
+    """Ordering a plan above balance plus credit shows the server's reason next to the form and creates nothing."""
+    page.click("a:has-text('Order a server')")
+    page.check("input[name=plan][value=big]")
+    assert page.inner_text("[data-testid=first-period]") == "40.32 EUR"
+    page.fill("input[name=hostname]", "big.example.com")
+    page.click("form.order button[type=submit]")
+    error = page.wait_for_selector("form.order .form-error [role=alert]")
+    assert "Not enough funds" in error.inner_text()
+    assert page.url.endswith("/order")
+    assert page.locator("form.order button[type=submit]").is_enabled()  # progress ended with the answer
+    page.fill("input[name=hostname]", "Not A Hostname")
+    page.click("form.order button[type=submit]")
+    page.wait_for_selector("form.order .form-error [role=alert]:has-text('Hostname')")
+    page.click("nav a:has-text('My servers')")
+    page.wait_for_selector("li.server[data-name=carol-web]")
+    assert page.locator("li.server").count() == 1
