@@ -6,7 +6,7 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
@@ -16,12 +16,14 @@ from specs.money import CURRENCY_EXPONENT
 currencies = st.sampled_from(sorted(CURRENCY_EXPONENT))
 
 
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(minor=st.integers(-(10**14), 10**14), currency=currencies)
 def test_format_then_parse_is_identity(minor: int, currency: str) -> None:
     """to_minor(format_minor(m)) == m for every amount and currency."""
     assert to_minor(format_minor(minor, currency), currency) == minor
 
 
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(cents=st.integers(0, 10**9))
 def test_two_digit_floats_convert_through_their_shortest_repr(cents: int) -> None:
     """A float as YAML hands it over (12.5, 0.1) converts to exactly the cents it was written as."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from reconcile.selector import Requirement, matches, parse_selector
@@ -55,6 +55,7 @@ keys = st.from_regex(r"\A[a-z][a-z0-9.-]{0,8}[a-z0-9](/[a-z0-9]{1,5})?\Z")
 values = st.from_regex(r"\A[A-Za-z0-9]{0,6}\Z")
 
 
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(labels=st.dictionaries(keys, values, min_size=1, max_size=5))
 def test_an_objects_own_labels_select_it(labels: dict[str, str]) -> None:
     """The selector written from an object's labels parses back and matches that object."""
