@@ -633,14 +633,16 @@ class Store:
         seen = self._recall(skey)
         fast = rv_text is not None and seen is not None and str(seen.mod_revision) == rv_text
         stored: dict[str, Any] | None = None
+        status_read: KV | None = None
         if fast and seen is not None:
             rv, stored_raw, stored = seen.mod_revision, seen.value, seen.doc
         else:
-            res = self.txn([], [Get(skey)])
+            res = self.txn([], [Get(skey), Get(tkey)])
             if not res.gets[0]:
                 self._forget(skey)
                 raise NotFound(f"{cls.KIND} {obj.name!r} not found")
             kv = res.gets[0][0]
+            status_read = res.gets[1][0] if res.gets[1] else None
             self._remember(skey, kv.mod_revision, kv.value)
             rv, stored_raw = kv.mod_revision, kv.value
             if rv_text is not None and rv_text != str(rv):
@@ -661,34 +663,47 @@ class Store:
         if meta.get("deletionTimestamp") is not None and not meta.get("finalizers"):
             self._remove(cls, obj.name, rv)
             return obj.model_copy(update={"metadata": _kept_meta(obj.metadata, meta, None)})
-        if doc == stored:
-            return obj.model_copy(update={
-                "metadata": ObjectMeta.model_validate({**meta, "resourceVersion": str(rv)}),
-                "status": self._read_status(cls, tkey)})
-        value = encode(doc)
         compares: list[Compare] = [ModIs(skey, rv)]
         if fast:
             compares.append(ValueIs(skey, stored_raw))
+        if doc == stored:
+            # Nothing to write, but a stale read must still be told so (Conflict), as a write would.
+            if not fast:
+                status = self._parse_status(cls, None if status_read is None else status_read.value)
+                return obj.model_copy(update={"metadata": _kept_meta(obj.metadata, meta, rv), "status": status})
+            res = self.txn(compares, [Get(tkey)], [Get(skey)])
+            if res.succeeded:
+                status = self._parse_status(cls, res.gets[0][0].value if res.gets[0] else None)
+                return obj.model_copy(update={"metadata": _kept_meta(obj.metadata, meta, rv), "status": status})
+            return self._lost(obj, res, rv, fast)
+        value = encode(doc)
         res = self.txn(compares, [Put(skey, value), Get(tkey)], [Get(skey)])
         if res.succeeded:
             rev = res.revision
             status = self._parse_status(cls, res.gets[0][0].value if res.gets[0] else None)
         else:
             current = res.gets[0][0] if res.gets and res.gets[0] else None
-            if current is None:
-                self._forget(skey)
-                raise NotFound(f"{cls.KIND} {obj.name!r} not found")
-            if current.value != value:
-                self._remember(skey, current.mod_revision, current.value)
-                if fast and current.mod_revision == rv:
-                    return self.update(obj)  # the remembered bytes were wrong: read and decide again
-                raise Conflict(f"{cls.KIND} {obj.name!r} was modified (resourceVersion "
-                               f"{current.mod_revision}, not {rv}); re-read and retry")
+            if current is None or current.value != value:
+                return self._lost(obj, res, rv, fast)
             # A retried write whose first attempt landed: our bytes are there.
             rev = current.mod_revision
             status = self._read_status(cls, tkey)
         self._remember(skey, rev, value, doc)
         return obj.model_copy(update={"metadata": _kept_meta(obj.metadata, meta, rev), "status": status})
+
+    def _lost(self, obj: R, res: TxnResult, rv: int, fast: bool) -> R:
+        """An update's compare failed: NotFound, Conflict, or (wrong remembered bytes) try again."""
+        cls = type(obj)
+        skey = keys.spec_key(cls, obj.name, self.root)
+        current = res.gets[0][0] if res.gets and res.gets[0] else None
+        if current is None:
+            self._forget(skey)
+            raise NotFound(f"{cls.KIND} {obj.name!r} not found")
+        self._remember(skey, current.mod_revision, current.value)
+        if fast and current.mod_revision == rv:
+            return self.update(obj)  # the remembered bytes were wrong: decide again on the real ones
+        raise Conflict(f"{cls.KIND} {obj.name!r} was modified (resourceVersion "
+                       f"{current.mod_revision}, not {rv}); re-read and retry")
 
     def _read_status(self, cls: type[Resource], tkey: str) -> Any:
         kv = self.kv_get(tkey)

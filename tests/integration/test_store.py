@@ -376,3 +376,18 @@ def test_a_corrupt_stored_value_is_a_store_error_naming_the_key(store: Store) ->
         with pytest.raises(StoreError, match="stored value is not a valid Plan") as info:
             call()
         assert key in str(info.value) and not isinstance(info.value, NotFound)
+
+
+def test_unchanged_update_from_a_stale_read_is_conflict(store: Store) -> None:
+    """Re-sending an object as read after someone else changed it is Conflict, not a silent no-op."""
+    other = Store(store.endpoints, root=store.root)
+    try:
+        mine = store.create(plan("stale"))
+        other.update(with_vcpus(other.get(Plan, "stale"), 9))
+        with pytest.raises(Conflict):
+            store.update(mine)
+        with pytest.raises(Conflict):
+            other.update(mine)
+        assert store.get(Plan, "stale").spec.vcpus == 9
+    finally:
+        other.close()
