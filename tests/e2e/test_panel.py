@@ -120,6 +120,8 @@ def test_customer_orders_stops_is_suspended_live_and_sees_only_own_servers(syste
         page = alice_ctx.new_page()
         errors: list[str] = []
         page.on("pageerror", lambda e: errors.append(str(e)))
+        # The page runs under a strict CSP: a blocked script or style would show up here.
+        page.on("console", lambda m: errors.append(m.text) if "Content Security Policy" in m.text else None)
         _sign_in_customer(page, base, "alice@example.com")
         assert page.locator(f"li.server[data-name='{bob_vps}']").count() == 0
         assert "bob" not in page.inner_text("main").lower()

@@ -60,12 +60,10 @@ async function whoami() {
   try {
     return await api.get('/v1/auth/whoami', { quiet401: true });
   } catch (error) {
-    // Servers without a whoami endpoint yet: an operator token still works if it can list nodes.
-    if (error.status === 404 && api.token()) {
-      await api.get('/v1/nodes', { quiet401: true });
-      return { role: 'admin', customer: null, name: 'operator' };
+    if (error.status === 401 || error.status === 403) {
+      api.setToken(null); // a stored token that no longer works is dropped
+      return null;
     }
-    if (error.status === 401 || error.status === 403 || error.status === 404) return null;
     throw error;
   }
 }

@@ -46,11 +46,7 @@ export function loginView({ onSignedIn }) {
         if (!/^hpt_[0-9a-f]+_\S+$/.test(value)) throw new Error('That does not look like a Hostplane token (hpt_…).');
         api.setToken(value);
         try {
-          who = await api.get('/v1/auth/whoami', { quiet401: true }).catch(async (e) => {
-            if (e.status !== 404) throw e;
-            await api.get('/v1/nodes', { quiet401: true });
-            return { role: 'admin', customer: null, name: 'operator' };
-          });
+          who = await api.get('/v1/auth/whoami', { quiet401: true });
         } catch (e) {
           api.setToken(null);
           if (e.status === 401) throw new Error('The token is not valid (revoked, expired or mistyped).');
