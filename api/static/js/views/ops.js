@@ -6,6 +6,9 @@ import { alertBox, ago, badge, bar, busy, dialog, field, pageHeader, subState, t
 import { imageLabel, ipsOf, phaseBadge, phaseOf, planName, serverCard, subscriptionOf } from './customer.js';
 import { ledgerPanel } from './billing.js';
 
+// A fleet has thousands of servers; redrawing them all on every status change would stall
+// the page, and nobody reads past a few hundred rows without filtering.
+const MAX_ROWS = 500;
 const PHASES = ['Pending', 'Scheduled', 'Provisioning', 'Running', 'Stopped', 'Paused', 'Suspended', 'Resizing',
   'Terminating', 'Failed', 'Unknown'];
 
@@ -79,7 +82,10 @@ export function serversView(container, ctx) {
     const shown = all.filter((v) => (!filters.node || (v.status && v.status.node) === filters.node)
       && (!filters.customer || customerOf(live, v) === filters.customer)
       && (!filters.phase || phaseOf(v) === filters.phase));
-    count.textContent = `${shown.length} of ${all.length} servers`;
+    count.textContent = shown.length > MAX_ROWS
+      ? `${shown.length} of ${all.length} servers; the first ${MAX_ROWS} are listed, narrow them with the filters`
+      : `${shown.length} of ${all.length} servers`;
+    shown.length = Math.min(shown.length, MAX_ROWS);
     const wide = window.matchMedia('(min-width: 900px)').matches;
     if (!wide) {
       render(list, shown.length ? h('ul', { class: 'servers' }, shown.map((v) => serverCard(live, v, {
@@ -109,18 +115,24 @@ export function serversView(container, ctx) {
 export function customersView(container, ctx) {
   const { live } = ctx;
   const list = h('div');
-  container.append(pageHeader('Customers'), list);
+  const count = h('p', { class: 'muted', role: 'status' });
+  container.append(pageHeader('Customers'), count, list);
   const paint = () => {
-    const subs = live.list('Subscription');
-    const servers = live.list('VPS');
-    render(list, table(['Customer', 'E-mail', 'State', 'Balance', 'Servers'], live.list('Customer').map((c) => {
-      const mine = new Set(subs.filter((s) => s.spec.customer === c.metadata.name).map((s) => s.metadata.name));
+    const owner = new Map(live.list('Subscription').map((s) => [s.metadata.name, s.spec.customer]));
+    const servers = new Map();
+    for (const v of live.list('VPS')) {
+      const who = owner.get(v.spec.subscription);
+      servers.set(who, (servers.get(who) || 0) + 1);
+    }
+    const customers = live.list('Customer');
+    count.textContent = customers.length > MAX_ROWS ? `${customers.length} customers; the first ${MAX_ROWS} are listed` : '';
+    render(list, table(['Customer', 'E-mail', 'State', 'Balance', 'Servers'], customers.slice(0, MAX_ROWS).map((c) => {
       const st = c.status || {};
       return h('tr', null,
         h('td', null, h('a', { href: `/ops/customers/${encodeURIComponent(c.metadata.name)}`, 'data-key': c.metadata.name }, c.spec.displayName || c.metadata.name)),
         h('td', null, c.spec.email), h('td', null, badge(st.state || 'Active')),
         h('td', { class: 'num' }, `${st.balance || '0.00'} ${c.spec.currency}`),
-        h('td', { class: 'num' }, String(servers.filter((v) => mine.has(v.spec.subscription)).length)));
+        h('td', { class: 'num' }, String(servers.get(c.metadata.name) || 0)));
     }), { empty: 'No customers.', caption: 'Customers' }));
   };
   paint();
