@@ -231,6 +231,7 @@ class Agent:
             found.add(meta.vps)
         for vps in found | set(self.informer.items()) | set(self._reported):
             self.enqueue(vps, 0)
+
         def wanted(name: str) -> bool:
             return name in {domain_name(s.uid) for s in self.informer.items().values()}
 

@@ -64,6 +64,17 @@ class Harness:
         p = self.logs / f"{domain_name(spec.uid)}.log"
         return p.read_text(errors="replace") if p.exists() else ""
 
+    def mark(self, spec: DomainSpec) -> int:
+        return len(self.serial(spec))
+
+    def wait_booted(self, spec: DomainSpec, mark: int, what: str) -> str:
+        """Wait for a boot that finished after `mark` (the log may also have been started afresh)."""
+        def booted() -> str | None:
+            log = self.serial(spec)
+            new = log[mark:] if len(log) >= mark else log
+            return new if "hostplane-guest: ready" in new else None
+        return wait_for(booted, timeout=90, interval=0.2, what=what)
+
     def state(self, spec: DomainSpec) -> int:
         return int(self.conn.lookupByName(domain_name(spec.uid)).state()[0])
 
@@ -109,7 +120,7 @@ def _qemu_pid(name: str) -> int | None:
 
 @pytest.mark.timeout(420)
 def test_vps_lifecycle_on_qemu(harness: Harness) -> None:
-    """Create, serial identity, pause/resume, live vCPU, online disk grow, crash restart, stop, rebuild, delete."""
+    """Create, serial identity, pause/resume, reboot, live vCPU, disk grow, crash restart, stop, rebuild, delete."""
     h = harness
     spec = h.spec()
     name = domain_name(spec.uid)
@@ -131,6 +142,20 @@ def test_vps_lifecycle_on_qemu(harness: Harness) -> None:
     obs = h.wait(lambda o: o.power == "Running" and o.observedGeneration == gen, "resumed")
     assert any(c.type == "ClockSynced" and c.status == "False" for c in obs.conditions)
 
+    # a reboot of the guest (a reset, as the hypervisor sees a reboot from inside) is not taken for a stop
+    mark = h.mark(spec)
+    h.conn.lookupByName(name).reset(0)
+    powers: set[str] = set()
+
+    def rebooted() -> bool:
+        o = h.observed()
+        if o is not None:
+            powers.add(o.power)
+        return "hostplane-guest: ready" in h.serial(spec)[mark:]
+
+    wait_for(rebooted, timeout=60, interval=0.1, what="guest rebooted")
+    assert powers == {"Running"} and h.state(spec) == libvirt.VIR_DOMAIN_RUNNING
+
     # live vCPU increase and online disk grow
     grown = spec.model_copy(update={"vcpus": 2, "diskGiB": 2})
     gen = h.put(grown)
@@ -143,9 +168,11 @@ def test_vps_lifecycle_on_qemu(harness: Harness) -> None:
     # a QEMU crash is restarted (after the 10 s backoff), not left off
     pid = _qemu_pid(name)
     assert pid is not None
+    mark = h.mark(spec)
     os.kill(pid, signal.SIGKILL)
     h.wait(lambda o: o.power == "Crashed", "crash seen", timeout=20)
     h.wait(lambda o: o.power == "Running", "restarted after crash", timeout=40)
+    h.wait_booted(spec, mark, "booted after the crash restart")
 
     # stop: ACPI, the guest powers off by itself
     began = time.monotonic()
@@ -155,10 +182,11 @@ def test_vps_lifecycle_on_qemu(harness: Harness) -> None:
     assert time.monotonic() - began < 20, "the guest should obey ACPI well before the grace period"
 
     # rebuild: a fresh root disk, same identity, boots again
+    mark = h.mark(spec)
     gen = h.put(grown.model_copy(update={"rebuildGeneration": 1}))
     obs = h.wait(lambda o: _ready(gen)(o) and o.rebuildGeneration == 1 and o.power == "Running", "rebuilt")
     assert obs.diskGiB == 2
-    wait_for(lambda: h.serial(spec).count("hostplane-guest: ready") >= 3, timeout=60, what="booted again")
+    h.wait_booted(spec, mark, "booted again after the rebuild")
 
     # delete: nothing left in libvirt or the pool
     h.store.kv_delete(keys.desired_key(h.node, "e2e-1", h.store.root))
