@@ -14,10 +14,11 @@ decides), and never block the event loop: deliveries are handed to each stream's
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import threading
-from collections import deque
+from collections import defaultdict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -150,7 +151,8 @@ class WatchHub:
         self._store = store
         self._buffer: deque[HubEvent] = deque()
         self._buffer_events = buffer_events
-        self._subscribers: dict[int, Deliver] = {}
+        # handle -> (the stream's event loop, its in-loop callback)
+        self._subscribers: dict[int, tuple[asyncio.AbstractEventLoop, Deliver]] = {}
         self._next_id = 0
         self._lock = threading.Lock()
         self._start_lock = threading.Lock()
@@ -203,30 +205,41 @@ class WatchHub:
                     self.floor = self._buffer.popleft().revision
             subscribers = list(self._subscribers.values())
         if batch:
-            for deliver in subscribers:
-                deliver(("hub", batch))
+            self._dispatch(subscribers, ("hub", batch))
+
+    @staticmethod
+    def _dispatch(subscribers: list[tuple[asyncio.AbstractEventLoop, Deliver]], item: tuple[str, Any]) -> None:
+        # One wake-up per event loop, not per stream: with hundreds of streams on one loop,
+        # a thread-safe call each would cost a self-pipe write apiece.
+        by_loop: dict[asyncio.AbstractEventLoop, list[Deliver]] = defaultdict(list)
+        for loop, deliver in subscribers:
+            by_loop[loop].append(deliver)
+        for loop, delivers in by_loop.items():
+            with contextlib.suppress(RuntimeError):  # that loop is closed: its streams are gone
+                loop.call_soon_threadsafe(_fan_out, delivers, item)
 
     def _on_compacted(self, revision: int) -> None:
         # The hub fell behind compaction (etcd was away long): every stream must re-list.
         with self._lock:
             subscribers = list(self._subscribers.values())
             self._subscribers.clear()
-        for deliver in subscribers:
-            deliver(("compacted", revision))
+        self._dispatch(subscribers, ("compacted", revision))
         with self._start_lock:
             self._watch = None
             if not self._stopped:
                 threading.Thread(target=self.start, name="watch-hub-resync", daemon=True).start()
 
-    def subscribe(self, after: int, deliver: Deliver) -> tuple[int, list[HubEvent]] | None:
+    def subscribe(self, after: int, deliver: Deliver,
+                  loop: asyncio.AbstractEventLoop) -> tuple[int, list[HubEvent]] | None:
         """Register a stream wanting events after `after`: (handle, buffered events), or None when
-        the buffer does not reach back that far (the caller then watches etcd itself)."""
+        the buffer does not reach back that far (the caller then watches etcd itself).
+        `deliver` is called on `loop` and must not block."""
         with self._lock:
             if self._watch is None or after < self.floor:
                 return None
             backlog = [e for e in self._buffer if e.revision > after]
             self._next_id += 1
-            self._subscribers[self._next_id] = deliver
+            self._subscribers[self._next_id] = (loop, deliver)
             return self._next_id, backlog
 
     def unsubscribe(self, handle: int) -> None:
@@ -242,3 +255,8 @@ class WatchHub:
     def subscribers(self) -> int:
         with self._lock:
             return len(self._subscribers)
+
+
+def _fan_out(delivers: list[Deliver], item: tuple[str, Any]) -> None:
+    for deliver in delivers:
+        deliver(item)

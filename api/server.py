@@ -29,7 +29,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api import actions, audit, billing_routes, objects, orders, panel, principals, watch
-from api.audit import AuditMiddleware
+from api.audit import AuditMiddleware, AuditWriter
 from api.auth import TokenVerifier, ensure_admin_token
 from api.deps import AppState, Settings, State, authenticate
 from api.errors import PROBLEM_JSON, ApiError, Forbidden, Problem, problem_for
@@ -103,6 +103,7 @@ def create_app(store: Store, *, max_body_bytes: int = 1024 * 1024, heartbeat_sec
                      login_throttle=login_throttle or LoginThrottle(),
                      hub=WatchHub(store))
     metrics = ApiMetrics()
+    audit_writer = AuditWriter(store)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -113,6 +114,7 @@ def create_app(store: Store, *, max_body_bytes: int = 1024 * 1024, heartbeat_sec
             yield
         finally:
             auth_watch.stop(timeout=0)
+            audit_writer.stop()
             if state.hub is not None:
                 state.hub.stop()
             if state.ready_store is not None:
@@ -125,7 +127,7 @@ def create_app(store: Store, *, max_body_bytes: int = 1024 * 1024, heartbeat_sec
         lifespan=lifespan,
     )
     app.state.hostplane = state
-    app.add_middleware(AuditMiddleware, store=store)
+    app.add_middleware(AuditMiddleware, store=store, writer=audit_writer)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     panel.install(app)  # the web panel at / (api/panel.py); never shadows an API path
     for exc_type in (ApiError, SpecError, StoreError, Exception):

@@ -122,8 +122,7 @@ async def watch(request: Request, state: State, caller: Caller,
     queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
     overflowed = threading.Event()
 
-    def deliver(item: tuple[str, Any]) -> None:
-        # Called on a watch thread; the loop may already be gone when a client left.
+    def deliver_in_loop(item: tuple[str, Any]) -> None:
         # A client that reads slower than etcd changes would make the queue grow without
         # bound: past the limit it is told to re-list instead.
         if overflowed.is_set():
@@ -131,8 +130,12 @@ async def watch(request: Request, state: State, caller: Caller,
         if queue.qsize() > _MAX_PENDING_BATCHES:
             overflowed.set()
             item = ("overflow", None)
+        queue.put_nowait(item)
+
+    def deliver(item: tuple[str, Any]) -> None:
+        # Called on a private watch's thread; the loop may already be gone when a client left.
         with contextlib.suppress(RuntimeError):
-            loop.call_soon_threadsafe(queue.put_nowait, item)
+            loop.call_soon_threadsafe(deliver_in_loop, item)
 
     customer = caller.customer if caller.role == "customer" else None
 
@@ -141,7 +144,7 @@ async def watch(request: Request, state: State, caller: Caller,
             return False
         return customer is None or e.audience in (EVERYONE, customer)
 
-    subscribed = hub.subscribe(after, deliver)
+    subscribed = hub.subscribe(after, deliver_in_loop, loop)
     private = None
     if subscribed is None:
         # Older than the hub's buffer: this stream reads etcd from that revision itself.
@@ -150,7 +153,7 @@ async def watch(request: Request, state: State, caller: Caller,
             on_events=lambda evs, _rev: deliver(("events", hub.translate_private(evs))),
             on_compacted=lambda rev: deliver(("compacted", rev)))
     else:
-        deliver(("events", subscribed[1]))
+        deliver_in_loop(("events", subscribed[1]))
     heartbeat = state.settings.heartbeat_seconds
     start_from = after
 
@@ -168,30 +171,37 @@ async def watch(request: Request, state: State, caller: Caller,
             yield f"retry: 2000\n: watching from revision {start_from}\n\n"
             while True:
                 try:
-                    what, payload = await asyncio.wait_for(queue.get(), heartbeat)
+                    items = [await asyncio.wait_for(queue.get(), heartbeat)]
                 except TimeoutError:
-                    what, payload = "heartbeat", None
-                if time.monotonic() - checked >= _RECHECK_SECONDS or what == "heartbeat":
+                    items = [("heartbeat", None)]
+                # Everything already queued goes out in one write: under load a stream sends
+                # one chunk per wake-up, not one per event.
+                while not queue.empty():
+                    items.append(queue.get_nowait())
+                if time.monotonic() - checked >= _RECHECK_SECONDS or items[0][0] == "heartbeat":
                     checked = time.monotonic()
                     if not await still_allowed():
                         yield "event: unauthorized\ndata: {\"type\": \"UNAUTHORIZED\"}\n\n"
                         return
-                if what == "heartbeat":
-                    yield ": heartbeat\n\n"
-                    continue
-                if what == "compacted":
-                    body = {"type": "COMPACTED", "compactRevision": payload,
-                            "message": "the requested revision is compacted; list again and watch from its "
-                                       "resourceVersion"}
-                    yield f"event: compacted\ndata: {json.dumps(body)}\n\n"
-                    return
-                if what == "overflow" or overflowed.is_set():
-                    body = {"type": "RELIST", "message": "this stream fell too far behind; list again and watch "
-                                                         "from its resourceVersion"}
-                    yield f"event: relist\ndata: {json.dumps(body)}\n\n"
-                    return
-                for frame in frames(payload, start_from, visible):
-                    yield frame
+                out: list[str] = []
+                for what, payload in items:
+                    if what == "heartbeat":
+                        out.append(": heartbeat\n\n")
+                    elif what == "compacted":
+                        body = {"type": "COMPACTED", "compactRevision": payload,
+                                "message": "the requested revision is compacted; list again and watch from its "
+                                           "resourceVersion"}
+                        yield "".join(out) + f"event: compacted\ndata: {json.dumps(body)}\n\n"
+                        return
+                    elif what == "overflow" or overflowed.is_set():
+                        body = {"type": "RELIST", "message": "this stream fell too far behind; list again and "
+                                                             "watch from its resourceVersion"}
+                        yield "".join(out) + f"event: relist\ndata: {json.dumps(body)}\n\n"
+                        return
+                    else:
+                        out.extend(frames(payload, start_from, visible))
+                if out:
+                    yield "".join(out)
         finally:
             if subscribed is not None:
                 hub.unsubscribe(subscribed[0])

@@ -101,3 +101,22 @@ def test_cli_tokens_passwords_actions_orders_and_audit(env: Env, hp: Run, store:
     assert log.exit_code == 0 and "/v1/vps/acme-web/actions/stop" in log.output and "customer:acme" in log.output
     as_json = json.loads(hp("audit", "-o", "json", "--limit", "2").output)
     assert len(as_json) == 2
+
+
+def test_concurrent_mutations_each_get_exactly_one_record(env: Env, store: Store) -> None:
+    """Forty writes at once (records batched into shared transactions): forty records, one per write."""
+    import concurrent.futures
+
+    admin = env.client("admin")  # made once, before the threads share it
+
+    def stop_start(i: int) -> int:
+        action = "stop" if i % 2 else "start"
+        return admin.post(f"/v1/vps/acme-web/actions/{action}").status_code
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        statuses = list(pool.map(stop_start, range(40)))
+    assert statuses == [202] * 40
+    recs = [r for r in records(store) if r["path"].startswith("/v1/vps/acme-web/actions/")]
+    assert len(recs) == 40 and sum(r["path"].endswith("/stop") for r in recs) == 20
+    kvs, _ = store.kv_range(audit_prefix(store.root))
+    assert len({kv.key for kv in kvs}) == len(kvs)
