@@ -123,7 +123,13 @@ export class Live {
 
   watchFetch() {
     const controller = new AbortController();
-    const stream = { close: () => controller.abort() };
+    let lastByte = performance.now();
+    // The server sends a heartbeat comment every 15 s; silence for much longer means a dead
+    // connection that TCP has not noticed yet.
+    const watchdog = setInterval(() => {
+      if (performance.now() - lastByte > 45000 && this.stream === stream) this.reconnect();
+    }, 5000);
+    const stream = { close: () => { clearInterval(watchdog); controller.abort(); } };
     this.stream = stream;
     const headers = { Accept: 'text/event-stream', ...authHeaders() };
     if (this.revision) headers['Last-Event-ID'] = String(this.revision);
@@ -136,6 +142,7 @@ export class Live {
       for (;;) {
         const { value, done } = await reader.read();
         if (done) break;
+        lastByte = performance.now();
         buffer += value;
         let end;
         while ((end = buffer.search(/\r?\n\r?\n/)) >= 0) {
