@@ -156,6 +156,8 @@ class WatchHub:
         self._next_id = 0
         self._lock = threading.Lock()
         self._start_lock = threading.Lock()
+        self._pending: dict[asyncio.AbstractEventLoop, list[tuple[list[Deliver], tuple[str, Any]]]] = {}
+        self._pending_lock = threading.Lock()
         self._watch: Watch | None = None
         self.owners = Owners()
         self.floor = -1  # every event after this revision is buffered or still to come
@@ -207,16 +209,42 @@ class WatchHub:
         if batch:
             self._dispatch(subscribers, ("hub", batch))
 
-    @staticmethod
-    def _dispatch(subscribers: list[tuple[asyncio.AbstractEventLoop, Deliver]], item: tuple[str, Any]) -> None:
-        # One wake-up per event loop, not per stream: with hundreds of streams on one loop,
-        # a thread-safe call each would cost a self-pipe write apiece.
+    def _dispatch(self, subscribers: list[tuple[asyncio.AbstractEventLoop, Deliver]], item: tuple[str, Any]) -> None:
+        """Hand `item` to every stream, one wake-up per event loop rather than per stream.
+
+        Batches that arrive while a loop has not yet run its last fan-out join it: under load
+        each stream then wakes once for many etcd batches (one write instead of many), and
+        when idle an event still goes out at once.
+        """
         by_loop: dict[asyncio.AbstractEventLoop, list[Deliver]] = defaultdict(list)
         for loop, deliver in subscribers:
             by_loop[loop].append(deliver)
         for loop, delivers in by_loop.items():
-            with contextlib.suppress(RuntimeError):  # that loop is closed: its streams are gone
-                loop.call_soon_threadsafe(_fan_out, delivers, item)
+            with self._pending_lock:
+                pending = self._pending.get(loop)
+                if pending is not None:
+                    pending.append((delivers, item))
+                    continue
+                self._pending[loop] = [(delivers, item)]
+            try:
+                loop.call_soon_threadsafe(self._fan_out, loop)
+            except RuntimeError:  # that loop is closed: its streams are gone
+                with self._pending_lock:
+                    self._pending.pop(loop, None)
+
+    def _fan_out(self, loop: asyncio.AbstractEventLoop) -> None:
+        with self._pending_lock:
+            pending = self._pending.pop(loop, [])
+        # Consecutive event batches for the same streams merge into one item per stream.
+        merged: list[tuple[list[Deliver], tuple[str, Any]]] = []
+        for delivers, item in pending:
+            if merged and item[0] == "hub" and merged[-1][1][0] == "hub" and merged[-1][0] == delivers:
+                merged[-1] = (delivers, ("hub", merged[-1][1][1] + item[1]))
+            else:
+                merged.append((delivers, item))
+        for delivers, item in merged:
+            for deliver in delivers:
+                deliver(item)
 
     def _on_compacted(self, revision: int) -> None:
         # The hub fell behind compaction (etcd was away long): every stream must re-list.
@@ -255,8 +283,3 @@ class WatchHub:
     def subscribers(self) -> int:
         with self._lock:
             return len(self._subscribers)
-
-
-def _fan_out(delivers: list[Deliver], item: tuple[str, Any]) -> None:
-    for deliver in delivers:
-        deliver(item)

@@ -170,8 +170,10 @@ async def watch(request: Request, state: State, caller: Caller,
         try:
             yield f"retry: 2000\n: watching from revision {start_from}\n\n"
             while True:
+                # asyncio.timeout, not wait_for: no task per wake-up (hundreds of streams share a loop).
                 try:
-                    items = [await asyncio.wait_for(queue.get(), heartbeat)]
+                    async with asyncio.timeout(heartbeat):
+                        items = [await queue.get()]
                 except TimeoutError:
                     items = [("heartbeat", None)]
                 # Everything already queued goes out in one write: under load a stream sends

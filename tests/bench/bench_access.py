@@ -115,15 +115,25 @@ async def writers_phase(port: int, token: str, tag: str) -> dict[str, Any]:
     return {"gets": gets, "puts": puts, "writes": writes, "errors": errors, "wall": wall}
 
 
-async def drive(port: int, admin: str, customer_tokens: list[str]) -> dict[str, Any]:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def drive(port: int, admin: str, customer_tokens: list[str], pid: int) -> dict[str, Any]:
+    cpu0 = cpu_seconds(pid)
     baseline = await writers_phase(port, admin, "base")
+    baseline["cpu"] = cpu_seconds(pid) - cpu0
     watchers = [Watcher(port, admin if i % 2 == 0 else customer_tokens[i % len(customer_tokens)])
                 for i in range(WATCHERS)]
     for w in watchers:
         w.start()
     await asyncio.wait_for(asyncio.gather(*(w.ready.wait() for w in watchers)), 60)
+    cpu0 = cpu_seconds(pid)
     loaded = await writers_phase(port, admin, "load")
     await asyncio.sleep(2.0)  # let the last events arrive
+    loaded["cpu"] = cpu_seconds(pid) - cpu0
     for w in watchers:
         w.stop()
     after_answer: list[float] = []
@@ -179,7 +189,7 @@ def run() -> str:
                     r = c.post("/v1/tokens", json={"role": "customer", "customer": f"c{i}"})
                     r.raise_for_status()
                     tokens.append(r.json()["token"])
-            res = asyncio.run(drive(port, admin, tokens))
+            res = asyncio.run(drive(port, admin, tokens, proc.pid))
         finally:
             proc.send_signal(signal.SIGTERM)
             try:
@@ -213,7 +223,11 @@ def report(res: dict[str, Any]) -> str:
         "| requests | n | p50 ms | p99 ms | errors |\n| --- | ---: | ---: | ---: | ---: |\n"
         f"{row('GET, baseline', b, 'gets')}\n{row('PUT, baseline', b, 'puts')}\n"
         f"{row(f'GET, {WATCHERS} watchers', ld, 'gets')}\n{row(f'PUT, {WATCHERS} watchers', ld, 'puts')}\n\n"
-        f"p99 with watchers / baseline: GET {ratio_get:.2f}x, PUT {ratio_put:.2f}x (targets: p99 <= 100 ms).\n\n"
+        f"p99 with watchers / baseline: GET {ratio_get:.2f}x, PUT {ratio_put:.2f}x (targets: p99 <= 100 ms).\n"
+        f"API process CPU: baseline {b['cpu']:.1f} s, with watchers {ld['cpu']:.1f} s (for "
+        f"{res['expected'] - res['missing']} deliveries: "
+        f"{max(0.0, ld['cpu'] - b['cpu']) / max(1, res['expected'] - res['missing']) * 1e6:.0f} us per event per "
+        "watcher).\n\n"
         "| write to event at every watcher | samples | p50 ms | p99 ms | max ms |\n"
         "| --- | ---: | ---: | ---: | ---: |\n"
         f"| after the PUT's answer | {len(res['after_answer'])} | {pct(res['after_answer'], 0.5):.1f} | "
