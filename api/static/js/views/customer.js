@@ -391,7 +391,9 @@ export function orderView(container, ctx) {
         throw e;
       });
       const vps = out && (typeof out.vps === 'string' ? out.vps : out.vps && out.vps.metadata && out.vps.metadata.name);
-      toast(`Ordered ${vps || 'your server'}. It is being set up.`);
+      const first = out && out.firstPeriod;
+      toast(`Ordered ${vps || 'your server'}. It is being set up.`
+        + (first && first.amount ? ` First period: ${money(first.amount, first.currency)}, charged by the hour.` : ''));
       ctx.navigate(vps ? `/servers/${encodeURIComponent(vps)}` : '/servers');
     }, { errorTarget: error });
   });
