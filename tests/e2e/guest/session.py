@@ -53,9 +53,11 @@ def _start_private_daemon(base: Path) -> tuple[str, subprocess.Popen[bytes]]:
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(base / "home"),
            "XDG_RUNTIME_DIR": str(base / "run"), "XDG_CONFIG_HOME": str(base / "c"),
            "XDG_CACHE_HOME": str(base / "home/.cache")}
+    # setpriv drops to `nobody` rather than Popen(user=...): that forces a plain fork, and a fork of a
+    # process with gRPC threads (the etcd client) can abort in the child before it execs.
+    cmd = ["setpriv", f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}", "--clear-groups", "libvirtd"]
     with open(base / "libvirtd.log", "wb") as log:
-        proc = subprocess.Popen(["libvirtd"], env=env, stdout=log, stderr=subprocess.STDOUT,
-                                user=user.pw_uid, group=user.pw_gid, extra_groups=[], start_new_session=True)
+        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     sock = base / "run" / "libvirt" / "libvirt-sock"
     uri = f"qemu:///session?socket={sock}"
     deadline = time.monotonic() + 20
