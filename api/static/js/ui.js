@@ -128,13 +128,14 @@ export function field(label, control, hint) {
     h('label', { for: id }, label), control, hint ? h('div', { class: 'hint', id: hintId }, hint) : null);
 }
 
-export function bar(label, used, total, unit = '') {
+export function bar(label, used, total, unit = '', format = null) {
   const pct = total > 0 ? Math.min(100, Math.round((used / total) * 100)) : 0;
+  const show = format || ((v) => `${v}${unit}`);
   const tone = pct >= 90 ? 'bad' : pct >= 70 ? 'warn' : 'ok';
   const fill = h('span', { class: `fill ${tone}` });
   fill.style.width = `${pct}%`;
   return h('div', { class: 'meter' },
-    h('div', { class: 'meter-label' }, h('span', null, label), h('span', null, `${used} / ${total}${unit} (${pct}%)`)),
+    h('div', { class: 'meter-label' }, h('span', null, label), h('span', null, `${show(used)} / ${show(total)} (${pct}%)`)),
     h('div', { class: 'track', role: 'meter', 'aria-label': label, 'aria-valuemin': 0, 'aria-valuemax': total,
       'aria-valuenow': used }, fill));
 }

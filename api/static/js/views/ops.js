@@ -19,6 +19,12 @@ function customerOf(live, vps) {
 
 // ------------------------------------------------------------------ nodes
 
+// MiB as GiB with one decimal where it matters (512 MiB is 0.5 GiB, not 1).
+function gib(mebibytes) {
+  const g = mebibytes / 1024;
+  return `${Number.isInteger(g) || g >= 100 ? Math.round(g) : g.toFixed(1)} GiB`;
+}
+
 export function nodesView(container, ctx) {
   const { live } = ctx;
   const list = h('div');
@@ -36,10 +42,10 @@ export function nodesView(container, ctx) {
       return h('li', { class: 'card node', 'data-name': n.metadata.name },
         h('div', { class: 'server-head' }, h('h2', null, n.metadata.name), badge(st.state || 'Unknown'),
           cordoned ? badge('Cordoned', 'warn') : null),
-        h('p', { class: 'muted' }, [region ? `Region ${region}` : null, `${alloc.vps || 0} servers`,
+        h('p', { class: 'muted' }, [region ? `Region ${region}` : null, `${alloc.vps || 0} server${alloc.vps === 1 ? '' : 's'}`,
           st.lastHeartbeat ? `heartbeat ${ago(st.lastHeartbeat)}` : 'no heartbeat yet'].filter(Boolean).join(' · ')),
         bar('vCPU', alloc.vcpus || 0, Math.floor(cap.vcpus * over.cpu)),
-        bar('Memory', Math.round((alloc.memoryMiB || 0) / 1024), Math.floor((cap.memoryMiB * over.memory) / 1024), ' GiB'),
+        bar('Memory', alloc.memoryMiB || 0, Math.floor(cap.memoryMiB * over.memory), '', gib),
         bar('Disk', alloc.diskGiB || 0, cap.diskGiB, ' GiB'),
         h('div', { class: 'button-row' },
           h('a', { href: `/ops/servers?node=${encodeURIComponent(n.metadata.name)}`, class: 'btn small' }, 'Servers'),
