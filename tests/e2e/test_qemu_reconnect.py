@@ -6,6 +6,7 @@ import json
 import os
 import pwd
 import shutil
+import signal
 import subprocess
 import tempfile
 import uuid
@@ -20,7 +21,7 @@ from reconcile import keys
 from reconcile.store import Store
 from specs.domain import DomainImage, DomainNetwork, DomainSpec, ObservedDomain
 from tests.e2e.guest.build import GuestImage
-from tests.e2e.guest.session import _cleanup, _start_private_daemon
+from tests.e2e.guest.session import _cleanup, _start_private_daemon, qemu_pids
 from tests.helpers.wait import wait_for
 
 pytestmark = pytest.mark.qemu
@@ -95,4 +96,7 @@ def test_agent_reconnects_after_libvirt_restart(store: Store, guest_image: Guest
         agent.stop()
         _cleanup(uri)
         _stop(proc)
+        # Should the daemon have died with the guest still up, the guest goes too (it is ours, by name).
+        for pid in qemu_pids(domain_name(spec.uid) + ","):
+            os.kill(pid, signal.SIGKILL)
         shutil.rmtree(base, ignore_errors=True)

@@ -132,3 +132,18 @@ def make_workdir(session: Session) -> Path:
     st = session.workdir.stat()
     os.chown(d, st.st_uid, st.st_gid)
     return d
+
+
+def qemu_pids(name_prefix: str) -> list[int]:
+    """PIDs of QEMU processes running guests whose libvirt name starts with `name_prefix`."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            cmd = Path(f"/proc/{entry}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"qemu-system" in cmd and f"guest={name_prefix}".encode() in cmd:
+            pids.append(int(entry))
+    return pids
