@@ -89,6 +89,7 @@ class Book:
         self._nodes: dict[str, tuple[NodeAllocation, int]] = {}
         self._ips: dict[str, set[str]] = {}
         self._macs: set[str] = set()
+        self._by_node: dict[str, set[str]] = {}
         self.cursors: dict[str, int] = {}
 
     def load(self) -> None:
@@ -110,8 +111,12 @@ class Book:
                 ips.setdefault(pool, set()).add(addr)
             elif kv.key.startswith(mp):
                 macs.add(kv.key[len(mp):])
+        by_node: dict[str, set[str]] = {}
+        for name, (b, _) in bookings.items():
+            by_node.setdefault(b.node, set()).add(name)
         with self.lock:
             self._bookings, self._nodes, self._ips, self._macs = bookings, nodes, ips, macs
+            self._by_node = by_node
 
     # ------------------------------------------------------------ reading
 
@@ -126,7 +131,7 @@ class Book:
 
     def on_node(self, node: str) -> list[str]:
         with self.lock:
-            return sorted(k for k, (b, _) in self._bookings.items() if b.node == node)
+            return sorted(self._by_node.get(node, ()))
 
     def allocated(self, node: str) -> Resources:
         with self.lock:
@@ -176,6 +181,7 @@ class Book:
         with self.lock:
             alloc = self._nodes.get(b.node, (NodeAllocation(), 0))[0]
             self._bookings[b.vps] = (b, revision)
+            self._by_node.setdefault(b.node, set()).add(b.vps)
             self._nodes[b.node] = (alloc.plus(b.resources, 1), revision)
             self._macs.add(b.mac)
             for pool, addr in _addresses(b):
@@ -230,6 +236,7 @@ class Book:
                 all_ops.append(Delete(layout.ip_key(pool, addr, self.root)))
             res = self._commit([ModIs(bkey, brev), ModIs(nkey, nrev), *compares], [*all_ops, *ops])
             del self._bookings[vps]
+            self._by_node.get(b.node, set()).discard(vps)
             if new_alloc.count <= 0:
                 self._nodes.pop(b.node, None)
             else:
