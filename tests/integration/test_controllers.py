@@ -334,3 +334,29 @@ def test_converges_across_an_etcd_restart(etcd: EtcdServer) -> None:
     finally:
         m.stop()
         store.close()
+
+
+def test_cordon_and_drain(store: Store, manager: Manager) -> None:
+    """A cordoned node takes no new VPS; a drained one also stops its domains until the drain is lifted."""
+    seed(store, nodes=2)
+    heartbeat(store, "n1")
+    heartbeat(store, "n2")
+    n2 = store.get(Node, "n2")
+    n2.spec.schedulable = False
+    store.update(n2)
+    manager.start()
+    spec = wait_for(lambda: desired(store, "n1", "web-1"), what="placed on n1")
+    assert desired(store, "n2", "web-1") is None
+    observe(store, "n1", spec)
+    n1 = store.get(Node, "n1")
+    n1.metadata.annotations[layout.DRAIN_ANNOTATION] = "true"
+    store.update(n1)
+    stopped = wait_for(lambda: (d := desired(store, "n1", "web-1")) and d.power == "Stopped" and d, what="drained")
+    assert stopped.powerReason == "node drained"
+    store.create(b.vps("web-2"))
+    wait_for(lambda: "NoSchedulableNode" in reasons(store, "web-2"), what="nothing schedulable")
+    n1 = store.get(Node, "n1")
+    del n1.metadata.annotations[layout.DRAIN_ANNOTATION]
+    store.update(n1)
+    wait_for(lambda: (d := desired(store, "n1", "web-1")) and d.power == "Running", what="drain lifted")
+    wait_for(lambda: desired(store, "n1", "web-2"), what="web-2 placed after the drain")
