@@ -131,7 +131,7 @@ async def login(request: Request, body: Body, state: State) -> JSONResponse:
     wait = state.login_throttle.wait(keys, time.monotonic())
     if wait > 0:
         raise TooManyRequests("too many failed logins; wait before trying again", retry_after=wait)
-    cust = await run_in_threadpool(check_login, state.store, email, password)
+    cust = await run_in_threadpool(lambda: check_login(state.store, email, password, slots=sessions.hash_slots))
     if cust is None:
         state.login_throttle.failed(keys, time.monotonic())
         raise Unauthorized("wrong e-mail or password")

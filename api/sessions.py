@@ -84,8 +84,13 @@ def _customer_by_email(store: Store, email: str) -> Customer | None:
     return None
 
 
-def check_login(store: Store, email: str, password: str) -> Customer | None:
-    """The customer whose e-mail and password these are, else None. Costs one argon2 verify either way."""
+def check_login(store: Store, email: str, password: str, *,
+                slots: threading.Semaphore | None = None) -> Customer | None:
+    """The customer whose e-mail and password these are, else None. Costs one argon2 verify either way.
+
+    `slots` bounds concurrent verifications: each holds 64 MiB for tens of milliseconds, so a
+    burst of logins must queue rather than exhaust memory.
+    """
     cust = _customer_by_email(store, email) if len(email) <= 254 else None
     kv = store.kv_get(password_key(store.root, cust.name)) if cust is not None else None
     stored = _DUMMY_HASH
@@ -95,7 +100,8 @@ def check_login(store: Store, email: str, password: str) -> Customer | None:
         except (ValueError, KeyError, TypeError):
             stored = _DUMMY_HASH
     ok = False
-    with contextlib.suppress(VerifyMismatchError, VerificationError, InvalidHashError):
+    with slots or contextlib.nullcontext(), \
+            contextlib.suppress(VerifyMismatchError, VerificationError, InvalidHashError):
         ok = _hasher.verify(stored, password[:MAX_PASSWORD])
     return cust if ok and kv is not None else None
 
@@ -103,8 +109,10 @@ def check_login(store: Store, email: str, password: str) -> Customer | None:
 class Sessions:
     """Creates, checks (with a short cache) and ends panel sessions."""
 
-    def __init__(self, store: Store, *, ttl_seconds: int = 12 * 3600, cache_seconds: float = 10.0) -> None:
+    def __init__(self, store: Store, *, ttl_seconds: int = 12 * 3600, cache_seconds: float = 10.0,
+                 concurrent_logins: int = 4) -> None:
         self._store = store
+        self.hash_slots = threading.BoundedSemaphore(concurrent_logins)
         self.ttl_seconds = ttl_seconds
         self._cache_seconds = cache_seconds
         self._cache: dict[str, tuple[float, dict[str, Any] | None]] = {}

@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from api.auth import create_token, token_key
+from api.ratelimit import LoginThrottle
 from api.server import create_app, serving
 from api.sessions import SESSION_COOKIE, set_password
 from reconcile.store import Store
@@ -139,17 +140,19 @@ def test_wrong_passwords_are_401_and_change_nothing(env: Env, store: Store) -> N
     problem(httpx.post(f"{env.url}/v1/auth/login", json={"email": 1, "password": 2}, timeout=10), 400)
 
 
-def test_login_brute_force_is_slowed(env: Env, store: Store) -> None:
+def test_login_brute_force_is_slowed(store: Store, tmp_path: Path) -> None:
     """After a few failures the account and the IP must wait (429 + Retry-After), even with the right password."""
-    set_password(store, "acme", "correct horse battery")
-    statuses = [login(env.url, "acme@example.com", f"guess-{i}-xxxxx").status_code for i in range(6)]
-    assert statuses[:3] == [401, 401, 401] and 429 in statuses[3:]
-    r = login(env.url, "acme@example.com", "correct horse battery")
-    assert problem(r, 429) and int(r.headers["retry-after"]) >= 1
-    # Another account from the same IP is slowed too (spraying).
-    problem(login(env.url, "globex@example.com", "guess-xxxxxxx"), 429)
-    wait_for(lambda: login(env.url, "acme@example.com", "correct horse battery").status_code == 200, timeout=15,
-             interval=0.5, what="the throttle to let the right password through")
+    # A fixed 4 s wait: long against a 429 (answered without hashing), short for the test.
+    with served(store, tmp_path, login_throttle=LoginThrottle(free=3, base_seconds=4, max_seconds=4)) as env:
+        set_password(store, "acme", "correct horse battery")
+        statuses = [login(env.url, "acme@example.com", f"guess-{i}-xxxxx").status_code for i in range(6)]
+        assert statuses == [401, 401, 401, 401, 429, 429]
+        r = login(env.url, "acme@example.com", "correct horse battery")
+        assert problem(r, 429) and int(r.headers["retry-after"]) >= 1
+        # Another account from the same IP is slowed too (spraying).
+        problem(login(env.url, "globex@example.com", "guess-xxxxxxx"), 429)
+        wait_for(lambda: login(env.url, "acme@example.com", "correct horse battery").status_code == 200,
+                 timeout=20, interval=0.5, what="the throttle to let the right password through")
 
 
 def test_password_route_is_staff_only_and_checked(env: Env) -> None:
