@@ -195,6 +195,12 @@ def _prefix_end(prefix: str) -> bytes:
 
 
 _TRANSIENT_CODES = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
+# etcd reports some passing conditions under other codes (a server-side timeout comes back as
+# UNKNOWN "context deadline exceeded", throttling as RESOURCE_EXHAUSTED): retry those too.
+_TRANSIENT_MESSAGES = (
+    "context deadline exceeded", "request timed out", "leader changed", "no leader",
+    "too many requests", "not capable",
+)
 
 
 def _translate(exc: BaseException) -> StoreError:
@@ -214,7 +220,7 @@ def _translate(exc: BaseException) -> StoreError:
     if isinstance(exc, grpc.RpcError):
         code = exc.code() if hasattr(exc, "code") else None
         details = exc.details() if hasattr(exc, "details") else str(exc)
-        if code in _TRANSIENT_CODES:
+        if code in _TRANSIENT_CODES or any(m in str(details) for m in _TRANSIENT_MESSAGES):
             return Unavailable(f"etcd unavailable: {details}")
         if code == grpc.StatusCode.NOT_FOUND:
             return NotFound(str(details))
