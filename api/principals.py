@@ -25,6 +25,7 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from api import access
+from api.audit import ACTOR_SCOPE_KEY
 from api.auth import ROLES, TokenError, TokenVerifier, create_token, list_tokens, parse_token, revoke_token
 from api.deps import CSRF_HEADER, Body, Caller, State
 from api.errors import BadRequest, Invalid, TooManyRequests, Unauthorized
@@ -137,7 +138,8 @@ async def login(request: Request, body: Body, state: State) -> JSONResponse:
         raise Unauthorized("wrong e-mail or password")
     state.login_throttle.succeeded(account)
     session_id = await run_in_threadpool(sessions.create, cust)
-    request.scope["hostplane.principal"] = None  # audited by e-mail hash, never by the session
+    # The audit record names the customer who logged in (never the session id).
+    request.scope[ACTOR_SCOPE_KEY] = {"role": "customer", "customer": cust.name, "via": "login"}
     name = cust.spec.displayName or cust.name
     resp = JSONResponse({"role": "customer", "customer": cust.name, "name": name},
                         headers={"Cache-Control": "no-store"})

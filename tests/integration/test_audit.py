@@ -120,3 +120,16 @@ def test_concurrent_mutations_each_get_exactly_one_record(env: Env, store: Store
     assert len(recs) == 40 and sum(r["path"].endswith("/stop") for r in recs) == 20
     kvs, _ = store.kv_range(audit_prefix(store.root))
     assert len({kv.key for kv in kvs}) == len(kvs)
+
+
+def test_successful_login_is_recorded_with_the_customer(env: Env, store: Store) -> None:
+    """A login that succeeds is recorded as that customer's; the session id is not in the record."""
+    from api.sessions import set_password
+
+    set_password(store, "acme", "a long password")
+    r = httpx.post(f"{env.url}/v1/auth/login", json={"email": "acme@example.com", "password": "a long password"},
+                   timeout=10)
+    assert r.status_code == 200
+    rec = [x for x in records(store) if x["path"] == "/v1/auth/login"][-1]
+    assert rec["actor"] == {"role": "customer", "customer": "acme", "via": "login"} and rec["status"] == 200
+    assert r.cookies["hostplane_session"] not in json.dumps(records(store))
