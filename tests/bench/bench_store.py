@@ -28,7 +28,8 @@ from typing import Any
 import pyetcd
 
 from reconcile.etcd_server import EtcdServer
-from reconcile.store import Store, WatchEvent, encode
+from reconcile.store import Store, WatchEvent
+from reconcile.store import _encode_doc as encode
 from specs import Plan
 
 N = 5000
