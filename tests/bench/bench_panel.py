@@ -220,6 +220,7 @@ def _fleet_load(browser: Any, url: str, token: str) -> list[float]:
 def run() -> str:
     from playwright.sync_api import sync_playwright
 
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="bench-panel-") as tmp, _api(Path(tmp)) as (url, token, endpoint):
         store = Store(endpoint)
         try:
@@ -252,7 +253,7 @@ def run() -> str:
         "## Panel\n\n"
         "`tests/bench/bench_panel.py`: one `hostplane api` process and a single-member etcd on loopback,\n"
         f"headless Debian Chromium, {os.cpu_count()} cores shared by all three; {SERVERS} servers of one customer,\n"
-        "no controllers.\n"
+        f"no controllers. Load average {load_before:.1f} before the run, {os.getloadavg()[0]:.1f} after.\n"
         f"First load: {LOADS} fresh browser contexts (empty cache). Bytes are Resource Timing `transferSize`\n"
         "(gzip bodies plus headers) of the document and every asset; interactive is navigation start to the\n"
         "first page drawn (`hostplane:route` mark).\n\n"

@@ -3,7 +3,7 @@
 import { h, render } from '../dom.js';
 import * as api from '../api.js';
 import { alertBox, ago, badge, bar, busy, dialog, field, pageHeader, subState, table, toast, when } from '../ui.js';
-import { imageLabel, ipsOf, phaseBadge, phaseOf, planName, serverCard, subscriptionOf } from './customer.js';
+import { imageLabel, ipsOf, pendingLabel, phaseBadge, phaseOf, planName, serverCard, subscriptionOf } from './customer.js';
 import { ledgerPanel } from './billing.js';
 
 // A fleet has thousands of servers; redrawing them all on every status change would stall
@@ -100,17 +100,31 @@ export function serversView(container, ctx) {
       }))) : h('p', { class: 'empty' }, 'No servers match.'));
       return;
     }
-    render(list, table(['Name', 'Phase', 'Customer', 'Node', 'IP', 'Plan', 'OS'], shown.map((v) => h('tr', { 'data-name': v.metadata.name },
+    render(list, table(['Name', 'Phase', 'Customer', 'Node', 'IP', 'Plan', 'OS'], shown.map(row),
+      { empty: 'No servers match.', caption: 'Servers' }));
+  };
+  // A change rewrites one VPS object and leaves the others as they were, so a row built for an
+  // object is still right while only VPS change: reuse it instead of rebuilding 500 rows a frame.
+  let rows = new WeakMap();
+  const row = (v) => {
+    const cached = rows.get(v);
+    if (cached) return cached;
+    const customer = customerOf(live, v);
+    const tr = h('tr', { 'data-name': v.metadata.name },
       h('td', null, h('a', { href: `/ops/servers/${encodeURIComponent(v.metadata.name)}`, 'data-key': `open-${v.metadata.name}` }, v.metadata.name)),
       h('td', null, phaseBadge(v)),
-      h('td', null, customerOf(live, v) ? h('a', { href: `/ops/customers/${encodeURIComponent(customerOf(live, v))}` }, customerOf(live, v)) : '—'),
+      h('td', null, customer ? h('a', { href: `/ops/customers/${encodeURIComponent(customer)}` }, customer) : '—'),
       h('td', null, (v.status && v.status.node) || '—'),
       h('td', { class: 'mono' }, ipsOf(v).join(', ') || '—'),
-      h('td', null, planName(live, v)), h('td', null, imageLabel(live, v.spec.image)))),
-    { empty: 'No servers match.', caption: 'Servers' }));
+      h('td', null, planName(live, v)), h('td', null, imageLabel(live, v.spec.image)));
+    if (!pendingLabel(v)) rows.set(v, tr); // a row with a pending action changes as time passes
+    return tr;
   };
   paint();
-  const off = live.on(paint);
+  const off = live.on((kinds) => {
+    if ([...kinds].some((k) => k !== 'VPS' && k !== '_state')) rows = new WeakMap();
+    paint();
+  });
   const media = window.matchMedia('(min-width: 900px)');
   media.addEventListener('change', paint);
   return { destroy: () => { off(); media.removeEventListener('change', paint); } };
