@@ -16,14 +16,16 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import logging
 import mimetypes
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+log = logging.getLogger(__name__)
 
 STATIC_DIR = Path(__file__).parent / "static"
 API_PATHS = ("/v1/", "/v1", "/docs", "/redoc", "/openapi.json", "/healthz", "/readyz", "/metrics")
@@ -156,8 +158,14 @@ async def _send(send: Send, scope: Scope, status: int, body: bytes, headers: dic
     await send({"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" or status == 304 else body})
 
 
-def install(app: FastAPI, root: Path = STATIC_DIR) -> Any:
-    """Serve the panel on `app` (call once, in create_app). Returns the bundle (tests read its version)."""
+def install(app: FastAPI, root: Path = STATIC_DIR) -> Bundle | None:
+    """Serve the panel on `app` (call once, in create_app). Returns the bundle (tests read its version).
+
+    An installation without the panel's files (a stripped package) still serves the API.
+    """
+    if not (root / "index.html").is_file():
+        log.warning("no panel files in %s: serving the API only", root)
+        return None
     bundle = Bundle(root)
     app.add_middleware(PanelMiddleware, bundle=bundle)
     return bundle

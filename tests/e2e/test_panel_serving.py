@@ -87,3 +87,17 @@ def test_bundle_version_changes_with_any_asset(tmp_path: Path) -> None:
     assert gzip.decompress(first.assets["a.js"].gzipped) == (root / "a.js").read_bytes()
     (root / "a.js").write_text("export const a = 2;\n")
     assert Bundle(root).version != first.version
+
+
+def test_without_panel_files_the_api_still_serves(tmp_path: Path) -> None:
+    """A package stripped of the panel's files serves its routes; / is then a plain 404."""
+    from fastapi import FastAPI
+
+    from api.panel import install
+
+    app = FastAPI()
+    app.get("/healthz")(lambda: {"status": "ok"})
+    assert install(app, tmp_path) is None
+    with serving(app) as url:
+        assert httpx.get(url + "/healthz").json() == {"status": "ok"}
+        assert httpx.get(url + "/", headers={"Accept": "text/html"}).status_code == 404
