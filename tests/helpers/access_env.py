@@ -28,6 +28,7 @@ class Env:
     store: Store
     tokens: dict[str, str]  # role -> token ("customer" is acme's); also "globex"
     clients: dict[str, httpx.Client] = field(default_factory=dict)
+    app: Any = None
 
     def client(self, who: str) -> httpx.Client:
         """A client with the token of a role (or "globex", the second customer)."""
@@ -68,7 +69,7 @@ def served(store: Store, tmp_path: Path, **app_kwargs: Any) -> Iterator[Env]:
     app_kwargs.setdefault("login_throttle", LoginThrottle(free=3, base_seconds=0.5, max_seconds=5))
     app = create_app(store, **app_kwargs)
     with serving(app) as url:
-        env = Env(url, store, tokens)
+        env = Env(url, store, tokens, app=app)
         try:
             yield env
         finally:

@@ -314,3 +314,26 @@ def test_customer_watch_resume_and_revoked_token_ends_the_stream(env: Env) -> No
     data = [json.loads(x[6:]) for x in lines if x.startswith("data: ")]
     assert {d["name"] for d in data if "name" in d} == {"acme-web"}
     assert "event: unauthorized" in lines
+
+
+def test_many_streams_share_one_etcd_watch(env: Env) -> None:
+    """Streams from several principals all hang off the process's one hub watch; leaving unsubscribes."""
+    hub = env.app.state.hostplane.hub
+    stop = threading.Event()
+    seen: list[list[dict[str, Any]]] = [[] for _ in range(6)]
+    readers = []
+    for i in range(6):
+        ready = threading.Event()
+        who = ("admin", "customer", "globex")[i % 3]
+        t = threading.Thread(target=_sse, args=(env.url, env.tokens[who], seen[i], ready, stop), daemon=True)
+        t.start()
+        assert ready.wait(5)
+        readers.append(t)
+    assert hub.subscribers == 6 and hub.started
+    env.client("admin").patch("/v1/plans/s1", json={"spec": {"description": "to all"}})
+    wait_for(lambda: all(any(e["name"] == "s1" for e in s) for s in seen), timeout=5, what="every stream")
+    stop.set()
+    env.client("admin").patch("/v1/plans/s1", json={"spec": {"description": "wake the streams"}})
+    for t in readers:
+        t.join(10)
+    wait_for(lambda: hub.subscribers == 0, timeout=5, what="the streams to unsubscribe")
