@@ -5,8 +5,8 @@
 `AuditMiddleware` writes one record for every mutating request (POST, PUT, PATCH, DELETE
 under /v1/) made by an authenticated principal, every login attempt, and every webhook
 the server accepted, before the response leaves: a change the client saw acknowledged
-is always in the log. Requests refused for want of credentials are not recorded (anyone
-could fill etcd with them); they are rate limited and counted in metrics instead.
+is always in the log. Requests refused for want of credentials, or by a rate limit, are not recorded
+(anyone could fill etcd with them); they are counted in metrics instead.
 Records are created create-only (in batches: concurrent requests share one etcd transaction,
 each still waiting for its own record to land) and never updated; no route deletes them.
 This module must never record a request body, a token, a password or a cookie.
@@ -141,7 +141,7 @@ def _should_record(path: str, method: str, status: int, actor: dict[str, Any] | 
     if method not in MUTATING or not path.startswith("/v1/"):
         return False
     if path == "/v1/auth/login":
-        return True
+        return status != 429  # throttled attempts are counted, not written: a flood must not fill etcd
     if path.startswith("/v1/webhooks/"):
         return status < 400
     return principal is not None or actor is not None

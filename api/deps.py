@@ -111,15 +111,16 @@ def _check(secret: str | None, verify: Callable[[str], Principal | None], what: 
 
 
 def _admit(request: Request, state: AppState, principal: Principal) -> Principal:
-    """Checks that apply to every authenticated request: CSRF for cookie writes, the rate limit."""
+    """Checks that apply to every authenticated request: the rate limit, CSRF for cookie writes."""
+    if principal.role != "admin":
+        wait = state.buckets.take(principal.token_id, time.monotonic())
+        if wait > 0:
+            # Not in the audit log (the principal is not noted yet): a flood must not become etcd writes.
+            raise TooManyRequests("too many requests for this token; slow down", retry_after=wait)
     request.scope[PRINCIPAL_SCOPE_KEY] = principal
     if principal.via == "session" and request.method not in SAFE_METHODS \
             and request.headers.get(CSRF_HEADER) != "1":
         raise Forbidden(f"a request made with a session cookie must carry the header '{CSRF_HEADER}: 1'")
-    if principal.role != "admin":
-        wait = state.buckets.take(principal.token_id, time.monotonic())
-        if wait > 0:
-            raise TooManyRequests("too many requests for this token; slow down", retry_after=wait)
     return principal
 
 

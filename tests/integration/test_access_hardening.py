@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
+from api.audit import audit_prefix
 from reconcile.store import Store
 from tests.helpers.access_env import ED25519, Env, served
 
@@ -170,3 +171,7 @@ def test_rate_limit_per_token(store: Store, tmp_path: Path) -> None:
         assert r.headers["content-type"].startswith("application/problem+json")
         assert all(e.client("admin").get("/v1/plans").status_code == 200 for _ in range(20))
         assert e.client("globex").get("/v1/plans").status_code == 200  # per token, not global
+        # Writes refused by the limit leave no audit record (a flood must not become etcd writes).
+        posts = [e.client("globex").post("/v1/vps/globex-web/actions/reboot").status_code for _ in range(10)]
+        audited = [kv for kv in store.kv_range(audit_prefix(store.root))[0] if b"globex-web" in kv.value]
+        assert 429 in posts and len(audited) == posts.count(202)
