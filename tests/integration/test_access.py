@@ -72,7 +72,7 @@ def test_revocation_reaches_another_api_process_at_once(env: Env, store: Store) 
     with serving(other) as url2:
         assert httpx.get(f"{url2}/v1/plans", headers=headers).status_code == 200  # now cached for 300 s
         store.kv_delete(token_key(store.root, token.split("_")[1]))
-        wait_for(lambda: httpx.get(f"{url2}/v1/plans", headers=headers).status_code == 401, timeout=3,
+        wait_for(lambda: httpx.get(f"{url2}/v1/plans", headers=headers).status_code == 401, timeout=10,
                  what="the revoked token to be refused")
 
 
@@ -92,7 +92,7 @@ def test_token_requests_are_checked(env: Env) -> None:
 
 def test_expired_token_is_refused(env: Env, store: Store) -> None:
     """A token past its expiry is 401 even though its record is still in etcd."""
-    soon = datetime.now(UTC) + timedelta(seconds=1)
+    soon = datetime.now(UTC) + timedelta(seconds=3)
     token = create_token(store, "operator", expires=soon)
     headers = {"Authorization": f"Bearer {token}"}
     assert httpx.get(f"{env.url}/v1/plans", headers=headers).status_code == 200
@@ -255,7 +255,7 @@ def test_two_customers_concurrently_see_only_their_own_over_rest_and_sse(env: En
         ready = threading.Event()
         t = threading.Thread(target=_sse, args=(env.url, env.tokens[who], seen[who], ready, stop), daemon=True)
         t.start()
-        assert ready.wait(5)
+        assert ready.wait(15)
         readers.append(t)
     errors: list[str] = []
 
@@ -327,7 +327,7 @@ def test_many_streams_share_one_etcd_watch(env: Env) -> None:
         who = ("admin", "customer", "globex")[i % 3]
         t = threading.Thread(target=_sse, args=(env.url, env.tokens[who], seen[i], ready, stop), daemon=True)
         t.start()
-        assert ready.wait(5)
+        assert ready.wait(15)
         readers.append(t)
     assert hub.subscribers == 6 and hub.started
     env.client("admin").patch("/v1/plans/s1", json={"spec": {"description": "to all"}})
