@@ -36,7 +36,13 @@ class Addon(Protocol):
 # Factories of the leader-only loops every `hostplane controllers` runs beside the manager;
 # each gets the store and the fence its writes must carry.
 AddonFactory = Callable[[Store, Fence], Addon]
-DEFAULT_ADDONS: list[AddonFactory] = []
+def _billing(store: Store, fence: Fence) -> Addon:
+    from controllers.billing_controller import BillingController
+
+    return BillingController(store, clock=utcnow, fence=fence)
+
+
+DEFAULT_ADDONS: list[AddonFactory] = [_billing]
 
 
 class ControllerProcess:
