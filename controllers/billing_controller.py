@@ -140,7 +140,18 @@ class BillingController:
                 with contextlib.suppress(NotFound):
                     plans[s.spec.plan] = self.store.get(Plan, s.spec.plan)
         cursors = {s.name: c for s in subs if (c := charging.read_cursor(self.store, s.name)) is not None}
-        charged = self.charger.charge_customer(customer, subs, plans, cursors, now)
+        charged = self.charger.charge_customer(customer, subs, plans, cursors, now, guards=self._status_guards(subs))
+        # Another run (a second controller during a leader change, or a sync racing the loop)
+        # may have charged with a later clock: never decide as of a time before an hour that
+        # is already charged, so a termination cannot predate a charge.
+        # The status write below compares these cursors too, so no charge can slip in between.
+        cursor_guard: dict[str, list[Compare]] = {}
+        for s in subs:
+            cur = charging.read_cursor(self.store, s.name)
+            key = charging.cursor_key(s.name, self.store.root)
+            cursor_guard[s.name] = [ModIs(key, cur.revision if cur is not None else 0)]
+            if cur is not None and cur.through - timedelta(hours=1) > now:
+                now = cur.through - timedelta(hours=1)
         report.charged_minor = charged.amount_minor
         report.errors += charged.errors
         month = f"{now.astimezone(UTC):%Y-%m}"
@@ -159,7 +170,7 @@ class BillingController:
         for sub in subs:
             try:
                 decision = self._sync_sub(cust, sub, plans.get(sub.spec.plan), account.balanceMinor, credit, now,
-                                          report)
+                                          report, cursor_guard.get(sub.name, []))
             except ledger.LedgerError as exc:
                 report.errors.append(f"{sub.name}: {exc}")
                 continue
@@ -168,8 +179,21 @@ class BillingController:
         report.wake_at = min(wakes) if wakes else None
         return report
 
+    def _status_guards(self, subs: Sequence[Subscription]) -> dict[str, list[Compare]]:
+        """A compare per subscription on the status as read: charges follow the state they were decided on."""
+        r = self.store.root
+        res = self.store.txn([], [Get(keys.status_key(Subscription, s.name, r)) for s in subs])
+        out: dict[str, list[Compare]] = {}
+        for s, got in zip(subs, res.gets, strict=True):
+            kv = got[0] if got else None
+            stored = SubscriptionStatus.model_validate(json.loads(kv.value)) if kv is not None else None
+            # -1 never matches: the status changed since `s` was read, so charge after re-reading it.
+            rev = (kv.mod_revision if kv is not None else 0) if stored == s.status else -1
+            out[s.name] = [ModIs(keys.status_key(Subscription, s.name, r), rev)]
+        return out
+
     def _sync_sub(self, cust: Customer, sub: Subscription, plan: Plan | None, balance: int, credit: int,
-                  now: datetime, report: SyncReport) -> BillingDecision:
+                  now: datetime, report: SyncReport, guard: Sequence[Compare] = ()) -> BillingDecision:
         policy = effective_policy(plan.spec.billing if plan else None, cust.spec.billing, self.defaults)
         holds = [h for h in (sub.spec.suspendHoldUntil, cust.spec.suspendHoldUntil) if h is not None]
         facts = BillingFacts(balance_minor=balance, credit_limit_minor=credit, operator_suspend=sub.spec.suspend,
@@ -177,7 +201,7 @@ class BillingController:
                              external=sub.spec.billingMode == "external")
         decision = decide(sub.status, facts, policy, now)
         if decision.status != (sub.status or SubscriptionStatus()) or sub.status is None:
-            self._write_status(sub, decision.status)
+            self._write_status(sub, decision.status, guard)
             if len(decision.path) > 1:
                 report.transitions.append((sub.name, decision.path))
                 self.events.record("Subscription", sub.name, "Normal", decision.status.state,
@@ -189,7 +213,7 @@ class BillingController:
             report.deleted += self._delete_vps(sub)
         return decision
 
-    def _write_status(self, sub: Subscription, status: SubscriptionStatus) -> None:
+    def _write_status(self, sub: Subscription, status: SubscriptionStatus, guard: Sequence[Compare] = ()) -> None:
         r = self.store.root
         skey, tkey = keys.spec_key(Subscription, sub.name, r), keys.status_key(Subscription, sub.name, r)
         res = self.store.txn([], [Get(skey), Get(tkey)])
@@ -202,7 +226,7 @@ class BillingController:
             raise ledger.GuardFailed(f"status of {sub.name} changed meanwhile")
         value = self.store_encode(status)
         out = self.store.txn([CreatedAt(skey, res.gets[0][0].create_revision),
-                              ModIs(tkey, current.mod_revision if current else 0), *_fences(self.fence)],
+                              ModIs(tkey, current.mod_revision if current else 0), *guard, *_fences(self.fence)],
                              [Put(tkey, value)])
         if not out.succeeded:
             raise ledger.GuardFailed(f"status of {sub.name} changed meanwhile (or no longer leading)")

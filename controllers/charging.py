@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -227,12 +227,16 @@ class Charger:
         return list(got) if isinstance(got, list | tuple) else [got]  # type: ignore[list-item]
 
     def charge_customer(self, customer: str, subs: Iterable[Subscription], plans: dict[str, Plan],
-                        cursors: dict[str, Cursor], now: datetime, *, attempts: int = 4) -> ChargeReport:
+                        cursors: dict[str, Cursor], now: datetime, *, attempts: int = 4,
+                        guards: Mapping[str, Sequence[Compare]] | None = None) -> ChargeReport:
         """Charge every subscription of one customer owed by `now` (a few transactions).
 
         When a cursor moved meanwhile (another controller, an earlier life of this one) the
         batch is re-read and re-decided; the charge already taken is never taken again.
+        `guards` adds compares per subscription (e.g. on the status the caller read), so a
+        charge decided on a status that has since changed (say, to Terminated) is not taken.
         """
+        sub_guards: Mapping[str, Sequence[Compare]] = guards or {}
         report = ChargeReport()
         todo = list(subs)
         known = dict(cursors)
@@ -254,7 +258,7 @@ class Charger:
             for i in range(0, len(steps), BATCH):
                 batch = steps[i:i + BATCH]
                 try:
-                    report.add(self._apply(customer, batch, now))
+                    report.add(self._apply(customer, batch, now, sub_guards))
                 except (ledger.GuardFailed, ledger.KeyReused) as exc:
                     if self.fence is not None and _fenced(self.fence):
                         report.errors.append(f"{customer}: no longer leading: {exc}")
@@ -275,10 +279,12 @@ class Charger:
         report.errors.append(f"{customer}: cursors kept moving; will retry")
         return report
 
-    def _apply(self, customer: str, steps: list[ChargeStep], now: datetime) -> ChargeReport:
+    def _apply(self, customer: str, steps: list[ChargeStep], now: datetime,
+               sub_guards: Mapping[str, Sequence[Compare]]) -> ChargeReport:
         report = ChargeReport()
         root = self.store.root
         guard: list[Compare] = [ModIs(cursor_key(s.subscription, root), s.cursor.revision) for s in steps]
+        guard += [g for s in steps for g in sub_guards.get(s.subscription, ())]
         guard += self._guard()
         also: list[Op] = [Put(cursor_key(s.subscription, root), s.cursor.to_bytes()) for s in steps]
         new = [
