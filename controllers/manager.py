@@ -30,7 +30,7 @@ from typing import Any, TypeVar
 from controllers import layout
 from controllers.booking import Book, Booking
 from controllers.events import EventRecorder
-from controllers.ipam import IPAllocation, allocate, offset_of, pick_mac
+from controllers.ipam import IPAllocation, allocate, free_count4, offset_of, pick_mac
 from controllers.nodes import drained, node_status, parse_heartbeat, schedulable
 from controllers.resolve import BillingDefaults, next_change, resolve
 from controllers.schedule import NodeView, Policy, Resources, schedule
@@ -152,6 +152,7 @@ class Manager:
             self.sub_inf, self.sub_status_inf, self.vps_status_inf, self.nodes_inf, self.vps_inf]
         self.vps_ctl = Controller("vps", self.reconcile_vps, workers=self.settings.workers)
         self.node_ctl = Controller("node", self.reconcile_node, workers=1)
+        self.pool_ctl = Controller("ippool", self.reconcile_pool, workers=1)
         self._lock = threading.Lock()
         self._by_sub: dict[str, set[str]] = {}
         self._sub_of: dict[str, str] = {}
@@ -161,6 +162,7 @@ class Manager:
         self._desired: dict[str, tuple[DomainSpec | None, int]] = {}
         self._status: dict[str, tuple[bytes, VPSStatus]] = {}
         self._node_status: dict[str, bytes] = {}
+        self._pool_status: dict[str, bytes] = {}
         self._started = False
 
     # ------------------------------------------------------------ life
@@ -173,7 +175,7 @@ class Manager:
         self.customer_inf.add_handler(self._on_customer)
         self.image_inf.add_handler(self._on_image)
         self.node_inf.add_handler(self._on_node)
-        self.pool_inf.add_handler(lambda _n, _o, _new: self._enqueue_pending())
+        self.pool_inf.add_handler(self._on_pool)
         self.nodes_inf.add_handler(self._on_node_entry)
         self.book.load()
         self.events.load()
@@ -183,6 +185,7 @@ class Manager:
         for name in self.book.bookings():
             self.vps_ctl.queue.add(name)
         self.node_ctl.start()
+        self.pool_ctl.start()
         self.vps_ctl.start()
         self._started = True
         return self
@@ -190,6 +193,7 @@ class Manager:
     def stop(self) -> None:
         self.vps_ctl.stop()
         self.node_ctl.stop()
+        self.pool_ctl.stop()
         for inf in self._informers:
             inf.stop()
         self.events.stop()
@@ -207,6 +211,14 @@ class Manager:
                 self._sub_of[name] = new.spec.subscription
                 self._by_sub.setdefault(new.spec.subscription, set()).add(name)
         self.vps_ctl.queue.add(name)
+
+    def _on_pool(self, name: str, _old: IPPool | None, _new: IPPool | None) -> None:
+        self.pool_ctl.queue.add(name)
+        self._enqueue_pending()
+
+    def _addresses_changed(self, pool: str | None) -> None:
+        if pool is not None:
+            self.pool_ctl.queue.add_after(pool, NODE_STATUS_BATCH_SECONDS)
 
     def _enqueue_sub(self, sub: str) -> None:
         with self._lock:
@@ -530,6 +542,7 @@ class Manager:
                 if ips is not None:
                     pool = next(p for p in pools if p.name == ips.pool)
                     self.book.cursors[ips.pool] = offset_of(pool, ips.ipv4) + 1
+                    self._addresses_changed(ips.pool)
                 self.node_ctl.queue.add_after(booking.node, NODE_STATUS_BATCH_SECONDS)
             batch.after.append(booked)
             return booking, None
@@ -594,6 +607,7 @@ class Manager:
         released = self.book.release(name, compares=compares, ops=ops)
         if released is not None:
             self.node_ctl.queue.add_after(released.node, NODE_STATUS_BATCH_SECONDS)
+            self._addresses_changed(released.ips.pool if released.ips else None)
             self._enqueue_pending()
         self.events.record("VPS", name, "Normal", "Deleted",
                            "domain gone; addresses and booking released" if not remaining
@@ -625,4 +639,27 @@ class Manager:
             self.events.record("Node", name, "Normal" if st.state == "Ready" else "Warning",
                                "NodeReady" if st.state == "Ready" else "NodeNotReady",
                                f"node is {st.state}")
+        return None
+
+    # ------------------------------------------------------------ pools
+
+    def reconcile_pool(self, name: str) -> Result | None:
+        pool = self._with_rv(self.pool_inf, name)
+        if pool is None:
+            return None
+        with self.book.lock:
+            used = set(self.book.used_addresses().get(name, set()))
+        v4 = {a for a in used if ":" not in a}
+        free = free_count4(pool, v4)
+        status = {"used": len(v4), "free": free, "usedIPv6": len(used) - len(v4),
+                  "conditions": [{"type": "Exhausted", "status": "True" if free == 0 else "False",
+                                  "reason": "PoolFull" if free == 0 else "AddressesFree",
+                                  "message": f"{free} IPv4 address(es) free"}]}
+        value = encode(status)
+        if self._pool_status.get(name) == value:
+            return None
+        skey = keys.spec_key(IPPool, name, self.root)
+        self._txn([ModIs(skey, int(pool.metadata.resourceVersion or 0))],
+                  [Put(keys.status_key(IPPool, name, self.root), value)], f"IPPool {name} status")
+        self._pool_status[name] = value
         return None

@@ -22,7 +22,7 @@ from reconcile.etcd_server import EtcdServer
 from reconcile.leader import LeaderElector
 from reconcile.store import Store, encode
 from specs.domain import DomainSpec, ObservedDomain
-from specs.kinds import VPS, Node, NodeStatus, Subscription, SubscriptionStatus
+from specs.kinds import VPS, IPPool, Node, NodeStatus, Subscription, SubscriptionStatus
 from tests.helpers import builders as b
 from tests.helpers.wait import wait_for
 
@@ -253,6 +253,9 @@ def test_pool_exhaustion_and_unknown_refs(store: Store, manager: Manager) -> Non
     full = wait_for(lambda: next((f"v{i}" for i in range(14) if "IPPoolExhausted" in reasons(store, f"v{i}")), None),
                     what="IPPoolExhausted")
     wait_for(lambda: "ImageNotFound" in reasons(store, "ghost"), what="ImageNotFound")
+    pool_status = wait_for(lambda: (st := store.get(IPPool, "pool-a").status) and st["free"] == 0 and st,
+                           what="pool status says full")
+    assert pool_status["used"] == 13
     store.delete(VPS, "v0")
     wait_for(lambda: desired(store, "n1", "v0") is None, what="v0 desired removed")
     store.kv_delete(keys.observed_key("n1", "v0", store.root))
