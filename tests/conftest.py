@@ -3,13 +3,23 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from reconcile.etcd_server import EtcdServer
 from reconcile.store import Store
+
+# Shared 2-core machines make per-example timing meaningless: no deadlines anywhere. In CI the
+# examples are derived from each test's name (derandomize), so a green main stays green and a
+# failure there reproduces locally with HYPOTHESIS_PROFILE=ci.
+settings.register_profile("dev", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("ci", deadline=None, derandomize=True, database=None,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE") or ("ci" if os.environ.get("CI") else "dev"))
 
 
 @pytest.fixture(scope="session")
