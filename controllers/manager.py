@@ -333,12 +333,21 @@ class Manager:
             return None
         res = self.store.txn([*self.fence(), *batch.compares], batch.ops)
         if not res.succeeded:
-            if batch.touches_book:
+            if batch.touches_book and not self._spec_moved(batch):
+                # Only the book can have been stale: re-read it (a changed spec is the usual cause
+                # of a lost race, and needs no reload).
                 self.book.load()
             raise Conflict(f"{what}: changed underneath or no longer leading; deciding again")
         for fn in batch.after:
             fn(res.revision)
         return res.revision
+
+    def _spec_moved(self, batch: _Batch) -> bool:
+        guard = next((c for c in batch.compares if isinstance(c, ModIs) and "/specs/" in c.key), None)
+        if guard is None:
+            return False
+        kv = self.store.kv_get(guard.key)
+        return (kv.mod_revision if kv else 0) != guard.revision
 
     @staticmethod
     def _spec_doc(vps: VPS) -> bytes:
