@@ -21,6 +21,7 @@ import pytest
 
 from api.auth import create_token
 from api.server import create_app
+from api.sessions import SESSION_COOKIE, set_password
 from reconcile.store import Store
 from specs import KINDS
 from tests.helpers.access_env import ROLES, Env, served
@@ -140,7 +141,8 @@ ROWS: dict[tuple[str, str], Row] = {
     ("DELETE", "/v1/tokens/{token_id}"): lambda r, o, e: [Case(
         "DELETE", f"/v1/tokens/{create_token(e.store, 'gitops').split('_')[1]}", OK if r == "admin" else 403)],
     ("POST", "/v1/auth/login"): lambda r, o, e: [Case("POST", "/v1/auth/login", OK, body={})],
-    ("POST", "/v1/auth/logout"): lambda r, o, e: [Case("POST", "/v1/auth/logout", OK)],
+    # Once per role: there is no foreign logout, and a session's logout ends it.
+    ("POST", "/v1/auth/logout"): lambda r, o, e: [Case("POST", "/v1/auth/logout", OK)] if o else [],
     ("GET", "/v1/auth/whoami"): lambda r, o, e: [Case("GET", "/v1/auth/whoami", OK)],
     ("PUT", "/v1/customers/{name}/password"): lambda r, o, e: [Case(
         "PUT", f"/v1/customers/{name_of('customers', o)}/password", OK if r in STAFF else 403,
@@ -221,13 +223,27 @@ def send(client: httpx.Client, case: Case) -> int:
     return client.request(case.method, case.path, params=case.params, content=content, headers=headers).status_code
 
 
-@pytest.mark.parametrize("role", ROLES)
+def session_client(env: Env) -> httpx.Client:
+    """acme's panel session: the cookie and the CSRF header the panel sends, no bearer token."""
+    set_password(env.store, "acme", "matrix password")
+    r = httpx.post(f"{env.url}/v1/auth/login", json={"email": "acme@example.com", "password": "matrix password"},
+                   timeout=10)
+    assert r.status_code == 200, r.text
+    client = httpx.Client(base_url=env.url, timeout=10, cookies={SESSION_COOKIE: r.cookies[SESSION_COOKIE]},
+                          headers={"X-Hostplane-CSRF": "1"})
+    env.clients["session"] = client  # closed with the others
+    return client
+
+
+@pytest.mark.parametrize("role", [*ROLES, "customer-session"])
 def test_authorization_matrix(env: Env, role: str) -> None:
     """For this role, every row x own/foreign: allowed requests pass the access check, others are 403 or 404."""
-    client = env.client("customer" if role == "customer" else role)
+    client = session_client(env) if role == "customer-session" else env.client(role)
+    role = "customer" if role == "customer-session" else role
     failures: list[str] = []
     checked = 0
-    for (method, template), row in sorted(ROWS.items()):
+    # Logout last: it ends a session.
+    for (method, template), row in sorted(ROWS.items(), key=lambda kv: (kv[0] == ("POST", "/v1/auth/logout"), kv[0])):
         for own in (True, False):
             for case in row(role, own, env):
                 status = send(client, case)
