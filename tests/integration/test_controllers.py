@@ -363,3 +363,30 @@ def test_cordon_and_drain(store: Store, manager: Manager) -> None:
     store.update(n1)
     wait_for(lambda: (d := desired(store, "n1", "web-1")) and d.power == "Running", what="drain lifted")
     wait_for(lambda: desired(store, "n1", "web-2"), what="web-2 placed after the drain")
+
+
+def test_two_racing_managers_never_overbook(store: Store) -> None:
+    """Two unfenced managers scheduling the same VPS onto one small node never overbook it or double-book a VPS."""
+    for obj in (b.plan(), b.image(), b.customer(), b.subscription(), b.pool(cidr="192.0.2.0/28", gateway="192.0.2.1"),
+                b.node("n1", vcpus=4, cpu_overcommit=1.0)):
+        store.create(obj)
+    heartbeat(store, "n1")
+    for i in range(8):
+        store.create(b.vps(f"r{i}"))
+    one, two = Manager(store, settings=FAST), Manager(store, settings=FAST)
+    try:
+        one.start()
+        two.start()
+        wait_for(lambda: sum("InsufficientCapacity" in reasons(store, f"r{i}") for i in range(8)) == 4,
+                 what="four VPS left without room")
+        kvs, _ = store.kv_range(layout.booking_prefix(store.root))
+        bookings = [Booking.model_validate_json(kv.value) for kv in kvs]
+        assert len(bookings) == 4 and len({bk.vps for bk in bookings}) == 4
+        assert sum(bk.vcpus for bk in bookings) <= 4
+        alloc = json.loads(store.kv_get(layout.node_alloc_key("n1", store.root)).value)  # type: ignore[union-attr]
+        assert alloc["vcpus"] == 4 and alloc["count"] == 4
+        ips, _ = store.kv_range(layout.ip_prefix(store.root))
+        assert len(ips) == 4
+    finally:
+        one.stop()
+        two.stop()
