@@ -7,7 +7,8 @@ the nodes' prefixes and keeps the allocation book; two controllers act on keys:
   (`schedule.py`, `ipam.py`, one transaction in `booking.py`), resolving the DomainSpec
   (`resolve.py`, written under the node's prefix only when it changes), the status fold
   and its events (`status.py`), retention-driven deletion and the deletion finalizer;
-* `node`: readiness from the heartbeat lease, allocation sums, cordon and drain (`nodes.py`).
+* `node`: readiness from the heartbeat lease, allocation sums, cordon and drain (`nodes.py`);
+* `ippool`: each pool's used and free addresses.
 
 Every write carries the leader's fence, so a deposed leader's decision fails instead of
 being made twice. Reads come from the informers' caches plus a write-through cache of the
