@@ -94,8 +94,12 @@ def vps_status(
     if problem is not None:
         put(_cond(problem.condition, False, problem.reason, problem.message))
         message = problem.message
+        if problem.condition == "Scheduled":
+            # Also spelled the way operators search for it: Unschedulable=True with the cause.
+            put(_cond("Unschedulable", True, problem.reason, problem.message))
     if node is not None:
         put(_cond("Scheduled", True, "Scheduled", f"on node {node}"))
+        conds = [c for c in conds if c.type != "Unschedulable"]
     if problem is None or problem.condition != "Resolved":
         conds = [c for c in conds if c.type != "Resolved"] if desired is not None else conds
 

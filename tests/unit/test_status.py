@@ -76,6 +76,10 @@ def test_unschedulable_condition_and_event() -> None:
                problem=Problem("Scheduled", "InsufficientCapacity", "no room"))
     cond = next(c for c in st_.conditions if c.type == "Scheduled")
     assert (st_.phase, cond.status, cond.reason) == ("Pending", "False", "InsufficientCapacity")
+    unsched = next(c for c in st_.conditions if c.type == "Unschedulable")
+    assert (unsched.status, unsched.reason, unsched.message) == ("True", "InsufficientCapacity", "no room")
+    placed = fold(previous=st_)
+    assert not any(c.type == "Unschedulable" for c in placed.conditions)
     evs = events_for(None, st_)
     assert [(e.type, e.reason) for e in evs] == [("Warning", "FailedScheduling")]
     assert events_for(st_, st_) == []
