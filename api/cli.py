@@ -441,6 +441,7 @@ def api_cmd(etcd: str, host: str, port: int, data_dir: Path) -> None:
     """Run the HTTP API (until SIGTERM/SIGINT)."""
     from api.server import run_api
 
+    _log_to_stderr()
     run_api(etcd=etcd, host=host, port=port, data_dir=data_dir, stop=None)
 
 
@@ -482,7 +483,17 @@ def up_cmd(data_dir: Path, port: int, libvirt_uri: str | None, simulate_nodes: i
         sys.exit(code)
 
 
+def _log_to_stderr() -> None:
+    """Long-running processes log to stderr (`hostplane up` keeps it in <data-dir>/logs/)."""
+    import logging
+
+    level = os.environ.get("HOSTPLANE_LOG_LEVEL", "INFO").upper()
+    logging.basicConfig(level=getattr(logging, level, logging.INFO),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
 def _run_entry(fn: Callable[[threading.Event], None]) -> None:
+    _log_to_stderr()
     with _stop_on_signals() as stop:
         fn(stop)
 

@@ -42,6 +42,48 @@ def default_libvirt_uri() -> str:
     return "test:///default"
 
 
+def _libvirt_answers(uri: str) -> bool:
+    try:
+        r = subprocess.run(["virsh", "-c", uri, "version"], capture_output=True, timeout=15,
+                           stdin=subprocess.DEVNULL, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return r.returncode == 0
+
+
+def _ensure_libvirt(uri: str, logs: Path, say: Any) -> tuple[str, list[Child]]:
+    """Make sure the agent's libvirt answers; start the host's daemons if installed but not running.
+
+    As root, `qemu:///session` is the system daemon, which a machine without an init system (a
+    container, a fresh CI host) does not run: then `up` runs libvirtd and virtlogd (which keeps
+    the guests' serial logs) as its own children, and stops them on exit; the guests keep
+    running, as on any hypervisor whose management restarts. Anything else that does not answer
+    falls back to the test driver, said out loud.
+    """
+    if uri.startswith("test:") or _libvirt_answers(uri):
+        return uri, []
+    libvirtd = shutil.which("libvirtd") or "/usr/sbin/libvirtd"
+    virtlogd = shutil.which("virtlogd") or "/usr/sbin/virtlogd"
+    started: list[Child] = []
+    if uri in ("qemu:///session", "qemu:///system") and os.geteuid() == 0 and Path(libvirtd).exists():
+        if Path(virtlogd).exists() and not Path("/run/libvirt/virtlogd-sock").exists():
+            started.append(Child("virtlogd", [virtlogd], logs / "virtlogd.log"))
+        started.append(Child("libvirtd", [libvirtd], logs / "libvirtd.log"))
+        for c in started:
+            c.start()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and all(c.alive() for c in started):
+            if _libvirt_answers(uri):
+                say(f"started {' and '.join(c.name for c in started)} for {uri} (not running)")
+                return uri, started
+            time.sleep(0.3)
+        for c in started:
+            c.terminate()
+            c.wait_or_kill(time.monotonic() + 5)
+    say(f"warning: libvirt at {uri} does not answer; the local node runs on test:///default instead")
+    return "test:///default", []
+
+
 def _port_free(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         try:
@@ -148,12 +190,14 @@ def run_up(data_dir: Path, port: int = 8080, libvirt_uri: str | None = None,
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: stop.set())
 
+    children: list[Child] = []
+    uri, daemons = _ensure_libvirt(uri, data_dir / "logs", say)
+    children += daemons
     client_port, peer_port = _etcd_ports(data_dir)
     etcd = EtcdServer(data_dir / "etcd", client_port=client_port, peer_port=peer_port,
                       log_path=data_dir / "logs" / "etcd.log")
-    etcd.start()
-    children: list[Child] = []
     try:
+        etcd.start()
         store = Store(etcd.endpoint)
         token = ensure_admin_token(store, data_dir)
         ensure_node(store, "local", _host_capacity(data_dir), uri)
@@ -177,7 +221,8 @@ def run_up(data_dir: Path, port: int = 8080, libvirt_uri: str | None = None,
                 sys.executable, "-m", "api.up", "--etcd", etcd.endpoint, "--nodes", str(simulate_nodes),
                 "--data-dir", str(data_dir / "fleet")], logs / "fleet.log"))
         for c in children:
-            c.start()
+            if not c.alive():
+                c.start()
 
         server = f"http://127.0.0.1:{port}"
         config_path = write_cli_config(server, token)

@@ -55,6 +55,36 @@ class NodeFacts:
     unmanaged: int
 
 
+def _kvm_usable_by_guests(conn: libvirt.virConnect) -> bool:
+    """Whether QEMU, as the user libvirt runs it as, may open /dev/kvm.
+
+    libvirt's capabilities are probed as the daemon's user; a system daemon runs guests as an
+    unprivileged user (Debian: libvirt-qemu in group kvm), which needs the group permission that
+    udev normally sets. Without it (a host or container without udev) KVM fails at start, so TCG is used.
+    """
+    import grp
+    import stat
+
+    try:
+        st = os.stat("/dev/kvm")
+    except OSError:
+        return False
+    try:
+        uri = conn.getURI()
+    except libvirt.libvirtError:
+        uri = ""
+    system = uri.startswith("qemu:///system") or (uri.startswith("qemu:///session") and os.geteuid() == 0)
+    if not system:
+        return os.access("/dev/kvm", os.R_OK | os.W_OK)
+    if st.st_mode & (stat.S_IROTH | stat.S_IWOTH) == (stat.S_IROTH | stat.S_IWOTH):
+        return True
+    try:
+        kvm_gid = grp.getgrnam("kvm").gr_gid
+    except KeyError:
+        return False
+    return st.st_gid == kvm_gid and st.st_mode & (stat.S_IRGRP | stat.S_IWGRP) == (stat.S_IRGRP | stat.S_IWGRP)
+
+
 class Hypervisor:
     def __init__(self, uri: str, data_dir: Path, *, pool_name: str = "hostplane", network: str = "user") -> None:
         self.uri = uri
@@ -101,9 +131,9 @@ class Hypervisor:
     def _virt_type(conn: libvirt.virConnect) -> str:
         try:
             conn.getDomainCapabilities(None, "x86_64", None, "kvm", 0)
-            return "kvm"
         except libvirt.libvirtError:
             return "qemu"
+        return "kvm" if _kvm_usable_by_guests(conn) else "qemu"
 
     def alive(self) -> bool:
         conn = self.conn
