@@ -150,6 +150,16 @@ def test_pause_resume_syncs_clock(node: Node, image: DomainImage) -> None:
     assert clock and clock[0].status == "True"
 
 
+def test_new_domain_of_a_suspended_vps_starts_paused(node: Node, image: DomainImage) -> None:
+    """A desired entry that is Paused from the start is created and left paused (RAM kept, never run)."""
+    node.start()
+    spec = make_spec(image, power="Paused", powerReason="suspended: nonpayment")
+    gen = node.put(spec)
+    obs = node.wait("web-1", lambda o: o.power == "Paused" and o.observedGeneration == gen, "created paused")
+    assert obs.powerReason == "suspended: nonpayment"
+    assert node.domain(spec).state()[0] == libvirt.VIR_DOMAIN_PAUSED
+
+
 def test_live_resize_grow_and_restart_required(node: Node, image: DomainImage) -> None:
     """vCPU/memory grow live within the maximum, the disk grows, beyond the maximum waits for a restart."""
     node.start()
