@@ -168,8 +168,13 @@ def build_openapi(app: FastAPI) -> dict[str, Any]:
     }
     ops = _operations()
     problem = {"content": {PROBLEM: {"schema": _ref("Problem")}}}
+    kind_names = sorted({n for cls in KINDS.values() for n in (cls.KIND, cls.KIND.lower(), cls.PLURAL, *cls.ALIASES)})
     for path, item in doc.get("paths", {}).items():
         for method, op in item.items():
+            for param in op.get("parameters", []):
+                if param.get("in") == "path" and param.get("name") == "kind":
+                    # Every name of every kind, and nothing else: /v1/tokens is not a kind.
+                    param["schema"] = {"type": "string", "enum": kind_names, "title": "Kind"}
             responses: dict[str, Any] = op.setdefault("responses", {})
             default_422 = responses.get("422", {}).get("content", {}).get("application/json", {})
             if "HTTPValidationError" in str(default_422):

@@ -45,11 +45,16 @@ def test_fuzzing_finds_no_server_error_and_no_undocumented_answer(env: Env, tmp_
     cmd = [schemathesis(), "run", f"{env.url}/openapi.json", "--header", f"Authorization: Bearer {env.tokens[who]}",
            "--checks", CHECKS, "--max-time", str(SECONDS_PER_ROLE), "--max-examples", "30", "--seed", "6",
            "--workers", "2", "--exclude-path", "/v1/watch", "--generation-database", "none", "--no-color",
-           "--request-timeout", "10", "--suppress-health-check", "all", "--warnings", "off"]
+           "--request-timeout", "10", "--suppress-health-check", "all", "--warnings", "off",
+           # Not the stateful phase: it checks a call to a concrete path (/v1/tokens, /v1/audit) against
+           # the templated /v1/{kind} that also matches it, though OpenAPI has concrete paths win.
+           "--phases", "examples,coverage,fuzzing"]
     env_vars = {**os.environ, "SCHEMATHESIS_HOOKS": "", "NO_COLOR": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=150, cwd=tmp_path, env=env_vars, check=False)
     tail = (proc.stdout + proc.stderr)[-6000:]
     assert proc.returncode == 0, tail
     assert "Server error" not in proc.stdout, tail
-    # The seeded objects are still there: the customer's fuzzing could not reach anyone else's.
-    assert env.store.get(VPS, "globex-web").spec.subscription == "globex-sub"
+    if who == "customer":
+        # The other customer's objects are untouched: the customer's fuzzing could not reach them.
+        globex = env.store.get(VPS, "globex-web")
+        assert globex.spec.subscription == "globex-sub" and globex.metadata.generation == 1
