@@ -19,37 +19,12 @@ from typing import Any
 
 import click
 
-from api.client import Client, ClientError
-from api.config import resolve
+from api.cli_common import ClientErrorsGroup, SubcommandError, client_for
+from api.client import ClientError
 
-
-class AccessCliError(click.ClickException):
-    exit_code = 2
-
-    def show(self, file: Any = None) -> None:
-        click.echo(f"error: {self.message}", err=True)
-
-
-class _Group(click.Group):
-    def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except ClientError as exc:
-            raise AccessCliError(str(exc)) from None
-
-
-def _client(ctx: click.Context) -> Client:
-    """The main CLI's client when there is one, else one from --server/--token, env or config."""
-    obj = ctx.find_root().obj
-    if obj is not None and callable(getattr(obj, "client", None)):
-        client: Client = obj.client()
-        return client
-    cfg = resolve(ctx.find_root().params.get("server"), ctx.find_root().params.get("token"))
-    if cfg.token is None:
-        raise AccessCliError("no API token: pass --token, set HOSTPLANE_TOKEN, or run `hostplane up`")
-    client = Client(cfg.server, cfg.token)
-    ctx.call_on_close(client.close)
-    return client
+AccessCliError = SubcommandError
+_Group = ClientErrorsGroup
+_client = client_for
 
 
 def _table(rows: list[list[str]], header: list[str]) -> None:
