@@ -18,14 +18,13 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.e2e.panel_up import CHROMIUM, UpProcess, browser
+from tests.e2e.panel_up import UpProcess, browser
 
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
 DESKTOP = {"width": 1280, "height": 860}
 PHONE = {"width": 375, "height": 812}
 PASSWORD = "correct horse battery"
 
-pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian chromium is not installed (make deps)")
 
 
 def _admin(base: str, token: str) -> httpx.Client:

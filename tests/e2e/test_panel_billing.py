@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -21,12 +20,11 @@ from controllers.charging import HOURS_PER_MONTH
 from reconcile.store import Store
 from specs.kinds import VPS, Customer, CustomerStatus, Subscription, SubscriptionStatus, VPSStatus
 from specs.money import format_minor
-from tests.e2e.panel_up import CHROMIUM, browser
+from tests.e2e.panel_up import browser
 
 PASSWORD = "carol's long password"
 XSS = '<img src=x onerror="window.__xss = 1"><b>bold</b>'
 
-pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian chromium is not installed (make deps)")
 
 
 @pytest.fixture

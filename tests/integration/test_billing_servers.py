@@ -13,12 +13,15 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import libvirt
 import pytest
 
+import nodeagent.agent as agent_mod
 from controllers import layout
 from controllers.billing_controller import BillingController
 from controllers.main import ControllerProcess
 from controllers.manager import Settings
+from nodeagent import domain_xml
 from reconcile.errors import NotFound
 from reconcile.store import Store
 from specs.kinds import VPS, Image, ImageSource, ImageSpec, Subscription
@@ -26,10 +29,6 @@ from specs.meta import ObjectMeta
 from tests.helpers import builders as b
 from tests.helpers.wait import wait_for
 from tests.integration.test_billing_ledger import make_plan, pay
-
-agent_mod = pytest.importorskip("nodeagent.agent", reason="the node agent package is not importable")
-libvirt = pytest.importorskip("libvirt")
-domain_xml = pytest.importorskip("nodeagent.domain_xml")
 
 NODE_XML = """<node><cpu><mhz>2000</mhz><model>i686</model><nodes>1</nodes><sockets>1</sockets>
 <cores>8</cores><threads>1</threads><active>8</active></cpu><memory>16777216</memory></node>"""

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+import nodeagent.agent as agent_mod
 from controllers import layout
 from controllers.main import ControllerProcess
 from reconcile.etcd_server import EtcdServer
@@ -28,8 +29,6 @@ from specs.meta import ObjectMeta
 from tests.helpers import builders as b
 from tests.helpers.converge import assert_converged, convergence_problems
 from tests.helpers.wait import wait_for
-
-agent_mod = pytest.importorskip("nodeagent.agent", reason="the node agent package is not importable")
 
 NODES = ("n1", "n2", "n3")
 NODE_XML = """<node><cpu><mhz>2000</mhz><model>i686</model><nodes>1</nodes><sockets>1</sockets>
