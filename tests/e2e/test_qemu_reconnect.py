@@ -37,10 +37,9 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 @pytest.mark.timeout(240)
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run a private libvirt daemon it can stop and start")
 def test_agent_reconnects_after_libvirt_restart(store: Store, guest_image: GuestImage) -> None:
     """With libvirtd down the heartbeat says so; once it is back the agent re-registers and applies a change."""
-    if os.geteuid() != 0:
-        pytest.skip("needs root to run a private libvirt daemon it can stop and start")
     base = Path(tempfile.mkdtemp(prefix="hpr", dir="/tmp"))
     os.chmod(base, 0o755)
     uri, proc = _start_private_daemon(base)
