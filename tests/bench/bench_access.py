@@ -15,9 +15,6 @@ import asyncio
 import json
 import os
 import re
-import signal
-import subprocess
-import sys
 import tempfile
 import time
 from collections import defaultdict
@@ -26,8 +23,8 @@ from typing import Any
 
 import httpx
 
-from reconcile.etcd_server import EtcdServer, free_port
-from tests.bench.bench_api import RawConnection, pct, plan
+from reconcile.etcd_server import EtcdServer
+from tests.bench.bench_api import RawConnection, api_process, pct, plan
 
 WRITERS = 50
 WATCHERS = 200
@@ -153,51 +150,22 @@ async def drive(port: int, admin: str, customer_tokens: list[str], pid: int) -> 
             "missing": missing, "expected": len(loaded["writes"]) * WATCHERS}
 
 
-def start_api(tmp: str) -> tuple[subprocess.Popen[bytes], int, Path, Any]:
-    port = free_port()
-    data = Path(tmp) / "var"
-    log = open(Path(tmp) / "api.log", "wb")  # noqa: SIM115 - closed by the caller after the child exits
-    return (subprocess.Popen([sys.executable, "-c", "from api.cli import main; main()", "api", "--etcd",
-                              os.environ["BENCH_ETCD"], "--host", "127.0.0.1", "--port", str(port),
-                              "--data-dir", str(data)], stdout=log, stderr=subprocess.STDOUT),
-            port, data, log)
-
-
 def run() -> str:
     with tempfile.TemporaryDirectory(prefix="bench-access-") as tmp:
         etcd = EtcdServer(Path(tmp) / "etcd").start()
-        os.environ["BENCH_ETCD"] = etcd.endpoint
-        proc, port, data, log = start_api(tmp)
         try:
-            url = f"http://127.0.0.1:{port}"
-            deadline = time.monotonic() + 30
-            while True:
-                try:
-                    if httpx.get(url + "/readyz", timeout=1).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise RuntimeError("the API did not start: " + (Path(tmp) / "api.log").read_text()[-2000:])
-                time.sleep(0.1)
-            admin = (data / "admin-token").read_text().strip()
-            tokens = []
-            with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {admin}"}, timeout=10) as c:
-                for i in range(CUSTOMERS):
-                    c.post("/v1/customers", json={"metadata": {"name": f"c{i}"},
-                                                  "spec": {"email": f"c{i}@example.com"}}).raise_for_status()
-                    r = c.post("/v1/tokens", json={"role": "customer", "customer": f"c{i}"})
-                    r.raise_for_status()
-                    tokens.append(r.json()["token"])
-            res = asyncio.run(drive(port, admin, tokens, proc.pid))
+            with api_process(Path(tmp), etcd.endpoint) as api:
+                tokens = []
+                with httpx.Client(base_url=api.url, headers={"Authorization": f"Bearer {api.admin_token}"},
+                                  timeout=10) as c:
+                    for i in range(CUSTOMERS):
+                        c.post("/v1/customers", json={"metadata": {"name": f"c{i}"},
+                                                      "spec": {"email": f"c{i}@example.com"}}).raise_for_status()
+                        r = c.post("/v1/tokens", json={"role": "customer", "customer": f"c{i}"})
+                        r.raise_for_status()
+                        tokens.append(r.json()["token"])
+                res = asyncio.run(drive(api.port, api.admin_token, tokens, api.proc.pid))
         finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-            log.close()
             etcd.stop()
     return report(res)
 

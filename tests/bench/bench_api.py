@@ -17,6 +17,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -152,39 +155,56 @@ async def drive_httpx(url: str, token: str) -> dict[str, float]:
         return summary(samples, len(errors), time.perf_counter() - start)
 
 
+@dataclass
+class ApiProcess:
+    proc: subprocess.Popen[bytes]
+    port: int
+    url: str
+    data: Path
+    admin_token: str
+
+
+@contextmanager
+def api_process(tmp: Path, etcd_endpoint: str) -> Iterator[ApiProcess]:
+    """`hostplane api` on a free loopback port, ready to serve; stopped by its PID afterwards."""
+    port = free_port()
+    data = tmp / "var"
+    log_path = tmp / "api.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", "from api.cli import main; main()", "api", "--etcd", etcd_endpoint,
+             "--host", "127.0.0.1", "--port", str(port), "--data-dir", str(data)],
+            stdout=log, stderr=subprocess.STDOUT)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(url + "/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise RuntimeError("the API did not start: " + log_path.read_text()[-2000:])
+            time.sleep(0.1)
+        yield ApiProcess(proc, port, url, data, (data / "admin-token").read_text().strip())
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 def run() -> str:
     with tempfile.TemporaryDirectory(prefix="bench-api-") as tmp:
         etcd = EtcdServer(Path(tmp) / "etcd").start()
-        port = free_port()
-        data = Path(tmp) / "var"
-        log = open(Path(tmp) / "api.log", "wb")  # noqa: SIM115 - closed below, after the child exits
-        proc = subprocess.Popen(
-            [sys.executable, "-c", "from api.cli import main; main()", "api", "--etcd", etcd.endpoint,
-             "--host", "127.0.0.1", "--port", str(port), "--data-dir", str(data)],
-            stdout=log, stderr=subprocess.STDOUT)
         try:
-            url = f"http://127.0.0.1:{port}"
-            deadline = time.monotonic() + 30
-            while True:
-                try:
-                    if httpx.get(url + "/readyz", timeout=1).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise RuntimeError("the API did not start: " + (Path(tmp) / "api.log").read_text()[-2000:])
-                time.sleep(0.1)
-            token = (data / "admin-token").read_text().strip()
-            results = asyncio.run(drive(port, token))
-            results["GET via httpx.AsyncClient"] = asyncio.run(drive_httpx(url, token))
+            with api_process(Path(tmp), etcd.endpoint) as api:
+                results = asyncio.run(drive(api.port, api.admin_token))
+                results["GET via httpx.AsyncClient"] = asyncio.run(drive_httpx(api.url, api.admin_token))
         finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-            log.close()
             etcd.stop()
     rows = "\n".join(
         f"| {op} | {r['n']:.0f} | {r['p50']:.1f} | {r['p99']:.1f} | {r['mean']:.1f} | {r['rps']:.0f} "
