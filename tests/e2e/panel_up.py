@@ -55,12 +55,14 @@ def children_of(pid: int) -> dict[int, str]:
 class UpProcess:
     """`hostplane up --simulate-nodes N` on a free port; `.stop()` sends SIGTERM to its PID."""
 
-    def __init__(self, data_dir: Path, *, nodes: int = 2) -> None:
-        self.port = free_port()
+    def __init__(self, data_dir: Path, *, nodes: int = 2, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.env: dict[str, str] = {}
         self.base = f"http://127.0.0.1:{self.port}"
         home = data_dir / "home"
         env = {k: v for k, v in os.environ.items() if not k.startswith("HOSTPLANE_")}
         env |= {"HOME": str(home), "XDG_CONFIG_HOME": str(data_dir / "cfg")}
+        self.env = env
         self.proc = subprocess.Popen(
             [*_hostplane(), "up", "--simulate-nodes", str(nodes), "--libvirt", "test:///default",
              "--data-dir", str(data_dir / "var"), "--port", str(self.port)],

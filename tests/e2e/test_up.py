@@ -3,11 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
-import sys
-import threading
 import time
 from pathlib import Path
 
@@ -15,38 +11,14 @@ import httpx
 import yaml
 
 from reconcile.etcd_server import free_port
+from tests.e2e.panel_up import UpProcess, _hostplane, children_of
 
-ROOT = Path(__file__).resolve().parents[2]
 PLAN = """
 apiVersion: hostplane.io/v1
 kind: Plan
 metadata: {name: up-test}
 spec: {vcpus: 1, memoryMiB: 512, diskGiB: 10, price: {amount: "3.00", currency: EUR}}
 """
-
-
-def _hostplane() -> list[str]:
-    script = Path(sys.executable).parent / "hostplane"
-    return [str(script)] if script.exists() else [sys.executable, "-m", "api.cli"]
-
-
-def _children(pid: int) -> set[int]:
-    """Every descendant of `pid`, read from /proc."""
-    parents: dict[int, int] = {}
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                stat = (d / "stat").read_text()
-            except OSError:
-                continue
-            parents[int(d.name)] = int(stat.rsplit(")", 1)[1].split()[1])
-    out: set[int] = set()
-    frontier = {pid}
-    while frontier:
-        nxt = {c for c, p in parents.items() if p in frontier}
-        out |= nxt
-        frontier = nxt
-    return out
 
 
 def _alive(pid: int) -> bool:
@@ -57,50 +29,17 @@ def _alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
-class Up:
-    def __init__(self, data_dir: Path, port: int, env: dict[str, str]) -> None:
-        self.proc = subprocess.Popen(
-            [*_hostplane(), "up", "--data-dir", str(data_dir), "--port", str(port), "--libvirt", "test:///default"],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT)
-        self.output: list[str] = []
-        self.ready = threading.Event()
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.output.append(line)
-            if "Press Ctrl-C" in line:
-                self.ready.set()
-
-    def token(self) -> str:
-        for line in self.output:
-            if "admin token:" in line:
-                return line.split("admin token:")[1].strip()
-        raise AssertionError("no token printed:\n" + "".join(self.output))
-
-    def stop(self) -> float:
-        t0 = time.monotonic()
-        self.proc.send_signal(signal.SIGTERM)
-        self.proc.wait(15)
-        return time.monotonic() - t0
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            for c in _children(self.proc.pid):
-                os.kill(c, signal.SIGKILL)
-            self.proc.kill()
-            self.proc.wait(5)
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
+def _stop(up: UpProcess) -> float:
+    t0 = time.monotonic()
+    up.stop()
+    return time.monotonic() - t0
 
 
 def test_up_serves_writes_config_stops_within_10s_and_restarts_without_loss(tmp_path: Path) -> None:
     """up prints a token, writes the CLI config, runs every component; SIGTERM stops all; a restart keeps data."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HOSTPLANE_")}
-    env |= {"HOME": str(tmp_path / "home"), "XDG_CONFIG_HOME": str(tmp_path / "cfg")}
     data, port = tmp_path / "var", free_port()
-    up = Up(data, port, env)
+    up = UpProcess(tmp_path, nodes=0, port=port)
+    env = up.env
     try:
         assert up.ready.wait(90), "".join(up.output)
         token = up.token()
@@ -129,9 +68,9 @@ def test_up_serves_writes_config_stops_within_10s_and_restarts_without_loss(tmp_
             time.sleep(0.5)
         assert state == "Ready", "".join(up.output)
 
-        children = _children(up.proc.pid)
+        children = set(children_of(up.proc.pid))
         assert len(children) >= 4  # etcd, api, controllers, agent
-        took = up.stop()
+        took = _stop(up)
         assert took < 10.0
         assert up.proc.returncode == 0
         assert not [c for c in children if _alive(c)]
@@ -143,9 +82,9 @@ def test_up_serves_writes_config_stops_within_10s_and_restarts_without_loss(tmp_
             except httpx.TransportError:
                 pass
     finally:
-        up.kill()
+        up.stop()
 
-    again = Up(data, port, env)
+    again = UpProcess(tmp_path, nodes=0, port=port)
     try:
         assert again.ready.wait(90), "".join(again.output)
         assert again.token() == token
@@ -158,6 +97,6 @@ def test_up_serves_writes_config_stops_within_10s_and_restarts_without_loss(tmp_
                                capture_output=True, text=True)
         assert r.returncode == 0, r.stdout + r.stderr
         assert json.loads(r.stdout)["spec"]["price"]["amount"] == "3.00"
-        assert again.stop() < 10.0
+        assert _stop(again) < 10.0
     finally:
-        again.kill()
+        again.stop()
