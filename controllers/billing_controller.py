@@ -33,7 +33,7 @@ from controllers.billing import next_billing_state as decide
 from controllers.events import EventRecorder
 from reconcile import keys
 from reconcile.controller import Controller, Result
-from reconcile.errors import NotFound
+from reconcile.errors import Conflict, NotFound
 from reconcile.informer import Informer
 from reconcile.store import Compare, CreatedAt, Exists, Get, ModIs, Put, Store
 from specs.kinds import VPS, Customer, Plan, Subscription, SubscriptionStatus
@@ -255,14 +255,27 @@ class BillingController:
         for vps in self.store.list(VPS).items:
             if vps.spec.subscription != sub.name or vps.metadata.deletionTimestamp is not None:
                 continue
-            try:
-                self.store.delete(VPS, vps.name)
-            except NotFound:
+            # The manager writes the same VPS (finalizer, status): a lost compare-and-swap
+            # re-reads and tries again; a delete already under way counts as done.
+            if not self._mark_deleted(vps.name):
                 continue
             deleted.append(vps.name)
             self.events.record("Subscription", sub.name, "Normal", "Deleted",
                                f"retention passed: VPS {vps.name} deleted")
         return deleted
+
+    def _mark_deleted(self, name: str, attempts: int = 3) -> bool:
+        """Delete (with finalizers: mark) a VPS; False if it is already gone."""
+        for attempt in range(attempts):
+            try:
+                self.store.delete(VPS, name)
+                return True
+            except NotFound:
+                return False
+            except Conflict:
+                if attempt == attempts - 1:
+                    raise
+        return False
 
     # ------------------------------------------------------------ loop
 
