@@ -24,15 +24,26 @@ def _plan(store: Store, name: str) -> Plan | None:
         return None  # a missing plan is the controllers' to report (condition PlanNotFound)
 
 
+def needs_store(current: Resource, new: Resource) -> bool:
+    """Whether `admit_update` would read the store for this change (most updates need no read)."""
+    if isinstance(new, Subscription) and isinstance(current, Subscription):
+        return new.spec.plan != current.spec.plan
+    if isinstance(new, Plan) and isinstance(current, Plan):
+        return new.spec.diskGiB < current.spec.diskGiB
+    return False
+
+
 def admit_update(store: Store, current: Resource, new: Resource) -> None:
     """Raise Invalid if replacing `current` by `new` breaks a cross-object rule."""
-    if isinstance(new, Subscription) and isinstance(current, Subscription) and new.spec.plan != current.spec.plan:
+    if not needs_store(current, new):
+        return
+    if isinstance(new, Subscription) and isinstance(current, Subscription):
         old_plan, new_plan = _plan(store, current.spec.plan), _plan(store, new.spec.plan)
         if old_plan is not None and new_plan is not None and new_plan.spec.diskGiB < old_plan.spec.diskGiB:
             message = (f"plan {new_plan.name!r} has a {new_plan.spec.diskGiB} GiB disk, smaller than the "
                        f"{old_plan.spec.diskGiB} GiB of plan {old_plan.name!r}; disks never shrink")
             raise Invalid(f"spec.plan: {message}", [{"path": "spec.plan", "message": message}])
-    if isinstance(new, Plan) and isinstance(current, Plan) and new.spec.diskGiB < current.spec.diskGiB:
+    if isinstance(new, Plan) and isinstance(current, Plan):
         users = sorted(s.name for s in store.list(Subscription).items if s.spec.plan == new.name)
         if users:
             shown = ", ".join(users[:5]) + (f" and {len(users) - 5} more" if len(users) > 5 else "")

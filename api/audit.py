@@ -8,7 +8,8 @@ the server accepted, before the response leaves: a change the client saw acknowl
 is always in the log. Requests refused for want of credentials, or by a rate limit, are not recorded
 (anyone could fill etcd with them); they are counted in metrics instead.
 Records are created create-only (in batches: concurrent requests share one etcd transaction,
-each still waiting for its own record to land) and never updated; no route deletes them.
+each still waiting for its own record to land; written from the event loop through the asyncio
+store) and never updated; no route deletes them.
 This module must never record a request body, a token, a password or a cookie.
 """
 
@@ -19,10 +20,7 @@ import itertools
 import json
 import logging
 import os
-import queue
 import secrets
-import threading
-from concurrent.futures import Future
 from datetime import UTC, datetime
 from typing import Any
 
@@ -33,6 +31,7 @@ from api import access
 from api.auth import Principal
 from api.deps import PRINCIPAL_SCOPE_KEY, Caller, State
 from api.errors import BadRequest
+from reconcile.aio import AsyncStore
 from reconcile.errors import StoreError
 from reconcile.store import ModIs, Put, Store
 
@@ -68,72 +67,67 @@ def write_record(store: Store, record: dict[str, Any], when: datetime) -> None:
 
 
 class AuditWriter:
-    """Group commit: records submitted while a transaction is in flight go together in the next one.
+    """Group commit on the event loop: records submitted while a transaction is in flight go
+    together in the next one.
 
     Under load N mutating requests cost one etcd transaction for their records instead of N
-    writes; alone, a record costs one write as before. Each caller's future resolves when its
-    own record is stored (or fails with the store's error).
+    writes; alone, a record costs one write as before. Each `write` returns when its own record
+    is stored (or raises the store's error).
     """
 
     MAX_BATCH = 64  # compares and puts per transaction stay under etcd's default limit of 128
 
-    def __init__(self, store: Store) -> None:
-        self._store = store
-        self._queue: queue.Queue[tuple[str, bytes, Future[None]] | None] = queue.Queue()
-        self._thread: threading.Thread | None = None
-        self._lock = threading.Lock()
+    def __init__(self, astore: AsyncStore) -> None:
+        self._astore = astore
+        # Per event loop: records waiting for the next transaction, and the task writing them.
+        self._pending: dict[asyncio.AbstractEventLoop, list[tuple[str, bytes, asyncio.Future[None]]]] = {}
+        self._writers: dict[asyncio.AbstractEventLoop, asyncio.Task[None]] = {}
 
-    def submit(self, record: dict[str, Any], when: datetime) -> Future[None]:
-        fut: Future[None] = Future()
-        with self._lock:
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="audit-writer", daemon=True)
-                self._thread.start()
-        self._queue.put((record_key(self._store.root, when), json.dumps(record, separators=(",", ":")).encode(), fut))
-        return fut
+    async def write(self, record: dict[str, Any], when: datetime) -> None:
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
+        value = json.dumps(record, separators=(",", ":")).encode()
+        self._pending.setdefault(loop, []).append((record_key(self._astore.root, when), value, fut))
+        if loop not in self._writers:
+            self._writers[loop] = loop.create_task(self._drain(loop))
+        await fut
 
-    def stop(self) -> None:
-        with self._lock:
-            thread, self._thread = self._thread, None
-        if thread is not None:
-            self._queue.put(None)
-            thread.join(5)
-
-    def _run(self) -> None:
-        while True:
-            first = self._queue.get()
-            if first is None:
-                return
-            batch = [first]
-            while len(batch) < self.MAX_BATCH:
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if item is None:
-                    self._queue.put(None)  # stop after this batch
-                    break
-                batch.append(item)
-            self._write(batch)
-
-    def _write(self, batch: list[tuple[str, bytes, Future[None]]]) -> None:
+    async def _drain(self, loop: asyncio.AbstractEventLoop) -> None:
         try:
-            res = self._store.txn([ModIs(k, 0) for k, _, _ in batch], [Put(k, v) for k, v, _ in batch])
+            while pending := self._pending.get(loop):
+                batch, self._pending[loop] = pending[:self.MAX_BATCH], pending[self.MAX_BATCH:]
+                await self._write(batch)
+        finally:
+            self._writers.pop(loop, None)
+            self._pending.pop(loop, None)
+
+    async def _write(self, batch: list[tuple[str, bytes, asyncio.Future[None]]]) -> None:
+        try:
+            res = await self._astore.txn([ModIs(k, 0) for k, _, _ in batch], [Put(k, v) for k, v, _ in batch])
             if not res.succeeded:
                 # A key already taken cannot happen with unique keys; store one by one to say which.
                 for k, v, fut in batch:
                     try:
-                        self._store.kv_put(k, v, expect=0)
-                        fut.set_result(None)
+                        await self._astore.kv_put(k, v, expect=0)
+                        _settle(fut, None)
                     except StoreError as exc:
-                        fut.set_exception(exc)
+                        _settle(fut, exc)
                 return
         except StoreError as exc:
             for _, _, fut in batch:
-                fut.set_exception(exc)
+                _settle(fut, exc)
             return
         for _, _, fut in batch:
-            fut.set_result(None)
+            _settle(fut, None)
+
+
+def _settle(fut: asyncio.Future[None], error: BaseException | None) -> None:
+    if fut.done():  # its request was cancelled (the client went away)
+        return
+    if error is None:
+        fut.set_result(None)
+    else:
+        fut.set_exception(error)
 
 
 def _should_record(path: str, method: str, status: int, actor: dict[str, Any] | None,
@@ -150,10 +144,9 @@ def _should_record(path: str, method: str, status: int, actor: dict[str, Any] | 
 class AuditMiddleware:
     """Pure ASGI middleware: records a mutation when its response starts, before it is sent."""
 
-    def __init__(self, app: ASGIApp, store: Store, writer: AuditWriter | None = None) -> None:
+    def __init__(self, app: ASGIApp, writer: AuditWriter) -> None:
         self.app = app
-        self.store = store
-        self.writer = writer or AuditWriter(store)
+        self.writer = writer
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope.get("method") not in MUTATING:
@@ -181,7 +174,7 @@ class AuditMiddleware:
             "ip": client[0] if client else None,
         }
         try:
-            await asyncio.wrap_future(self.writer.submit(record, now))
+            await self.writer.write(record, now)
         except StoreError:
             # The change itself may have landed; say so loudly rather than fail the answer.
             log.error("audit record not written: %s %s by %s -> %s", method, path, record["actor"], status)

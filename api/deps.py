@@ -25,6 +25,7 @@ from api.auth import Principal, TokenVerifier
 from api.errors import BadRequest, Forbidden, PayloadTooLarge, TooManyRequests, Unauthorized
 from api.ratelimit import LoginThrottle, TokenBuckets
 from api.sessions import SESSION_COOKIE, Sessions
+from reconcile.aio import AsyncStore
 from reconcile.store import Store
 
 if TYPE_CHECKING:
@@ -51,7 +52,8 @@ class Settings:
 
 @dataclass
 class AppState:
-    store: Store
+    store: Store  # blocking: for `def` routes (they run in the thread pool) and helpers threads
+    astore: AsyncStore  # the same operations as coroutines, for `async def` routes
     verifier: TokenVerifier
     settings: Settings
     ready_store: Store | None = None

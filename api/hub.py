@@ -8,8 +8,15 @@ VPS -> subscription) is tracked from the specs as they change, so a VPS status c
 attributed without a read. Recent events are buffered, so a stream resuming from a recent
 revision is served from memory; an older one gets a private watch from the caller.
 
+Fan-out is by audience, not by stream: streams that may see the same events (same kinds,
+same customer, or staff) form one group, and each batch is filtered, rendered and encoded
+once per group; every stream of the group then gets the same bytes. Under load, batches
+that arrive within `flush_seconds` of the last fan-out wait for the next one, so a stream
+wakes and writes to its socket at most once per interval however fast etcd changes; when
+idle, an event goes out at once.
+
 This module must never decide what a role may read beyond the audience tag (api.access
-decides), and never block the event loop: deliveries are handed to each stream's loop.
+decides), and never block the event loop: fan-out runs on each stream's loop.
 """
 
 from __future__ import annotations
@@ -18,7 +25,8 @@ import asyncio
 import contextlib
 import json
 import threading
-from collections import defaultdict, deque
+import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -41,7 +49,77 @@ class HubEvent:
     data: str  # the JSON after `data: `
 
 
-Deliver = Callable[[tuple[str, Any]], None]
+@dataclass(frozen=True)
+class Audience:
+    """What a stream may see: events of `kinds`, all of them (`customer` None: staff) or the customer's."""
+
+    kinds: frozenset[str]
+    customer: str | None
+
+    def sees(self, e: HubEvent) -> bool:
+        return e.kind in self.kinds and (self.customer is None or e.audience in (EVERYONE, self.customer))
+
+
+class Feed:
+    """One stream's pending output, on its event loop: SSE bytes to send, or why the stream ends.
+
+    Only its loop touches it. `after` is the last revision the stream has (or will get from its
+    backlog); frames at or below it are never added.
+    """
+
+    def __init__(self, audience: Audience, after: int, *, max_pending_bytes: int = 8 << 20) -> None:
+        self.audience = audience
+        self.after = after
+        self.ended: tuple[str, Any] | None = None  # ("compacted", revision) or ("overflow", None)
+        self._chunks: list[bytes] = []
+        self._size = 0
+        self._max = max_pending_bytes
+        self._waiter: asyncio.Future[None] | None = None
+
+    def offer(self, events: list[HubEvent]) -> None:
+        """Add the frames of `events` this stream may see (its own rendering: private watches, backlogs)."""
+        shown = [e for e in events if self.audience.sees(e)]
+        if shown:
+            self.push(render(shown, self.after), shown[-1].revision)
+
+    def push(self, data: bytes, last_revision: int) -> None:
+        if self.ended is not None or not data:
+            return
+        self.after = max(self.after, last_revision)
+        self._chunks.append(data)
+        self._size += len(data)
+        if self._size > self._max:
+            # A client that reads slower than etcd changes would make this grow without bound.
+            self.end("overflow", None)
+            return
+        self._wake()
+
+    def end(self, why: str, detail: Any) -> None:
+        if self.ended is None:
+            self.ended = (why, detail)
+            self._chunks.clear()
+            self._size = 0
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    async def take(self, timeout: float) -> bytes | None:
+        """Everything pending as one chunk (b"" once ended); None when nothing came within `timeout`."""
+        if not self._chunks and self.ended is None:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                async with asyncio.timeout(timeout):
+                    await self._waiter
+            except TimeoutError:
+                return None
+            finally:
+                self._waiter = None
+        data = b"".join(self._chunks) if len(self._chunks) != 1 else self._chunks[0]
+        self._chunks.clear()
+        self._size = 0
+        return data
 
 
 class Owners:
@@ -129,6 +207,15 @@ def translate(events: list[WatchEvent], root: str, owners: Owners, *, learn: boo
     return out
 
 
+def render(events: list[HubEvent], after: int) -> bytes:
+    """The SSE bytes of `events` (all visible to the reader) after revision `after`."""
+    return "".join(frames(events, after, _everything)).encode()
+
+
+def _everything(_: HubEvent) -> bool:
+    return True
+
+
 def frames(events: list[HubEvent], after: int, wanted: Callable[[HubEvent], bool]) -> list[str]:
     """SSE frames of the events a stream may see, after revision `after`. Pure.
 
@@ -145,23 +232,28 @@ def frames(events: list[HubEvent], after: int, wanted: Callable[[HubEvent], bool
 
 
 class WatchHub:
-    """The shared watch. `start` blocks (one range read); streams `subscribe` with a callback."""
+    """The shared watch. `start` blocks (one range read); streams `subscribe` a Feed."""
 
-    def __init__(self, store: Store, *, buffer_events: int = 20_000) -> None:
+    def __init__(self, store: Store, *, buffer_events: int = 20_000, flush_seconds: float = 0.02) -> None:
         self._store = store
         self._buffer: deque[HubEvent] = deque()
         self._buffer_events = buffer_events
-        # handle -> (the stream's event loop, its in-loop callback)
-        self._subscribers: dict[int, tuple[asyncio.AbstractEventLoop, Deliver]] = {}
+        self.flush_seconds = flush_seconds
+        # loop -> audience -> handle -> feed; only the loop itself reads its part while fanning out
+        self._groups: dict[asyncio.AbstractEventLoop, dict[Audience, dict[int, Feed]]] = {}
+        self._handles: dict[int, tuple[asyncio.AbstractEventLoop, Audience]] = {}
         self._next_id = 0
         self._lock = threading.Lock()
         self._start_lock = threading.Lock()
-        self._pending: dict[asyncio.AbstractEventLoop, list[tuple[list[Deliver], tuple[str, Any]]]] = {}
+        # Batches not yet fanned out, per loop; a loop is in here while a fan-out is scheduled.
+        self._pending: dict[asyncio.AbstractEventLoop, list[HubEvent]] = {}
+        self._last_flush: dict[asyncio.AbstractEventLoop, float] = {}
         self._pending_lock = threading.Lock()
         self._watch: Watch | None = None
         self.owners = Owners()
         self.floor = -1  # every event after this revision is buffered or still to come
         self.revision = 0
+        self._seen = 0  # the newest revision of any event received: later batches are all newer
         self._stopped = False
 
     @property
@@ -187,6 +279,7 @@ class WatchHub:
             self._buffer.clear()
             self.floor = revision
             self.revision = revision
+            self._seen = revision
         self._watch = self._store.watch(self._store.root + "/s", start_revision=revision + 1,
                                         on_events=self._on_events, on_compacted=self._on_compacted)
 
@@ -201,78 +294,106 @@ class WatchHub:
         with self._lock:
             batch = translate(events, self._store.root, self.owners)
             self.revision = max(self.revision, revision)
+            if events:
+                self._seen = max(self._seen, max(ev.mod_revision for ev in events))
             if batch:
                 self._buffer.extend(batch)
                 while len(self._buffer) > self._buffer_events:
                     self.floor = self._buffer.popleft().revision
-            subscribers = list(self._subscribers.values())
+            loops = list(self._groups)
         if batch:
-            self._dispatch(subscribers, ("hub", batch))
+            for loop in loops:
+                self._schedule(loop, batch)
 
-    def _dispatch(self, subscribers: list[tuple[asyncio.AbstractEventLoop, Deliver]], item: tuple[str, Any]) -> None:
-        """Hand `item` to every stream, one wake-up per event loop rather than per stream.
-
-        Batches that arrive while a loop has not yet run its last fan-out join it: under load
-        each stream then wakes once for many etcd batches (one write instead of many), and
-        when idle an event still goes out at once.
-        """
-        by_loop: dict[asyncio.AbstractEventLoop, list[Deliver]] = defaultdict(list)
-        for loop, deliver in subscribers:
-            by_loop[loop].append(deliver)
-        for loop, delivers in by_loop.items():
-            with self._pending_lock:
-                pending = self._pending.get(loop)
-                if pending is not None:
-                    pending.append((delivers, item))
-                    continue
-                self._pending[loop] = [(delivers, item)]
-            try:
+    def _schedule(self, loop: asyncio.AbstractEventLoop, batch: list[HubEvent]) -> None:
+        """Queue `batch` for `loop`'s streams; fan out now if the loop has been quiet, else at the next tick."""
+        with self._pending_lock:
+            pending = self._pending.get(loop)
+            if pending is not None:
+                pending.extend(batch)  # a fan-out is already scheduled: it takes these too
+                return
+            self._pending[loop] = list(batch)
+            delay = self._last_flush.get(loop, 0.0) + self.flush_seconds - time.monotonic()
+        try:
+            if delay <= 0:
                 loop.call_soon_threadsafe(self._fan_out, loop)
-            except RuntimeError:  # that loop is closed: its streams are gone
-                with self._pending_lock:
-                    self._pending.pop(loop, None)
+            else:
+                loop.call_soon_threadsafe(loop.call_later, delay, self._fan_out, loop)
+        except RuntimeError:  # that loop is closed: its streams are gone
+            with self._pending_lock:
+                self._pending.pop(loop, None)
 
     def _fan_out(self, loop: asyncio.AbstractEventLoop) -> None:
+        """On `loop`: render the pending events once per audience and hand the bytes to each stream."""
         with self._pending_lock:
-            pending = self._pending.pop(loop, [])
-        # Consecutive event batches for the same streams merge into one item per stream.
-        merged: list[tuple[list[Deliver], tuple[str, Any]]] = []
-        for delivers, item in pending:
-            if merged and item[0] == "hub" and merged[-1][1][0] == "hub" and merged[-1][0] == delivers:
-                merged[-1] = (delivers, ("hub", merged[-1][1][1] + item[1]))
-            else:
-                merged.append((delivers, item))
-        for delivers, item in merged:
-            for deliver in delivers:
-                deliver(item)
+            events = self._pending.pop(loop, [])
+            self._last_flush[loop] = time.monotonic()
+        with self._lock:
+            groups = [(audience, list(feeds.values())) for audience, feeds in self._groups.get(loop, {}).items()]
+        for audience, feeds in groups:
+            shown = [e for e in events if audience.sees(e)]
+            if not shown:
+                continue
+            first, last = shown[0].revision, shown[-1].revision
+            shared: bytes | None = None
+            for feed in feeds:
+                if feed.after < first:
+                    if shared is None:
+                        shared = render(shown, -1)
+                    feed.push(shared, last)
+                else:  # it subscribed with a backlog reaching into this batch
+                    feed.offer(shown)
 
     def _on_compacted(self, revision: int) -> None:
         # The hub fell behind compaction (etcd was away long): every stream must re-list.
         with self._lock:
-            subscribers = list(self._subscribers.values())
-            self._subscribers.clear()
-        self._dispatch(subscribers, ("compacted", revision))
+            ended = [(loop, [f for feeds in groups.values() for f in feeds.values()])
+                     for loop, groups in self._groups.items()]
+            self._groups.clear()
+            self._handles.clear()
+        for loop, feeds in ended:
+            for feed in feeds:
+                with contextlib.suppress(RuntimeError):
+                    loop.call_soon_threadsafe(feed.end, "compacted", revision)
         with self._start_lock:
             self._watch = None
             if not self._stopped:
                 threading.Thread(target=self.start, name="watch-hub-resync", daemon=True).start()
 
-    def subscribe(self, after: int, deliver: Deliver,
-                  loop: asyncio.AbstractEventLoop) -> tuple[int, list[HubEvent]] | None:
-        """Register a stream wanting events after `after`: (handle, buffered events), or None when
-        the buffer does not reach back that far (the caller then watches etcd itself).
-        `deliver` is called on `loop` and must not block."""
+    def subscribe(self, feed: Feed, loop: asyncio.AbstractEventLoop) -> int | None:
+        """Register `feed` for a stream on `loop`, the calling loop: its handle, with the buffered
+        events after `feed.after` already offered to it; None when the buffer does not reach back
+        that far (the caller then watches etcd itself)."""
         with self._lock:
-            if self._watch is None or after < self.floor:
+            if self._watch is None or feed.after < self.floor:
                 return None
-            backlog = [e for e in self._buffer if e.revision > after]
+            backlog = [e for e in self._buffer if e.revision > feed.after]
+            seen = self._seen
             self._next_id += 1
-            self._subscribers[self._next_id] = (loop, deliver)
-            return self._next_id, backlog
+            handle = self._next_id
+            self._groups.setdefault(loop, {}).setdefault(feed.audience, {})[handle] = feed
+            self._handles[handle] = (loop, feed.audience)
+        # No fan-out can run meanwhile (it runs on this loop); the batches still pending for this
+        # loop hold nothing newer than `seen`, which the backlog covers.
+        feed.offer(backlog)
+        feed.after = max(feed.after, seen)
+        return handle
 
     def unsubscribe(self, handle: int) -> None:
         with self._lock:
-            self._subscribers.pop(handle, None)
+            where = self._handles.pop(handle, None)
+            if where is None:
+                return
+            loop, audience = where
+            groups = self._groups.get(loop, {})
+            feeds = groups.get(audience, {})
+            feeds.pop(handle, None)
+            if not feeds:
+                groups.pop(audience, None)
+            if not groups:
+                self._groups.pop(loop, None)
+                with self._pending_lock:
+                    self._last_flush.pop(loop, None)
 
     def translate_private(self, events: list[WatchEvent]) -> list[HubEvent]:
         """For a stream on its own etcd watch: audiences from what the hub knows now."""
@@ -282,4 +403,4 @@ class WatchHub:
     @property
     def subscribers(self) -> int:
         with self._lock:
-            return len(self._subscribers)
+            return len(self._handles)

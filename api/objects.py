@@ -1,22 +1,26 @@
 """REST routes for every kind: /v1/<kind>[/<name>[/status]].
 
 Clients write metadata and spec; status is the controllers' and is ignored in bodies.
-Handlers are plain `def` functions: FastAPI runs them in its thread pool, where the
-blocking etcd client belongs. Every handler asks api.access first: a customer sees only its
-own objects (404 for anyone else's) and may patch only a few fields. This module must never
-write a status key.
+The object routes are coroutines on the event loop and reach etcd through the asyncio store
+(`reconcile.aio`), with no thread hop; a check that may read the store for a customer
+(ownership of a VPS, admission rules) runs in the thread pool with the blocking store.
+Every handler asks api.access first: a customer sees only its own objects (404 for anyone
+else's) and may patch only a few fields. This module must never write a status key.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from fastapi import APIRouter, Query, Response
 from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
 
 from api import access
-from api.admission import admit_update
-from api.deps import Body, Caller, State
+from api.admission import admit_update, needs_store
+from api.auth import Principal
+from api.deps import AppState, Body, Caller, State
 from api.errors import BadRequest, Forbidden, Invalid, UnknownKind
 from api.merge_patch import merge_patch
 from reconcile import keys
@@ -33,6 +37,22 @@ _SOURCE = "request body"
 _PATCH_ATTEMPTS = 5
 # Kinds with cross-object rules checked on update (api.admission).
 _ADMITTED: tuple[type[Resource], ...] = (Plan, Subscription)
+
+T = TypeVar("T")
+
+
+async def checked(state: AppState, caller: Principal, check: Callable[..., T], *args: Any) -> T:
+    """Run an api.access check: at once when it cannot read the store (every role but customer),
+    else in the thread pool (a customer's ownership of a VPS is looked up)."""
+    if caller.role != "customer":
+        return check(state.store, caller, *args)
+    return await run_in_threadpool(check, state.store, caller, *args)
+
+
+async def admitted(state: AppState, current: Resource, new: Resource) -> None:
+    """api.admission's cross-object rules; the store is read (in the thread pool) only if a rule needs it."""
+    if needs_store(current, new):
+        await run_in_threadpool(admit_update, state.store, current, new)
 
 
 def resolve_kind(kind: str) -> type[Resource]:
@@ -117,7 +137,7 @@ def list_events(state: State, caller: Caller, kind: str | None = None, name: str
 
 
 @router.get("/{kind}", summary="List objects of a kind, optionally by label selector")
-def list_objects(kind: str, state: State, caller: Caller,
+async def list_objects(kind: str, state: State, caller: Caller,
                  labelSelector: str | None = Query(None, description="e.g. `tier=standard,!legacy`"),
                  ) -> JSONResponse:
     cls = resolve_kind(kind)
@@ -126,21 +146,22 @@ def list_objects(kind: str, state: State, caller: Caller,
         selector = parse_selector(labelSelector)
     except ValueError as exc:
         raise BadRequest(str(exc), [{"path": "labelSelector", "message": str(exc)}]) from None
-    result = state.store.list(cls, selector)
+    result = await state.astore.list(cls, selector)
+    items = await checked(state, caller, access.filter_visible, result.items)
     return JSONResponse({"apiVersion": API_VERSION, "kind": f"{cls.KIND}List",
                          "metadata": {"resourceVersion": str(result.revision)},
-                         "items": [render(o) for o in access.filter_visible(state.store, caller, result.items)]})
+                         "items": [render(o) for o in items]})
 
 
 @router.post("/{kind}", status_code=201, summary="Create an object")
-def create_object(kind: str, body: Body, state: State, caller: Caller) -> JSONResponse:
+async def create_object(kind: str, body: Body, state: State, caller: Caller) -> JSONResponse:
     cls = resolve_kind(kind)
     access.require_collection(caller, cls, "create")
     obj = object_from_body(body, cls, name=None)
     # Identity and timestamps are the server's to assign.
     meta = obj.metadata.model_copy(update={"uid": None, "creationTimestamp": None, "resourceVersion": None})
     try:
-        created = state.store.create(obj.model_copy(update={"metadata": meta}))
+        created = await state.astore.create(obj.model_copy(update={"metadata": meta}))
     except AlreadyExists:
         # The store names the etcd key; the client should see the object instead.
         raise AlreadyExists(f"{cls.KIND} {obj.name!r} already exists") from None
@@ -149,35 +170,36 @@ def create_object(kind: str, body: Body, state: State, caller: Caller) -> JSONRe
 
 
 @router.get("/{kind}/{name}", summary="Read an object with its status")
-def get_object(kind: str, name: str, state: State, caller: Caller) -> JSONResponse:
+async def get_object(kind: str, name: str, state: State, caller: Caller) -> JSONResponse:
     cls = resolve_kind(kind)
     access.deny_unreadable_kind(caller, cls, name)
-    return JSONResponse(render(access.require_visible(state.store, caller, state.store.get(cls, name))))
+    obj = await state.astore.get(cls, name)
+    return JSONResponse(render(await checked(state, caller, access.require_visible, obj)))
 
 
 @router.put("/{kind}/{name}", summary="Replace metadata and spec (409 if metadata.resourceVersion is stale); "
             "finalizers are kept unless the body lists them")
-def replace_object(kind: str, name: str, body: Body, state: State, caller: Caller) -> JSONResponse:
+async def replace_object(kind: str, name: str, body: Body, state: State, caller: Caller) -> JSONResponse:
     cls = resolve_kind(kind)
-    _require_write(state, caller, cls, name, "replace")
+    await _require_write(state, caller, cls, name, "replace")
     obj = object_from_body(body, cls, name=name)
     meta = body.get("metadata") if isinstance(body, dict) else None
     keep_finalizers = not (isinstance(meta, dict) and "finalizers" in meta)
     if keep_finalizers or cls in _ADMITTED:
         # Pinning the version keeps this read-modify-write safe.
-        current = state.store.get(cls, name)
-        admit_update(state.store, current, obj)
+        current = await state.astore.get(cls, name)
+        await admitted(state, current, obj)
         update: dict[str, Any] = {"resourceVersion": obj.metadata.resourceVersion or current.metadata.resourceVersion}
         if keep_finalizers:
             # A body that does not mention finalizers keeps the server's: dropping one by
             # omission would skip a controller's cleanup.
             update["finalizers"] = current.metadata.finalizers
         obj = obj.model_copy(update={"metadata": obj.metadata.model_copy(update=update)})
-    return JSONResponse(render(state.store.update(obj)))
+    return JSONResponse(render(await state.astore.update(obj)))
 
 
 @router.patch("/{kind}/{name}", summary="JSON merge patch (RFC 7386) of metadata and spec")
-def patch_object(kind: str, name: str, body: Body, state: State, caller: Caller) -> JSONResponse:
+async def patch_object(kind: str, name: str, body: Body, state: State, caller: Caller) -> JSONResponse:
     cls = resolve_kind(kind)
     access.deny_unreadable_kind(caller, cls, name)
     if not isinstance(body, dict):
@@ -186,14 +208,14 @@ def patch_object(kind: str, name: str, body: Body, state: State, caller: Caller)
     meta_patch = patch.get("metadata")
     pinned = isinstance(meta_patch, dict) and meta_patch.get("resourceVersion") is not None
     for attempt in range(_PATCH_ATTEMPTS):
-        current = state.store.get(cls, name)
-        access.require_patch(state.store, caller, current, patch)
+        current = await state.astore.get(cls, name)
+        await checked(state, caller, access.require_patch, current, patch)
         doc = render(current)
         doc.pop("status", None)
         obj = object_from_body(merge_patch(doc, patch), cls, name=name)
-        admit_update(state.store, current, obj)
+        await admitted(state, current, obj)
         try:
-            return JSONResponse(render(state.store.update(obj)))
+            return JSONResponse(render(await state.astore.update(obj)))
         except Conflict:
             # Unpinned patches apply to whatever is current: re-read and apply again.
             if pinned or attempt == _PATCH_ATTEMPTS - 1:
@@ -203,21 +225,21 @@ def patch_object(kind: str, name: str, body: Body, state: State, caller: Caller)
 
 @router.delete("/{kind}/{name}", status_code=204,
                summary="Delete; with finalizers the object is only marked (202 with the object)")
-def delete_object(kind: str, name: str, state: State, caller: Caller,
+async def delete_object(kind: str, name: str, state: State, caller: Caller,
                   resourceVersion: str | None = Query(None, description="delete only if unchanged")) -> Response:
     cls = resolve_kind(kind)
-    _require_write(state, caller, cls, name, "delete")
-    marked = state.store.delete(cls, name, resource_version=resourceVersion)
+    await _require_write(state, caller, cls, name, "delete")
+    marked = await state.astore.delete(cls, name, resource_version=resourceVersion)
     if marked is not None:
         return JSONResponse(render(marked), status_code=202)
     return Response(status_code=204)
 
 
 @router.get("/{kind}/{name}/status", summary="Read an object's status (written by controllers only)")
-def get_status(kind: str, name: str, state: State, caller: Caller) -> JSONResponse:
+async def get_status(kind: str, name: str, state: State, caller: Caller) -> JSONResponse:
     cls = resolve_kind(kind)
     access.deny_unreadable_kind(caller, cls, name)
-    obj = access.require_visible(state.store, caller, state.store.get(cls, name))
+    obj = await checked(state, caller, access.require_visible, await state.astore.get(cls, name))
     status = obj.status.model_dump(mode="json", exclude_none=True) if hasattr(obj.status, "model_dump") \
         else obj.status
     return JSONResponse({"apiVersion": API_VERSION, "kind": cls.KIND,
@@ -226,9 +248,9 @@ def get_status(kind: str, name: str, state: State, caller: Caller) -> JSONRespon
                          "status": status or {}})
 
 
-def _require_write(state: State, caller: Caller, cls: type[Resource], name: str, verb: str) -> None:
+async def _require_write(state: AppState, caller: Principal, cls: type[Resource], name: str, verb: str) -> None:
     """Replace/delete: writers by kind pass at once; anyone else learns 404 or 403 (after one read)."""
     if access.may_write_kind(caller, cls.KIND):
         return
     access.deny_unreadable_kind(caller, cls, name)
-    access.require_write(state.store, caller, state.store.get(cls, name), verb)
+    await checked(state, caller, access.require_write, await state.astore.get(cls, name), verb)

@@ -38,6 +38,7 @@ from api.metrics import ApiMetrics, MetricsMiddleware
 from api.openapi import build_openapi
 from api.ratelimit import LoginThrottle, TokenBuckets
 from api.sessions import Sessions
+from reconcile.aio import AsyncStore
 from reconcile.errors import StoreError
 from reconcile.etcd_server import free_port
 from reconcile.store import Store
@@ -96,14 +97,15 @@ def create_app(store: Store, *, max_body_bytes: int = 1024 * 1024, heartbeat_sec
     settings = Settings(max_body_bytes=max_body_bytes, heartbeat_seconds=heartbeat_seconds,
                         open_metrics_on_loopback=open_metrics_on_loopback, rate_per_principal=rate_per_principal,
                         burst_per_principal=burst_per_principal, cookie_secure=cookie_secure)
-    state = AppState(store=store, verifier=TokenVerifier(store, cache_seconds=token_cache_seconds),
+    astore = AsyncStore(store)
+    state = AppState(store=store, astore=astore, verifier=TokenVerifier(store, cache_seconds=token_cache_seconds),
                      settings=settings,
                      sessions=Sessions(store, ttl_seconds=session_ttl_seconds, cache_seconds=token_cache_seconds),
                      buckets=TokenBuckets(rate_per_principal, burst_per_principal),
                      login_throttle=login_throttle or LoginThrottle(),
                      hub=WatchHub(store))
     metrics = ApiMetrics()
-    audit_writer = AuditWriter(store)
+    audit_writer = AuditWriter(astore)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -113,8 +115,8 @@ def create_app(store: Store, *, max_body_bytes: int = 1024 * 1024, heartbeat_sec
         try:
             yield
         finally:
+            await state.astore.close()
             auth_watch.stop(timeout=0)
-            audit_writer.stop()
             if state.hub is not None:
                 state.hub.stop()
             if state.ready_store is not None:
@@ -127,7 +129,7 @@ def create_app(store: Store, *, max_body_bytes: int = 1024 * 1024, heartbeat_sec
         lifespan=lifespan,
     )
     app.state.hostplane = state
-    app.add_middleware(AuditMiddleware, store=store, writer=audit_writer)
+    app.add_middleware(AuditMiddleware, writer=audit_writer)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     panel.install(app)  # the web panel at / (api/panel.py); never shadows an API path
     for exc_type in (ApiError, SpecError, StoreError, Exception):

@@ -19,9 +19,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from fastapi import APIRouter, Header, Query, Request
@@ -31,14 +30,27 @@ from starlette.concurrency import run_in_threadpool
 from api import access
 from api.deps import Caller, State, authenticated
 from api.errors import ApiError, BadRequest, Forbidden, UnknownKind
-from api.hub import EVERYONE, HubEvent, frames
+from api.hub import Audience, Feed
 from reconcile.store import WatchEvent, decode
 from specs import KINDS, Resource, kind_for
 
 router = APIRouter(prefix="/v1", tags=["watch"])
 
-_MAX_PENDING_BATCHES = 10_000
 _RECHECK_SECONDS = 1.0
+# A stream whose unsent output passes this (its client reads slower than etcd changes) is
+# told to re-list instead of growing without bound.
+_MAX_PENDING_BYTES = 8 << 20
+
+
+def _ending(why: str, detail: Any) -> bytes:
+    """The last frame of a stream that must re-list: compacted away, or too slow to keep up."""
+    if why == "compacted":
+        body = {"type": "COMPACTED", "compactRevision": detail,
+                "message": "the requested revision is compacted; list again and watch from its resourceVersion"}
+        return f"event: compacted\ndata: {json.dumps(body)}\n\n".encode()
+    body = {"type": "RELIST", "message": "this stream fell too far behind; list again and watch from its "
+                                         "resourceVersion"}
+    return f"event: relist\ndata: {json.dumps(body)}\n\n".encode()
 
 
 def _kinds(text: str | None) -> dict[str, type[Resource]]:
@@ -119,41 +131,21 @@ async def watch(request: Request, state: State, caller: Caller,
     if after is None:
         after = await run_in_threadpool(store.revision)
     loop = asyncio.get_running_loop()
-    queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
-    overflowed = threading.Event()
-
-    def deliver_in_loop(item: tuple[str, Any]) -> None:
-        # A client that reads slower than etcd changes would make the queue grow without
-        # bound: past the limit it is told to re-list instead.
-        if overflowed.is_set():
-            return
-        if queue.qsize() > _MAX_PENDING_BATCHES:
-            overflowed.set()
-            item = ("overflow", None)
-        queue.put_nowait(item)
-
-    def deliver(item: tuple[str, Any]) -> None:
-        # Called on a private watch's thread; the loop may already be gone when a client left.
-        with contextlib.suppress(RuntimeError):
-            loop.call_soon_threadsafe(deliver_in_loop, item)
-
-    customer = caller.customer if caller.role == "customer" else None
-
-    def visible(e: HubEvent) -> bool:
-        if e.kind not in wanted_kinds:
-            return False
-        return customer is None or e.audience in (EVERYONE, customer)
-
-    subscribed = hub.subscribe(after, deliver_in_loop, loop)
+    audience = Audience(frozenset(wanted_kinds), caller.customer if caller.role == "customer" else None)
+    feed = Feed(audience, after, max_pending_bytes=_MAX_PENDING_BYTES)
+    handle = hub.subscribe(feed, loop)
     private = None
-    if subscribed is None:
+    if handle is None:
         # Older than the hub's buffer: this stream reads etcd from that revision itself.
+        def deliver(method: Callable[..., None], *args: Any) -> None:
+            # Called on the private watch's thread; the loop may already be gone when the client left.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(method, *args)
+
         private = await run_in_threadpool(
             store.watch, store.root + "/s", start_revision=after + 1,
-            on_events=lambda evs, _rev: deliver(("events", hub.translate_private(evs))),
-            on_compacted=lambda rev: deliver(("compacted", rev)))
-    else:
-        deliver_in_loop(("events", subscribed[1]))
+            on_events=lambda evs, _rev: deliver(feed.offer, hub.translate_private(evs)),
+            on_compacted=lambda rev: deliver(feed.end, "compacted", rev))
     heartbeat = state.settings.heartbeat_seconds
     start_from = after
 
@@ -165,48 +157,26 @@ async def watch(request: Request, state: State, caller: Caller,
             return False
         return True
 
-    async def stream() -> AsyncIterator[str]:
+    async def stream() -> AsyncIterator[bytes]:
         checked = time.monotonic()
         try:
-            yield f"retry: 2000\n: watching from revision {start_from}\n\n"
+            yield f"retry: 2000\n: watching from revision {start_from}\n\n".encode()
             while True:
-                # asyncio.timeout, not wait_for: no task per wake-up (hundreds of streams share a loop).
-                try:
-                    async with asyncio.timeout(heartbeat):
-                        items = [await queue.get()]
-                except TimeoutError:
-                    items = [("heartbeat", None)]
-                # Everything already queued goes out in one write: under load a stream sends
-                # one chunk per wake-up, not one per event.
-                while not queue.empty():
-                    items.append(queue.get_nowait())
-                if time.monotonic() - checked >= _RECHECK_SECONDS or items[0][0] == "heartbeat":
+                # Everything pending goes out in one write: under load a stream sends one chunk
+                # per fan-out, however many events it carries.
+                data = await feed.take(heartbeat)
+                if data is None or time.monotonic() - checked >= _RECHECK_SECONDS:
                     checked = time.monotonic()
                     if not await still_allowed():
-                        yield "event: unauthorized\ndata: {\"type\": \"UNAUTHORIZED\"}\n\n"
+                        yield b"event: unauthorized\ndata: {\"type\": \"UNAUTHORIZED\"}\n\n"
                         return
-                out: list[str] = []
-                for what, payload in items:
-                    if what == "heartbeat":
-                        out.append(": heartbeat\n\n")
-                    elif what == "compacted":
-                        body = {"type": "COMPACTED", "compactRevision": payload,
-                                "message": "the requested revision is compacted; list again and watch from its "
-                                           "resourceVersion"}
-                        yield "".join(out) + f"event: compacted\ndata: {json.dumps(body)}\n\n"
-                        return
-                    elif what == "overflow" or overflowed.is_set():
-                        body = {"type": "RELIST", "message": "this stream fell too far behind; list again and "
-                                                             "watch from its resourceVersion"}
-                        yield "".join(out) + f"event: relist\ndata: {json.dumps(body)}\n\n"
-                        return
-                    else:
-                        out.extend(frames(payload, start_from, visible))
-                if out:
-                    yield "".join(out)
+                if feed.ended is not None:
+                    yield (data or b"") + _ending(*feed.ended)
+                    return
+                yield data if data is not None else b": heartbeat\n\n"
         finally:
-            if subscribed is not None:
-                hub.unsubscribe(subscribed[0])
+            if handle is not None:
+                hub.unsubscribe(handle)
             if private is not None:
                 # Non-blocking: cancels the gRPC stream; its thread ends on its own.
                 private.stop(timeout=0)

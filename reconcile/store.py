@@ -24,7 +24,7 @@ import queue
 import threading
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
@@ -60,6 +60,8 @@ log = logging.getLogger(__name__)
 
 R = TypeVar("R", bound=Resource)
 T = TypeVar("T")
+# An etcd operation as a generator: yields requests, is sent their responses, returns T.
+Operation = Generator[Any, Any, T]
 
 # etcd refuses requests over 1.5 MiB by default; keep a margin for the key and framing.
 MAX_VALUE_BYTES = 1_400_000
@@ -351,18 +353,40 @@ class Store:
             lease=int(kv.lease),
         )
 
-    def _range(self, key: str, *, prefix: bool, limit: int = 0, keys_only: bool = False,
-               revision: int = 0) -> tuple[list[KV], int]:
+    # Key-value and object operations are written once, as generators that yield etcd requests
+    # (RangeRequest or TxnRequest) and are sent back the responses: `_run` drives them with
+    # blocking calls, `reconcile.aio.AsyncStore` with asyncio ones. Their logic (compares,
+    # retried-write checks, the remembered values) is therefore the same for both.
+
+    def _run(self, op: Operation[T]) -> T:
+        """Drive an operation with blocking etcd calls."""
+        try:
+            request = next(op)
+            while True:
+                request = op.send(self._send(request))
+        except StopIteration as done:
+            result: T = done.value
+            return result
+
+    def _send(self, request: Any) -> Any:
+        if isinstance(request, etcdrpc.TxnRequest):
+            return self._call(
+                lambda: self._client.kvstub.Txn(request, self.timeout, metadata=self._client.metadata))
+        return self._call(
+            lambda: self._client.kvstub.Range(request, self.timeout, metadata=self._client.metadata))
+
+    def _range_op(self, key: str, *, prefix: bool, limit: int = 0, keys_only: bool = False,
+                  revision: int = 0) -> Operation[tuple[list[KV], int]]:
         req = etcdrpc.RangeRequest(key=key.encode(), limit=limit, keys_only=keys_only,
                                    revision=revision)
         if prefix:
             req.range_end = _prefix_end(key)
+        resp = yield req
+        return [self._kv(kv) for kv in resp.kvs], int(resp.header.revision)
 
-        def run() -> tuple[list[KV], int]:
-            resp = self._client.kvstub.Range(req, self.timeout, metadata=self._client.metadata)
-            return [self._kv(kv) for kv in resp.kvs], int(resp.header.revision)
-
-        return self._call(run)
+    def _range(self, key: str, *, prefix: bool, limit: int = 0, keys_only: bool = False,
+               revision: int = 0) -> tuple[list[KV], int]:
+        return self._run(self._range_op(key, prefix=prefix, limit=limit, keys_only=keys_only, revision=revision))
 
     # ----------------------------------------------------------- raw keys
 
@@ -371,7 +395,10 @@ class Store:
         return rev
 
     def kv_get(self, key: str) -> KV | None:
-        kvs, _ = self._range(key, prefix=False)
+        return self._run(self._kv_get_op(key))
+
+    def _kv_get_op(self, key: str) -> Operation[KV | None]:
+        kvs, _ = yield from self._range_op(key, prefix=False)
         return kvs[0] if kvs else None
 
     def kv_range(self, prefix: str, *, keys_only: bool = False) -> tuple[list[KV], int]:
@@ -384,10 +411,14 @@ class Store:
 
         Returns the new revision. Raises Conflict (or AlreadyExists when expect=0).
         """
+        return self._run(self._kv_put_op(key, value, lease=lease, expect=expect))
+
+    def _kv_put_op(self, key: str, value: bytes, *, lease: int | None = None,
+                   expect: int | None = None) -> Operation[int]:
         if expect is None:
-            res = self.txn([], [Put(key, value, lease)])
+            res = yield from self._txn_op([], [Put(key, value, lease)])
             return res.revision
-        res = self.txn([ModIs(key, expect)], [Put(key, value, lease)], [Get(key)])
+        res = yield from self._txn_op([ModIs(key, expect)], [Put(key, value, lease)], [Get(key)])
         if res.succeeded:
             return res.revision
         current = res.gets[0][0] if res.gets and res.gets[0] else None
@@ -446,15 +477,19 @@ class Store:
     def txn(self, compares: Sequence[Compare], success: Sequence[Op],
             failure: Sequence[Op] = ()) -> TxnResult:
         """One etcd transaction: if every compare holds run `success`, else `failure`."""
-        resp = self._txn_response(compares, success, failure)
+        return self._run(self._txn_op(compares, success, failure))
+
+    def _txn_op(self, compares: Sequence[Compare], success: Sequence[Op],
+                failure: Sequence[Op] = ()) -> Operation[TxnResult]:
+        resp = yield from self._txn_raw_op(compares, success, failure)
         gets: list[list[KV]] = []
         for r in resp.responses:
             if r.WhichOneof("response") == "response_range":
                 gets.append([self._kv(kv) for kv in r.response_range.kvs])
         return TxnResult(bool(resp.succeeded), int(resp.header.revision), gets)
 
-    def _txn_response(self, compares: Sequence[Compare], success: Sequence[Op],
-                      failure: Sequence[Op] = ()) -> Any:
+    def _txn_raw_op(self, compares: Sequence[Compare], success: Sequence[Op],
+                    failure: Sequence[Op] = ()) -> Operation[Any]:
         """The raw TxnResponse, for readers of many keys that skip the KV copies."""
         for op in (*success, *failure):
             if isinstance(op, Put) and len(op.value) > MAX_VALUE_BYTES:
@@ -466,8 +501,7 @@ class Store:
             self._fill_op(request.success.add(), o)
         for o in failure:
             self._fill_op(request.failure.add(), o)
-        return self._call(
-            lambda: self._client.kvstub.Txn(request, self.timeout, metadata=self._client.metadata))
+        return (yield request)
 
     # ----------------------------------------------------------- leases
 
@@ -586,8 +620,11 @@ class Store:
                 self._seen_bytes -= len(old.value)
 
     def get(self, cls: type[R], name: str) -> R:
+        return self._run(self._get_op(cls, name))
+
+    def _get_op(self, cls: type[R], name: str) -> Operation[R]:
         skey, tkey = keys.spec_key(cls, name, self.root), keys.status_key(cls, name, self.root)
-        res = self.txn([], [Get(skey), Get(tkey)])
+        res = yield from self._txn_op([], [Get(skey), Get(tkey)])
         if not res.gets[0]:
             self._forget(skey)
             raise NotFound(f"{cls.KIND} {name!r} not found")
@@ -596,8 +633,12 @@ class Store:
     def list(self, cls: type[R], selector: Selector | str | Mapping[str, str] | None = None,
              ) -> ListResult[R]:
         """All objects of a kind (with status), optionally filtered by labels, at one revision."""
+        return self._run(self._list_op(cls, selector))
+
+    def _list_op(self, cls: type[R], selector: Selector | str | Mapping[str, str] | None = None,
+                 ) -> Operation[ListResult[R]]:
         sel = selector if isinstance(selector, tuple) else parse_selector(selector)
-        resp = self._txn_response(
+        resp = yield from self._txn_raw_op(
             [],
             [Get(keys.spec_prefix(cls, self.root), prefix=True),
              Get(keys.status_prefix(cls, self.root), prefix=True)],
@@ -615,6 +656,9 @@ class Store:
 
     def create(self, obj: R) -> R:
         """Create an object; AlreadyExists if the name is taken. Sets uid, generation, times."""
+        return self._run(self._create_op(obj))
+
+    def _create_op(self, obj: R) -> Operation[R]:
         cls = type(obj)
         meta = obj.metadata.model_copy(update={
             "uid": obj.metadata.uid or str(uuid.uuid4()),
@@ -627,7 +671,7 @@ class Store:
         key = keys.spec_key(cls, new.name, self.root)
         doc = self._doc(new)
         value = _encode_doc(doc)
-        rev = self.kv_put(key, value, expect=0)
+        rev = yield from self._kv_put_op(key, value, expect=0)
         self._remember(key, rev, value, doc)
         meta.resourceVersion = str(rev)  # `meta` is this call's own copy
         return new
@@ -643,6 +687,9 @@ class Store:
         An object last read or written through this store at the same resourceVersion is not
         read again: the write is one transaction comparing that revision and those bytes.
         """
+        return self._run(self._update_op(obj))
+
+    def _update_op(self, obj: R) -> Operation[R]:
         cls = type(obj)
         skey, tkey = keys.spec_key(cls, obj.name, self.root), keys.status_key(cls, obj.name, self.root)
         rv_text = obj.metadata.resourceVersion
@@ -653,7 +700,7 @@ class Store:
         if fast and seen is not None:
             rv, stored_raw, stored = seen.mod_revision, seen.value, seen.doc
         else:
-            res = self.txn([], [Get(skey), Get(tkey)])
+            res = yield from self._txn_op([], [Get(skey), Get(tkey)])
             if not res.gets[0]:
                 self._forget(skey)
                 raise NotFound(f"{cls.KIND} {obj.name!r} not found")
@@ -677,7 +724,7 @@ class Store:
                 meta.pop(kept, None)
         meta["generation"] = (smeta.get("generation") or 1) + (doc.get("spec") != stored.get("spec"))
         if meta.get("deletionTimestamp") is not None and not meta.get("finalizers"):
-            self._remove(cls, obj.name, rv)
+            yield from self._remove_op(cls, obj.name, rv)
             return obj.model_copy(update={"metadata": _kept_meta(obj.metadata, meta, None)})
         compares: list[Compare] = [ModIs(skey, rv)]
         if fast:
@@ -687,27 +734,27 @@ class Store:
             if not fast:
                 status = self._parse_status(cls, None if status_read is None else status_read.value)
                 return obj.model_copy(update={"metadata": _kept_meta(obj.metadata, meta, rv), "status": status})
-            res = self.txn(compares, [Get(tkey)], [Get(skey)])
+            res = yield from self._txn_op(compares, [Get(tkey)], [Get(skey)])
             if res.succeeded:
                 status = self._parse_status(cls, res.gets[0][0].value if res.gets[0] else None)
                 return obj.model_copy(update={"metadata": _kept_meta(obj.metadata, meta, rv), "status": status})
-            return self._lost(obj, res, rv, fast)
+            return (yield from self._lost_op(obj, res, rv, fast))
         value = _encode_doc(doc)
-        res = self.txn(compares, [Put(skey, value), Get(tkey)], [Get(skey)])
+        res = yield from self._txn_op(compares, [Put(skey, value), Get(tkey)], [Get(skey)])
         if res.succeeded:
             rev = res.revision
             status = self._parse_status(cls, res.gets[0][0].value if res.gets[0] else None)
         else:
             current = res.gets[0][0] if res.gets and res.gets[0] else None
             if current is None or current.value != value:
-                return self._lost(obj, res, rv, fast)
+                return (yield from self._lost_op(obj, res, rv, fast))
             # A retried write whose first attempt landed: our bytes are there.
             rev = current.mod_revision
-            status = self._read_status(cls, tkey)
+            status = yield from self._read_status_op(cls, tkey)
         self._remember(skey, rev, value, doc)
         return obj.model_copy(update={"metadata": _kept_meta(obj.metadata, meta, rev), "status": status})
 
-    def _lost(self, obj: R, res: TxnResult, rv: int, fast: bool) -> R:
+    def _lost_op(self, obj: R, res: TxnResult, rv: int, fast: bool) -> Operation[R]:
         """An update's compare failed: NotFound, Conflict, or (wrong remembered bytes) try again."""
         cls = type(obj)
         skey = keys.spec_key(cls, obj.name, self.root)
@@ -717,22 +764,23 @@ class Store:
             raise NotFound(f"{cls.KIND} {obj.name!r} not found")
         self._remember(skey, current.mod_revision, current.value)
         if fast and current.mod_revision == rv:
-            return self.update(obj)  # the remembered bytes were wrong: decide again on the real ones
+            # The remembered bytes were wrong: decide again on the real ones.
+            return (yield from self._update_op(obj))
         raise Conflict(f"{cls.KIND} {obj.name!r} was modified (resourceVersion "
                        f"{current.mod_revision}, not {rv}); re-read and retry")
 
-    def _read_status(self, cls: type[Resource], tkey: str) -> Any:
-        kv = self.kv_get(tkey)
+    def _read_status_op(self, cls: type[Resource], tkey: str) -> Operation[Any]:
+        kv = yield from self._kv_get_op(tkey)
         return self._parse_status(cls, None if kv is None else kv.value)
 
     @staticmethod
     def _parse_status(cls: type[Resource], raw: bytes | None) -> Any:
         return None if raw is None else _status_adapter(cls).validate_json(raw)
 
-    def _remove(self, cls: type[Resource], name: str, revision: int) -> None:
+    def _remove_op(self, cls: type[Resource], name: str, revision: int) -> Operation[None]:
         skey, tkey = keys.spec_key(cls, name, self.root), keys.status_key(cls, name, self.root)
         self._forget(skey)
-        res = self.txn([ModIs(skey, revision)], [Delete(skey), Delete(tkey)], [Get(skey)])
+        res = yield from self._txn_op([ModIs(skey, revision)], [Delete(skey), Delete(tkey)], [Get(skey)])
         if not res.succeeded:
             if not res.gets[0]:
                 return  # already gone: a retried delete
@@ -740,7 +788,10 @@ class Store:
 
     def delete(self, cls: type[R], name: str, *, resource_version: str | None = None) -> R | None:
         """Delete an object. With finalizers it is only marked (deletionTimestamp) and returned."""
-        current = self.get(cls, name)
+        return self._run(self._delete_op(cls, name, resource_version=resource_version))
+
+    def _delete_op(self, cls: type[R], name: str, *, resource_version: str | None = None) -> Operation[R | None]:
+        current = yield from self._get_op(cls, name)
         if resource_version is not None and resource_version != current.metadata.resourceVersion:
             raise Conflict(f"{cls.KIND} {name!r} was modified; re-read and retry")
         rv = int(current.metadata.resourceVersion or 0)
@@ -752,11 +803,11 @@ class Store:
             marked = current.model_copy(update={"metadata": meta})
             skey = keys.spec_key(cls, name, self.root)
             value = _encode_doc(self._doc(marked))
-            new_rv = self.kv_put(skey, value, expect=rv)
+            new_rv = yield from self._kv_put_op(skey, value, expect=rv)
             self._remember(skey, new_rv, value)
             return marked.model_copy(update={
                 "metadata": meta.model_copy(update={"resourceVersion": str(new_rv)})})
-        self._remove(cls, name, rv)
+        yield from self._remove_op(cls, name, rv)
         return None
 
     def put_status(self, cls: type[Resource], name: str, status: Any) -> bool:

@@ -118,7 +118,7 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-async def drive(port: int, admin: str, customer_tokens: list[str], pid: int) -> dict[str, Any]:
+async def drive(port: int, admin: str, customer_tokens: list[str], pid: int, etcd_pid: int) -> dict[str, Any]:
     cpu0 = cpu_seconds(pid)
     baseline = await writers_phase(port, admin, "base")
     baseline["cpu"] = cpu_seconds(pid) - cpu0
@@ -128,7 +128,11 @@ async def drive(port: int, admin: str, customer_tokens: list[str], pid: int) -> 
         w.start()
     await asyncio.wait_for(asyncio.gather(*(w.ready.wait() for w in watchers)), 60)
     cpu0 = cpu_seconds(pid)
+    gen0, etcd0, wall0 = cpu_seconds(os.getpid()), cpu_seconds(etcd_pid), time.perf_counter()
     loaded = await writers_phase(port, admin, "load")
+    wall = time.perf_counter() - wall0
+    loaded["shares"] = {"api": (cpu_seconds(pid) - cpu0) / wall, "etcd": (cpu_seconds(etcd_pid) - etcd0) / wall,
+                        "load generator": (cpu_seconds(os.getpid()) - gen0) / wall}
     await asyncio.sleep(2.0)  # let the last events arrive
     loaded["cpu"] = cpu_seconds(pid) - cpu0
     for w in watchers:
@@ -164,7 +168,8 @@ def run() -> str:
                         r = c.post("/v1/tokens", json={"role": "customer", "customer": f"c{i}"})
                         r.raise_for_status()
                         tokens.append(r.json()["token"])
-                res = asyncio.run(drive(api.port, api.admin_token, tokens, api.proc.pid))
+                assert etcd.proc is not None
+                res = asyncio.run(drive(api.port, api.admin_token, tokens, api.proc.pid, etcd.proc.pid))
         finally:
             etcd.stop()
     return report(res)
@@ -196,6 +201,7 @@ def report(res: dict[str, Any]) -> str:
         f"{res['expected'] - res['missing']} deliveries: "
         f"{max(0.0, ld['cpu'] - b['cpu']) / max(1, res['expected'] - res['missing']) * 1e6:.0f} us per event per "
         "watcher).\n\n"
+        "CPU while loaded (cores): " + ", ".join(f"{k} {v:.2f}" for k, v in ld["shares"].items()) + ".\n\n"
         "| write to event at every watcher | samples | p50 ms | p99 ms | max ms |\n"
         "| --- | ---: | ---: | ---: | ---: |\n"
         f"| after the PUT's answer | {len(res['after_answer'])} | {pct(res['after_answer'], 0.5):.1f} | "

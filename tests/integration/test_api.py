@@ -284,7 +284,7 @@ def test_watch_rejects_unknown_kind_and_bad_revision(api: httpx.Client) -> None:
 
 def test_watch_that_falls_behind_is_told_to_relist(api: httpx.Client, monkeypatch: pytest.MonkeyPatch) -> None:
     """A stream whose backlog passes the limit ends with a `relist` event instead of growing without bound."""
-    monkeypatch.setattr("api.watch._MAX_PENDING_BATCHES", -1)
+    monkeypatch.setattr("api.watch._MAX_PENDING_BYTES", 0)
     start = api.get("/v1/plans").json()["metadata"]["resourceVersion"]
     api.post("/v1/plans", json=plan())
     with api.stream("GET", "/v1/watch", params={"kinds": "plans", "resourceVersion": start}) as resp:
