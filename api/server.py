@@ -15,6 +15,7 @@ import contextlib
 import ipaddress
 import logging
 import signal
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -88,11 +89,12 @@ def create_app(store: Store, *, max_body_bytes: int = 1024 * 1024, heartbeat_sec
                token_cache_seconds: float = 10.0, open_metrics_on_loopback: bool = True,
                rate_per_principal: float = 50.0, burst_per_principal: float = 200.0,
                session_ttl_seconds: int = 12 * 3600, cookie_secure: bool | None = None,
-               login_throttle: LoginThrottle | None = None) -> FastAPI:
+               login_throttle: LoginThrottle | None = None, watch_flush_seconds: float = 0.05) -> FastAPI:
     """Build the API over `store`. The caller owns the store and closes it.
 
     No CORS headers are ever sent: browsers keep other origins out, and the panel is served
-    from this same origin.
+    from this same origin. `watch_flush_seconds`: under sustained change, SSE streams are
+    written at most this often (each write carrying every event since the last; api.hub).
     """
     settings = Settings(max_body_bytes=max_body_bytes, heartbeat_seconds=heartbeat_seconds,
                         open_metrics_on_loopback=open_metrics_on_loopback, rate_per_principal=rate_per_principal,
@@ -103,7 +105,7 @@ def create_app(store: Store, *, max_body_bytes: int = 1024 * 1024, heartbeat_sec
                      sessions=Sessions(store, ttl_seconds=session_ttl_seconds, cache_seconds=token_cache_seconds),
                      buckets=TokenBuckets(rate_per_principal, burst_per_principal),
                      login_throttle=login_throttle or LoginThrottle(),
-                     hub=WatchHub(store))
+                     hub=WatchHub(store, flush_seconds=watch_flush_seconds))
     metrics = ApiMetrics()
     audit_writer = AuditWriter(astore)
 
@@ -231,9 +233,19 @@ def serving(app: Any, *, host: str = "127.0.0.1", port: int | None = None) -> It
         thread.join(10)
 
 
+# How long a thread may hold the interpreter lock while another waits for it (Python's
+# default is 5 ms). The event loop is busy under load; the threads that feed it (the watch
+# hub's etcd stream, gRPC's own) each need the lock for a moment per etcd event. At 5 ms per
+# hand-over they fell behind at a few hundred writes per second (seconds of delay before an
+# event reached the streams); at 1 ms they keep up (docs/benchmarks.md, API access).
+API_SWITCH_INTERVAL = 0.001
+
+
 def run_api(*, etcd: str, host: str, port: int, data_dir: Path, stop: threading.Event | None) -> None:
     """Run the API against etcd until `stop` is set or the process gets SIGTERM/SIGINT."""
     stop = stop or threading.Event()
+    switch_interval = sys.getswitchinterval()
+    sys.setswitchinterval(API_SWITCH_INTERVAL)
     previous: dict[signal.Signals, Any] = {}
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -246,3 +258,4 @@ def run_api(*, etcd: str, host: str, port: int, data_dir: Path, stop: threading.
         store.close()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        sys.setswitchinterval(switch_interval)
