@@ -87,8 +87,15 @@ def authenticate(request: Request, state: AppState) -> Principal:
     return _admit(request, state, _check(token, state.verifier.verify, "token"))
 
 
-async def authenticated(request: Request, state: State) -> Principal:
-    """Dependency: like `authenticate`, but reads etcd in the thread pool only on a cache miss."""
+async def authenticated(request: Request) -> Principal:
+    """Dependency: like `authenticate`, but reads etcd in the thread pool only on a cache miss.
+
+    The state comes from the app, not from the `State` dependency: one dependency less to
+    resolve on every request."""
+    return await authenticate_async(request, request.app.state.hostplane)
+
+
+async def authenticate_async(request: Request, state: AppState) -> Principal:
     token = bearer(request)
     if token is None and state.sessions is not None and request.cookies.get(SESSION_COOKIE):
         sid = request.cookies[SESSION_COOKIE]
@@ -139,8 +146,9 @@ Caller = Annotated[Principal, Depends(authenticated)]
 Admin = Annotated[Principal, Depends(admin)]
 
 
-async def read_body(request: Request, state: State) -> Any:
+async def read_body(request: Request) -> Any:
     """Dependency: the request body parsed as JSON or (by content type) YAML."""
+    state: AppState = request.app.state.hostplane
     limit = state.settings.max_body_bytes
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:

@@ -186,8 +186,9 @@ async def replace_object(kind: str, name: str, body: Body, state: State, caller:
     meta = body.get("metadata") if isinstance(body, dict) else None
     keep_finalizers = not (isinstance(meta, dict) and "finalizers" in meta)
     if keep_finalizers or cls in _ADMITTED:
-        # Pinning the version keeps this read-modify-write safe.
-        current = await state.astore.get(cls, name)
+        # Pinning the version keeps this read-modify-write safe (and, when this process last
+        # saw the object at that version, spares the read).
+        current = await state.astore.get_spec_at(cls, name, obj.metadata.resourceVersion)
         await admitted(state, current, obj)
         update: dict[str, Any] = {"resourceVersion": obj.metadata.resourceVersion or current.metadata.resourceVersion}
         if keep_finalizers:

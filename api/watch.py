@@ -28,7 +28,7 @@ from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from api import access
-from api.deps import Caller, State, authenticated
+from api.deps import Caller, State, authenticate_async
 from api.errors import ApiError, BadRequest, Forbidden, UnknownKind
 from api.hub import Audience, Feed
 from reconcile.store import WatchEvent, decode
@@ -152,7 +152,7 @@ async def watch(request: Request, state: State, caller: Caller,
     async def still_allowed() -> bool:
         # A revoked token or ended session closes its streams too, not only its next request.
         try:
-            await authenticated(request, state)
+            await authenticate_async(request, state)
         except ApiError:
             return False
         return True

@@ -121,6 +121,9 @@ class AsyncStore:
     async def get(self, cls: type[R], name: str) -> R:
         return await self._run(self.store._get_op(cls, name))
 
+    async def get_spec_at(self, cls: type[R], name: str, resource_version: str | None) -> R:
+        return await self._run(self.store._get_spec_at_op(cls, name, resource_version))
+
     async def list(self, cls: type[R], selector: Selector | str | Mapping[str, str] | None = None) -> ListResult[R]:
         return await self._run(self.store._list_op(cls, selector))
 

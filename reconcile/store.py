@@ -630,6 +630,26 @@ class Store:
             raise NotFound(f"{cls.KIND} {name!r} not found")
         return self._load(cls, res.gets[0][0], res.gets[1][0] if res.gets[1] else None)
 
+    def get_spec_at(self, cls: type[R], name: str, resource_version: str | None) -> R:
+        """The object as of `resource_version` for a read-modify-write, without its status.
+
+        When this store last read or wrote the object at exactly that version, nothing is read:
+        an `update` of it compares that revision and those bytes, so a decision taken on this
+        copy can only be written over the version it was taken on. Otherwise like `get`.
+        """
+        return self._run(self._get_spec_at_op(cls, name, resource_version))
+
+    def _get_spec_at_op(self, cls: type[R], name: str, resource_version: str | None) -> Operation[R]:
+        seen = self._recall(keys.spec_key(cls, name, self.root))
+        if seen is None or resource_version is None or str(seen.mod_revision) != resource_version:
+            return (yield from self._get_op(cls, name))
+        try:
+            obj = cls.model_validate_json(seen.value)
+        except ValidationError:
+            return (yield from self._get_op(cls, name))
+        obj.metadata.resourceVersion = resource_version
+        return obj
+
     def list(self, cls: type[R], selector: Selector | str | Mapping[str, str] | None = None,
              ) -> ListResult[R]:
         """All objects of a kind (with status), optionally filtered by labels, at one revision."""

@@ -391,3 +391,24 @@ def test_unchanged_update_from_a_stale_read_is_conflict(store: Store) -> None:
         assert store.get(Plan, "stale").spec.vcpus == 9
     finally:
         other.close()
+
+
+def test_get_spec_at_a_remembered_version_reads_nothing_and_stays_safe(store: Store) -> None:
+    """A read-modify-write pinned to the version this store last wrote skips the read; the update
+    still compares that version, so a change made elsewhere in between is a Conflict."""
+    created = store.create(plan("spec-at"))
+    rv = created.metadata.resourceVersion
+    other = Store(store.endpoints, root=store.root)
+    try:
+        seen = store.get_spec_at(Plan, "spec-at", rv)
+        assert seen.spec == created.spec and seen.metadata.resourceVersion == rv
+        other.update(with_vcpus(other.get(Plan, "spec-at"), created.spec.vcpus + 1))
+        # Still the remembered copy (nothing read), but writing it over the newer version fails.
+        assert store.get_spec_at(Plan, "spec-at", rv).spec.vcpus == created.spec.vcpus
+        with pytest.raises(Conflict):
+            store.update(seen)
+        # Any other version is read from etcd, as `get` would.
+        fresh = store.get_spec_at(Plan, "spec-at", "1")
+        assert fresh.spec.vcpus == created.spec.vcpus + 1
+    finally:
+        other.close()
