@@ -158,21 +158,26 @@ async def watch(request: Request, state: State, caller: Caller,
         return True
 
     async def stream() -> AsyncIterator[bytes]:
-        checked = time.monotonic()
+        checked = sent = time.monotonic()
         try:
             yield f"retry: 2000\n: watching from revision {start_from}\n\n".encode()
             while True:
                 # Everything pending goes out in one write: under load a stream sends one chunk
-                # per fan-out, however many events it carries.
-                data = await feed.take(heartbeat)
-                if data is None or time.monotonic() - checked >= _RECHECK_SECONDS:
-                    checked = time.monotonic()
+                # per fan-out, however many events it carries. An idle stream wakes every
+                # second anyway, so a revoked token ends it within a second.
+                data = await feed.take(min(heartbeat, _RECHECK_SECONDS))
+                now = time.monotonic()
+                if now - checked >= _RECHECK_SECONDS:
+                    checked = now
                     if not await still_allowed():
                         yield b"event: unauthorized\ndata: {\"type\": \"UNAUTHORIZED\"}\n\n"
                         return
                 if feed.ended is not None:
                     yield (data or b"") + _ending(*feed.ended)
                     return
+                if data is None and now - sent < heartbeat:
+                    continue
+                sent = now
                 yield data if data is not None else b": heartbeat\n\n"
         finally:
             if handle is not None:

@@ -316,6 +316,22 @@ def test_customer_watch_resume_and_revoked_token_ends_the_stream(env: Env) -> No
     assert "event: unauthorized" in lines
 
 
+def test_an_idle_stream_of_a_revoked_token_ends_within_seconds(env: Env) -> None:
+    """No event needs to flow: the stream re-checks its token every second and ends once it is revoked."""
+    admin = env.client("admin")
+    minted = admin.post("/v1/tokens", json={"role": "customer", "customer": "acme"}).json()
+    lines: list[str] = []
+    with httpx.stream("GET", f"{env.url}/v1/watch", params={"kinds": "vps"},
+                      headers={"Authorization": f"Bearer {minted['token']}"},
+                      timeout=httpx.Timeout(10, read=8)) as resp:
+        for line in resp.iter_lines():
+            lines.append(line)
+            if line.startswith(": watching"):
+                assert admin.delete(f"/v1/tokens/{minted['id']}").status_code == 204
+                revoked = time.monotonic()
+    assert "event: unauthorized" in lines and time.monotonic() - revoked < 4
+
+
 def test_many_streams_share_one_etcd_watch(env: Env) -> None:
     """Streams from several principals all hang off the process's one hub watch; leaving unsubscribes."""
     hub = env.app.state.hostplane.hub
