@@ -11,9 +11,10 @@ revision is served from memory; an older one gets a private watch from the calle
 Fan-out is by audience, not by stream: streams that may see the same events (same kinds,
 same customer, or staff) form one group, and each batch is filtered, rendered and encoded
 once per group; every stream of the group then gets the same bytes. Under load, batches
-that arrive within `flush_seconds` of the last fan-out wait for the next one, so a stream
+that arrive within the flush interval of the last fan-out wait for the next one, so a stream
 wakes and writes to its socket at most once per interval however fast etcd changes; when
-idle, an event goes out at once.
+idle, an event goes out at once. The interval grows with the number of streams (a socket
+write each), from 5 ms for a few streams to `flush_seconds` (50 ms) from 200 streams on.
 
 This module must never decide what a role may read beyond the audience tag (api.access
 decides), and never block the event loop: fan-out runs on each stream's loop.
@@ -34,6 +35,10 @@ from typing import Any
 from reconcile.store import Store, Watch, WatchEvent, decode
 from specs import KINDS, Resource
 
+# Socket writes per second the fan-out may cause under sustained change (each costs tens of
+# microseconds of CPU), spread over the streams: the flush interval is streams / this.
+STREAM_WRITES_PER_SECOND = 4000
+MIN_FLUSH_SECONDS = 0.005
 EVERYONE = "*"
 STAFF_ONLY = "staff"
 
@@ -234,7 +239,7 @@ def frames(events: list[HubEvent], after: int, wanted: Callable[[HubEvent], bool
 class WatchHub:
     """The shared watch. `start` blocks (one range read); streams `subscribe` a Feed."""
 
-    def __init__(self, store: Store, *, buffer_events: int = 20_000, flush_seconds: float = 0.02) -> None:
+    def __init__(self, store: Store, *, buffer_events: int = 20_000, flush_seconds: float = 0.05) -> None:
         self._store = store
         self._buffer: deque[HubEvent] = deque()
         self._buffer_events = buffer_events
@@ -300,20 +305,21 @@ class WatchHub:
                 self._buffer.extend(batch)
                 while len(self._buffer) > self._buffer_events:
                     self.floor = self._buffer.popleft().revision
-            loops = list(self._groups)
+            loops = [(loop, sum(len(feeds) for feeds in groups.values())) for loop, groups in self._groups.items()]
         if batch:
-            for loop in loops:
-                self._schedule(loop, batch)
+            for loop, streams in loops:
+                interval = min(self.flush_seconds, max(MIN_FLUSH_SECONDS, streams / STREAM_WRITES_PER_SECOND))
+                self._schedule(loop, batch, interval)
 
-    def _schedule(self, loop: asyncio.AbstractEventLoop, batch: list[HubEvent]) -> None:
-        """Queue `batch` for `loop`'s streams; fan out now if the loop has been quiet, else at the next tick."""
+    def _schedule(self, loop: asyncio.AbstractEventLoop, batch: list[HubEvent], interval: float) -> None:
+        """Queue `batch` for `loop`'s streams; fan out now if the last fan-out is `interval` ago, else then."""
         with self._pending_lock:
             pending = self._pending.get(loop)
             if pending is not None:
                 pending.extend(batch)  # a fan-out is already scheduled: it takes these too
                 return
             self._pending[loop] = list(batch)
-            delay = self._last_flush.get(loop, 0.0) + self.flush_seconds - time.monotonic()
+            delay = self._last_flush.get(loop, 0.0) + interval - time.monotonic()
         try:
             if delay <= 0:
                 loop.call_soon_threadsafe(self._fan_out, loop)
