@@ -110,21 +110,58 @@ class Feed:
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
 
-    async def take(self, timeout: float) -> bytes | None:
-        """Everything pending as one chunk (b"" once ended); None when nothing came within `timeout`."""
+    def tick(self) -> None:
+        """Wake the stream with nothing to send (a `Ticker` does, so idle streams check in)."""
+        self._wake()
+
+    async def take(self) -> bytes | None:
+        """Everything pending as one chunk (b"" once ended); None when woken by a tick with nothing pending."""
         if not self._chunks and self.ended is None:
             self._waiter = asyncio.get_running_loop().create_future()
             try:
-                async with asyncio.timeout(timeout):
-                    await self._waiter
-            except TimeoutError:
-                return None
+                await self._waiter
             finally:
                 self._waiter = None
+            if not self._chunks and self.ended is None:
+                return None
         data = b"".join(self._chunks) if len(self._chunks) != 1 else self._chunks[0]
         self._chunks.clear()
         self._size = 0
         return data
+
+
+class Ticker:
+    """Ticks every feed of an event loop every `seconds`: one timer per loop instead of one per stream.
+
+    Streams use the ticks to re-check their principal and to send heartbeats while idle.
+    """
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self._feeds: dict[asyncio.AbstractEventLoop, set[Feed]] = {}
+
+    def add(self, feed: Feed) -> None:
+        """Register `feed` on the running loop (until `discard`)."""
+        loop = asyncio.get_running_loop()
+        feeds = self._feeds.get(loop)
+        if feeds is None:
+            feeds = self._feeds[loop] = set()
+            loop.call_later(self.seconds, self._tick, loop)
+        feeds.add(feed)
+
+    def discard(self, feed: Feed) -> None:
+        feeds = self._feeds.get(asyncio.get_running_loop())
+        if feeds is not None:
+            feeds.discard(feed)
+
+    def _tick(self, loop: asyncio.AbstractEventLoop) -> None:
+        feeds = self._feeds.get(loop)
+        if not feeds:
+            self._feeds.pop(loop, None)
+            return
+        for feed in feeds:
+            feed.tick()
+        loop.call_later(self.seconds, self._tick, loop)
 
 
 class Owners:
@@ -239,8 +276,10 @@ def frames(events: list[HubEvent], after: int, wanted: Callable[[HubEvent], bool
 class WatchHub:
     """The shared watch. `start` blocks (one range read); streams `subscribe` a Feed."""
 
-    def __init__(self, store: Store, *, buffer_events: int = 20_000, flush_seconds: float = 0.05) -> None:
+    def __init__(self, store: Store, *, buffer_events: int = 20_000, flush_seconds: float = 0.05,
+                 tick_seconds: float = 1.0) -> None:
         self._store = store
+        self.ticker = Ticker(tick_seconds)
         self._buffer: deque[HubEvent] = deque()
         self._buffer_events = buffer_events
         self.flush_seconds = flush_seconds

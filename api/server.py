@@ -105,7 +105,8 @@ def create_app(store: Store, *, max_body_bytes: int = 1024 * 1024, heartbeat_sec
                      sessions=Sessions(store, ttl_seconds=session_ttl_seconds, cache_seconds=token_cache_seconds),
                      buckets=TokenBuckets(rate_per_principal, burst_per_principal),
                      login_throttle=login_throttle or LoginThrottle(),
-                     hub=WatchHub(store, flush_seconds=watch_flush_seconds))
+                     hub=WatchHub(store, flush_seconds=watch_flush_seconds,
+                                  tick_seconds=min(1.0, heartbeat_seconds)))
     metrics = ApiMetrics()
     audit_writer = AuditWriter(astore)
 

@@ -159,15 +159,16 @@ async def watch(request: Request, state: State, caller: Caller,
 
     async def stream() -> AsyncIterator[bytes]:
         checked = sent = time.monotonic()
+        hub.ticker.add(feed)
         try:
             yield f"retry: 2000\n: watching from revision {start_from}\n\n".encode()
             while True:
                 # Everything pending goes out in one write: under load a stream sends one chunk
-                # per fan-out, however many events it carries. An idle stream wakes every
-                # second anyway, so a revoked token ends it within a second.
-                data = await feed.take(min(heartbeat, _RECHECK_SECONDS))
+                # per fan-out, however many events it carries. The hub's ticker wakes an idle
+                # stream every second anyway, so a revoked token ends it within a second or two.
+                data = await feed.take()
                 now = time.monotonic()
-                if now - checked >= _RECHECK_SECONDS:
+                if data is None or now - checked >= _RECHECK_SECONDS:
                     checked = now
                     if not await still_allowed():
                         yield b"event: unauthorized\ndata: {\"type\": \"UNAUTHORIZED\"}\n\n"
@@ -180,6 +181,7 @@ async def watch(request: Request, state: State, caller: Caller,
                 sent = now
                 yield data if data is not None else b": heartbeat\n\n"
         finally:
+            hub.ticker.discard(feed)
             if handle is not None:
                 hub.unsubscribe(handle)
             if private is not None:
