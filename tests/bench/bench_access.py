@@ -16,8 +16,10 @@ Phases, all in one run against the same process:
   (open loop: a late round is measured from when it was due, so a slow server cannot hide
   its queue), at several rates, to show the latency at a given load and where it breaks.
 
-Clients are minimal asyncio HTTP/1.1 connections (see bench_api): the load generator shares
-the two cores with the server and etcd.
+Clients are minimal asyncio HTTP/1.1 connections (see bench_api). On a machine with two or more
+cores the API process is pinned to the first and etcd and the load generator to the others, so
+the generator's bursts do not preempt the server it measures (the API is one event loop: it
+uses one core at most).
 """
 
 from __future__ import annotations
@@ -83,6 +85,12 @@ class Watcher:
             self.writer.close()
         if self.task is not None:
             self.task.cancel()
+
+
+def pin(pid: int, cpus: set[int]) -> None:
+    """Keep every thread of `pid` (and threads it starts later) on `cpus`."""
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        os.sched_setaffinity(int(task.name), cpus)
 
 
 def cpu_seconds(pid: int) -> float:
@@ -189,6 +197,12 @@ def run() -> str:
                         tokens.append(r.json()["token"])
                 assert etcd.proc is not None
                 pids = {"api": api.proc.pid, "etcd": etcd.proc.pid, "load generator": os.getpid()}
+                if len(os.sched_getaffinity(0)) >= 2:
+                    # The API on a core of its own; etcd and the load generator share the other.
+                    cpus = sorted(os.sched_getaffinity(0))
+                    pin(api.proc.pid, {cpus[0]})
+                    pin(etcd.proc.pid, set(cpus[1:]))
+                    pin(os.getpid(), set(cpus[1:]))
                 phases = asyncio.run(drive(api.port, api.admin_token, tokens, pids))
         finally:
             etcd.stop()
@@ -219,7 +233,8 @@ def report(phases: list[dict[str, Any]]) -> str:
     return (
         "## API access\n\n"
         f"`tests/bench/bench_access.py`: one `hostplane api` process and a single-member etcd on loopback on the\n"
-        f"same {os.cpu_count()}-core machine as the load generator. {WRITERS} writers each repeat a round of PUT then\n"
+        f"same {os.cpu_count()}-core machine as the load generator (the API pinned to one core, etcd and the load\n"
+        f"generator to the other). {WRITERS} writers each repeat a round of PUT then\n"
         f"GET on their own Plan ({ROUNDS} rounds per phase; admin token; every PUT a compare-and-swap write plus\n"
         f"its audit record). {WATCHERS} SSE watchers on `/v1/watch?kinds=plans`, half admin, half customer tokens\n"
         f"({CUSTOMERS} customers, filtered per principal), all fed by the process's one shared etcd watch.\n"

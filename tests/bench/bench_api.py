@@ -215,7 +215,7 @@ def run() -> str:
         "process (uvicorn, one worker, httptools + uvloop) and a single-member etcd, all on loopback on the\n"
         f"same {os.cpu_count()}-core machine. GET reads one object; each PUT connection replaces its own object\n"
         "with compare-and-swap (every PUT is a real etcd write; the body carries resourceVersion and finalizers\n"
-        "as read, without finalizers the API reads the object once more). Latency is client-side, in ms.\n"
+        "as read). Latency is client-side, in ms.\n"
         "The load comes from a minimal asyncio HTTP/1.1 client; the last row drives the same GETs through\n"
         "httpx.AsyncClient, whose own CPU cost on the shared cores then dominates.\n\n"
         "| op | requests | p50 ms | p99 ms | mean ms | req/s | errors |\n"
