@@ -14,7 +14,9 @@ once per group; every stream of the group then gets the same bytes. Under load, 
 that arrive within the flush interval of the last fan-out wait for the next one, so a stream
 wakes and writes to its socket at most once per interval however fast etcd changes; when
 idle, an event goes out at once. The interval grows with the number of streams (a socket
-write each), from 5 ms for a few streams to `flush_seconds` (50 ms) from 200 streams on.
+write each: 5 ms for a few streams, 50 ms for 200) and, up to twice that, with how late the
+last fan-outs ran (a loop busy with requests lets fan-out wait longer and write less), never
+beyond `flush_seconds` (100 ms).
 
 This module must never decide what a role may read beyond the audience tag (api.access
 decides), and never block the event loop: fan-out runs on each stream's loop.
@@ -36,9 +38,11 @@ from reconcile.store import Store, Watch, WatchEvent, decode
 from specs import KINDS, Resource
 
 # Socket writes per second the fan-out may cause under sustained change (each costs tens of
-# microseconds of CPU), spread over the streams: the flush interval is streams / this.
+# microseconds of CPU), spread over the streams: the flush interval is streams / this...
 STREAM_WRITES_PER_SECOND = 4000
 MIN_FLUSH_SECONDS = 0.005
+# ...doubled when fan-outs run this late on average (the event loop is saturated).
+BUSY_LAG_SECONDS = 0.01
 EVERYONE = "*"
 STAFF_ONLY = "staff"
 
@@ -276,7 +280,7 @@ def frames(events: list[HubEvent], after: int, wanted: Callable[[HubEvent], bool
 class WatchHub:
     """The shared watch. `start` blocks (one range read); streams `subscribe` a Feed."""
 
-    def __init__(self, store: Store, *, buffer_events: int = 20_000, flush_seconds: float = 0.05,
+    def __init__(self, store: Store, *, buffer_events: int = 20_000, flush_seconds: float = 0.1,
                  tick_seconds: float = 1.0) -> None:
         self._store = store
         self.ticker = Ticker(tick_seconds)
@@ -292,6 +296,8 @@ class WatchHub:
         # Batches not yet fanned out, per loop; a loop is in here while a fan-out is scheduled.
         self._pending: dict[asyncio.AbstractEventLoop, list[HubEvent]] = {}
         self._last_flush: dict[asyncio.AbstractEventLoop, float] = {}
+        self._due: dict[asyncio.AbstractEventLoop, float] = {}  # when the scheduled fan-out should run
+        self._lag: dict[asyncio.AbstractEventLoop, float] = {}  # moving average of how late fan-outs ran
         self._pending_lock = threading.Lock()
         self._watch: Watch | None = None
         self.owners = Owners()
@@ -347,8 +353,13 @@ class WatchHub:
             loops = [(loop, sum(len(feeds) for feeds in groups.values())) for loop, groups in self._groups.items()]
         if batch:
             for loop, streams in loops:
-                interval = min(self.flush_seconds, max(MIN_FLUSH_SECONDS, streams / STREAM_WRITES_PER_SECOND))
-                self._schedule(loop, batch, interval)
+                self._schedule(loop, batch, self._interval(loop, streams))
+
+    def _interval(self, loop: asyncio.AbstractEventLoop, streams: int) -> float:
+        """The least time between two fan-outs on `loop`: more streams and a busier loop, longer."""
+        busy = min(1.0, self._lag.get(loop, 0.0) / BUSY_LAG_SECONDS)
+        base = max(MIN_FLUSH_SECONDS, streams / STREAM_WRITES_PER_SECOND)
+        return min(self.flush_seconds, base * (1.0 + busy))
 
     def _schedule(self, loop: asyncio.AbstractEventLoop, batch: list[HubEvent], interval: float) -> None:
         """Queue `batch` for `loop`'s streams; fan out now if the last fan-out is `interval` ago, else then."""
@@ -358,7 +369,9 @@ class WatchHub:
                 pending.extend(batch)  # a fan-out is already scheduled: it takes these too
                 return
             self._pending[loop] = list(batch)
-            delay = self._last_flush.get(loop, 0.0) + interval - time.monotonic()
+            now = time.monotonic()
+            delay = self._last_flush.get(loop, 0.0) + interval - now
+            self._due[loop] = now + max(0.0, delay)
         try:
             if delay <= 0:
                 loop.call_soon_threadsafe(self._fan_out, loop)
@@ -372,7 +385,9 @@ class WatchHub:
         """On `loop`: render the pending events once per audience and hand the bytes to each stream."""
         with self._pending_lock:
             events = self._pending.pop(loop, [])
-            self._last_flush[loop] = time.monotonic()
+            now = self._last_flush[loop] = time.monotonic()
+            late = max(0.0, now - self._due.pop(loop, now))
+            self._lag[loop] = 0.8 * self._lag.get(loop, 0.0) + 0.2 * late
         with self._lock:
             groups = [(audience, list(feeds.values())) for audience, feeds in self._groups.get(loop, {}).items()]
         for audience, feeds in groups:
@@ -439,6 +454,7 @@ class WatchHub:
                 self._groups.pop(loop, None)
                 with self._pending_lock:
                     self._last_flush.pop(loop, None)
+                    self._lag.pop(loop, None)
 
     def translate_private(self, events: list[WatchEvent]) -> list[HubEvent]:
         """For a stream on its own etcd watch: audiences from what the hub knows now."""
