@@ -14,6 +14,7 @@ from api.auth import ensure_admin_token
 from api.server import create_app, serving
 from reconcile.etcd_server import EtcdServer
 from reconcile.store import Store
+from tests.helpers.wait import wait_for
 
 PLAN: dict[str, Any] = {
     "kind": "Plan", "metadata": {"name": "s1"},
@@ -47,8 +48,11 @@ def test_etcd_down_is_503_and_changes_nothing_then_recovers(
     assert api.get("/readyz").status_code == 503
     assert api.get("/healthz").status_code == 200
     etcd.start()
-    assert api.get("/readyz").status_code == 200
-    assert [o["metadata"]["name"] for o in api.get("/v1/plans").json()["items"]] == ["s1"]
+    # The clients' gRPC channels reconnect within their backoff (at most ~1 s): converged soon after.
+    wait_for(lambda: api.get("/readyz").status_code == 200, timeout=10, what="readyz after etcd restarted")
+    listed = wait_for(lambda: (r := api.get("/v1/plans")).status_code == 200 and r, timeout=10,
+                      what="the plans list after etcd restarted")
+    assert listed and [o["metadata"]["name"] for o in listed.json()["items"]] == ["s1"]
 
 
 def test_watch_from_a_compacted_revision_tells_the_client_to_relist(
