@@ -33,12 +33,13 @@ from api.deps import PRINCIPAL_SCOPE_KEY, Caller, State
 from api.errors import BadRequest
 from reconcile.aio import AsyncStore
 from reconcile.errors import StoreError
-from reconcile.store import ModIs, Put, Store
+from reconcile.store import ModIs, Put, Rider, Store
 
 log = logging.getLogger(__name__)
 
 MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 ACTOR_SCOPE_KEY = "hostplane.audit_actor"
+RECORDED_SCOPE_KEY = "hostplane.audit_recorded"  # the status whose record a route already wrote
 _PROCESS = f"{os.getpid():x}{secrets.token_hex(2)}"
 _SEQ = itertools.count()
 
@@ -161,23 +162,52 @@ class AuditMiddleware:
         await self.app(scope, receive, send_wrapper)
 
     async def _record(self, scope: Scope, status: int) -> None:
-        path, method = str(scope.get("path", "")), str(scope.get("method", ""))
-        principal = scope.get(PRINCIPAL_SCOPE_KEY)
-        actor = scope.get(ACTOR_SCOPE_KEY)
-        if not _should_record(path, method, status, actor, principal):
-            return
-        client = scope.get("client")
+        if scope.get(RECORDED_SCOPE_KEY) == status:
+            return  # written with the change itself (`rider`)
         now = datetime.now(UTC)
-        record: dict[str, Any] = {
-            "time": now.isoformat(), "actor": actor or actor_of(principal), "method": method, "path": path,
-            "route": getattr(scope.get("route"), "path", None), "status": status,
-            "ip": client[0] if client else None,
-        }
+        record = record_for(scope, status, now)
+        if record is None:
+            return
         try:
             await self.writer.write(record, now)
         except StoreError:
             # The change itself may have landed; say so loudly rather than fail the answer.
-            log.error("audit record not written: %s %s by %s -> %s", method, path, record["actor"], status)
+            log.error("audit record not written: %s %s by %s -> %s", record["method"], record["path"],
+                      record["actor"], status)
+
+
+def record_for(scope: Scope, status: int, now: datetime) -> dict[str, Any] | None:
+    """The audit record of the request in `scope` answered with `status`, or None if none is kept."""
+    path, method = str(scope.get("path", "")), str(scope.get("method", ""))
+    principal = scope.get(PRINCIPAL_SCOPE_KEY)
+    actor = scope.get(ACTOR_SCOPE_KEY)
+    if not _should_record(path, method, status, actor, principal):
+        return None
+    client = scope.get("client")
+    return {
+        "time": now.isoformat(), "actor": actor or actor_of(principal), "method": method, "path": path,
+        "route": getattr(scope.get("route"), "path", None), "status": status,
+        "ip": client[0] if client else None,
+    }
+
+
+def rider(scope: Scope, status: int, root: str) -> Rider | None:
+    """The audit record of this request, to be committed in the same etcd transaction as its change.
+
+    A route that writes one object passes it to the store; if the store says it was written, the
+    route calls `recorded` and the middleware does not write the record again. A change and its
+    record then land together or not at all."""
+    now = datetime.now(UTC)
+    record = record_for(scope, status, now)
+    if record is None:
+        return None
+    return Rider([Put(record_key(root, now), json.dumps(record, separators=(",", ":")).encode())])
+
+
+def recorded(scope: Scope, ride: Rider | None, status: int) -> None:
+    """Note that the record of `status` rode with the change (when it did)."""
+    if ride is not None and ride.written:
+        scope[RECORDED_SCOPE_KEY] = status
 
 
 router = APIRouter(prefix="/v1", tags=["audit"])

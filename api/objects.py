@@ -13,11 +13,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from api import access
+from api import access, audit
 from api.admission import admit_update, needs_store
 from api.auth import Principal
 from api.deps import AppState, Body, Caller, State
@@ -65,6 +65,14 @@ def resolve_kind(kind: str) -> type[Resource]:
 def render(obj: Resource) -> dict[str, Any]:
     data: dict[str, Any] = obj.model_dump(mode="json", exclude_none=True)
     return data
+
+
+async def _updated(state: AppState, request: Request, obj: Resource) -> Response:
+    """Write `obj` (compare-and-swap) with the request's audit record in the same transaction."""
+    ride = audit.rider(request.scope, 200, state.store.root)
+    updated = await state.astore.update(obj, rider=ride)
+    audit.recorded(request.scope, ride, 200)
+    return object_response(updated)
 
 
 def object_response(obj: Resource, status_code: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -160,14 +168,16 @@ async def list_objects(kind: str, state: State, caller: Caller,
 
 
 @router.post("/{kind}", status_code=201, summary="Create an object")
-async def create_object(kind: str, body: Body, state: State, caller: Caller) -> Response:
+async def create_object(kind: str, body: Body, state: State, caller: Caller, request: Request) -> Response:
     cls = resolve_kind(kind)
     access.require_collection(caller, cls, "create")
     obj = object_from_body(body, cls, name=None)
     # Identity and timestamps are the server's to assign.
     meta = obj.metadata.model_copy(update={"uid": None, "creationTimestamp": None, "resourceVersion": None})
     try:
-        created = await state.astore.create(obj.model_copy(update={"metadata": meta}))
+        ride = audit.rider(request.scope, 201, state.store.root)
+        created = await state.astore.create(obj.model_copy(update={"metadata": meta}), rider=ride)
+        audit.recorded(request.scope, ride, 201)
     except AlreadyExists:
         # The store names the etcd key; the client should see the object instead.
         raise AlreadyExists(f"{cls.KIND} {obj.name!r} already exists") from None
@@ -184,7 +194,8 @@ async def get_object(kind: str, name: str, state: State, caller: Caller) -> Resp
 
 @router.put("/{kind}/{name}", summary="Replace metadata and spec (409 if metadata.resourceVersion is stale); "
             "finalizers are kept unless the body lists them")
-async def replace_object(kind: str, name: str, body: Body, state: State, caller: Caller) -> Response:
+async def replace_object(kind: str, name: str, body: Body, state: State, caller: Caller,
+                         request: Request) -> Response:
     cls = resolve_kind(kind)
     await _require_write(state, caller, cls, name, "replace")
     obj = object_from_body(body, cls, name=name)
@@ -201,11 +212,12 @@ async def replace_object(kind: str, name: str, body: Body, state: State, caller:
             # omission would skip a controller's cleanup.
             update["finalizers"] = current.metadata.finalizers
         obj = obj.model_copy(update={"metadata": obj.metadata.model_copy(update=update)})
-    return object_response(await state.astore.update(obj))
+    return await _updated(state, request, obj)
 
 
 @router.patch("/{kind}/{name}", summary="JSON merge patch (RFC 7386) of metadata and spec")
-async def patch_object(kind: str, name: str, body: Body, state: State, caller: Caller) -> Response:
+async def patch_object(kind: str, name: str, body: Body, state: State, caller: Caller,
+                       request: Request) -> Response:
     cls = resolve_kind(kind)
     access.deny_unreadable_kind(caller, cls, name)
     if not isinstance(body, dict):
@@ -221,7 +233,7 @@ async def patch_object(kind: str, name: str, body: Body, state: State, caller: C
         obj = object_from_body(merge_patch(doc, patch), cls, name=name)
         await admitted(state, current, obj)
         try:
-            return object_response(await state.astore.update(obj))
+            return await _updated(state, request, obj)
         except Conflict:
             # Unpinned patches apply to whatever is current: re-read and apply again.
             if pinned or attempt == _PATCH_ATTEMPTS - 1:

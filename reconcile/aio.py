@@ -26,7 +26,7 @@ from pyetcd.etcdrpc import rpc_pb2_grpc
 
 from reconcile.errors import Unavailable
 from reconcile.selector import Selector
-from reconcile.store import KV, Compare, ListResult, Op, Operation, Store, TxnResult, _translate
+from reconcile.store import KV, Compare, ListResult, Op, Operation, Rider, Store, TxnResult, _translate
 from specs.kinds import Resource
 
 R = TypeVar("R", bound=Resource)
@@ -127,11 +127,13 @@ class AsyncStore:
     async def list(self, cls: type[R], selector: Selector | str | Mapping[str, str] | None = None) -> ListResult[R]:
         return await self._run(self.store._list_op(cls, selector))
 
-    async def create(self, obj: R) -> R:
-        return await self._run(self.store._create_op(obj))
+    async def create(self, obj: R, *, rider: Rider | None = None) -> R:
+        """Like `Store.create`; `rider`'s puts are committed in the same transaction as the object."""
+        return await self._run(self.store._create_op(obj, rider))
 
-    async def update(self, obj: R) -> R:
-        return await self._run(self.store._update_op(obj))
+    async def update(self, obj: R, *, rider: Rider | None = None) -> R:
+        """Like `Store.update`; `rider`'s puts are committed with the change, if it writes one."""
+        return await self._run(self.store._update_op(obj, rider))
 
     async def delete(self, cls: type[R], name: str, *, resource_version: str | None = None) -> R | None:
         return await self._run(self.store._delete_op(cls, name, resource_version=resource_version))

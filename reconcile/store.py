@@ -154,6 +154,19 @@ Compare = ModIs | Exists | CreatedAt | ValueIs
 Op = Put | Delete | Get
 
 
+@dataclass
+class Rider:
+    """Puts that ride along with an operation's write, in the same transaction (an audit record).
+
+    `written` tells afterwards whether they were committed: only an operation that writes takes
+    them (an unchanged object is not rewritten), and then they land together with the change
+    or not at all. Their keys must be new and unique: they are put, not compared.
+    """
+
+    puts: list[Put]
+    written: bool = False
+
+
 @dataclass(frozen=True)
 class TxnResult:
     succeeded: bool
@@ -414,16 +427,20 @@ class Store:
         return self._run(self._kv_put_op(key, value, lease=lease, expect=expect))
 
     def _kv_put_op(self, key: str, value: bytes, *, lease: int | None = None,
-                   expect: int | None = None) -> Operation[int]:
+                   expect: int | None = None, rider: Rider | None = None) -> Operation[int]:
+        riding = rider.puts if rider is not None else []
         if expect is None:
-            res = yield from self._txn_op([], [Put(key, value, lease)])
+            res = yield from self._txn_op([], [Put(key, value, lease), *riding])
+            _rode(rider)
             return res.revision
-        res = yield from self._txn_op([ModIs(key, expect)], [Put(key, value, lease)], [Get(key)])
+        res = yield from self._txn_op([ModIs(key, expect)], [Put(key, value, lease), *riding], [Get(key)])
         if res.succeeded:
+            _rode(rider)
             return res.revision
         current = res.gets[0][0] if res.gets and res.gets[0] else None
         if current is not None and current.value == value:
             # A retried write whose first attempt landed: the same value is there.
+            yield from self._rider_landed_op(rider)
             return current.mod_revision
         if expect == 0:
             raise AlreadyExists(key)
@@ -674,11 +691,13 @@ class Store:
                 items.append(obj)
         return ListResult(items, int(resp.header.revision))
 
-    def create(self, obj: R) -> R:
-        """Create an object; AlreadyExists if the name is taken. Sets uid, generation, times."""
-        return self._run(self._create_op(obj))
+    def create(self, obj: R, *, rider: Rider | None = None) -> R:
+        """Create an object; AlreadyExists if the name is taken. Sets uid, generation, times.
 
-    def _create_op(self, obj: R) -> Operation[R]:
+        `rider`'s puts (an audit record) are committed in the same transaction."""
+        return self._run(self._create_op(obj, rider))
+
+    def _create_op(self, obj: R, rider: Rider | None = None) -> Operation[R]:
         cls = type(obj)
         meta = obj.metadata.model_copy(update={
             "uid": obj.metadata.uid or str(uuid.uuid4()),
@@ -691,12 +710,12 @@ class Store:
         key = keys.spec_key(cls, new.name, self.root)
         doc = self._doc(new)
         value = _encode_doc(doc)
-        rev = yield from self._kv_put_op(key, value, expect=0)
+        rev = yield from self._kv_put_op(key, value, expect=0, rider=rider)
         self._remember(key, rev, value, doc)
         meta.resourceVersion = str(rev)  # `meta` is this call's own copy
         return new
 
-    def update(self, obj: R) -> R:
+    def update(self, obj: R, *, rider: Rider | None = None) -> R:
         """Replace an object's metadata and spec with compare-and-swap.
 
         With `metadata.resourceVersion` set, the write fails with Conflict if the object has
@@ -706,10 +725,11 @@ class Store:
 
         An object last read or written through this store at the same resourceVersion is not
         read again: the write is one transaction comparing that revision and those bytes.
+        `rider`'s puts are committed with the change, if the update writes one.
         """
-        return self._run(self._update_op(obj))
+        return self._run(self._update_op(obj, rider))
 
-    def _update_op(self, obj: R) -> Operation[R]:
+    def _update_op(self, obj: R, rider: Rider | None = None) -> Operation[R]:
         cls = type(obj)
         skey, tkey = keys.spec_key(cls, obj.name, self.root), keys.status_key(cls, obj.name, self.root)
         rv_text = obj.metadata.resourceVersion
@@ -744,7 +764,7 @@ class Store:
                 meta.pop(kept, None)
         meta["generation"] = (smeta.get("generation") or 1) + (doc.get("spec") != stored.get("spec"))
         if meta.get("deletionTimestamp") is not None and not meta.get("finalizers"):
-            yield from self._remove_op(cls, obj.name, rv)
+            yield from self._remove_op(cls, obj.name, rv, rider)
             return obj.model_copy(update={"metadata": _kept_meta(obj.metadata, meta, None)})
         compares: list[Compare] = [ModIs(skey, rv)]
         if fast:
@@ -758,23 +778,26 @@ class Store:
             if res.succeeded:
                 status = self._parse_status(cls, res.gets[0][0].value if res.gets[0] else None)
                 return obj.model_copy(update={"metadata": _kept_meta(obj.metadata, meta, rv), "status": status})
-            return (yield from self._lost_op(obj, res, rv, fast))
+            return (yield from self._lost_op(obj, res, rv, fast, rider))
         value = _encode_doc(doc)
-        res = yield from self._txn_op(compares, [Put(skey, value), Get(tkey)], [Get(skey)])
+        riding = rider.puts if rider is not None else []
+        res = yield from self._txn_op(compares, [Put(skey, value), *riding, Get(tkey)], [Get(skey)])
         if res.succeeded:
+            _rode(rider)
             rev = res.revision
             status = self._parse_status(cls, res.gets[0][0].value if res.gets[0] else None)
         else:
             current = res.gets[0][0] if res.gets and res.gets[0] else None
             if current is None or current.value != value:
-                return (yield from self._lost_op(obj, res, rv, fast))
+                return (yield from self._lost_op(obj, res, rv, fast, rider))
             # A retried write whose first attempt landed: our bytes are there.
+            yield from self._rider_landed_op(rider)
             rev = current.mod_revision
             status = yield from self._read_status_op(cls, tkey)
         self._remember(skey, rev, value, doc)
         return obj.model_copy(update={"metadata": _kept_meta(obj.metadata, meta, rev), "status": status})
 
-    def _lost_op(self, obj: R, res: TxnResult, rv: int, fast: bool) -> Operation[R]:
+    def _lost_op(self, obj: R, res: TxnResult, rv: int, fast: bool, rider: Rider | None = None) -> Operation[R]:
         """An update's compare failed: NotFound, Conflict, or (wrong remembered bytes) try again."""
         cls = type(obj)
         skey = keys.spec_key(cls, obj.name, self.root)
@@ -785,9 +808,14 @@ class Store:
         self._remember(skey, current.mod_revision, current.value)
         if fast and current.mod_revision == rv:
             # The remembered bytes were wrong: decide again on the real ones.
-            return (yield from self._update_op(obj))
+            return (yield from self._update_op(obj, rider))
         raise Conflict(f"{cls.KIND} {obj.name!r} was modified (resourceVersion "
                        f"{current.mod_revision}, not {rv}); re-read and retry")
+
+    def _rider_landed_op(self, rider: Rider | None) -> Operation[None]:
+        """After a write recognised as an earlier attempt of ours: did the rider land with it?"""
+        if rider is not None and rider.puts:
+            rider.written = (yield from self._kv_get_op(rider.puts[0].key)) is not None
 
     def _read_status_op(self, cls: type[Resource], tkey: str) -> Operation[Any]:
         kv = yield from self._kv_get_op(tkey)
@@ -797,13 +825,18 @@ class Store:
     def _parse_status(cls: type[Resource], raw: bytes | None) -> Any:
         return None if raw is None else _status_adapter(cls).validate_json(raw)
 
-    def _remove_op(self, cls: type[Resource], name: str, revision: int) -> Operation[None]:
+    def _remove_op(self, cls: type[Resource], name: str, revision: int,
+                   rider: Rider | None = None) -> Operation[None]:
         skey, tkey = keys.spec_key(cls, name, self.root), keys.status_key(cls, name, self.root)
         self._forget(skey)
-        res = yield from self._txn_op([ModIs(skey, revision)], [Delete(skey), Delete(tkey)], [Get(skey)])
-        if not res.succeeded:
+        riding = rider.puts if rider is not None else []
+        res = yield from self._txn_op([ModIs(skey, revision)], [Delete(skey), Delete(tkey), *riding], [Get(skey)])
+        if res.succeeded:
+            _rode(rider)
+        else:
             if not res.gets[0]:
-                return  # already gone: a retried delete
+                yield from self._rider_landed_op(rider)
+                return  # already gone: a retried delete (or someone else's)
             raise Conflict(f"{cls.KIND} {name!r} was modified; re-read and retry")
 
     def delete(self, cls: type[R], name: str, *, resource_version: str | None = None) -> R | None:
@@ -849,6 +882,11 @@ class Store:
         if not out.succeeded:
             raise NotFound(f"{cls.KIND} {name!r} was deleted")
         return True
+
+
+def _rode(rider: Rider | None) -> None:
+    if rider is not None:
+        rider.written = True
 
 
 def _kept_meta(given: ObjectMeta, written: dict[str, Any], rev: int | None) -> ObjectMeta:

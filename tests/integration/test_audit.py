@@ -133,3 +133,25 @@ def test_successful_login_is_recorded_with_the_customer(env: Env, store: Store) 
     rec = [x for x in records(store) if x["path"] == "/v1/auth/login"][-1]
     assert rec["actor"] == {"role": "customer", "customer": "acme", "via": "login"} and rec["status"] == 200
     assert r.cookies["hostplane_session"] not in json.dumps(records(store))
+
+
+def test_a_write_and_its_record_commit_in_one_transaction(env: Env, store: Store) -> None:
+    """Object writes carry their audit record in the same etcd transaction (same revision); writes
+    that change nothing or are refused are still recorded once, by the middleware."""
+    admin = env.client("admin")
+    before = len(store.kv_range(audit_prefix(store.root))[0])
+    created = admin.post("/v1/plans", json={"kind": "Plan", "metadata": {"name": "atomic"},
+                                            "spec": {"vcpus": 1, "memoryMiB": 512, "diskGiB": 10,
+                                                     "price": {"amount": "1.00", "currency": "EUR"}}})
+    assert created.status_code == 201
+    body = created.json()
+    body["spec"]["vcpus"] = 2
+    replaced = admin.put("/v1/plans/atomic", json=body)
+    assert replaced.status_code == 200
+    assert admin.put("/v1/plans/atomic", json=replaced.json()).status_code == 200  # unchanged: no write
+    assert admin.put("/v1/plans/atomic", json=body).status_code == 409  # stale resourceVersion
+    kvs, _ = store.kv_range(audit_prefix(store.root))
+    mine = [(json.loads(kv.value), kv.mod_revision) for kv in kvs[before:]]
+    assert [(r["method"], r["status"]) for r, _ in mine] == [("POST", 201), ("PUT", 200), ("PUT", 200), ("PUT", 409)]
+    assert mine[0][1] == int(body["metadata"]["resourceVersion"])  # the create's record: the create's revision
+    assert mine[1][1] == int(replaced.json()["metadata"]["resourceVersion"])  # the replace's: the replace's

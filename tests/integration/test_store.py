@@ -9,7 +9,7 @@ import pytest
 
 from reconcile import keys
 from reconcile.errors import AlreadyExists, Conflict, NotFound, TooLarge
-from reconcile.store import MAX_VALUE_BYTES, Delete, Get, ModIs, Put, Store, decode
+from reconcile.store import MAX_VALUE_BYTES, Delete, Get, ModIs, Put, Rider, Store, decode
 from specs import Plan
 
 
@@ -412,3 +412,23 @@ def test_get_spec_at_a_remembered_version_reads_nothing_and_stays_safe(store: St
         assert fresh.spec.vcpus == created.spec.vcpus + 1
     finally:
         other.close()
+
+
+def test_a_rider_lands_with_the_write_or_not_at_all(store: Store) -> None:
+    """Puts riding on create/update commit in the write's own transaction; no write, no rider."""
+    ride = Rider([Put(store.root + "/audit/r1", b"{}")])
+    created = store.create(plan("rider"), rider=ride)
+    assert ride.written
+    kv = store.kv_get(store.root + "/audit/r1")
+    assert kv is not None and str(kv.mod_revision) == created.metadata.resourceVersion
+    unchanged = Rider([Put(store.root + "/audit/r2", b"{}")])
+    store.update(created, rider=unchanged)  # nothing to write
+    assert not unchanged.written and store.kv_get(store.root + "/audit/r2") is None
+    refused = Rider([Put(store.root + "/audit/r3", b"{}")])
+    with pytest.raises(AlreadyExists):
+        store.create(plan("rider"), rider=refused)
+    assert not refused.written and store.kv_get(store.root + "/audit/r3") is None
+    changed = Rider([Put(store.root + "/audit/r4", b"{}")])
+    updated = store.update(with_vcpus(created, 3), rider=changed)
+    kv = store.kv_get(store.root + "/audit/r4")
+    assert changed.written and kv is not None and str(kv.mod_revision) == updated.metadata.resourceVersion
