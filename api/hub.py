@@ -16,7 +16,7 @@ wakes and writes to its socket at most once per interval however fast etcd chang
 idle, an event goes out at once. The interval grows with the number of streams (a socket
 write each: 5 ms for a few streams, 50 ms for 200) and, up to twice that, with how late the
 last fan-outs ran (a loop busy with requests lets fan-out wait longer and write less), never
-beyond `flush_seconds` (100 ms).
+beyond `flush_seconds` (80 ms).
 
 This module must never decide what a role may read beyond the audience tag (api.access
 decides), and never block the event loop: fan-out runs on each stream's loop.
@@ -280,7 +280,7 @@ def frames(events: list[HubEvent], after: int, wanted: Callable[[HubEvent], bool
 class WatchHub:
     """The shared watch. `start` blocks (one range read); streams `subscribe` a Feed."""
 
-    def __init__(self, store: Store, *, buffer_events: int = 20_000, flush_seconds: float = 0.1,
+    def __init__(self, store: Store, *, buffer_events: int = 20_000, flush_seconds: float = 0.08,
                  tick_seconds: float = 1.0) -> None:
         self._store = store
         self.ticker = Ticker(tick_seconds)

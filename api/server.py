@@ -90,7 +90,7 @@ def create_app(store: Store, *, max_body_bytes: int = 1024 * 1024, heartbeat_sec
                token_cache_seconds: float = 10.0, open_metrics_on_loopback: bool = True,
                rate_per_principal: float = 50.0, burst_per_principal: float = 200.0,
                session_ttl_seconds: int = 12 * 3600, cookie_secure: bool | None = None,
-               login_throttle: LoginThrottle | None = None, watch_flush_seconds: float = 0.1) -> FastAPI:
+               login_throttle: LoginThrottle | None = None, watch_flush_seconds: float = 0.08) -> FastAPI:
     """Build the API over `store`. The caller owns the store and closes it.
 
     No CORS headers are ever sent: browsers keep other origins out, and the panel is served
