@@ -63,6 +63,10 @@ def _annotations(value: dict[str, str]) -> dict[str, str]:
     for k, v in value.items():
         if not _LABEL_KEY.fullmatch(k):
             raise ValueError(f"annotation key {k!r} is not a valid [prefix/]name")
+        try:
+            check_text(v, multiline=True)  # notes may span lines; other controls and bidi overrides never
+        except ValueError as exc:
+            raise ValueError(f"annotation {k!r} {exc}") from None
         size += len(k.encode()) + len(v.encode())
     if size > MAX_ANNOTATIONS_BYTES:
         raise ValueError(f"annotations total {size} bytes; at most {MAX_ANNOTATIONS_BYTES}")

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from specs import KINDS, dump_json, dump_yaml, json_schema, load_documents, validate_object
+from specs import KINDS, SpecError, dump_json, dump_yaml, json_schema, load_documents, validate_object
 from specs.money import CURRENCY_EXPONENT
 
 _ALNUM = "abcdefghijklmnopqrstuvwxyz0123456789"
@@ -339,3 +339,16 @@ def test_strings_that_look_like_other_yaml_types_survive(value: str) -> None:
     (back,) = load_documents(dump_yaml([obj]))
     assert back.obj == obj
     assert back.obj.metadata.annotations["note"] == value
+
+
+@pytest.mark.parametrize("value", ["a\x00b", "esc\x1b[31m", "\u202eevil", "iso\u2066late", "c1\x85"])
+def test_annotation_values_refuse_control_and_bidi_characters(value: str) -> None:
+    """An annotation may hold several lines, never control characters or bidi overrides (they spoof the panel)."""
+    with pytest.raises(SpecError, match="annotation 'note' must not contain control character"):
+        validate_object({"kind": "Plan", "metadata": {"name": "p", "annotations": {"note": value}},
+                         "spec": {"vcpus": 1, "memoryMiB": 1, "diskGiB": 1,
+                                  "price": {"amount": "1", "currency": "EUR"}}}, "<t>")
+    ok = validate_object({"kind": "Plan", "metadata": {"name": "p", "annotations": {"note": "line 1\n\tline 2"}},
+                          "spec": {"vcpus": 1, "memoryMiB": 1, "diskGiB": 1,
+                                   "price": {"amount": "1", "currency": "EUR"}}}, "<t>")
+    assert ok.metadata.annotations["note"] == "line 1\n\tline 2"
