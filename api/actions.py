@@ -19,12 +19,12 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from api import access
+from api import access, audit
 from api.auth import Principal
 from api.deps import Caller, State, parse_body
 from api.errors import Forbidden, Invalid, PayloadTooLarge
 from reconcile.errors import Conflict, NotFound
-from reconcile.store import Store
+from reconcile.store import Rider, Store
 from specs.kinds import VPS, Image, Plan, Subscription
 
 router = APIRouter(prefix="/v1", tags=["actions"])
@@ -69,14 +69,17 @@ def _plan(store: Store, caller: Principal, name: Any, path: str) -> Plan:
     return plan
 
 
-def run_action(store: Store, caller: Principal, name: str, action: str, body: Any) -> dict[str, Any]:
-    """Apply one action; retried on a concurrent change, since each is a pure function of the current spec."""
+def run_action(store: Store, caller: Principal, name: str, action: str, body: Any,
+               rider: Rider | None = None) -> dict[str, Any]:
+    """Apply one action; retried on a concurrent change, since each is a pure function of the current spec.
+
+    `rider` (the request's audit record) is committed with the change, if the action changes anything."""
     opts = _options(body, {"plan"} if action == "resize" else {"image"} if action == "rebuild" else set())
     for attempt in range(_ATTEMPTS):
         vps = _vps(store, caller, name)
         try:
             if action == "resize":
-                sub = _resize(store, caller, vps, opts.get("plan"))
+                sub = _resize(store, caller, vps, opts.get("plan"), rider)
                 return {"vps": vps.name, "subscription": sub.name, "plan": sub.spec.plan,
                         "resourceVersion": sub.metadata.resourceVersion}
             spec = vps.spec
@@ -91,7 +94,7 @@ def run_action(store: Store, caller: Principal, name: str, action: str, body: An
                 if opts.get("image") is not None:
                     update["image"] = _image(store, opts["image"], vps).name
                 spec = spec.model_copy(update=update)
-            updated = store.update(vps.model_copy(update={"spec": spec}))
+            updated = store.update(vps.model_copy(update={"spec": spec}), rider=rider)
             return {"vps": updated.name, "action": action, "resourceVersion": updated.metadata.resourceVersion}
         except Conflict:
             if attempt == _ATTEMPTS - 1:
@@ -108,7 +111,7 @@ def _image(store: Store, name: Any, vps: VPS) -> Image:
         raise _invalid("image", f"no image {name!r}") from None
 
 
-def _resize(store: Store, caller: Principal, vps: VPS, plan_name: Any) -> Subscription:
+def _resize(store: Store, caller: Principal, vps: VPS, plan_name: Any, rider: Rider | None) -> Subscription:
     new = _plan(store, caller, plan_name, "plan")
     try:
         sub = store.get(Subscription, vps.spec.subscription)
@@ -126,7 +129,7 @@ def _resize(store: Store, caller: Principal, vps: VPS, plan_name: Any) -> Subscr
     if old is not None and new.spec.price.currency != old.spec.price.currency:
         raise _invalid("plan", f"plan {new.name!r} is priced in {new.spec.price.currency}, not "
                                f"{old.spec.price.currency}")
-    return store.update(sub.model_copy(update={"spec": sub.spec.model_copy(update={"plan": new.name})}))
+    return store.update(sub.model_copy(update={"spec": sub.spec.model_copy(update={"plan": new.name})}), rider=rider)
 
 
 @router.post("/vps/{name}/actions/{action}", status_code=202,
@@ -136,7 +139,9 @@ async def vps_action(name: str, action: str, request: Request, state: State, cal
         raise NotFound(f"no action {action!r}; actions: {', '.join(ACTIONS)}")
     raw = await _read(request, state.settings.max_body_bytes)
     body = parse_body(raw, request.headers.get("content-type", "")) if raw.strip() else None
-    result = await run_in_threadpool(run_action, state.store, caller, name, action, body)
+    ride = audit.rider(request.scope, 202, state.store.root)
+    result = await run_in_threadpool(run_action, state.store, caller, name, action, body, ride)
+    audit.recorded(request.scope, ride, 202)
     return JSONResponse(result, status_code=202)
 
 

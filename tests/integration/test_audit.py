@@ -155,3 +155,15 @@ def test_a_write_and_its_record_commit_in_one_transaction(env: Env, store: Store
     assert [(r["method"], r["status"]) for r, _ in mine] == [("POST", 201), ("PUT", 200), ("PUT", 200), ("PUT", 409)]
     assert mine[0][1] == int(body["metadata"]["resourceVersion"])  # the create's record: the create's revision
     assert mine[1][1] == int(replaced.json()["metadata"]["resourceVersion"])  # the replace's: the replace's
+
+
+def test_an_action_and_its_record_commit_in_one_transaction(env: Env, store: Store) -> None:
+    """A reboot is one spec change; its audit record lands in the same revision, once."""
+    before = len(store.kv_range(audit_prefix(store.root))[0])
+    answer = env.client("customer").post("/v1/vps/acme-web/actions/reboot")
+    assert answer.status_code == 202
+    kvs, _ = store.kv_range(audit_prefix(store.root))
+    mine = [(json.loads(kv.value), kv.mod_revision) for kv in kvs[before:]]
+    assert [(r["actor"]["role"], r["path"], r["status"]) for r, _ in mine] == [
+        ("customer", "/v1/vps/acme-web/actions/reboot", 202)]
+    assert mine[0][1] == int(answer.json()["resourceVersion"])
