@@ -175,6 +175,8 @@ class Owners:
         self.sub_customer: dict[str, str] = {}
         self.vps_sub: dict[str, str] = {}
         self.plan_public: dict[str, bool] = {}
+        self.customer_email: dict[str, str] = {}  # customer -> e-mail, lower case
+        self.email_customers: dict[str, set[str]] = {}  # the other way round (for panel login)
 
     def learn(self, plural: str, name: str, doc: Any) -> None:
         spec = doc.get("spec") if isinstance(doc, dict) else None
@@ -186,6 +188,19 @@ class Owners:
             self.vps_sub[name] = spec["subscription"]
         elif plural == "plans":
             self.plan_public[name] = spec.get("public", True) is not False
+        elif plural == "customers" and isinstance(spec.get("email"), str):
+            self._unindex(name)
+            email = spec["email"].strip().lower()
+            self.customer_email[name] = email
+            self.email_customers.setdefault(email, set()).add(name)
+
+    def _unindex(self, customer: str) -> None:
+        old = self.customer_email.pop(customer, None)
+        if old is not None:
+            names = self.email_customers.get(old, set())
+            names.discard(customer)
+            if not names:
+                self.email_customers.pop(old, None)
 
     def forget(self, plural: str, name: str) -> None:
         if plural == "subscriptions":
@@ -194,6 +209,8 @@ class Owners:
             self.vps_sub.pop(name, None)
         elif plural == "plans":
             self.plan_public.pop(name, None)
+        elif plural == "customers":
+            self._unindex(name)
 
     def audience(self, plural: str, name: str) -> str:
         if plural == "customers":
@@ -455,6 +472,13 @@ class WatchHub:
                 with self._pending_lock:
                     self._last_flush.pop(loop, None)
                     self._lag.pop(loop, None)
+
+    def customers_with_email(self, email: str) -> list[str] | None:
+        """Names of the customers whose e-mail this is (sorted), as of `revision`; None before `start`."""
+        with self._lock:
+            if self._watch is None:
+                return None
+            return sorted(self.owners.email_customers.get(email.strip().lower(), ()))
 
     def translate_private(self, events: list[WatchEvent]) -> list[HubEvent]:
         """For a stream on its own etcd watch: audiences from what the hub knows now."""

@@ -129,6 +129,20 @@ def test_login_session_cookie_csrf_and_logout(env: Env, store: Store) -> None:
     problem(httpx.get(f"{env.url}/v1/vps", headers={"Cookie": f"{SESSION_COOKIE}={sid}"}), 401)
 
 
+def test_login_follows_a_changed_e_mail_without_reading_every_customer(env: Env, store: Store) -> None:
+    """Login finds the customer through the API's e-mail index: a changed address works at once, the old one not."""
+    set_password(store, "acme", "correct horse battery")
+    assert login(env.url, "acme@example.com", "correct horse battery").status_code == 200
+    hub = env.app.state.hostplane.hub
+    assert hub.customers_with_email(" ACME@example.com") == ["acme"]
+    env.client("admin").patch("/v1/customers/acme", json={"spec": {"email": "billing@acme.example"}})
+    wait_for(lambda: hub.customers_with_email("billing@acme.example") == ["acme"], timeout=5,
+             what="the hub to learn the new address")
+    assert login(env.url, "billing@acme.example", "correct horse battery").status_code == 200
+    assert login(env.url, "acme@example.com", "correct horse battery").status_code == 401
+    assert hub.customers_with_email("acme@example.com") == []
+
+
 def test_wrong_passwords_are_401_and_change_nothing(env: Env, store: Store) -> None:
     """Wrong password, unknown e-mail, customer without a password: the same 401, no cookie."""
     set_password(store, "acme", "correct horse battery")
