@@ -21,8 +21,8 @@ from starlette.concurrency import run_in_threadpool
 
 from api import access, audit
 from api.auth import Principal
-from api.deps import Caller, State, parse_body
-from api.errors import Forbidden, Invalid, PayloadTooLarge
+from api.deps import Caller, State, parse_body, read_limited
+from api.errors import Forbidden, Invalid, refuse_unknown_fields
 from reconcile.errors import Conflict, NotFound
 from reconcile.store import Rider, Store
 from specs.kinds import VPS, Image, Plan, Subscription
@@ -42,10 +42,7 @@ def _options(body: Any, allowed: set[str]) -> dict[str, Any]:
         return {}
     if not isinstance(body, dict):
         raise _invalid("", "the body must be an object")
-    unknown = sorted(set(body) - allowed)
-    if unknown:
-        raise Invalid(f"unknown fields: {', '.join(unknown)}", [{"path": f, "message": "unknown field"}
-                                                                  for f in unknown])
+    refuse_unknown_fields(body, allowed)
     return body
 
 
@@ -137,20 +134,10 @@ def _resize(store: Store, caller: Principal, vps: VPS, plan_name: Any, rider: Ri
 async def vps_action(name: str, action: str, request: Request, state: State, caller: Caller) -> JSONResponse:
     if action not in ACTIONS:
         raise NotFound(f"no action {action!r}; actions: {', '.join(ACTIONS)}")
-    raw = await _read(request, state.settings.max_body_bytes)
+    raw = await read_limited(request, state.settings.max_body_bytes)
     body = parse_body(raw, request.headers.get("content-type", "")) if raw.strip() else None
     ride = audit.rider(request.scope, 202, state.store.root)
     result = await run_in_threadpool(run_action, state.store, caller, name, action, body, ride)
     audit.recorded(request.scope, ride, 202)
     return JSONResponse(result, status_code=202)
 
-
-async def _read(request: Request, limit: int) -> bytes:
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)

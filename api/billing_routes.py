@@ -24,8 +24,8 @@ from fastapi import APIRouter, Depends, Request
 
 from api import access
 from api.auth import Principal
-from api.deps import Body, Caller, State
-from api.errors import BadRequest, Forbidden, Invalid, PayloadTooLarge, Unauthorized
+from api.deps import Body, Caller, State, read_limited
+from api.errors import BadRequest, Forbidden, Invalid, Unauthorized, refuse_unknown_fields
 from controllers import ledger, payments
 from controllers.payments import external
 from controllers.payments.manual import ManualProvider
@@ -43,15 +43,7 @@ def _now(request: Request) -> datetime:
 
 async def raw_body(request: Request, state: State) -> bytes:
     """The exact request bytes (the signature covers them), bounded by the API's body limit."""
-    limit = state.settings.max_body_bytes
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
+    return await read_limited(request, state.settings.max_body_bytes)
 
 
 RawBody = Annotated[bytes, Depends(raw_body)]
@@ -108,10 +100,7 @@ def manual_payment(name: str, request: Request, state: State, caller: Caller, bo
         raise Forbidden("only an operator may record payments")
     if not isinstance(body, dict):
         raise BadRequest("the body must be an object with amount and reference")
-    unknown = set(body) - {"amount", "currency", "reference", "type", "description"}
-    if unknown:
-        raise Invalid(f"unknown fields: {', '.join(sorted(unknown))}",
-                      [{"path": f, "message": "unknown field"} for f in sorted(unknown)])
+    refuse_unknown_fields(body, {"amount", "currency", "reference", "type", "description"})
     with _translate():
         cust = _customer(state, name)
         prov = payments.provider("manual")

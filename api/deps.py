@@ -153,6 +153,11 @@ async def read_body(request: Request) -> Any:
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(f"request body of {declared} bytes exceeds the limit of {limit} bytes")
+    return parse_body(await read_limited(request, limit), request.headers.get("content-type", ""))
+
+
+async def read_limited(request: Request, limit: int) -> bytes:
+    """The request's bytes, or PayloadTooLarge as soon as they pass `limit` (nothing more is read)."""
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.stream():
@@ -160,7 +165,7 @@ async def read_body(request: Request) -> Any:
         if size > limit:
             raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
         chunks.append(chunk)
-    return parse_body(b"".join(chunks), request.headers.get("content-type", ""))
+    return b"".join(chunks)
 
 
 def parse_body(raw: bytes, content_type: str) -> Any:

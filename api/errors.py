@@ -76,6 +76,14 @@ class Invalid(ApiError):
     status, title, slug = 422, "Invalid object", "invalid"
 
 
+def refuse_unknown_fields(body: dict[str, Any], allowed: set[str] | frozenset[str]) -> None:
+    """Invalid (422) naming every field of `body` that is not in `allowed`."""
+    unknown = sorted(set(body) - allowed)
+    if unknown:
+        raise Invalid(f"unknown fields: {', '.join(unknown)}", [{"path": f, "message": "unknown field"}
+                                                                  for f in unknown])
+
+
 @dataclass(frozen=True)
 class Problem:
     """An RFC 9457 problem document."""

@@ -320,7 +320,6 @@ class WatchHub:
         self.owners = Owners()
         self.floor = -1  # every event after this revision is buffered or still to come
         self.revision = 0
-        self._seen = 0  # the newest revision of any event received: later batches are all newer
         self._stopped = False
 
     @property
@@ -346,7 +345,6 @@ class WatchHub:
             self._buffer.clear()
             self.floor = revision
             self.revision = revision
-            self._seen = revision
         self._watch = self._store.watch(self._store.root + "/s", start_revision=revision + 1,
                                         on_events=self._on_events, on_compacted=self._on_compacted)
 
@@ -361,8 +359,6 @@ class WatchHub:
         with self._lock:
             batch = translate(events, self._store.root, self.owners)
             self.revision = max(self.revision, revision)
-            if events:
-                self._seen = max(self._seen, max(ev.mod_revision for ev in events))
             if batch:
                 self._buffer.extend(batch)
                 while len(self._buffer) > self._buffer_events:
@@ -445,15 +441,13 @@ class WatchHub:
             if self._watch is None or feed.after < self.floor:
                 return None
             backlog = [e for e in self._buffer if e.revision > feed.after]
-            seen = self._seen
             self._next_id += 1
             handle = self._next_id
             self._groups.setdefault(loop, {}).setdefault(feed.audience, {})[handle] = feed
             self._handles[handle] = (loop, feed.audience)
-        # No fan-out can run meanwhile (it runs on this loop); the batches still pending for this
-        # loop hold nothing newer than `seen`, which the backlog covers.
+        # No fan-out can run meanwhile (it runs on this loop). Batches still pending for this loop
+        # are in the buffer too, so in the backlog: offering it moves `feed.after` past them.
         feed.offer(backlog)
-        feed.after = max(feed.after, seen)
         return handle
 
     def unsubscribe(self, handle: int) -> None:

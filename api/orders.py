@@ -19,7 +19,7 @@ from fastapi.responses import JSONResponse
 from api import access
 from api.auth import Principal
 from api.deps import Body, Caller, State
-from api.errors import Forbidden, Invalid, PaymentRequired
+from api.errors import Forbidden, Invalid, PaymentRequired, refuse_unknown_fields
 from api.objects import render
 from controllers import ledger
 from reconcile import keys
@@ -55,10 +55,7 @@ def place_order(store: Store, caller: Principal, body: Any, *, now: datetime) ->
         raise Forbidden(f"role {caller.role!r} may not place orders")
     if not isinstance(body, dict):
         raise _invalid("", "the body must be an object")
-    unknown = sorted(set(body) - FIELDS)
-    if unknown:
-        raise Invalid(f"unknown fields: {', '.join(unknown)}", [{"path": f, "message": "unknown field"}
-                                                                  for f in unknown])
+    refuse_unknown_fields(body, FIELDS)
     missing = sorted({"plan", "image", "hostname"} - set(body))
     if caller.role in access.STAFF and "customer" not in body:
         missing.append("customer")

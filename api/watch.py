@@ -30,8 +30,8 @@ from starlette.concurrency import run_in_threadpool
 from api import access
 from api.deps import Caller, State, authenticate_async
 from api.errors import ApiError, BadRequest, Forbidden, UnknownKind
-from api.hub import Audience, Feed
-from reconcile.store import WatchEvent, decode
+from api.hub import Audience, Feed, Owners, frames, translate
+from reconcile.store import WatchEvent
 from specs import KINDS, Resource, kind_for
 
 router = APIRouter(prefix="/v1", tags=["watch"])
@@ -78,32 +78,9 @@ def _revision(value: str | None, what: str) -> int | None:
 
 
 def render_events(events: list[WatchEvent], root: str, kinds: dict[str, type[Resource]]) -> list[str]:
-    """SSE frames for a batch of etcd events, filtered to `kinds`. Pure."""
-    frames: list[tuple[int, dict[str, Any]]] = []
-    for ev in events:
-        rest = ev.key[len(root) + 1:] if ev.key.startswith(root + "/") else ""
-        parts = rest.split("/")
-        if len(parts) != 3 or parts[0] not in ("specs", "status") or parts[1] not in kinds:
-            continue
-        part = "spec" if parts[0] == "specs" else "status"
-        obj: Any = None
-        if ev.type == "PUT":
-            try:
-                obj = decode(ev.value)
-            except ValueError:
-                continue
-            if part == "spec" and isinstance(obj, dict) and isinstance(obj.get("metadata"), dict):
-                obj["metadata"]["resourceVersion"] = str(ev.mod_revision)
-        frames.append((ev.mod_revision, {
-            "type": ev.type, "part": part, "kind": kinds[parts[1]].KIND, "name": parts[2],
-            "resourceVersion": str(ev.mod_revision), "object": obj,
-        }))
-    out: list[str] = []
-    for i, (rev, data) in enumerate(frames):
-        last_of_revision = i + 1 == len(frames) or frames[i + 1][0] != rev
-        head = f"id: {rev}\n" if last_of_revision else ""
-        out.append(f"{head}data: {json.dumps(data, separators=(',', ':'))}\n\n")
-    return out
+    """SSE frames for a batch of etcd events, filtered to `kinds`, for a reader who may see them all. Pure."""
+    wanted = {cls.KIND for cls in kinds.values()}
+    return frames(translate(events, root, Owners(), learn=False), -1, lambda e: e.kind in wanted)
 
 
 @router.get("/watch", summary="Server-sent events of spec and status changes the caller may see",
