@@ -106,9 +106,6 @@ class AsyncStore:
 
     # ------------------------------------------------------------------ operations (see Store)
 
-    async def kv_get(self, key: str) -> KV | None:
-        return await self._run(self.store._kv_get_op(key))
-
     async def kv_range(self, prefix: str, *, keys_only: bool = False) -> tuple[list[KV], int]:
         return await self._run(self.store._range_op(prefix, prefix=True, keys_only=keys_only))
 

@@ -43,7 +43,6 @@ WATCHERS = 200
 CUSTOMERS = 10
 ROUNDS = 20  # PUT + GET per writer per phase
 RATES = (2.0, 4.0, 6.0)  # paced phases: rounds per second per writer
-TARGET_RATE = 4.0  # the paced phase the targets are judged on (see docs/benchmarks.md)
 _SPEC_EVENT = re.compile(rb'"part":"spec","kind":"Plan","name":"[^"]*","resourceVersion":"(\d+)"')
 
 
