@@ -7,7 +7,7 @@ APT_PKGS := etcd-server libvirt-daemon libvirt-daemon-driver-qemu libvirt-daemon
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: up test bench deps venv lint typecheck unit clean
+.PHONY: up test bench deps venv lint typecheck unit clean lock
 
 deps:
 	@missing=""; for p in $(APT_PKGS); do \
@@ -23,9 +23,12 @@ deps:
 	  fi; \
 	fi
 
-$(STAMP): pyproject.toml
+# Python dependencies come from requirements.lock (every package, pinned), so a fresh machine
+# resolves exactly what was tested; `make lock` re-resolves pyproject.toml's ranges into it.
+$(STAMP): pyproject.toml requirements.lock
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	@$(BIN)/pip install -q --disable-pip-version-check -e '.[test]' 2>&1 | grep -v -E '^WARNING: Location' || true
+	@$(BIN)/pip install -q --disable-pip-version-check -r requirements.lock 2>&1 | grep -v -E '^WARNING: Location' || true
+	@$(BIN)/pip install -q --disable-pip-version-check --no-deps -e . 2>&1 | grep -v -E '^WARNING: Location' || true
 	@$(BIN)/python -c "import pyetcd, libvirt, fastapi" || { echo "python dependencies failed to install"; exit 1; }
 	@touch $(STAMP)
 
@@ -46,6 +49,14 @@ test: deps venv lint typecheck
 
 bench: deps venv
 	$(BIN)/python -m tests.bench
+
+# Re-resolve the newest versions pyproject.toml allows in a throw-away venv and pin them all.
+lock:
+	@rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
+	@.lock-venv/bin/pip install -q --disable-pip-version-check -e '.[test]' 2>&1 | grep -v -E '^WARNING: Location' || true
+	@.lock-venv/bin/pip freeze --exclude-editable | grep -v '^#' > requirements.lock
+	@rm -rf .lock-venv
+	@echo "requirements.lock: $$(wc -l < requirements.lock) packages pinned; commit it with the change that needed it"
 
 clean:
 	rm -rf $(VENV) var .mypy_cache .pytest_cache .ruff_cache
