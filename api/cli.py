@@ -499,6 +499,7 @@ def _run_entry(fn: Callable[[threading.Event], None]) -> None:
 
 
 main.add_command(importlib.import_module("api.billing_cli").billing)
+main.add_command(importlib.import_module("api.pki_cli").pki)
 for _cmd in importlib.import_module("api.access_cli").COMMANDS:
     main.add_command(_cmd)
 
