@@ -41,6 +41,7 @@ from api.openapi import build_openapi
 from api.ratelimit import LoginThrottle, TokenBuckets
 from api.sessions import Sessions
 from reconcile.aio import AsyncStore
+from reconcile.connection import EtcdConnection
 from reconcile.errors import StoreError
 from reconcile.etcd_server import free_port
 from reconcile.store import Store
@@ -150,7 +151,7 @@ def create_app(store: Store, *, max_body_bytes: int = 1024 * 1024, heartbeat_sec
     async def readyz(st: State) -> Response:
         if st.ready_store is None:
             # Its own store without retries: readiness must answer fast, not wait out a retry budget.
-            st.ready_store = Store(st.store.endpoints, root=st.store.root, timeout=2.0, retry_seconds=0)
+            st.ready_store = Store(st.store.conn, root=st.store.root, timeout=2.0, retry_seconds=0)
         try:
             revision = await run_in_threadpool(st.ready_store.revision)
         except StoreError:
@@ -259,7 +260,7 @@ def settle_garbage_collector() -> None:
     gc.set_threshold(20_000, 50, 100)
 
 
-def run_api(*, etcd: str, host: str, port: int, data_dir: Path, stop: threading.Event | None) -> None:
+def run_api(*, etcd: EtcdConnection, host: str, port: int, data_dir: Path, stop: threading.Event | None) -> None:
     """Run the API against etcd until `stop` is set or the process gets SIGTERM/SIGINT."""
     stop = stop or threading.Event()
     switch_interval = sys.getswitchinterval()
