@@ -1,4 +1,4 @@
-"""etcd itself enforces the roles of reconcile/roles.py: identity × key prefix × read/write.
+"""etcd itself enforces the roles of reconcile/roles.py: identity x key prefix x read/write.
 
 The expected answer of every cell comes from the role definition; the answer checked is etcd's
 (a PermissionDenied from the server), not our client's. The guest-escape reproduction of issue 11
@@ -62,7 +62,7 @@ def stores(etcd_session: EtcdServer, root: str) -> Iterator[dict[str, Store]]:
 
 @pytest.mark.parametrize("identity", IDENTITIES)
 def test_authorization_matrix(identity: str, stores: dict[str, Store], root: str) -> None:
-    """Every identity × key × read/write is allowed or denied by etcd exactly as the role definition says."""
+    """Every identity x key x read/write is allowed or denied by etcd exactly as the role definition says."""
     s = stores[identity]
     wrong: list[str] = []
     for rel in KEYS:
@@ -181,12 +181,12 @@ def test_certificate_from_another_ca_fails(etcd_session: EtcdServer, tmp_path: P
     pair = forged.issue("root")
     ctx = ssl.create_default_context(cafile=str(etcd_session.pki.ca_cert))
     ctx.load_cert_chain(str(pair.cert), str(pair.key))
-    with pytest.raises((ssl.SSLError, ConnectionError, OSError)):
-        with socket.create_connection(("127.0.0.1", etcd_session.client_port), timeout=3) as raw:
-            with ctx.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
-                tls.sendall(b"POST /v3/kv/range HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}")
-                if not tls.recv(1024):
-                    raise ConnectionError("closed")
+    with (pytest.raises((ssl.SSLError, ConnectionError, OSError)),
+          socket.create_connection(("127.0.0.1", etcd_session.client_port), timeout=3) as raw,
+          ctx.wrap_socket(raw, server_hostname="127.0.0.1") as tls):
+        tls.sendall(b"POST /v3/kv/range HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}")
+        if not tls.recv(1024):
+            raise ConnectionError("closed")
 
 
 def test_revoked_identity_reaches_nothing(etcd_session: EtcdServer, root: str) -> None:
