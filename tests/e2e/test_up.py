@@ -68,6 +68,10 @@ def test_up_serves_writes_config_stops_within_10s_and_restarts_without_loss(tmp_
             time.sleep(0.5)
         assert state == "Ready", "".join(up.output)
 
+        pki = data / "pki"
+        certs = {f.name: f.read_bytes() for f in pki.iterdir()}
+        assert {"ca.crt", "ca.key", "server.crt", "api.crt", "controllers.crt", "node-local.crt"} <= set(certs)
+        assert "CA:" in "".join(up.output) and str(pki / "ca.crt") in "".join(up.output)
         children = set(children_of(up.proc.pid))
         assert len(children) >= 4  # etcd, api, controllers, agent
         took = _stop(up)
@@ -88,6 +92,7 @@ def test_up_serves_writes_config_stops_within_10s_and_restarts_without_loss(tmp_
     try:
         assert again.ready.wait(90), "".join(again.output)
         assert again.token() == token
+        assert {f.name: f.read_bytes() for f in pki.iterdir()} == certs, "a restart keeps the CA and certificates"
         r = subprocess.run([*_hostplane(), "get", "plans", "up-test", "-o", "json"], env=env,
                            capture_output=True, text=True)
         deadline = time.monotonic() + 30
