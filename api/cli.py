@@ -99,15 +99,16 @@ class _Group(click.Group):
 class _Ctx:
     server: str | None
     token: str | None
+    ca: str | None = None
     _client: Client | None = field(default=None)
 
     def client(self) -> Client:
         if self._client is None:
-            cfg = resolve(self.server, self.token)
+            cfg = resolve(self.server, self.token, self.ca)
             if cfg.token is None:
                 raise CliError("no API token: pass --token, set HOSTPLANE_TOKEN, or run `hostplane up` "
                                "(it writes ~/.config/hostplane/config.yaml)")
-            self._client = Client(cfg.server, cfg.token)
+            self._client = Client(cfg.server, cfg.token, ca=cfg.ca)
         return self._client
 
 
@@ -121,10 +122,12 @@ def _kind(name: str) -> type[Resource]:
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--server", metavar="URL", help="API URL (else $HOSTPLANE_SERVER, else the config file)")
 @click.option("--token", metavar="TOKEN", help="bearer token (else $HOSTPLANE_TOKEN, else the config file)")
+@click.option("--ca", metavar="FILE", help="CA certificate to trust for an https server (else $HOSTPLANE_CA, "
+              "else the config file's, else the system's)")
 @click.pass_context
-def main(ctx: click.Context, server: str | None, token: str | None) -> None:
+def main(ctx: click.Context, server: str | None, token: str | None, ca: str | None) -> None:
     """Hostplane: a declarative control plane for VPS hosting."""
-    ctx.obj = _Ctx(server, token)
+    ctx.obj = _Ctx(server, token, ca)
     ctx.call_on_close(lambda: ctx.obj._client.close() if ctx.obj._client else None)
 
 
@@ -476,13 +479,23 @@ _data_dir = click.option("--data-dir", type=click.Path(path_type=Path), default=
 @_etcd
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=int, default=8080, show_default=True)
+@click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="serve HTTPS with this certificate (PEM; with --tls-key)")
+@click.option("--tls-key", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="its private key")
+@click.option("--trusted-proxy", "trusted_proxies", multiple=True, metavar="ADDR",
+              help="a TLS-terminating proxy (IP or CIDR, repeatable) whose X-Forwarded-Proto/-For are believed")
 @_data_dir
-def api_cmd(etcd: EtcdConnection, host: str, port: int, data_dir: Path) -> None:
-    """Run the HTTP API (until SIGTERM/SIGINT)."""
-    from api.server import run_api
+def api_cmd(etcd: EtcdConnection, host: str, port: int, tls_cert: Path | None, tls_key: Path | None,
+            trusted_proxies: tuple[str, ...], data_dir: Path) -> None:
+    """Run the HTTP(S) API (until SIGTERM/SIGINT)."""
+    from api.server import TLSFiles, run_api
 
+    if (tls_cert is None) != (tls_key is None):
+        raise click.UsageError("--tls-cert and --tls-key go together")
     _log_to_stderr()
-    run_api(etcd=etcd, host=host, port=port, data_dir=data_dir, stop=None)
+    tls = TLSFiles(tls_cert, tls_key) if tls_cert is not None and tls_key is not None else None
+    run_api(etcd=etcd, host=host, port=port, data_dir=data_dir, stop=None, tls=tls,
+            trusted_proxies=[p for part in trusted_proxies for p in part.split(",") if p])
 
 
 @main.command("agent")

@@ -202,6 +202,7 @@ def run_up(data_dir: Path, port: int = 8080, libvirt_uri: str | None = None,
         say(f"{'created' if made else 'reusing'} the PKI in {etcd.pki.dir} (CA: {etcd.pki.ca_cert})")
         # Seeding (admin token, the local Node) runs as the api identity: root only bootstraps.
         store = etcd.store("api")
+        server_cert = etcd.pki.server()
         token = ensure_admin_token(store, data_dir)
         ensure_node(store, "local", _host_capacity(data_dir), uri)
         for i in range(simulate_nodes):
@@ -212,6 +213,7 @@ def run_up(data_dir: Path, port: int = 8080, libvirt_uri: str | None = None,
         logs = data_dir / "logs"
         children.append(Child("api", _hostplane_argv(
             "api", *etcd.args("api"), "--host", "127.0.0.1", "--port", str(port),
+            "--tls-cert", str(server_cert.cert), "--tls-key", str(server_cert.key),
             "--data-dir", str(data_dir)), logs / "api.log"))
         children.append(Child("controllers", _hostplane_argv(
             "controllers", *etcd.args("controllers"), "--identity", f"up-{os.getpid()}"),
@@ -227,8 +229,8 @@ def run_up(data_dir: Path, port: int = 8080, libvirt_uri: str | None = None,
             if not c.alive():
                 c.start()
 
-        server = f"http://127.0.0.1:{port}"
-        config_path = write_cli_config(server, token)
+        server = f"https://127.0.0.1:{port}"
+        config_path = write_cli_config(server, token, etcd.pki.ca_cert)
         say(f"Hostplane is up.\n"
             f"  panel and API: {server}/   (API docs: {server}/docs)\n"
             f"  admin token:   {token}\n"
