@@ -148,20 +148,29 @@ def spki_pin(cert: Path) -> str:
 
 
 @contextlib.contextmanager
-def browser(trust: Path | None = None) -> Iterator[Any]:
+def browser(pki: Path | None = None) -> Iterator[Any]:
     """Headless Debian Chromium through Playwright (never a downloaded browser).
 
-    `trust`: a server certificate (up's `pki/server.crt`) the browser accepts, by its key only;
-    every other certificate error still fails.
+    `pki`: up's PKI directory. The browser then accepts up's server certificate, by its key only
+    (every other certificate error still fails), and Playwright's own HTTP client (`context.request`,
+    run by its Node driver) trusts up's CA.
     """
     from playwright.sync_api import sync_playwright
 
     args = list(CHROMIUM_ARGS)
-    if trust is not None:
-        args.append(f"--ignore-certificate-errors-spki-list={spki_pin(trust)}")
-    with sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=CHROMIUM, args=args)
-        try:
-            yield b
-        finally:
-            b.close()
+    env_before = os.environ.get("NODE_EXTRA_CA_CERTS")
+    if pki is not None:
+        args.append(f"--ignore-certificate-errors-spki-list={spki_pin(pki / 'server.crt')}")
+        os.environ["NODE_EXTRA_CA_CERTS"] = str(pki / "ca.crt")  # read by the driver when it starts
+    try:
+        with sync_playwright() as pw:
+            b = pw.chromium.launch(executable_path=CHROMIUM, args=args)
+            try:
+                yield b
+            finally:
+                b.close()
+    finally:
+        if env_before is None:
+            os.environ.pop("NODE_EXTRA_CA_CERTS", None)
+        else:
+            os.environ["NODE_EXTRA_CA_CERTS"] = env_before
