@@ -229,6 +229,9 @@ _TRANSIENT_CODES = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEED
 _TRANSIENT_MESSAGES = (
     "context deadline exceeded", "request timed out", "leader changed", "no leader",
     "too many requests", "not capable",
+    # The auth store changed (a role grant, a new leader replaying it) between the permission
+    # check and the apply: the request was not applied; etcd's own client retries it.
+    "revision of auth store is old",
 )
 
 

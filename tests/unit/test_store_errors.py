@@ -33,6 +33,7 @@ C = grpc.StatusCode
     (C.INVALID_ARGUMENT, "etcdserver: request is too large", TooLarge),
     (C.RESOURCE_EXHAUSTED, "etcdserver: mvcc: database space exceeded", StoreError),
     (C.PERMISSION_DENIED, "etcdserver: permission denied", PermissionDenied),
+    (C.INVALID_ARGUMENT, "etcdserver: revision of auth store is old", Unavailable),
     (C.FAILED_PRECONDITION, "etcdserver: user name not found", PermissionDenied),
 ])
 def test_grpc_errors_are_translated(code: grpc.StatusCode, details: str, expected: type[StoreError]) -> None:
