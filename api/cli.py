@@ -527,11 +527,14 @@ def controllers_cmd(etcd: EtcdConnection, identity: str) -> None:
 @click.option("--libvirt", "libvirt_uri", default=None, help="libvirt URI (default: qemu:///session if QEMU "
               "is installed, else test:///default)")
 @click.option("--simulate-nodes", type=int, default=0, show_default=True, help="also run N simulated nodes")
-def up_cmd(data_dir: Path, port: int, libvirt_uri: str | None, simulate_nodes: int) -> None:
+@click.option("--etcd-members", type=click.IntRange(1, 7), default=1, show_default=True,
+              help="run a local etcd cluster of this many members (3 or 5 to survive a member's loss)")
+def up_cmd(data_dir: Path, port: int, libvirt_uri: str | None, simulate_nodes: int, etcd_members: int) -> None:
     """Run everything locally: etcd, API, controllers and a node agent (until Ctrl-C)."""
     from api.up import run_up
 
-    code = run_up(data_dir=data_dir, port=port, libvirt_uri=libvirt_uri, simulate_nodes=simulate_nodes)
+    code = run_up(data_dir=data_dir, port=port, libvirt_uri=libvirt_uri, simulate_nodes=simulate_nodes,
+                  etcd_members=etcd_members)
     if code:
         sys.exit(code)
 

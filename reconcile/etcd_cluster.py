@@ -96,9 +96,9 @@ class EtcdCluster:
         m.launch()
         m.wait_healthy(timeout)
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 10.0) -> None:
         for m in self.members:
-            m.stop()
+            m.stop(timeout)
 
     def __enter__(self) -> EtcdCluster:
         return self.start()
