@@ -126,3 +126,63 @@ def test_payment_burst_through_a_leader_kill_is_applied_once(cluster: EtcdCluste
         assert ledger.balance(api, "acme") == sum(e.amountMinor for e in entries)
     finally:
         api.close()
+
+
+def test_leader_election_holds_through_member_kills(cluster: EtcdCluster) -> None:
+    """Two electors writing fenced decisions while etcd members die: every decision that landed was its leader's."""
+    from reconcile.leader import LeaderElector, NotLeader
+    from reconcile.store import Put
+
+    stores = [cluster.store("controllers", retry_seconds=15.0, timeout=2.0) for _ in range(2)]
+    electors = [LeaderElector(s, "controllers", f"mgr-{i}", ttl=3, retry_period=0.2)
+                for i, s in enumerate(stores)]
+    landed: list[tuple[int, str]] = []
+    stop = threading.Event()
+
+    def decide(e: LeaderElector, s: Store) -> None:
+        n = 0
+        while not stop.is_set():
+            try:
+                res = s.txn([e.fence()], [Put(f"{ROOT}/alloc/decision", f"{e.identity}:{n}".encode())])
+                if res.succeeded:
+                    landed.append((res.revision, e.identity))
+            except (NotLeader, StoreError):
+                time.sleep(0.02)
+            n += 1
+
+    for e in electors:
+        e.start(lambda: None, lambda: None)
+    threads = [threading.Thread(target=decide, args=(e, s), daemon=True) for e, s in zip(electors, stores, strict=True)]
+    for t in threads:
+        t.start()
+    try:
+        deadline = time.monotonic() + 20
+        while len(landed) < 30:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        for _ in range(2):  # the etcd leader twice: elections and fences ride through raft elections
+            victim = cluster.leader()
+            cluster.kill(victim)
+            before = len(landed)
+            deadline = time.monotonic() + 30
+            while len(landed) < before + 30:
+                assert time.monotonic() < deadline, "no decisions after an etcd member died"
+                time.sleep(0.05)
+            cluster.restart(victim)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(20)
+        for e in electors:
+            e.stop()
+    admin = cluster.admin()
+    key = f"{ROOT}/election/controllers"
+    wrong = []
+    for rev, who in landed:
+        kvs, _ = admin._range(key, prefix=False, revision=rev)
+        holder = kvs[0].value.decode() if kvs else None
+        if holder != who:
+            wrong.append((rev, who, holder))
+    assert not wrong, f"decisions by a process not holding the election key: {wrong[:5]}"
+    for s in stores:
+        s.close()
