@@ -26,6 +26,7 @@ from api.errors import BadRequest, Forbidden, PayloadTooLarge, TooManyRequests, 
 from api.ratelimit import LoginThrottle, TokenBuckets
 from api.sessions import SESSION_COOKIE, Sessions
 from reconcile.aio import AsyncStore
+from reconcile.pki import PKI
 from reconcile.store import Store
 
 if TYPE_CHECKING:
@@ -61,6 +62,7 @@ class AppState:
     buckets: TokenBuckets = field(default_factory=lambda: TokenBuckets(0, 1))
     login_throttle: LoginThrottle = field(default_factory=LoginThrottle)
     hub: WatchHub | None = None
+    join_pki: PKI | None = None  # the CA that signs joining nodes' certificates (api.node_join)
 
 
 async def app_state(request: Request) -> AppState:

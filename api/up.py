@@ -248,7 +248,7 @@ def run_up(data_dir: Path, port: int = 8080, libvirt_uri: str | None = None,
         logs = data_dir / "logs"
         children.append(Child("api", _hostplane_argv(
             "api", *etcd.args("api"), "--host", "127.0.0.1", "--port", str(port),
-            "--tls-cert", str(server_cert.cert), "--tls-key", str(server_cert.key),
+            "--tls-cert", str(server_cert.cert), "--tls-key", str(server_cert.key), "--join-pki", str(etcd.pki.dir),
             "--data-dir", str(data_dir)), logs / "api.log"))
         children.append(Child("controllers", _hostplane_argv(
             "controllers", *etcd.args("controllers"), "--identity", f"up-{os.getpid()}"),
