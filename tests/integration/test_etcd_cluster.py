@@ -229,7 +229,9 @@ def test_fleet_converges_with_least_privilege_identities_through_an_etcd_leader_
     def conns() -> dict[str, object]:
         return {n: a.hv.conn for n, a in agents.items()}  # type: ignore[attr-defined]
 
-    admin = cluster.admin()  # the checks read everything (bookings too); the processes do not
+    # The checks read everything (bookings too); the processes do not. A store of the test's own:
+    # a member's admin store closes with its member.
+    admin = cluster.store("root", retry_seconds=30.0, timeout=2.0)
 
     def running() -> bool:
         phases = [v.status.phase if v.status else "" for v in admin.list(VPS).items]
@@ -254,5 +256,5 @@ def test_fleet_converges_with_least_privilege_identities_through_an_etcd_leader_
         proc.stop()
         for a in agents.values():
             a.stop()  # type: ignore[attr-defined]
-        for s in (api, ctl, *node_stores):
+        for s in (api, ctl, admin, *node_stores):
             s.close()
