@@ -22,11 +22,12 @@ from fastapi import Depends, Request
 from starlette.concurrency import run_in_threadpool
 
 from api.auth import Principal, TokenVerifier
-from api.errors import BadRequest, Forbidden, PayloadTooLarge, TooManyRequests, Unauthorized
+from api.errors import BadRequest, Forbidden, Invalid, PayloadTooLarge, TooManyRequests, Unauthorized
 from api.ratelimit import LoginThrottle, TokenBuckets
 from api.sessions import SESSION_COOKIE, Sessions
 from reconcile.aio import AsyncStore
 from reconcile.store import Store
+from specs.io import duplicate_keys
 
 if TYPE_CHECKING:
     from api.hub import WatchHub
@@ -168,6 +169,18 @@ async def read_limited(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+# No field of any kind holds an integer anywhere near this long; Python refuses to convert
+# one of more than 4,300 digits at all (a ValueError that used to become a 500).
+MAX_INT_DIGITS = 64
+
+
+class _LongInteger:
+    """Stands in for an integer literal too long to convert, so the error can name its field."""
+
+    def __init__(self, text: str) -> None:
+        self.digits = len(text.lstrip("+-"))
+
+
 def parse_body(raw: bytes, content_type: str) -> Any:
     ctype = content_type.split(";", 1)[0].strip().lower()
     if not raw.strip():
@@ -177,15 +190,57 @@ def parse_body(raw: bytes, content_type: str) -> Any:
     except UnicodeDecodeError:
         raise BadRequest("the request body is not UTF-8") from None
     if ctype in _YAML_TYPES:
-        return _parse_yaml(text)
+        return _refuse_long_integers(_parse_yaml(text))
     if ctype and ctype != "application/json" and not ctype.endswith("+json"):
         raise BadRequest(f"unsupported content type {ctype!r}; send application/json or application/yaml")
+    long_seen: list[_LongInteger] = []
+
+    def parse_int(literal: str) -> int | _LongInteger:
+        if len(literal) <= MAX_INT_DIGITS:
+            return int(literal)
+        long_seen.append(_LongInteger(literal))
+        return long_seen[-1]
+
     try:
-        return json.loads(text)
+        doc = json.loads(text, parse_int=parse_int)
     except json.JSONDecodeError as exc:
         raise BadRequest(f"invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
     except RecursionError:
         raise BadRequest("invalid JSON: nested too deeply") from None
+    return _refuse_long_integers(doc) if long_seen else doc
+
+
+def _long_integer_paths(doc: Any, path: str = "") -> list[tuple[str, int]]:
+    if isinstance(doc, _LongInteger):
+        return [(path, doc.digits)]
+    if isinstance(doc, dict):
+        return [hit for k, v in doc.items() for hit in _long_integer_paths(v, f"{path}.{k}" if path else str(k))]
+    if isinstance(doc, list):
+        return [hit for i, v in enumerate(doc) for hit in _long_integer_paths(v, f"{path}[{i}]")]
+    return []
+
+
+def _refuse_long_integers(doc: Any) -> Any:
+    """The document, or Invalid (422) naming each field that holds an integer of over MAX_INT_DIGITS digits."""
+    found = _long_integer_paths(doc)
+    if not found:
+        return doc
+    errors = [{"path": path, "message": f"an integer of {digits} digits is too long (at most {MAX_INT_DIGITS})"}
+              for path, digits in found]
+    raise Invalid("; ".join(f"{e['path'] or 'body'}: {e['message']}" for e in errors), errors)
+
+
+class _BodyLoader(yaml.SafeLoader):
+    """SafeLoader whose integers past MAX_INT_DIGITS become `_LongInteger` instead of a ValueError."""
+
+    def construct_yaml_int(self, node: yaml.ScalarNode) -> Any:
+        text = str(node.value).replace("_", "")
+        if len(text.lstrip("+-")) > MAX_INT_DIGITS:
+            return _LongInteger(text)
+        return super().construct_yaml_int(node)
+
+
+_BodyLoader.add_constructor("tag:yaml.org,2002:int", _BodyLoader.construct_yaml_int)
 
 
 def _parse_yaml(text: str) -> Any:
@@ -193,16 +248,32 @@ def _parse_yaml(text: str) -> Any:
         for event in yaml.parse(text, Loader=yaml.SafeLoader):
             if isinstance(event, yaml.AliasEvent):
                 raise BadRequest("YAML aliases are not accepted in request bodies")
-        docs = [d for d in yaml.safe_load_all(text) if d is not None]
+        nodes = [n for n in yaml.compose_all(text, Loader=_BodyLoader) if n is not None]
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
         raise BadRequest(f"invalid YAML{where}: {getattr(exc, 'problem', None) or exc}") from None
     except RecursionError:
         raise BadRequest("invalid YAML: nested too deeply") from None
-    if len(docs) != 1:
-        raise BadRequest(f"expected exactly one YAML document, got {len(docs)}")
-    return docs[0]
+    if len(nodes) != 1:
+        raise BadRequest(f"expected exactly one YAML document, got {len(nodes)}")
+    try:
+        dups = duplicate_keys(nodes[0])
+    except ValueError as exc:
+        raise BadRequest(f"invalid YAML: {exc}") from None
+    if dups:
+        # YAML would silently keep the last value; the contract (docs/CONTRACTS.md) says: an error.
+        errors = [{"path": path, "message": f"duplicate key (line {line})"} for path, line in dups]
+        raise Invalid("; ".join(f"{e['path']}: {e['message']}" for e in errors), errors)
+    loader = _BodyLoader("")
+    try:
+        return loader.construct_document(nodes[0])
+    except (yaml.YAMLError, ValueError) as exc:
+        raise BadRequest(f"invalid YAML: {exc}") from None
+    except RecursionError:
+        raise BadRequest("invalid YAML: nested too deeply") from None
+    finally:
+        loader.dispose()
 
 
 Body = Annotated[Any, Depends(read_body)]
