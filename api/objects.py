@@ -27,7 +27,7 @@ from reconcile import keys
 from reconcile.errors import AlreadyExists, Conflict
 from reconcile.selector import parse_selector
 from reconcile.store import decode
-from specs import Plan, Resource, Subscription, kind_for
+from specs import Customer, Plan, Resource, Subscription, kind_for
 from specs.io import validate_object
 from specs.meta import API_VERSION
 
@@ -35,8 +35,9 @@ router = APIRouter(prefix="/v1", tags=["objects"])
 
 _SOURCE = "request body"
 _PATCH_ATTEMPTS = 5
-# Kinds with cross-object rules checked on update (api.admission).
-_ADMITTED: tuple[type[Resource], ...] = (Plan, Subscription)
+# Kinds whose update is checked against the current object: cross-object rules (api.admission),
+# billing adjustments (api.access.require_billing_fields).
+_ADMITTED: tuple[type[Resource], ...] = (Plan, Subscription, Customer)
 
 T = TypeVar("T")
 
@@ -174,6 +175,7 @@ async def create_object(kind: str, body: Body, state: State, caller: Caller, req
     obj = object_from_body(body, cls, name=None)
     # Identity and timestamps are the server's to assign.
     meta = obj.metadata.model_copy(update={"uid": None, "creationTimestamp": None, "resourceVersion": None})
+    access.require_billing_fields(caller, None, obj)
     try:
         ride = audit.rider(request.scope, 201, state.store.root)
         created = await state.astore.create(obj.model_copy(update={"metadata": meta}), rider=ride)
@@ -205,6 +207,7 @@ async def replace_object(kind: str, name: str, body: Body, state: State, caller:
         # Pinning the version keeps this read-modify-write safe (and, when this process last
         # saw the object at that version, spares the read).
         current = await state.astore.get_spec_at(cls, name, obj.metadata.resourceVersion)
+        access.require_billing_fields(caller, current, obj)
         await admitted(state, current, obj)
         update: dict[str, Any] = {"resourceVersion": obj.metadata.resourceVersion or current.metadata.resourceVersion}
         if keep_finalizers:
@@ -231,6 +234,7 @@ async def patch_object(kind: str, name: str, body: Body, state: State, caller: C
         doc = render(current)
         doc.pop("status", None)
         obj = object_from_body(merge_patch(doc, patch), cls, name=name)
+        access.require_billing_fields(caller, current, obj)
         await admitted(state, current, obj)
         try:
             return await _updated(state, request, obj)
