@@ -86,10 +86,12 @@ def require_admin(p: Principal, what: str) -> None:
 # ------------------------------------------------------------------ ownership
 
 
-def owner(store: Store, obj: Resource, subs: dict[str, str] | None = None) -> str | None:
+def owner(store: Store, obj: Resource, subs: dict[str, Subscription] | None = None) -> str | None:
     """The Customer that owns `obj`, or None (not a customer's kind, or the chain is broken).
 
-    `subs` (subscription -> customer) spares a read per VPS when filtering a list.
+    A VPS belongs to the customer of the Subscription it was created under (by uid, not by the
+    name alone: a Subscription recreated under an old name does not inherit its servers).
+    `subs` (name -> Subscription) spares a read per VPS when filtering a list.
     """
     if isinstance(obj, Customer):
         return obj.name
@@ -97,15 +99,17 @@ def owner(store: Store, obj: Resource, subs: dict[str, str] | None = None) -> st
         return obj.spec.customer
     if isinstance(obj, VPS):
         if subs is not None:
-            return subs.get(obj.spec.subscription)
-        try:
-            return store.get(Subscription, obj.spec.subscription).spec.customer
-        except NotFound:
-            return None
+            sub = subs.get(obj.spec.subscription)
+        else:
+            try:
+                sub = store.get(Subscription, obj.spec.subscription)
+            except NotFound:
+                sub = None
+        return sub.spec.customer if sub is not None and obj.bound_to(sub) else None
     return None
 
 
-def visible(store: Store, p: Principal, obj: Resource, subs: dict[str, str] | None = None) -> bool:
+def visible(store: Store, p: Principal, obj: Resource, subs: dict[str, Subscription] | None = None) -> bool:
     kind = obj.KIND
     if kind not in readable_kinds(p):
         return False
@@ -136,8 +140,8 @@ def deny_unreadable_kind(p: Principal, cls: type[Resource], name: str) -> None:
     raise Forbidden(f"role {p.role!r} may not use {cls.PLURAL}")
 
 
-def subscription_owners(store: Store) -> dict[str, str]:
-    return {s.name: s.spec.customer for s in store.list(Subscription).items}
+def subscription_owners(store: Store) -> dict[str, Subscription]:
+    return {s.name: s for s in store.list(Subscription).items}
 
 
 def filter_visible(store: Store, p: Principal, items: Iterable[R]) -> list[R]:

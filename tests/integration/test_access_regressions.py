@@ -9,16 +9,19 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from controllers import payments
+from controllers import events, payments
 from controllers.payments.webhook import sign
 from reconcile.store import Store
-from tests.helpers.access_env import Env, served
+from specs.kinds import VPS, Subscription
+from tests.helpers.access_env import ED25519, Env, served
 
 PROBLEM = "application/problem+json"
 SECRET = "s3cret-for-regressions"
@@ -92,3 +95,111 @@ def test_a_signed_webhook_from_the_far_future_is_a_401_naming_the_timestamp(env:
         "Content-Type": "application/json"})
     body = problem(resp, 401)
     assert "Hostplane-Timestamp" in body["detail"]
+
+
+# ------------------------------------------------------------------ 1: a reused subscription name takes nothing over
+
+
+def pay(env: Env, customer: str, amount: str, ref: str) -> None:
+    r = env.client("admin").post(f"/v1/customers/{customer}/payments", json={"amount": amount, "reference": ref})
+    assert r.status_code == 200, r.text
+
+
+def record_event(store: Store, kind: str, name: str, reason: str, when: datetime) -> None:
+    """An event as the controllers record it (controllers.events' key and value)."""
+    store.kv_put(events.event_key(store.root, kind, name, when), events.encode_event("Normal", reason, reason, when, 1))
+
+
+def test_subscription_name_takeover_is_refused_at_every_step(env: Env) -> None:
+    """Issue 13 item 1: acme's subscription deleted under its server, its name ordered by globex: nothing passes."""
+    admin, globex = env.client("admin"), env.client("globex")
+    sub = {"metadata": {"name": "acme-old"}, "spec": {"customer": "acme", "plan": "s1"}}
+    assert admin.post("/v1/subscriptions", json=sub).status_code == 201
+    server = {"metadata": {"name": "acme-old-1"}, "spec": {"subscription": "acme-old", "image": "debian-12",
+                                                           "hostname": "old.example.com"}}
+    created = admin.post("/v1/vps", json=server)
+    assert created.status_code == 201, created.text
+    old_uid = env.store.get(Subscription, "acme-old").metadata.uid
+    assert created.json()["spec"]["subscriptionUID"] == old_uid
+    # acme's history (a minute old: events the controllers recorded while acme had the name).
+    record_event(env.store, "Subscription", "acme-old", "AcmeHistory", datetime.now(UTC) - timedelta(minutes=1))
+    record_event(env.store, "VPS", "acme-old-1", "AcmeServerHistory", datetime.now(UTC) - timedelta(minutes=1))
+    # Deleting a subscription that still has a server is refused, naming the server.
+    body = problem(admin.delete("/v1/subscriptions/acme-old"), 409)
+    assert "acme-old-1" in body["detail"]
+    # Suppose it is gone anyway (a script, a restore): globex orders under the old name.
+    env.store.delete(Subscription, "acme-old")
+    pay(env, "globex", "50.00", "p-takeover")
+    order = {"plan": "s1", "image": "debian-12", "hostname": "g.example.com", "name": "acme-old"}
+    problem(globex.post("/v1/orders", json=order), 409)
+    assert globex.post("/v1/orders", json={**order, "name": "acme-old-1"}).status_code == 409
+    # Staff may reuse the name deliberately; the server and its history still do not follow it.
+    assert admin.post("/v1/subscriptions", json={**sub, "spec": {"customer": "globex", "plan": "s1"}}
+                      ).status_code == 201
+    problem(globex.get("/v1/vps/acme-old-1"), 404)
+    problem(globex.patch("/v1/vps/acme-old-1", json={"spec": {"sshKeys": [ED25519]}}), 404)
+    problem(globex.post("/v1/vps/acme-old-1/actions/rebuild"), 404)
+    assert "acme-old-1" not in [v["metadata"]["name"] for v in globex.get("/v1/vps").json()["items"]]
+    problem(globex.get("/v1/events", params={"kind": "VPS", "name": "acme-old-1"}), 404)
+    reasons = [e["reason"] for e in globex.get("/v1/events").json()["items"]]
+    assert "AcmeHistory" not in reasons and "AcmeServerHistory" not in reasons
+    assert globex.get("/v1/events", params={"kind": "Subscription", "name": "acme-old"}).json()["items"] == []
+    # The server is nobody's now, not even acme's (its subscription is gone): staff decide.
+    problem(env.client("customer").get("/v1/vps/acme-old-1"), 404)
+    assert env.store.get(VPS, "acme-old-1").spec.sshKeys == []
+
+
+def test_a_customer_order_cannot_take_a_name_another_customers_objects_used(env: Env) -> None:
+    """A name once ordered by acme stays acme's after its objects are deleted; acme itself may reuse it."""
+    pay(env, "acme", "20.00", "p-a")
+    pay(env, "globex", "20.00", "p-g")
+    order = {"plan": "s1", "image": "debian-12", "hostname": "n.example.com", "name": "shop"}
+    assert env.client("customer").post("/v1/orders", json=order).status_code == 201
+    admin = env.client("admin")
+    assert admin.delete("/v1/vps/shop").status_code in (202, 204)
+    env.store.kv_delete(env.store.root + "/specs/vps/shop")  # the finalizer's work, done here at once
+    assert admin.delete("/v1/subscriptions/shop").status_code == 204
+    problem(env.client("globex").post("/v1/orders", json=order), 409)
+    assert env.client("customer").post("/v1/orders", json=order).status_code == 201
+
+
+# ------------------------------------------------------------------ 6: orders check the whole monthly commitment
+
+
+def priced_plan(env: Env) -> None:
+    doc = plan_doc("p1724")
+    doc["spec"]["price"]["amount"] = "17.24"
+    assert env.client("admin").post("/v1/plans", json=doc).status_code == 201
+    assert env.client("admin").patch("/v1/customers/globex", json={"spec": {"creditLimit": "50.00"}}
+                                      ).status_code == 200
+    pay(env, "globex", "11.10", "p-11")
+
+
+def test_orders_in_parallel_stay_within_balance_and_credit(env: Env) -> None:
+    """11.10 balance + 50 credit, 5.00/month already: of ten parallel 17.24 orders at most three are accepted."""
+    priced_plan(env)
+    url, token = env.url, env.tokens["globex"]
+
+    def order(i: int) -> int:
+        with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=30) as c:
+            return c.post("/v1/orders", json={"plan": "p1724", "image": "debian-12", "hostname": f"h{i}.example.com",
+                                              "name": f"g-par-{i}"}).status_code
+
+    with ThreadPoolExecutor(10) as pool:
+        codes = list(pool.map(order, range(10)))
+    accepted = codes.count(201)
+    assert 1 <= accepted <= 3 and set(codes) <= {201, 402, 409}, codes
+    subs = [s for s in env.store.list(Subscription).items if s.spec.customer == "globex"]
+    monthly = sum({"s1": 500, "p1724": 1724}[s.spec.plan] for s in subs)
+    assert monthly <= 1110 + 5000, (monthly, codes)
+
+
+def test_orders_one_after_another_count_every_subscription(env: Env) -> None:
+    """Sequential orders: three fit (5.00 + 3 x 17.24 <= 61.10), the fourth is 402 naming the monthly total."""
+    priced_plan(env)
+    globex = env.client("globex")
+    codes = [globex.post("/v1/orders", json={"plan": "p1724", "image": "debian-12", "hostname": f"s{i}.example.com"}
+                         ).status_code for i in range(4)]
+    assert codes == [201, 201, 201, 402], codes
+    assert "56.72 + 17.24 EUR" in problem(globex.post("/v1/orders", json={
+        "plan": "p1724", "image": "debian-12", "hostname": "s9.example.com"}), 402)["detail"]
