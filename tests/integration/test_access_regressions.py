@@ -8,6 +8,7 @@ that showed history under today's owners.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
@@ -17,6 +18,8 @@ from typing import Any
 import httpx
 import pytest
 
+from api.ratelimit import LoginThrottle
+from api.sessions import set_password
 from controllers import events, payments
 from controllers.payments.webhook import sign
 from reconcile.store import Store
@@ -203,3 +206,38 @@ def test_orders_one_after_another_count_every_subscription(env: Env) -> None:
     assert codes == [201, 201, 201, 402], codes
     assert "56.72 + 17.24 EUR" in problem(globex.post("/v1/orders", json={
         "plan": "p1724", "image": "debian-12", "hostname": "s9.example.com"}), 402)["detail"]
+
+
+# ------------------------------------------------------------------ 4: login throttle
+
+
+def login_from(url: str, source: str, password: str) -> httpx.Response:
+    """A login from another loopback address (127.0.0.0/8 all reaches the API): another client IP."""
+    with httpx.Client(transport=httpx.HTTPTransport(local_address=source), timeout=30) as c:
+        return c.post(f"{url}/v1/auth/login", json={"email": "acme@example.com", "password": password})
+
+
+def test_parallel_wrong_passwords_are_counted_before_they_are_checked(store: Store, tmp_path: Path) -> None:
+    """40 wrong passwords at once from one address: at most free + 1 are checked (401), the rest are 429."""
+    with served(store, tmp_path, login_throttle=LoginThrottle(free=3, base_seconds=60, max_seconds=900)) as env:
+        set_password(store, "acme", "correct horse battery")
+        with ThreadPoolExecutor(40) as pool:
+            codes = list(pool.map(lambda i: login_from(env.url, "127.0.0.5", f"wrong-{i}-xxxx").status_code,
+                                  range(40)))
+        assert codes.count(401) <= 4 and codes.count(401) + codes.count(429) == 40, codes
+
+
+def test_many_guessing_sources_do_not_lock_the_owner_out(store: Store, tmp_path: Path) -> None:
+    """Six addresses guess until each is locked for 15 minutes; the owner, from a fresh address, still logs in."""
+    throttle = LoginThrottle(free=3, base_seconds=900, max_seconds=900, account_free=5, account_interval=0.25)
+    with served(store, tmp_path, login_throttle=throttle) as env:
+        set_password(store, "acme", "correct horse battery")
+        for n in range(6):
+            codes = [login_from(env.url, f"127.0.0.{20 + n}", f"guess-{i}-xxxxx").status_code for i in range(5)]
+            assert codes.count(401) <= 4 and 429 in codes, codes
+        # The guessing addresses stay locked out...
+        problem(login_from(env.url, "127.0.0.20", "correct horse battery"), 429)
+        # ...the owner is slowed by at most the account's pace, not locked out.
+        started = time.monotonic()
+        assert login_from(env.url, "127.0.0.2", "correct horse battery").status_code == 200
+        assert time.monotonic() - started < 2.0
