@@ -2,7 +2,8 @@
 
 A caller is a bearer token or a panel session cookie. A write with a session cookie must
 carry `X-Hostplane-CSRF: 1`: a cross-site form cannot set that header, so a forged request
-never counts as the customer's. Requests are rate-limited per principal (admin exempt).
+never counts as the customer's. Requests are rate-limited per principal (admin exempt); a
+customer's panel sessions share one limit.
 
 Bodies are read here with a hard size limit before any parsing, so an oversized or
 malicious request costs at most `max_body_bytes` of memory. YAML aliases are refused:
@@ -23,7 +24,7 @@ from starlette.concurrency import run_in_threadpool
 
 from api.auth import Principal, TokenVerifier
 from api.errors import BadRequest, Forbidden, Invalid, PayloadTooLarge, TooManyRequests, Unauthorized
-from api.ratelimit import LoginThrottle, TokenBuckets
+from api.ratelimit import LoginThrottle, StreamSlots, TokenBuckets
 from api.sessions import SESSION_COOKIE, Sessions
 from reconcile.aio import AsyncStore
 from reconcile.store import Store
@@ -48,6 +49,10 @@ class Settings:
     # Requests per second per token or session (admin tokens are not limited); <= 0: no limit.
     rate_per_principal: float = 50.0
     burst_per_principal: float = 200.0
+    # Open watch streams per principal (one API process; admin tokens are not capped); <= 0: no cap.
+    streams_per_principal: int = 32
+    # Live panel sessions per customer (all API processes: counted in etcd); <= 0: no cap.
+    sessions_per_customer: int = 20
     cookie_secure: bool | None = None  # None: Secure when the request came over https
 
 
@@ -61,6 +66,7 @@ class AppState:
     sessions: Sessions | None = None
     buckets: TokenBuckets = field(default_factory=lambda: TokenBuckets(0, 1))
     login_throttle: LoginThrottle = field(default_factory=LoginThrottle)
+    streams: StreamSlots = field(default_factory=lambda: StreamSlots(0))
     hub: WatchHub | None = None
 
 
@@ -120,10 +126,18 @@ def _check(secret: str | None, verify: Callable[[str], Principal | None], what: 
     return principal
 
 
+def limit_key(principal: Principal) -> str:
+    """Whose rate limit and stream cap a request counts against: the token, or for panel sessions the
+    customer (every session of a customer shares one, so logging in again does not buy a fresh limit)."""
+    if principal.via == "session" and principal.customer is not None:
+        return "sessions-of:" + principal.customer
+    return principal.token_id
+
+
 def _admit(request: Request, state: AppState, principal: Principal) -> Principal:
     """Checks that apply to every authenticated request: the rate limit, CSRF for cookie writes."""
     if principal.role != "admin":
-        wait = state.buckets.take(principal.token_id, time.monotonic())
+        wait = state.buckets.take(limit_key(principal), time.monotonic())
         if wait > 0:
             # Not in the audit log (the principal is not noted yet): a flood must not become etcd writes.
             raise TooManyRequests("too many requests for this token; slow down", retry_after=wait)

@@ -31,7 +31,7 @@ from api.audit import ACTOR_SCOPE_KEY
 from api.auth import ROLES, TokenError, TokenVerifier, create_token, list_tokens, parse_token, revoke_token
 from api.deps import CSRF_HEADER, AppState, Body, Caller, State
 from api.errors import BadRequest, Invalid, TooManyRequests, Unauthorized
-from api.sessions import SESSION_COOKIE, PasswordError, Sessions, check_login, set_password
+from api.sessions import SESSION_COOKIE, PasswordError, Sessions, TooManySessions, check_login, set_password
 from reconcile.errors import NotFound
 from reconcile.store import Store, Watch, WatchEvent
 from specs.kinds import Customer
@@ -156,7 +156,10 @@ async def login(request: Request, body: Body, state: State) -> JSONResponse:
     if cust is None:
         raise Unauthorized("wrong e-mail or password")
     throttle.succeeded(account, source, time.monotonic())
-    session_id = await run_in_threadpool(sessions.create, cust)
+    try:
+        session_id = await run_in_threadpool(sessions.create, cust)
+    except TooManySessions as exc:
+        raise TooManyRequests(str(exc), retry_after=exc.retry_after) from None
     # The audit record names the customer who logged in (never the session id).
     request.scope[ACTOR_SCOPE_KEY] = {"role": "customer", "customer": cust.name, "via": "login"}
     name = cust.spec.displayName or cust.name

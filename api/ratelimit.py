@@ -121,3 +121,50 @@ class LoginThrottle:
             self._state.pop(f"account:{account}", None)
             src = self._get(f"source:{source}", now)
             src.count = max(0, src.count - 1)
+
+
+class StreamSlots:
+    """At most `per_key` open streams per key (a principal); `per_key` <= 0 disables the cap.
+
+    `acquire` gives a `Slot` whose `release` is idempotent, so the stream's own cleanup and a
+    finalizer (for a stream that never started) may both call it.
+    """
+
+    def __init__(self, per_key: int) -> None:
+        self.per_key = per_key
+        self._open: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def acquire(self, key: str) -> Slot | None:
+        """A slot for one more stream of `key`, or None when it has `per_key` open already."""
+        with self._lock:
+            held = self._open.get(key, 0)
+            if 0 < self.per_key <= held:
+                return None
+            self._open[key] = held + 1
+        return Slot(self, key)
+
+    def _release(self, key: str) -> None:
+        with self._lock:
+            held = self._open.get(key, 0) - 1
+            if held > 0:
+                self._open[key] = held
+            else:
+                self._open.pop(key, None)
+
+    def open(self, key: str) -> int:
+        with self._lock:
+            return self._open.get(key, 0)
+
+
+class Slot:
+    def __init__(self, slots: StreamSlots, key: str) -> None:
+        self._slots: StreamSlots | None = slots
+        self._key = key
+        self._lock = threading.Lock()
+
+    def release(self) -> None:
+        with self._lock:
+            slots, self._slots = self._slots, None
+        if slots is not None:
+            slots._release(self._key)

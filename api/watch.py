@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import json
 import time
+import weakref
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -28,9 +29,11 @@ from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from api import access
-from api.deps import Caller, State, authenticate_async
-from api.errors import ApiError, BadRequest, Forbidden, UnknownKind
+from api.auth import Principal
+from api.deps import AppState, Caller, State, authenticate_async, limit_key
+from api.errors import ApiError, BadRequest, Forbidden, TooManyRequests, UnknownKind
 from api.hub import Audience, Feed, Owners, frames, translate
+from api.ratelimit import Slot
 from reconcile.store import WatchEvent
 from specs import KINDS, Resource, kind_for
 
@@ -107,6 +110,25 @@ async def watch(request: Request, state: State, caller: Caller,
     await run_in_threadpool(hub.start)
     if after is None:
         after = await run_in_threadpool(store.revision)
+    slot = None
+    if caller.role != "admin":
+        slot = state.streams.acquire(limit_key(caller))
+        if slot is None:
+            raise TooManyRequests(f"at most {state.streams.per_key} watch streams may be open per principal; close "
+                                  "one first", retry_after=state.settings.heartbeat_seconds)
+    try:
+        return await _open_stream(request, state, caller, wanted_kinds, after, slot)
+    except BaseException:
+        if slot is not None:
+            slot.release()
+        raise
+
+
+async def _open_stream(request: Request, state: AppState, caller: Principal, wanted_kinds: set[str], after: int,
+                       slot: Slot | None) -> StreamingResponse:
+    store = state.store
+    hub = state.hub
+    assert hub is not None
     loop = asyncio.get_running_loop()
     audience = Audience(frozenset(wanted_kinds), caller.customer if caller.role == "customer" else None)
     feed = Feed(audience, after, max_pending_bytes=_MAX_PENDING_BYTES)
@@ -158,6 +180,8 @@ async def watch(request: Request, state: State, caller: Caller,
                 sent = now
                 yield data if data is not None else b": heartbeat\n\n"
         finally:
+            if slot is not None:
+                slot.release()
             hub.ticker.discard(feed)
             if handle is not None:
                 hub.unsubscribe(handle)
@@ -165,5 +189,10 @@ async def watch(request: Request, state: State, caller: Caller,
                 # Non-blocking: cancels the gRPC stream; its thread ends on its own.
                 private.stop(timeout=0)
 
-    return StreamingResponse(stream(), media_type="text/event-stream",
+    body = stream()
+    if slot is not None:
+        # A stream whose body never starts (the client left first) skips its `finally`: the slot
+        # is given back when the generator is collected.
+        weakref.finalize(body, slot.release)
+    return StreamingResponse(body, media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

@@ -7,6 +7,7 @@ that showed history under today's owners.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Iterator
@@ -19,12 +20,13 @@ import httpx
 import pytest
 
 from api.ratelimit import LoginThrottle
-from api.sessions import set_password
+from api.sessions import SESSION_COOKIE, set_password
 from controllers import events, payments
 from controllers.payments.webhook import sign
 from reconcile.store import Store
 from specs.kinds import VPS, Subscription
 from tests.helpers.access_env import ED25519, Env, served
+from tests.helpers.wait import wait_for
 
 PROBLEM = "application/problem+json"
 SECRET = "s3cret-for-regressions"
@@ -241,3 +243,52 @@ def test_many_guessing_sources_do_not_lock_the_owner_out(store: Store, tmp_path:
         started = time.monotonic()
         assert login_from(env.url, "127.0.0.2", "correct horse battery").status_code == 200
         assert time.monotonic() - started < 2.0
+
+
+# ------------------------------------------------------------------ 5: streams and sessions per principal
+
+
+def session(url: str) -> httpx.Client:
+    r = httpx.post(f"{url}/v1/auth/login", json={"email": "acme@example.com", "password": "correct horse battery"},
+                   timeout=10)
+    assert r.status_code == 200, r.text
+    return httpx.Client(base_url=url, timeout=10, cookies={SESSION_COOKIE: r.cookies[SESSION_COOKIE]},
+                        headers={"X-Hostplane-CSRF": "1"})
+
+
+def test_watch_streams_are_capped_per_principal(store: Store, tmp_path: Path) -> None:
+    """Three streams open for acme: the fourth is 429 with Retry-After; globex is unaffected; closing frees one."""
+    with served(store, tmp_path, rate_per_principal=0, streams_per_principal=3) as env, \
+            contextlib.ExitStack() as streams:
+        acme = env.client("customer")
+        for _ in range(3):
+            assert streams.enter_context(acme.stream("GET", "/v1/watch")).status_code == 200
+        refused = acme.get("/v1/watch")
+        problem(refused, 429)
+        assert int(refused.headers["retry-after"]) >= 1
+        with env.client("globex").stream("GET", "/v1/watch") as other:
+            assert other.status_code == 200
+        streams.close()
+        wait_for(lambda: env.app.state.hostplane.streams.open(env.tokens["customer"].split("_")[1]) == 0,
+                 timeout=10, interval=0.1, what="the closed streams to give their slots back")
+        with acme.stream("GET", "/v1/watch") as again:
+            assert again.status_code == 200
+
+
+def test_sessions_are_capped_and_share_one_rate_limit(store: Store, tmp_path: Path) -> None:
+    """Two sessions at most (the third login is 429); a second session does not buy a fresh rate limit."""
+    with served(store, tmp_path, rate_per_principal=0.01, burst_per_principal=5, sessions_per_customer=2) as env:
+        set_password(store, "acme", "correct horse battery")
+        first = session(env.url)
+        assert [first.get("/v1/vps").status_code for _ in range(5)] == [200] * 5
+        second = session(env.url)
+        refused = second.get("/v1/vps")
+        problem(refused, 429)
+        third = httpx.post(f"{env.url}/v1/auth/login", timeout=10,
+                           json={"email": "acme@example.com", "password": "correct horse battery"})
+        problem(third, 429)
+        assert int(third.headers["retry-after"]) > 3600
+        assert second.post("/v1/auth/logout").status_code in (204, 429)
+        first.post("/v1/auth/logout")
+        for c in (first, second):
+            c.close()
