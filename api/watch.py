@@ -3,8 +3,10 @@
 One etcd watch per API process (api.hub) covers both `specs/` and `status/` (every key
 under `<root>/s`) for every stream, so events arrive in revision order and the SSE `id:`
 (the etcd revision) is a safe resume point; a stream resuming from before the hub's buffer
-gets a watch of its own. Each stream carries only what its principal may read (a customer:
-its own Customer, Subscriptions and VPS, public plans, images); a revoked token or ended
+gets a watch of its own (staff), or `event: relist` (a customer: the hub knows each event's owner
+at its revision only for what it has seen, and today's owner of a name need not be the owner of
+then). Each stream carries only what its principal may read (a customer: its own Customer,
+Subscriptions and VPS, public plans, images); a revoked token or ended
 session ends its streams within a second. Several keys can change in one revision; only the last event of a
 revision carries the `id:`, so a client that resumes from it has seen the whole revision.
 
@@ -51,6 +53,10 @@ def _ending(why: str, detail: Any) -> bytes:
         body = {"type": "COMPACTED", "compactRevision": detail,
                 "message": "the requested revision is compacted; list again and watch from its resourceVersion"}
         return f"event: compacted\ndata: {json.dumps(body)}\n\n".encode()
+    if why == "resume":
+        body = {"type": "RELIST", "message": f"revision {detail} is older than this API's watch history; list "
+                                            "again and watch from its resourceVersion"}
+        return f"event: relist\ndata: {json.dumps(body)}\n\n".encode()
     body = {"type": "RELIST", "message": "this stream fell too far behind; list again and watch from its "
                                          "resourceVersion"}
     return f"event: relist\ndata: {json.dumps(body)}\n\n".encode()
@@ -134,7 +140,11 @@ async def _open_stream(request: Request, state: AppState, caller: Principal, wan
     feed = Feed(audience, after, max_pending_bytes=_MAX_PENDING_BYTES)
     handle = hub.subscribe(feed, loop)
     private = None
-    if handle is None:
+    if handle is None and audience.customer is not None:
+        # Older than the hub's history: who owned what back then is not known here, and today's
+        # owners are not the owners of then (a name may have passed to another customer). Re-list.
+        feed.end("resume", after)
+    elif handle is None:
         # Older than the hub's buffer: this stream reads etcd from that revision itself.
         def deliver(method: Callable[..., None], *args: Any) -> None:
             # Called on the private watch's thread; the loop may already be gone when the client left.

@@ -25,6 +25,7 @@ from controllers import events, payments
 from controllers.payments.webhook import sign
 from reconcile.store import Store
 from specs.kinds import VPS, Subscription
+from tests.helpers import builders
 from tests.helpers.access_env import ED25519, Env, served
 from tests.helpers.wait import wait_for
 
@@ -292,3 +293,40 @@ def test_sessions_are_capped_and_share_one_rate_limit(store: Store, tmp_path: Pa
         first.post("/v1/auth/logout")
         for c in (first, second):
             c.close()
+
+
+# ------------------------------------------------------------------ 3: a watch resume shows no one else's history
+
+
+def read_stream(client: httpx.Client, params: dict[str, str], seconds: float) -> str:
+    """The text a watch stream sends within `seconds` (or until it ends)."""
+    out = ""
+    deadline = time.monotonic() + seconds
+    with client.stream("GET", "/v1/watch", params=params) as resp:
+        assert resp.status_code == 200, resp.read()
+        for chunk in resp.iter_text():
+            out += chunk
+            if "event: relist" in out or time.monotonic() > deadline:
+                break
+    return out
+
+
+def test_a_customer_resuming_from_old_history_relists_instead_of_seeing_it(env: Env) -> None:
+    """globex owns acme's old subscription name today; resuming from revision 1 shows no acme history: relist."""
+    store = env.store
+    store.create(builders.subscription("handed-over", "s1", "acme"))
+    store.delete(Subscription, "handed-over")
+    store.create(builders.subscription("handed-over", "s1", "globex"))
+    text = read_stream(env.client("globex"), {"resourceVersion": "1"}, 5)
+    assert "event: relist" in text and "acme" not in text, text
+    # Staff still resume from anywhere (they may see every owner's history).
+    staff = read_stream(env.client("operator"), {"resourceVersion": "1", "kinds": "subscriptions"}, 1.5)
+    assert '"customer":"acme"' in staff and "event: relist" not in staff
+    # A resume within the hub's history is served, each event with the owner it had then.
+    since = str(store.revision())
+    store.delete(Subscription, "handed-over")
+    store.create(builders.subscription("handed-over", "s1", "acme"))
+    store.delete(Subscription, "handed-over")
+    store.create(builders.subscription("handed-over", "s1", "globex"))
+    recent = read_stream(env.client("globex"), {"resourceVersion": since, "kinds": "subscriptions"}, 1.5)
+    assert '"customer":"globex"' in recent and '"customer":"acme"' not in recent, recent
