@@ -1,8 +1,8 @@
 """Schemathesis against /openapi.json, as admin and as a customer: no 5xx, every answer as documented.
 
 Deterministic (fixed seed, derandomized generation, one worker, bounded examples, no time
-budget), loopback only. The
-streaming watch is left out (it never ends by itself); it has its own tests.
+budget), loopback only. The streaming watch is left out (it never ends by itself); it has its
+own tests.
 """
 
 from __future__ import annotations
