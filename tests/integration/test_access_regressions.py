@@ -23,6 +23,7 @@ from api.ratelimit import LoginThrottle
 from api.sessions import SESSION_COOKIE, set_password
 from controllers import events, payments
 from controllers.payments.webhook import sign
+from reconcile.etcd_server import EtcdServer
 from reconcile.store import Store
 from specs.kinds import VPS, Subscription
 from tests.helpers import builders
@@ -34,10 +35,11 @@ SECRET = "s3cret-for-regressions"
 
 
 @pytest.fixture
-def env(store: Store, tmp_path: Path) -> Iterator[Env]:
-    """Two customers with a server each, a token per role; no rate limit."""
+def env(store: Store, etcd_session: EtcdServer, tmp_path: Path) -> Iterator[Env]:
+    """Two customers with a server each, a token per role; no rate limit; the API as the `api` etcd identity."""
     payments.set_webhook_secret(store, "webhook", SECRET)
-    with served(store, tmp_path, rate_per_principal=0) as e:
+    with etcd_session.store("api", root=store.root) as api_store, \
+            served(store, tmp_path, app_store=api_store, rate_per_principal=0) as e:
         yield e
 
 
