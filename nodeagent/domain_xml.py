@@ -52,8 +52,6 @@ class Boot:
     guest_agent: bool = True
     # The VNC socket's path (None: no graphics device at all).
     graphics_socket: str | None = None
-    # Whether the NIC references the anti-spoofing filter (False only where libvirt has no nwfilter).
-    nwfilter: bool = True
 
 
 def _sub(parent: ET.Element, tag: str, text: str | None = None, **attrs: str) -> ET.Element:
@@ -180,7 +178,7 @@ def _interface(dev: ET.Element, spec: DomainSpec, boot: Boot) -> ET.Element:
     _sub(nic, "mac", address=net.mac)
     _sub(nic, "model", type="virtio")
     params = netfilter.params(spec)
-    if params is not None and boot.nwfilter:
+    if params is not None:
         set_filter(nic, params)
     return nic
 
