@@ -103,6 +103,7 @@ def test_isolated_nat_creates_the_gateways_network(node: Node, image: DomainImag
     spec = bridged(image, mode="isolated-nat", bridge=None, vlan=None)
     node.wait("web-1", ready(node.put(spec)), "running")
     name, bridge = netfilter.nat_network("198.51.100.1", 24)
+    assert root_bridge(name, node) == bridge
     net = node.conn.networkLookupByName(name)
     assert net.isActive()
     root = ET.fromstring(net.XMLDesc(0))
@@ -111,3 +112,9 @@ def test_isolated_nat_creates_the_gateways_network(node: Node, image: DomainImag
     assert root.find("ip").get("address") == "198.51.100.1"  # type: ignore[union-attr]
     assert live_nic(node, spec).find("source").get("network") == name  # type: ignore[union-attr]
     assert node.domain(spec).name() == domain_name(spec.uid)
+
+
+def root_bridge(network: str, node: Node) -> str | None:
+    root = ET.fromstring(node.conn.networkLookupByName(network).XMLDesc(0))
+    found = root.find("bridge")
+    return None if found is None else found.get("name")
