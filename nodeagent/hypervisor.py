@@ -321,10 +321,10 @@ class Hypervisor:
         """
         if self.simulated:
             root = ET.fromstring(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
-            for nic in root.findall("devices/interface"):
-                m = nic.find("mac")
+            for el in root.findall("devices/interface"):
+                m = el.find("mac")
                 if m is not None and m.get("address", "").lower() == mac.lower():
-                    domain_xml.set_filter(nic, action.params)
+                    domain_xml.set_filter(el, action.params)
             self._conn().defineXML(ET.tostring(root, encoding="unicode"))
             return
         targets = [(libvirt.VIR_DOMAIN_AFFECT_CONFIG, dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))]
