@@ -9,8 +9,9 @@ duplicated), so the agent calls them at connect and at every resync:
   (no guest reaches another guest on it);
 * the host guard: a guest never reaches an address of the host itself. Frames from a bridge-mode
   tap (`hpb…`) that the bridge delivers to the host are dropped (ebtables INPUT); packets from an
-  isolated NAT bridge (`hpnat…`) to the host are dropped except DNS and DHCP for the network's
-  own dnsmasq (and NDP for IPv6) (iptables/ip6tables INPUT). Forwarded (NAT-ed) traffic is not INPUT;
+  isolated NAT bridge (`hpnat…`) to the host are dropped, IPv6 neighbour discovery excepted
+  (iptables/ip6tables INPUT). The NAT network runs no DNS or DHCP server on the host (guests are
+  configured by their seed and use the pool's resolvers); forwarded (NAT-ed) traffic is not INPUT;
 * nwfilter bindings of Hostplane taps whose domain is no longer running are deleted.
 
 ADR 007 says why nwfilter plus these rules and not passt or a bespoke nftables program. Commands
@@ -40,30 +41,26 @@ BRIDGE_TAP_MATCH = netfilter.TAP_PREFIX["bridge"] + "+"
 # The rules each tool's chain must hold, exactly as `-S` (iptables) or `-L` (ebtables) lists them.
 GUARD_RULES: dict[str, list[str]] = {
     "ebtables": [f"-i {BRIDGE_TAP_MATCH} -j DROP"],
-    "iptables": [
-        f"-A {GUARD_CHAIN} -i {NAT_BRIDGE_MATCH} -p udp -m udp --dport 53 -j RETURN",
-        f"-A {GUARD_CHAIN} -i {NAT_BRIDGE_MATCH} -p tcp -m tcp --dport 53 -j RETURN",
-        f"-A {GUARD_CHAIN} -i {NAT_BRIDGE_MATCH} -p udp -m udp --dport 67 -j RETURN",
-        f"-A {GUARD_CHAIN} -i {NAT_BRIDGE_MATCH} -j DROP",
-    ],
+    "iptables": [f"-A {GUARD_CHAIN} -i {NAT_BRIDGE_MATCH} -j DROP"],
     "ip6tables": [
         *(f"-A {GUARD_CHAIN} -i {NAT_BRIDGE_MATCH} -p ipv6-icmp -m icmp6 --icmpv6-type {t} -j RETURN"
           for t in (133, 135, 136)),
-        f"-A {GUARD_CHAIN} -i {NAT_BRIDGE_MATCH} -p udp -m udp --dport 53 -j RETURN",
-        f"-A {GUARD_CHAIN} -i {NAT_BRIDGE_MATCH} -p tcp -m tcp --dport 53 -j RETURN",
-        f"-A {GUARD_CHAIN} -i {NAT_BRIDGE_MATCH} -p udp -m udp --dport 547 -j RETURN",
         f"-A {GUARD_CHAIN} -i {NAT_BRIDGE_MATCH} -j DROP",
     ],
 }
 
 
 def nat_network_xml(name: str, bridge: str, gateway: str, prefix: int) -> str:
-    """An isolated NAT network: the pool gateway on the host bridge, NAT out, ports isolated from each other."""
+    """An isolated NAT network: the pool gateway on the host bridge, NAT out, ports isolated from each other.
+
+    No DNS or DHCP server (no dnsmasq on the host for guests to talk to): the seed configures them.
+    """
     net = ET.Element("network")
     ET.SubElement(net, "name").text = name
     ET.SubElement(net, "forward", {"mode": "nat"})
     ET.SubElement(net, "bridge", {"name": bridge, "stp": "off", "delay": "0"})
     ET.SubElement(net, "port", {"isolated": "yes"})
+    ET.SubElement(net, "dns", {"enable": "no"})
     ET.SubElement(net, "ip", {"address": gateway, "prefix": str(prefix)})
     return ET.tostring(net, encoding="unicode")
 

@@ -62,7 +62,10 @@ def filters() -> dict[str, str]:
     # Only unicast for its own MAC, or broadcast/multicast, reaches the guest.
     f = _filter("hostplane-mac-in", "mac-in", -790)
     _rule(f, "return", "in", 100, "mac", dstmacaddr="$MAC")
-    _rule(f, "return", "in", 200, "mac", dstmacaddr="01:00:00:00:00:00", dstmacmask="01:00:00:00:00:00")
+    # Broadcast, IPv4 and IPv6 multicast (libvirt takes only left-contiguous MAC masks).
+    _rule(f, "return", "in", 200, "mac", dstmacaddr="ff:ff:ff:ff:ff:ff")
+    _rule(f, "return", "in", 210, "mac", dstmacaddr="01:00:5e:00:00:00", dstmacmask="ff:ff:ff:80:00:00")
+    _rule(f, "return", "in", 220, "mac", dstmacaddr="33:33:00:00:00:00", dstmacmask="ff:ff:00:00:00:00")
     _rule(f, "drop", "in", 1000)
     out[f.get("name", "")] = f
 
@@ -72,9 +75,9 @@ def filters() -> dict[str, str]:
     out[f.get("name", "")] = f
 
     f = _filter("hostplane-ipv6", "ipv6-hp", -610)
-    _rule(f, "drop", "out", 100, "ipv6", protocol="ipv6-icmp", type="134")  # router advertisement
+    _rule(f, "drop", "out", 100, "ipv6", protocol="icmpv6", type="134")  # router advertisement
     _rule(f, "drop", "out", 110, "ipv6", protocol="udp", srcportstart="547", srcportend="547")  # DHCPv6 server
-    _rule(f, "return", "out", 400, "ipv6", srcipaddr="::", srcipmask="128", protocol="ipv6-icmp")  # DAD
+    _rule(f, "return", "out", 400, "ipv6", srcipaddr="::", srcipmask="128", protocol="icmpv6")  # DAD
     _rule(f, "return", "out", 500, "ipv6", srcipaddr="$IPV6")
     _rule(f, "drop", "out", 1000)
     out[f.get("name", "")] = f

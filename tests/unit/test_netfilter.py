@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from nodeagent import domain_xml, netfilter
+from nodeagent import domain_xml, hostnet, netfilter
 from nodeagent import plan as P
 from nodeagent.metadata import Meta
 from nodeagent.plan import Actual, plan
@@ -143,7 +143,7 @@ def test_filter_forbids_what_the_issue_names() -> None:
     v6 = ET.fromstring(f["hostplane-ipv6"])
     drops = [r.find("ipv6") for r in v6.iter("rule") if r.get("action") == "drop" and r.find("ipv6") is not None]
     assert {(d.get("protocol"), d.get("type"), d.get("srcportstart")) for d in drops if d is not None} == {
-        ("ipv6-icmp", "134", None), ("udp", None, "547")}
+        ("icmpv6", "134", None), ("udp", None, "547")}
 
 
 # ---------------------------------------------------------------------- planner
@@ -253,3 +253,25 @@ def test_node_network_errors_name_the_field(network: dict[str, object], field: s
 def test_node_network_defaults_to_isolated_nat() -> None:
     """A node that says nothing about its network gets the isolated NAT network, never user-mode."""
     assert NodeNetwork().mode == "isolated-nat"
+
+
+# ---------------------------------------------------------------------- host guard, NAT network
+
+
+def test_guard_listing_must_match_exactly() -> None:
+    """The guard is repaired when a rule is missing, added or changed, and left alone when exact."""
+    ipt = "-N HOSTPLANE-GUARD\n" + "\n".join(hostnet.GUARD_RULES["iptables"]) + "\n"
+    assert hostnet.guard_listing_ok("iptables", ipt)
+    assert not hostnet.guard_listing_ok("iptables", "-N HOSTPLANE-GUARD\n")
+    assert not hostnet.guard_listing_ok("iptables", ipt + "-A HOSTPLANE-GUARD -j ACCEPT\n")
+    eb = "Bridge chain: HOSTPLANE-GUARD, entries: 1, policy: RETURN\n-i hpb+ -j DROP\n"
+    assert hostnet.guard_listing_ok("ebtables", eb)
+    assert not hostnet.guard_listing_ok("ebtables", eb.replace("DROP", "ACCEPT"))
+
+
+def test_nat_network_is_isolated_without_host_services() -> None:
+    """The NAT network isolates its ports and runs no DNS/DHCP server on the host."""
+    root = ET.fromstring(hostnet.nat_network_xml("hostplane-nat-x", "hpnatx", "10.0.0.1", 24))
+    assert root.find("port").get("isolated") == "yes"  # type: ignore[union-attr]
+    assert root.find("dns").get("enable") == "no"  # type: ignore[union-attr]
+    assert root.find("ip/dhcp") is None and root.find("forward").get("mode") == "nat"  # type: ignore[union-attr]
