@@ -239,6 +239,8 @@ def seed_hash(spec: DomainSpec) -> str:
     return _digest({
         "uid": spec.uid, "hostname": spec.hostname, "sshKeys": spec.sshKeys,
         "passwordHash": spec.passwordHash, "network": spec.network.model_dump(),
+        # Only when set, so seeds of entries without a script keep their hash.
+        **({"userScript": spec.userScript} if spec.userScript is not None else {}),
     })
 
 

@@ -13,7 +13,7 @@ from typing import Literal
 
 from pydantic import Field, ValidationInfo, field_validator
 
-from specs.meta import Condition, Model
+from specs.meta import Condition, Model, check_text
 
 DesiredPower = Literal["Running", "Stopped", "Paused"]
 ObservedPower = Literal["Running", "Stopped", "Paused", "Crashed", "Absent", "ShuttingDown", "Unknown"]
@@ -97,11 +97,19 @@ class DomainSpec(Model):
     hostname: str
     sshKeys: list[str] = Field(default_factory=list)
     passwordHash: str | None = None
+    # A `#!` script the guest runs at first boot (cloud-init's script user-data), beside the cloud-config.
+    userScript: str | None = Field(default=None, max_length=16384, pattern=r"^#!")
     network: DomainNetwork
     bandwidth: BandwidthLimit | None = None
     rebuildGeneration: int = 0
     restartGeneration: int = 0
     shutdownGraceSeconds: int = Field(default=60, ge=0)
+
+
+    @field_validator("userScript")
+    @classmethod
+    def _user_script(cls, v: str | None) -> str | None:
+        return None if v is None else check_text(v, multiline=True)
 
 
 class ObservedDomain(Model):
