@@ -98,7 +98,9 @@ class HostNetwork:
         ours = netfilter.filters()
         redo = netfilter.filters_to_define(held)
         for name in redo:
-            conn.nwfilterDefineXML(ours[name])
+            # libvirt redefines a filter only under the uuid it already has.
+            uuid = ET.fromstring(held[name]).findtext("uuid") if name in held else None
+            conn.nwfilterDefineXML(netfilter.with_uuid(ours[name], uuid))
         return redo
 
     @staticmethod

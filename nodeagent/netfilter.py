@@ -69,9 +69,13 @@ def filters() -> dict[str, str]:
     _rule(f, "drop", "in", 1000)
     out[f.get("name", "")] = f
 
-    # Before no-ip-spoofing's return for the guest's own address: no DHCP server.
-    f = _filter("hostplane-no-dhcp-server", "ipv4-srv", -720)
-    _rule(f, "drop", "out", 100, "ip", protocol="udp", srcportstart="67", srcportend="67")
+    # IPv4 from the guest: only its booked addresses (0.0.0.0 for a DHCP client's discover), never a
+    # DHCP server. One chain with an explicit final drop, like no-ip-spoofing plus the server rule.
+    f = _filter("hostplane-ipv4", "ipv4-hp", -710)
+    _rule(f, "drop", "out", 100, "ip", protocol="udp", srcportstart="67", srcportend="67")  # DHCP server
+    _rule(f, "return", "out", 200, "ip", srcipaddr="0.0.0.0", protocol="udp", dstportstart="67", dstportend="67")
+    _rule(f, "return", "out", 500, "ip", srcipaddr="$IP")
+    _rule(f, "drop", "out", 1000)
     out[f.get("name", "")] = f
 
     f = _filter("hostplane-ipv6", "ipv6-hp", -610)
@@ -85,8 +89,7 @@ def filters() -> dict[str, str]:
     root = _filter(FILTER_NAME, "root")
     _ref(root, "no-mac-spoofing")
     _ref(root, "hostplane-mac-in")
-    _ref(root, "hostplane-no-dhcp-server")
-    _ref(root, "no-ip-spoofing")
+    _ref(root, "hostplane-ipv4")
     _rule(root, "accept", "out", -650, "mac", protocolid="ipv4")
     _ref(root, "allow-incoming-ipv4")
     _ref(root, "hostplane-ipv6")
@@ -122,6 +125,17 @@ def filters_to_define(existing: Mapping[str, str]) -> list[str]:
     want = filters()
     order = [n for n in want if n != FILTER_NAME] + [FILTER_NAME]  # referenced filters first
     return [n for n in order if n not in existing or _canonical(existing[n]) != _canonical(want[n])]
+
+
+def with_uuid(xml: str, uuid: str | None) -> str:
+    """A filter definition carrying `uuid` (the one libvirt holds it under), or as it is without one."""
+    if uuid is None:
+        return xml
+    root = ET.fromstring(xml)
+    el = ET.Element("uuid")
+    el.text = uuid
+    root.insert(0, el)
+    return ET.tostring(root, encoding="unicode")
 
 
 def link_local(mac: str) -> str:

@@ -138,8 +138,8 @@ def test_filter_forbids_what_the_issue_names() -> None:
     """The root filter keeps MAC, IPv4/ARP and IPv6 to the booking, and drops DHCP servers and RAs."""
     f = netfilter.filters()
     refs = {r.get("filter") for r in ET.fromstring(f[netfilter.FILTER_NAME]).iter("filterref")}
-    assert {"no-mac-spoofing", "no-ip-spoofing", "no-arp-spoofing", "hostplane-ipv6",
-            "hostplane-no-dhcp-server", "hostplane-mac-in", "no-other-l2-traffic"} <= refs
+    assert {"no-mac-spoofing", "hostplane-ipv4", "no-arp-spoofing", "hostplane-ipv6",
+            "hostplane-mac-in", "no-other-l2-traffic"} <= refs
     v6 = ET.fromstring(f["hostplane-ipv6"])
     drops = [r.find("ipv6") for r in v6.iter("rule") if r.get("action") == "drop" and r.find("ipv6") is not None]
     assert {(d.get("protocol"), d.get("type"), d.get("srcportstart")) for d in drops if d is not None} == {
