@@ -84,7 +84,8 @@ while time.time() < end:
         ihl = (p[0] & 15) * 4
         d.update(ip_src=socket.inet_ntop(socket.AF_INET, p[12:16]), ip_dst=socket.inet_ntop(socket.AF_INET, p[16:20]),
                  proto=p[9])
-        if p[9] in (6, 17): d.update(sport=struct.unpack("!H", p[ihl:ihl+2])[0], dport=struct.unpack("!H", p[ihl+2:ihl+4])[0])
+        if p[9] in (6, 17):
+            d.update(sport=struct.unpack("!H", p[ihl:ihl+2])[0], dport=struct.unpack("!H", p[ihl+2:ihl+4])[0])
     elif d["type"] == 0x0806:
         d.update(op=struct.unpack("!H", p[6:8])[0], arp_smac=mac(p[8:14]),
                  arp_sip=socket.inet_ntop(socket.AF_INET, p[14:18]), arp_tip=socket.inet_ntop(socket.AF_INET, p[24:28]))
