@@ -17,6 +17,7 @@ from typing import Protocol
 
 from controllers import layout
 from controllers.manager import Manager, Settings, utcnow
+from reconcile.connection import EtcdConnection
 from reconcile.leader import LeaderElector
 from reconcile.store import Compare, Store
 
@@ -101,7 +102,7 @@ class ControllerProcess:
         self._stopped()
 
 
-def run_controllers(*, etcd: str, identity: str, stop: threading.Event) -> None:
+def run_controllers(*, etcd: EtcdConnection, identity: str, stop: threading.Event) -> None:
     """Run leader-elected controllers against `etcd` until `stop` is set."""
     store = Store(etcd)
     proc = ControllerProcess(store, identity=identity, addons=DEFAULT_ADDONS).start()

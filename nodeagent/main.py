@@ -15,13 +15,14 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 from nodeagent.agent import Agent
+from reconcile.connection import EtcdConnection
 from reconcile.controller import Controller, Result
 from reconcile.store import Store
 
 log = logging.getLogger(__name__)
 
 
-def run_agent(*, etcd: str, node: str, libvirt_uri: str, data_dir: Path, stop: threading.Event) -> None:
+def run_agent(*, etcd: EtcdConnection, node: str, libvirt_uri: str, data_dir: Path, stop: threading.Event) -> None:
     """Run one node's agent until `stop` is set."""
     store = Store(etcd)
     agent = Agent(store, node, libvirt_uri, data_dir)
@@ -104,7 +105,8 @@ class Fleet:
             agent.stop()
 
 
-def run_simulated_fleet(*, etcd: str, nodes: int, data_dir: Path, stop: threading.Event, prefix: str = "sim") -> None:
+def run_simulated_fleet(*, etcd: EtcdConnection, nodes: int, data_dir: Path, stop: threading.Event,
+                        prefix: str = "sim") -> None:
     """Run `nodes` simulated agents named f"{prefix}-{i}" until `stop` is set."""
     store = Store(etcd)
     fleet = Fleet(store, [f"{prefix}-{i}" for i in range(nodes)], data_dir)

@@ -441,14 +441,14 @@ def test_run_agent_entry_point_runs_until_stopped(etcd_session: object, tmp_path
 
     from nodeagent.main import run_agent
 
-    endpoint = etcd_session.endpoint  # type: ignore[attr-defined]
     node_name = "entry-" + uuid.uuid4().hex[:6]
+    conn = etcd_session.connection(f"node-{node_name}")  # type: ignore[attr-defined]
     uri = simulated_node_xml(tmp_path / "node.xml")
     stop = threading.Event()
-    t = threading.Thread(target=run_agent, kwargs={"etcd": endpoint, "node": node_name, "libvirt_uri": uri,
+    t = threading.Thread(target=run_agent, kwargs={"etcd": conn, "node": node_name, "libvirt_uri": uri,
                                                    "data_dir": tmp_path / "d", "stop": stop})
     t.start()
-    with Store(endpoint) as s:
+    with etcd_session.store() as s:  # type: ignore[attr-defined]
         try:
             spec = make_spec(image)
             gen = s.kv_put(keys.desired_key(node_name, spec.vps, s.root), spec.model_dump_json().encode())

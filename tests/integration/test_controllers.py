@@ -323,7 +323,7 @@ def test_events_are_bounded_and_repeats_counted(store: Store) -> None:
 
 def test_converges_across_an_etcd_restart(etcd: EtcdServer) -> None:
     """Controllers keep working through an etcd restart: a VPS created afterwards is scheduled and resolved."""
-    store = Store(etcd.endpoint)
+    store = etcd.store()
     m = Manager(store, settings=FAST)
     try:
         seed(store)
