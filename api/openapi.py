@@ -145,7 +145,9 @@ def _operations() -> dict[tuple[str, str], tuple[dict[str, Any] | None, dict[str
                                                       {"202": _json(_ref("ActionResult"), "Recorded")}),
         ("post", "/v1/orders"): (_body(_ref("OrderRequest")), {"201": _json(_ref("OrderResult"), "Ordered"),
                                                                "402": {"description": "Balance and credit do not "
-                                                                       "cover the first period"}}),
+                                                                       "cover the monthly cost of the customer's "
+                                                                       "subscriptions with this one"},
+                                                               "409": {"description": "The name is taken"}}),
         ("get", "/v1/audit"): (None, {"200": _json(_ref("AuditList"), "Audit records, oldest first")}),
         ("get", "/metrics"): (None, {"200": {"description": "Prometheus text format", "content": {
             "text/plain": {"schema": {"type": "string"}}}}}),

@@ -39,7 +39,7 @@ from api.errors import PROBLEM_JSON, ApiError, Forbidden, Problem, problem_for
 from api.hub import WatchHub
 from api.metrics import ApiMetrics, MetricsMiddleware
 from api.openapi import build_openapi
-from api.ratelimit import LoginThrottle, TokenBuckets
+from api.ratelimit import LoginThrottle, StreamSlots, TokenBuckets
 from api.sessions import Sessions
 from reconcile.aio import AsyncStore
 from reconcile.connection import EtcdConnection
@@ -94,6 +94,7 @@ def create_app(store: Store, *, max_body_bytes: int = 1024 * 1024, heartbeat_sec
                rate_per_principal: float = 50.0, burst_per_principal: float = 200.0,
                session_ttl_seconds: int = 12 * 3600, cookie_secure: bool | None = None,
                login_throttle: LoginThrottle | None = None, watch_flush_seconds: float = 0.08,
+               streams_per_principal: int = 32, sessions_per_customer: int = 20,
                join_pki: PKI | None = None) -> FastAPI:
     """Build the API over `store`. The caller owns the store and closes it.
 
@@ -104,13 +105,16 @@ def create_app(store: Store, *, max_body_bytes: int = 1024 * 1024, heartbeat_sec
     """
     settings = Settings(max_body_bytes=max_body_bytes, heartbeat_seconds=heartbeat_seconds,
                         open_metrics_on_loopback=open_metrics_on_loopback, rate_per_principal=rate_per_principal,
-                        burst_per_principal=burst_per_principal, cookie_secure=cookie_secure)
+                        burst_per_principal=burst_per_principal, cookie_secure=cookie_secure,
+                        streams_per_principal=streams_per_principal, sessions_per_customer=sessions_per_customer)
     astore = AsyncStore(store)
     state = AppState(store=store, astore=astore, verifier=TokenVerifier(store, cache_seconds=token_cache_seconds),
                      settings=settings,
-                     sessions=Sessions(store, ttl_seconds=session_ttl_seconds, cache_seconds=token_cache_seconds),
+                     sessions=Sessions(store, ttl_seconds=session_ttl_seconds, cache_seconds=token_cache_seconds,
+                                       max_per_customer=sessions_per_customer),
                      buckets=TokenBuckets(rate_per_principal, burst_per_principal),
                      login_throttle=login_throttle or LoginThrottle(),
+                     streams=StreamSlots(streams_per_principal),
                      hub=WatchHub(store, flush_seconds=watch_flush_seconds,
                                   tick_seconds=min(1.0, heartbeat_seconds)),
                      join_pki=join_pki)

@@ -130,6 +130,14 @@ class CreatedAt:
 
 
 @dataclass(frozen=True)
+class UnchangedSince:
+    """Compare: no key under `prefix` was created or modified after `revision` (deletions are not seen)."""
+
+    prefix: str
+    revision: int
+
+
+@dataclass(frozen=True)
 class ValueIs:
     key: str
     value: bytes
@@ -154,7 +162,7 @@ class Get:
     prefix: bool = False
 
 
-Compare = ModIs | Exists | CreatedAt | ValueIs
+Compare = ModIs | Exists | CreatedAt | UnchangedSince | ValueIs
 Op = Put | Delete | Get
 
 
@@ -494,6 +502,14 @@ class Store:
     # of a store call together.
     @staticmethod
     def _fill_compare(msg: Any, c: Compare) -> None:
+        if isinstance(c, UnchangedSince):
+            # A range compare: every key in [prefix, prefix_end) has mod_revision <= revision.
+            msg.key = c.prefix.encode()
+            msg.range_end = _prefix_end(c.prefix)
+            msg.result = etcdrpc.Compare.LESS
+            msg.target = etcdrpc.Compare.MOD
+            msg.mod_revision = c.revision + 1
+            return
         msg.key = c.key.encode()
         if isinstance(c, ModIs):
             msg.target = etcdrpc.Compare.MOD
