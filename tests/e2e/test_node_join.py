@@ -3,6 +3,7 @@ machine); replayed, expired, forged tokens and a wrong CA are refused leaving no
 
 from __future__ import annotations
 
+import functools
 import subprocess
 import sys
 import time
@@ -86,9 +87,11 @@ def test_two_hosts_join_and_run_their_agents(control: dict[str, Any], tmp_path: 
             assert {f.name: f.stat().st_mode & 0o777 for f in (host / "pki").iterdir()} == {
                 "ca.crt": 0o600, f"node-{name}.crt": 0o600, f"node-{name}.key": 0o600}
             procs.append(agent(host, name))
+        def beating(name: str) -> bool:
+            return admin.kv_get(keys.heartbeat_key(name)) is not None
+
         for name in hosts:
-            wait_for(lambda name=name: admin.kv_get(keys.heartbeat_key(name)) is not None, timeout=30,
-                     what=f"{name}'s heartbeat")
+            wait_for(functools.partial(beating, name), timeout=30, what=f"{name}'s heartbeat")
         with Store(EtcdConnection.from_file(hosts["hv1"] / "etcd.toml"), retry_seconds=0) as hv1:
             with pytest.raises(PermissionDenied):
                 hv1.kv_get(keys.desired_key("hv2", "x"))

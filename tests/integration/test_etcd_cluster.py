@@ -222,8 +222,8 @@ def test_fleet_converges_with_least_privilege_identities_through_an_etcd_leader_
                                 debounce_seconds=0.2)
         agent.start()
         agents[n] = agent
-    for s in range(3):
-        api.create(b.subscription(f"sub-{s}", plan_name="s1"))
+    for k in range(3):
+        api.create(b.subscription(f"sub-{k}", plan_name="s1"))
     proc = ControllerProcess(ctl, identity="mgr", ttl=5, retry_period=0.5).start()
 
     def conns() -> dict[str, object]:
