@@ -87,6 +87,7 @@ def test_two_hosts_join_and_run_their_agents(control: dict[str, Any], tmp_path: 
             assert {f.name: f.stat().st_mode & 0o777 for f in (host / "pki").iterdir()} == {
                 "ca.crt": 0o600, f"node-{name}.crt": 0o600, f"node-{name}.key": 0o600}
             procs.append(agent(host, name))
+
         def beating(name: str) -> bool:
             return admin.kv_get(keys.heartbeat_key(name)) is not None
 
@@ -142,3 +143,21 @@ def test_revoke_makes_the_node_certificate_useless_at_once(control: dict[str, An
         with pytest.raises(PermissionDenied):
             node.kv_put(keys.observed_key("hv6", "v"), b"{}")
         assert time.monotonic() - t0 < 5
+
+
+def test_join_without_no_start_becomes_the_agent(control: dict[str, Any], tmp_path: Path) -> None:
+    """`hostplane node join` (default --start) turns into the node's agent: its heartbeat appears; SIGTERM stops it."""
+    host = tmp_path / "host"
+    tok = make_token(control, "hv8")
+    uri = simulated_node_xml(tmp_path / "host-node.xml")
+    with (tmp_path / "join.log").open("wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "api.cli", "node", "join", "--server", control["url"],
+                                 "--token", tok, "--ca-hash", control["pin"], "--data-dir", str(host),
+                                 "--libvirt", uri], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        admin = control["etcd"].admin()
+        wait_for(lambda: admin.kv_get(keys.heartbeat_key("hv8")) is not None, timeout=40,
+                 what="the joined agent's heartbeat")
+    finally:
+        proc.terminate()
+        assert proc.wait(20) == 0, (tmp_path / "join.log").read_text()[-2000:]
