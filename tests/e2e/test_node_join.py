@@ -161,3 +161,12 @@ def test_join_without_no_start_becomes_the_agent(control: dict[str, Any], tmp_pa
     finally:
         proc.terminate()
         assert proc.wait(20) == 0, (tmp_path / "join.log").read_text()[-2000:]
+
+
+def test_bad_node_names_and_missing_pki_exit_2(control: dict[str, Any], tmp_path: Path) -> None:
+    """A node name outside the scheme, or no PKI in --data-dir, is one line on stderr and exit 2."""
+    for args in (["node", "token", "create", "Bad_Name", "--data-dir", str(control["data"])],
+                 ["node", "revoke", "../x", "--data-dir", str(control["data"])],
+                 ["node", "token", "create", "hv9", "--data-dir", str(tmp_path / "empty")]):
+        out = cli(*args)
+        assert out.exit_code == 2 and out.output.startswith("error: "), (args, out.output)

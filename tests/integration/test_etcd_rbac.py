@@ -195,7 +195,7 @@ def test_revoked_identity_reaches_nothing(etcd_session: EtcdServer, root: str) -
     s = etcd_session.store(name, root=root, retry_seconds=0)
     try:
         s.kv_put(f"{root}/nodes/{name[5:]}/observed/v", b"{}")
-        etcd_session.admin().remove_identity(name)
+        etcd_session.remove_identity(name)
         with pytest.raises(PermissionDenied):
             s.kv_put(f"{root}/nodes/{name[5:]}/observed/v", b"{}")
     finally:
