@@ -332,3 +332,23 @@ def test_a_customer_resuming_from_old_history_relists_instead_of_seeing_it(env: 
     store.create(builders.subscription("handed-over", "s1", "globex"))
     recent = read_stream(env.client("globex"), {"resourceVersion": since, "kinds": "subscriptions"}, 1.5)
     assert '"customer":"globex"' in recent and '"customer":"acme"' not in recent, recent
+
+
+def test_customer_events_are_one_scoped_query(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Events about 20 of globex's objects and 20 of acme's: globex gets its 20 from one etcd transaction."""
+    store = env.store
+    when = datetime.now(UTC) + timedelta(seconds=5)
+    for i in range(20):
+        for cust in ("globex", "acme"):
+            store.create(builders.subscription(f"{cust}-s{i}", "s1", cust))
+            record_event(store, "Subscription", f"{cust}-s{i}", f"{cust}-{i}", when)
+    assert env.client("globex").get("/v1/auth/whoami").status_code == 200  # the token is verified and cached
+    api_store = env.app.state.hostplane.store
+    calls: list[str] = []
+    for method in ("get", "list", "kv_get", "kv_range", "txn"):
+        real = getattr(api_store, method)
+        monkeypatch.setattr(api_store, method, lambda *a, _real=real, _m=method, **kw: (calls.append(_m),
+                                                                                         _real(*a, **kw))[1])
+    items = env.client("globex").get("/v1/events").json()["items"]
+    assert sorted(e["reason"] for e in items) == sorted(f"globex-{i}" for i in range(20))
+    assert calls == ["txn"], calls
