@@ -27,6 +27,7 @@ from api.errors import BadRequest, Forbidden, Invalid, PayloadTooLarge, TooManyR
 from api.ratelimit import LoginThrottle, StreamSlots, TokenBuckets
 from api.sessions import SESSION_COOKIE, Sessions
 from reconcile.aio import AsyncStore
+from reconcile.pki import PKI
 from reconcile.store import Store
 from specs.io import duplicate_keys
 
@@ -68,6 +69,7 @@ class AppState:
     login_throttle: LoginThrottle = field(default_factory=LoginThrottle)
     streams: StreamSlots = field(default_factory=lambda: StreamSlots(0))
     hub: WatchHub | None = None
+    join_pki: PKI | None = None  # the CA that signs joining nodes' certificates (api.node_join)
 
 
 async def app_state(request: Request) -> AppState:

@@ -474,6 +474,7 @@ class Manager:
                 try:
                     fresh = resolve(vps, sub, plan, image, booking.ips, now, mac=booking.mac, customer=customer,
                                     max_resize=node.spec.maxResize if node is not None else None,
+                                    node_network=node.spec.network if node is not None else None,
                                     drained=drained(node), defaults=self.settings.billing)
                 except ValueError as exc:
                     problem, fresh = Problem("Resolved", "InvalidSpec", str(exc)), desired

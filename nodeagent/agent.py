@@ -53,7 +53,7 @@ class Agent:
 
     def __init__(self, store: Store, node: str, conn_uri: str, data_dir: Path, *, resync: float = 60.0,
                  workers: int = 2, heartbeat_ttl: int = 10, debounce_seconds: float = 2.0,
-                 pool_name: str | None = None, network: str = "user",
+                 pool_name: str | None = None, network: str = "user", netns: str | None = None,
                  enqueue: Callable[[str, float], None] | None = None) -> None:
         self.store = store
         self.node = node
@@ -61,7 +61,7 @@ class Agent:
         self.resync = resync
         self.heartbeat_ttl = heartbeat_ttl
         self.debounce_seconds = debounce_seconds
-        self.hv = Hypervisor(conn_uri, data_dir, pool_name=pool_name or "hostplane", network=network)
+        self.hv = Hypervisor(conn_uri, data_dir, pool_name=pool_name or "hostplane", network=network, netns=netns)
         self.informer: Informer[DomainSpec] = Informer(store, keys.desired_prefix(node, store.root),
                                                        decode=_decode_spec, name=f"agent {node}")
         self._own_controller = enqueue is None
@@ -93,6 +93,7 @@ class Agent:
         self.reconciles = 0
         self._hb_content: dict[str, object] | None = None
         self._hb_written = 0.0
+        self._warned_user_mode = False
 
     # ------------------------------------------------------------ lifecycle
 
@@ -105,6 +106,7 @@ class Agent:
         if self.controller is not None:
             self.controller.start()
         self.scan()
+        self._warn_user_mode()
         self.heartbeat()
         if self._own_controller:
             self._thread = threading.Thread(target=self._housekeeping, name=f"agent-{self.node}-hk", daemon=True)
@@ -236,12 +238,30 @@ class Agent:
             return name in {domain_name(s.uid) for s in self.informer.items().values()}
 
         try:
+            unbound = self.hv.network_housekeeping(list(self.informer.items().values()))
+        except (libvirt.libvirtError, AgentError) as exc:
+            log.warning("agent %s: node network housekeeping failed: %s", self.node, exc)
+        else:
+            if unbound:
+                log.info("agent %s: removed filter bindings of stopped taps %s", self.node, unbound)
+        try:
             removed = self.hv.delete_orphan_volumes(wanted)
         except (libvirt.libvirtError, AgentError) as exc:
             log.warning("agent %s: orphan volume scan failed: %s", self.node, exc)
             return
         if removed:
             log.info("agent %s: removed orphan volumes %s", self.node, removed)
+
+    def _warn_user_mode(self, specs: list[DomainSpec] | None = None) -> None:
+        """User-mode NICs reach the host's loopback: say so, once, loudly (a developer choice, never production)."""
+        if self._warned_user_mode:
+            return
+        specs = list(self.informer.items().values()) if specs is None else specs
+        if any(s.network.mode == "user" or (s.network.mode is None and self.hv.network == "user") for s in specs):
+            self._warned_user_mode = True
+            log.warning("agent %s: WARNING: VPS NICs in user mode (QEMU SLIRP) can reach every service on this "
+                        "host's loopback (etcd, API, agent) and are not filtered against spoofing; use mode "
+                        "bridge or isolated-nat for anything but development", self.node)
 
     # ------------------------------------------------------------ reconcile
 
@@ -270,6 +290,7 @@ class Agent:
                 elif w is not None:
                     wait = w if wait is None else min(wait, w)
             if spec is not None:
+                self._warn_user_mode([spec])
                 obs, converged, w = self._converge(spec, spec.uid, vps)
                 if w is not None:
                     wait = w if wait is None else min(wait, w)

@@ -237,6 +237,9 @@ _TRANSIENT_CODES = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEED
 _TRANSIENT_MESSAGES = (
     "context deadline exceeded", "request timed out", "leader changed", "no leader",
     "too many requests", "not capable",
+    # The auth store changed (a role grant, a new leader replaying it) between the permission
+    # check and the apply: the request was not applied; etcd's own client retries it.
+    "revision of auth store is old",
 )
 
 
@@ -261,7 +264,7 @@ def _translate(exc: BaseException) -> StoreError:
             return Unavailable(f"etcd unavailable: {details}")
         if (code in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED)
                 or any(m in str(details) for m in ("permission denied", "user name not found"))):
-            return PermissionDenied("?")
+            return PermissionDenied("?", str(details))
         if code == grpc.StatusCode.NOT_FOUND:
             return NotFound(str(details))
         if code == grpc.StatusCode.INVALID_ARGUMENT and "too large" in str(details):
@@ -424,7 +427,7 @@ class Store:
             return self._call(
                 lambda: self._client.kvstub.Range(request, self.timeout, metadata=self._client.metadata))
         except PermissionDenied as exc:
-            raise PermissionDenied(request_keys(request)) from exc
+            raise PermissionDenied(request_keys(request), exc.detail) from exc
 
     def _range_op(self, key: str, *, prefix: bool, limit: int = 0, keys_only: bool = False,
                   revision: int = 0) -> Operation[tuple[list[KV], int]]:
@@ -608,6 +611,15 @@ class Store:
                 metadata=self._client.metadata)
 
         self._call(run)
+
+    def member_status(self) -> tuple[int, int]:
+        """(member id, leader's member id) as the member in use sees them (cluster tests, tools)."""
+        def run() -> tuple[int, int]:
+            resp = self._client.maintenancestub.Status(etcdrpc.StatusRequest(), self.timeout,
+                                                       metadata=self._client.metadata)
+            return int(resp.header.member_id), int(resp.leader)
+
+        return self._call(run, retry=False)
 
     # ----------------------------------------------------------- auth administration
     # Only the bootstrap (root identity) calls these: `hostplane up`, `EtcdServer`, tests.

@@ -13,6 +13,7 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import AfterValidator, Field, Strict, ValidationInfo, field_validator, model_validator
 
+from specs.domain import IFNAME_PATTERN, NetworkMode
 from specs.meta import API_VERSION, Condition, Labels, Model, Name, ObjectMeta, Text, check_text
 from specs.money import Currency, Money, canonical_amount
 
@@ -249,12 +250,46 @@ class MaxResize(Model):
     memoryMiB: PositiveInt = 16384
 
 
+VlanId = Annotated[int, Strict(), Field(ge=1, le=4094)]
+
+
+class NodeNetwork(Model):
+    """How the node's VPS NICs attach (docs/operations.md, "Network modes").
+
+    `bridge` is required in mode bridge and refused otherwise; `vlans` tags a pool's NICs
+    (pool name -> VLAN id) on that bridge. Field validators so that an error names its field.
+    """
+
+    mode: NetworkMode = "isolated-nat"
+    bridge: str | None = Field(default=None, pattern=IFNAME_PATTERN, validate_default=True)
+    vlans: dict[Name, VlanId] = Field(default_factory=dict, max_length=256)
+
+    @field_validator("bridge")
+    @classmethod
+    def _bridge(cls, v: str | None, info: ValidationInfo) -> str | None:
+        mode = info.data.get("mode", "isolated-nat")
+        if mode == "bridge" and v is None:
+            raise ValueError("mode bridge needs the host bridge's name, e.g. br0")
+        if mode != "bridge" and v is not None:
+            raise ValueError(f"a bridge is only used in mode bridge, not {mode}")
+        return v
+
+    @field_validator("vlans")
+    @classmethod
+    def _vlans(cls, v: dict[str, int], info: ValidationInfo) -> dict[str, int]:
+        mode = info.data.get("mode", "isolated-nat")
+        if v and mode != "bridge":
+            raise ValueError(f"VLAN tags are only used in mode bridge, not {mode}")
+        return v
+
+
 class NodeSpec(Model):
     libvirtURI: Annotated[Text, Field(min_length=1, max_length=1024)] = "qemu:///system"
     capacity: Capacity
     overcommit: Overcommit = Field(default_factory=Overcommit)
     maxResize: MaxResize = Field(default_factory=MaxResize)
     schedulable: bool = True
+    network: NodeNetwork = Field(default_factory=NodeNetwork)
 
 
 class NodeStatus(Model):
