@@ -152,6 +152,10 @@ def test_subscription_name_takeover_is_refused_at_every_step(env: Env) -> None:
     reasons = [e["reason"] for e in globex.get("/v1/events").json()["items"]]
     assert "AcmeHistory" not in reasons and "AcmeServerHistory" not in reasons
     assert globex.get("/v1/events", params={"kind": "Subscription", "name": "acme-old"}).json()["items"] == []
+    # Staff resizing the old server cannot change the plan of the subscription that now has its name.
+    resize = admin.post("/v1/vps/acme-old-1/actions/resize", json={"plan": "s2"})
+    assert problem(resize, 422)["errors"][0]["path"] == "plan"
+    assert env.store.get(Subscription, "acme-old").spec.plan == "s1"
     # The server is nobody's now, not even acme's (its subscription is gone): staff decide.
     problem(env.client("customer").get("/v1/vps/acme-old-1"), 404)
     assert env.store.get(VPS, "acme-old-1").spec.sshKeys == []
