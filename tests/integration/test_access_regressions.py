@@ -356,3 +356,14 @@ def test_customer_events_are_one_scoped_query(env: Env, monkeypatch: pytest.Monk
     items = env.client("globex").get("/v1/events").json()["items"]
     assert sorted(e["reason"] for e in items) == sorted(f"globex-{i}" for i in range(20))
     assert calls == ["txn"], calls
+
+
+def test_parallel_logins_cannot_pass_the_session_cap_together(store: Store, tmp_path: Path) -> None:
+    """Six right passwords at once with room for two sessions: exactly two sessions, the others 429."""
+    with served(store, tmp_path, sessions_per_customer=2) as env:
+        set_password(store, "acme", "correct horse battery")
+        with ThreadPoolExecutor(6) as pool:
+            codes = list(pool.map(lambda n: login_from(env.url, f"127.0.0.{40 + n}", "correct horse battery"
+                                                       ).status_code, range(6)))
+        assert sorted(codes) == [200, 200, 429, 429, 429, 429], codes
+        assert len(store.kv_range(store.root + "/auth/session-index/acme/")[0]) == 2
