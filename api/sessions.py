@@ -225,6 +225,15 @@ class Sessions:
         return _principal(key, rec) if rec is not None else None
 
 
+def end_customer_sessions(store: Store, customer: str) -> None:
+    """End every session of `customer` and forget its password (the customer was deleted)."""
+    index = session_index_prefix(store.root, customer)
+    kvs, _ = store.kv_range(index, keys_only=True)
+    for kv in kvs:
+        store.txn([], [Delete(sessions_prefix(store.root) + kv.key[len(index):]), Delete(kv.key)])
+    store.kv_delete(password_key(store.root, customer))
+
+
 def _expiry(raw: bytes) -> datetime:
     try:
         return datetime.fromisoformat(str(json.loads(raw)["expires"]))

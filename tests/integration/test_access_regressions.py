@@ -367,3 +367,25 @@ def test_parallel_logins_cannot_pass_the_session_cap_together(store: Store, tmp_
                                                        ).status_code, range(6)))
         assert sorted(codes) == [200, 200, 429, 429, 429, 429], codes
         assert len(store.kv_range(store.root + "/auth/session-index/acme/")[0]) == 2
+
+
+def test_a_recreated_customer_name_is_not_reachable_with_the_old_credentials(env: Env) -> None:
+    """A customer with subscriptions cannot be deleted (409); once deleted, its tokens and sessions end for good."""
+    admin = env.client("admin")
+    set_password(env.store, "globex", "correct horse battery")
+    login = httpx.post(f"{env.url}/v1/auth/login", timeout=10,
+                       json={"email": "globex@example.com", "password": "correct horse battery"})
+    assert login.status_code == 200
+    cookie = {SESSION_COOKIE: login.cookies[SESSION_COOKIE]}
+    assert "globex-sub" in problem(admin.delete("/v1/customers/globex"), 409)["detail"]
+    env.store.delete(VPS, "globex-web")
+    assert admin.delete("/v1/subscriptions/globex-sub").status_code == 204
+    assert admin.delete("/v1/customers/globex").status_code == 204
+    doc = {"metadata": {"name": "globex"}, "spec": {"email": "new-owner@example.com", "currency": "EUR"}}
+    assert admin.post("/v1/customers", json=doc).status_code == 201
+    wait_for(lambda: env.client("globex").get("/v1/customers/globex").status_code == 401, timeout=5,
+             what="the old token to stop working")
+    assert httpx.get(f"{env.url}/v1/customers/globex", cookies=cookie, timeout=10).status_code == 401
+    old_password = httpx.post(f"{env.url}/v1/auth/login", timeout=10,
+                              json={"email": "new-owner@example.com", "password": "correct horse battery"})
+    assert old_password.status_code == 401
