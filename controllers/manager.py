@@ -26,7 +26,7 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from controllers import layout
 from controllers.booking import Book, Booking
@@ -41,7 +41,7 @@ from reconcile.controller import Controller, Result
 from reconcile.errors import Conflict
 from reconcile.informer import Informer
 from reconcile.store import Compare, Delete, ModIs, Op, Put, Store, encode
-from specs.domain import DomainSpec, ObservedDomain
+from specs.domain import DomainSpec, ObservedDomain, Tombstone
 from specs.kinds import (
     VPS,
     Customer,
@@ -61,6 +61,7 @@ log = logging.getLogger(__name__)
 R = TypeVar("R", bound=Resource)
 Fence = Callable[[], Sequence[Compare]]
 NodeEntry = DomainSpec | ObservedDomain | dict[str, Any] | bytes
+TombstoneReason = Literal["Deleted", "Moved", "Purged"]
 # A burst of bookings on a node updates its status once, not once per booking.
 NODE_STATUS_BATCH_SECONDS = 1.0
 
@@ -363,16 +364,25 @@ class Manager:
                         f"VPS {vps.name}")
         return new.model_copy(update={"metadata": new.metadata.model_copy(update={"resourceVersion": str(rev)})})
 
-    def _desired_ops(self, batch: _Batch, node: str, vps: str, desired: DomainSpec | None) -> None:
+    def _desired_ops(self, batch: _Batch, node: str, vps: str, desired: DomainSpec | None,
+                     reason: TombstoneReason = "Deleted") -> None:
+        """Put or delete the node's desired entry. A deletion writes, in the same transaction, the
+        uid-bound tombstone that is the agent's only reason to delete a domain and its disks."""
         current, rev = self._current_desired(node, vps)
         if current == desired:
             return
         key = keys.desired_key(node, vps, self.root)
         if desired is None:
             batch.ops.append(Delete(key))
+            if current is not None:
+                tomb = Tombstone(vps=vps, uid=current.uid, reason=reason, at=self.clock())
+                batch.ops.append(Put(keys.tombstone_key(node, current.uid, self.root),
+                                     encode(tomb.model_dump(mode="json", exclude_none=True))))
         else:
             batch.compares.append(ModIs(key, rev))
             batch.ops.append(Put(key, encode(desired.model_dump(mode="json", exclude_none=True))))
+            # Wanted here again (moved back): an older order to delete this incarnation is void.
+            batch.ops.append(Delete(keys.tombstone_key(node, desired.uid, self.root)))
         batch.after.append(lambda r: self._desired.__setitem__(key, (desired, r)))
 
     def _write_desired(self, node: str, vps: str, desired: DomainSpec | None) -> None:
@@ -462,7 +472,7 @@ class Manager:
             if booking is not None:
                 desired, _ = self._current_desired(booking.node, name)
                 for other in self._desired_nodes.get(name, set()) - {booking.node}:
-                    self._desired_ops(batch, other, name, None)
+                    self._desired_ops(batch, other, name, None, reason="Moved")
             if booking is not None and problem is None and sub is not None and plan is not None and image is not None:
                 node = self.node_inf.get(booking.node)
                 try:
@@ -649,6 +659,12 @@ class Manager:
             self.events.record("Node", name, "Normal" if st.state == "Ready" else "Warning",
                                "NodeReady" if st.state == "Ready" else "NodeNotReady",
                                f"node is {st.state}")
+        known = {o.uid for o in prev.orphans} if prev is not None else set()
+        for o in st.orphans:
+            if o.uid not in known:
+                self.events.record("Node", name, "Warning", "OrphanDomain",
+                                   f"orphan domain {o.domain} (VPS {o.vps}, uid {o.uid}): no desired entry and no "
+                                   "tombstone; left as it is until `hostplane node orphans --purge`")
         return None
 
     # ------------------------------------------------------------ pools

@@ -15,7 +15,7 @@ from typing import Any
 
 from controllers import layout
 from controllers.booking import NodeAllocation
-from specs.kinds import Node, NodeStatus
+from specs.kinds import Node, NodeStatus, OrphanDomain
 from specs.meta import Condition, set_condition
 
 HEARTBEAT_RESOLUTION = timedelta(seconds=30)
@@ -93,7 +93,20 @@ def node_status(
     else:
         cond = Condition(type="Schedulable", status="True", reason="Schedulable")
     conds = set_condition(conds, cond, now)
+    orphans = prev.orphans
+    if heartbeat is not None:
+        # The agent's own conditions (orphans, an empty desired state, libvirt) and its orphan list.
+        for c in heartbeat.get("conditions") or []:
+            if isinstance(c, dict) and isinstance(c.get("type"), str) and c.get("status") in ("True", "False"):
+                conds = set_condition(conds, Condition(type=c["type"], status=c["status"],
+                                                       reason=str(c.get("reason", "")),
+                                                       message=str(c.get("message", ""))[:1000]), now)
+        raw = heartbeat.get("orphans")
+        if isinstance(raw, list):
+            orphans = [OrphanDomain(domain=o["domain"], vps=o["vps"], uid=o["uid"]) for o in raw
+                       if isinstance(o, dict) and all(isinstance(o.get(k), str) for k in ("domain", "vps", "uid"))]
     return NodeStatus(
+        orphans=orphans,
         state=state,
         lastHeartbeat=last,
         allocated={"vcpus": allocation.vcpus, "memoryMiB": allocation.memoryMiB,

@@ -2,6 +2,7 @@
 
     AgentError
       ├── HypervisorUnavailable   libvirt cannot be reached (the connection is retried)
+      │     └── PoolUnusable      the storage pool is damaged or points elsewhere (a node condition)
       ├── NameConflict            a domain of the derived name exists without Hostplane metadata
       ├── ImageError              the image cannot be made ready
       │     └── ChecksumMismatch  the bytes do not hash to the image's sha256
@@ -20,6 +21,10 @@ class AgentError(Exception):
 
 class HypervisorUnavailable(AgentError):
     reason = "LibvirtUnavailable"
+
+
+class PoolUnusable(HypervisorUnavailable):
+    reason = "PoolUnusable"
 
 
 class NameConflict(AgentError):

@@ -3,7 +3,8 @@
 Holds one libvirt connection (thread-safe) and the agent's storage pool. Every action re-reads
 what it needs and is safe to repeat after a crash at any line: intent is written to the domain's
 metadata before the power call it describes, so a restarted agent resumes rather than restarts.
-It never touches a domain without Hostplane metadata for the uid it was asked about.
+It never touches a domain without Hostplane metadata for the uid it was asked about, nor one whose
+metadata names another cluster.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import libvirt
 
 from nodeagent import cloudinit, domain_xml
 from nodeagent import plan as P
-from nodeagent.errors import ActionFailed, HypervisorUnavailable, NameConflict
+from nodeagent.errors import ActionFailed, AgentError, HypervisorUnavailable, NameConflict
 from nodeagent.events import ensure_event_loop
 from nodeagent.metadata import NS, PREFIX, Meta, from_domain_xml
 from nodeagent.storage import Storage
@@ -53,6 +54,7 @@ class NodeFacts:
     pool_available_gib: float
     managed: int
     unmanaged: int
+    foreign: int = 0
 
 
 def _kvm_usable_by_guests(conn: libvirt.virConnect) -> bool:
@@ -86,10 +88,13 @@ def _kvm_usable_by_guests(conn: libvirt.virConnect) -> bool:
 
 
 class Hypervisor:
-    def __init__(self, uri: str, data_dir: Path, *, pool_name: str = "hostplane", network: str = "user") -> None:
+    def __init__(self, uri: str, data_dir: Path, *, pool_name: str | None = None, network: str = "user",
+                 cluster_id: str | None = None) -> None:
         self.uri = uri
         self.data_dir = data_dir
-        self.pool_name = pool_name
+        self._pool_name = pool_name
+        # Set before `connect`; domains of another cluster are never touched.
+        self.cluster_id = cluster_id
         self.network = network
         self._lock = threading.Lock()
         self.conn: libvirt.virConnect | None = None
@@ -97,6 +102,22 @@ class Hypervisor:
         self.simulated = False
         self.domain_type = "qemu"
         self.logs_dir = data_dir / "logs"
+
+    @property
+    def pool_name(self) -> str:
+        """The pool is the cluster's: by default its name carries the cluster id, so another
+        cluster on the same libvirt never puts disks in (or deletes volumes from) this one."""
+        if self._pool_name:
+            return self._pool_name
+        return f"hostplane-{self.cluster_id[:12]}" if self.cluster_id else "hostplane"
+
+    def ours(self, meta: Meta | None) -> bool:
+        """A domain of this cluster. Metadata without a cluster id (written before ids existed) is
+        ours only when this cluster names its uid (a desired entry or a tombstone): see `read`."""
+        return meta is not None and (meta.cluster is None or meta.cluster == self.cluster_id)
+
+    def foreign(self, meta: Meta | None) -> bool:
+        return meta is not None and meta.cluster is not None and meta.cluster != self.cluster_id
 
     # ------------------------------------------------------------ connection
 
@@ -114,11 +135,16 @@ class Hypervisor:
         self.domain_type = "test" if self.simulated else self._virt_type(conn)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         pool_dir = self.data_dir / "pool"
-        if self.storage is None:
-            self.storage = Storage(conn, pool_name=self.pool_name, pool_dir=pool_dir,
-                                   work_dir=self.data_dir / "downloads", simulated=self.simulated)
-        else:
-            self.storage.reattach(conn)
+        try:
+            if self.storage is None:
+                self.storage = Storage(conn, pool_name=self.pool_name, pool_dir=pool_dir,
+                                       work_dir=self.data_dir / "downloads", simulated=self.simulated)
+            else:
+                self.storage.reattach(conn)
+        except AgentError:
+            with contextlib.suppress(libvirt.libvirtError):
+                conn.close()
+            raise
         self.logs_dir.mkdir(parents=True, exist_ok=True)
         if not self.simulated and os.geteuid() == 0 and pool_dir.exists():
             # The hypervisor daemon may run as another user (a session daemon): let it write serial logs.
@@ -198,7 +224,7 @@ class Hypervisor:
             if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
                 return Observation(P.Actual(base_present=base_present, disk_gib=disk, seed_present=seed), None)
             raise HypervisorUnavailable(f"read {name}: {exc}") from exc
-        if meta is None or meta.uid != uid:
+        if meta is None or meta.uid != uid or self.foreign(meta):
             return Observation(P.Actual(defined=True, managed=False), None, state, reason, conflict=True)
         power: P.Power
         if state == libvirt.VIR_DOMAIN_PAUSED or state == libvirt.VIR_DOMAIN_PMSUSPENDED:
@@ -231,20 +257,23 @@ class Hypervisor:
         conn = self._conn()
         info = conn.getInfo()
         cap, avail = self._storage().capacity()
-        managed = unmanaged = 0
+        managed = unmanaged = foreign = 0
         for _, meta in self.all_domains():
             if meta is None:
                 unmanaged += 1
+            elif self.foreign(meta):
+                foreign += 1
             else:
                 managed += 1
         return NodeFacts(cpus=int(info[2]), memory_mib=int(info[1]),
                          free_memory_mib=int(conn.getFreeMemory()) // 1024**2,
                          pool_capacity_gib=round(cap / 1024**3, 2), pool_available_gib=round(avail / 1024**3, 2),
-                         managed=managed, unmanaged=unmanaged)
+                         managed=managed, unmanaged=unmanaged, foreign=foreign)
 
     # -------------------------------------------------------------- actions
 
     def _set_meta(self, dom: libvirt.virDomain, meta: Meta) -> None:
+        meta = meta.with_(cluster=self.cluster_id)
         flags = libvirt.VIR_DOMAIN_AFFECT_CONFIG
         if dom.isActive():
             flags |= libvirt.VIR_DOMAIN_AFFECT_LIVE
@@ -278,8 +307,8 @@ class Hypervisor:
         if dom is None:
             raise ActionFailed(f"domain {name} is not defined")
         meta = from_domain_xml(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
-        if meta is None or meta.uid != uid:
-            raise NameConflict(f"domain {name} exists but is not Hostplane's; it is left alone")
+        if meta is None or meta.uid != uid or self.foreign(meta):
+            raise NameConflict(f"domain {name} exists but is not this cluster's; it is left alone")
         return dom, meta
 
     def _execute(self, action: P.Action, spec: DomainSpec | None, uid: str, vps: str, name: str,
@@ -318,10 +347,11 @@ class Hypervisor:
         if dom is not None:
             uuid = dom.UUIDString()
             old = from_domain_xml(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
-            if old is None or old.uid != uid:
-                raise NameConflict(f"domain {name} exists but is not Hostplane's; it is left alone")
+            if old is None or old.uid != uid or self.foreign(old):
+                raise NameConflict(f"domain {name} exists but is not this cluster's; it is left alone")
             meta = old
-        meta = meta.with_(vps=spec.vps, config_hash=action.config_hash, seed_hash=action.seed_hash,
+        meta = meta.with_(vps=spec.vps, cluster=self.cluster_id, config_hash=action.config_hash,
+                          seed_hash=action.seed_hash,
                           rebuild_generation=action.rebuild_generation,
                           restart_generation=action.restart_generation,
                           grace_seconds=float(spec.shutdownGraceSeconds))
@@ -410,20 +440,15 @@ class Hypervisor:
             note("ClockNotSynced", f"guest clock not re-synced after unpause (no guest agent): "
                                    f"{exc.get_error_message()}")
 
-    def delete_orphan_volumes(self, wanted: Callable[[str], bool]) -> list[str]:
-        """Root disks and seeds whose domain is gone and whose VPS is not desired here.
-
-        `wanted(domain_name)` is asked at deletion time, so a VPS that became desired while the scan
-        ran keeps the disk its reconcile may just have created.
-        """
-        st = self._storage()
-        removed = []
-        for vol in st.volume_names():
+    def orphan_volumes(self, wanted: Callable[[str], bool]) -> dict[str, list[str]]:
+        """Root disks and seeds in this cluster's pool whose domain is gone and that `wanted(domain_name)`
+        does not claim, by domain name. Only listed: deleting one needs a tombstone."""
+        out: dict[str, list[str]] = {}
+        for vol in self._storage().volume_names():
             if not vol.startswith("hp-"):
                 continue
             owner = vol.removesuffix("-root.qcow2").removesuffix("-seed.iso")
             if owner == vol or wanted(owner) or self.lookup(owner) is not None:
                 continue
-            st.delete_volume(vol)
-            removed.append(vol)
-        return removed
+            out.setdefault(owner, []).append(vol)
+        return out

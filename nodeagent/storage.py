@@ -29,7 +29,7 @@ from typing import Any
 import libvirt
 
 from nodeagent.domain_xml import root_volume_name, seed_volume_name
-from nodeagent.errors import ActionFailed, ChecksumMismatch, ImageError, StorageFull
+from nodeagent.errors import ActionFailed, ChecksumMismatch, ImageError, PoolUnusable, StorageFull
 from specs.domain import DomainImage
 
 log = logging.getLogger(__name__)
@@ -82,20 +82,32 @@ class Storage:
     # ------------------------------------------------------------------ pool
 
     def _ensure_pool(self) -> libvirt.virStoragePool:
+        """The pool at `pool_dir`: defined if missing; one defined elsewhere or damaged is refused, not reused."""
         try:
-            pool = self.conn.storagePoolLookupByName(self.pool_name)
-        except libvirt.libvirtError:
-            root = ET.Element("pool", type="dir")
-            ET.SubElement(root, "name").text = self.pool_name
-            target = ET.SubElement(root, "target")
-            ET.SubElement(target, "path").text = str(self.pool_dir)
-            pool = self.conn.storagePoolDefineXML(ET.tostring(root, encoding="unicode"), 0)
+            try:
+                pool = self.conn.storagePoolLookupByName(self.pool_name)
+            except libvirt.libvirtError as exc:
+                if exc.get_error_code() != libvirt.VIR_ERR_NO_STORAGE_POOL:
+                    raise
+                root = ET.Element("pool", type="dir")
+                ET.SubElement(root, "name").text = self.pool_name
+                target = ET.SubElement(root, "target")
+                ET.SubElement(target, "path").text = str(self.pool_dir)
+                pool = self.conn.storagePoolDefineXML(ET.tostring(root, encoding="unicode"), 0)
+                if not self.simulated:
+                    pool.build(0)
+            where = ET.fromstring(pool.XMLDesc(0)).findtext("target/path")
+            if where is None or os.path.realpath(where) != os.path.realpath(self.pool_dir):
+                raise PoolUnusable(f"storage pool {self.pool_name} is at {where}, not at this node's "
+                                   f"{self.pool_dir}: not reused; remove or rename that pool, or set the data dir")
+            if not pool.isActive():
+                pool.create(0)
             if not self.simulated:
-                pool.build(0)
-        if not pool.isActive():
-            pool.create(0)
-        if not self.simulated:
-            pool.setAutostart(1)
+                pool.setAutostart(1)
+        except libvirt.libvirtError as exc:
+            # A damaged pool ("pool has no config file", a missing directory) is the node's problem
+            # to report and the operator's to repair, not a reason to exit and restart in a loop.
+            raise PoolUnusable(f"storage pool {self.pool_name}: {exc.get_error_message()}") from exc
         return pool
 
     def reattach(self, conn: libvirt.virConnect) -> None:

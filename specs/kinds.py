@@ -257,12 +257,21 @@ class NodeSpec(Model):
     schedulable: bool = True
 
 
+class OrphanDomain(Model):
+    """A domain of this cluster on the node with neither a desired entry nor a tombstone: left alone."""
+
+    domain: str
+    vps: str
+    uid: str
+
+
 class NodeStatus(Model):
     state: Literal["Ready", "NotReady", "Unknown"] = "Unknown"
     lastHeartbeat: datetime | None = None
     allocated: dict[str, int] = Field(default_factory=dict)
     capacityObserved: dict[str, int] = Field(default_factory=dict)
     unmanagedDomains: int = 0
+    orphans: list[OrphanDomain] = Field(default_factory=list)
     conditions: list[Condition] = Field(default_factory=list)
 
 
