@@ -370,8 +370,8 @@ def describe_cmd(obj: _Ctx, kind: str, name: str) -> None:
 @click.argument("name", required=False)
 @click.option("-f", "--filename", "files", multiple=True, metavar="FILE|DIR", help="delete the objects in these files")
 @click.option("--force-orphan", is_flag=True,
-              help=f"do not wait for the node to clean up (sets {FORCE_ORPHAN}); whatever is left on the node "
-                   "stays there and is reported as unmanaged")
+              help=f"do not wait for the node to clean up (sets {FORCE_ORPHAN}); the node's agent deletes "
+                   "the domain when it next runs (its tombstone stays)")
 @click.pass_obj
 def delete_cmd(obj: _Ctx, kind: str | None, name: str | None, files: tuple[str, ...], force_orphan: bool) -> None:
     """Delete KIND NAME, or every object named in -f files."""
@@ -403,6 +403,40 @@ def delete_cmd(obj: _Ctx, kind: str | None, name: str | None, files: tuple[str, 
             click.echo(f"{k.lower()}/{n} deleted")
         else:
             click.echo(f"{k.lower()}/{n} marked for deletion (finalizers: {', '.join(marked.metadata.finalizers)})")
+
+
+@main.group("node")
+def node_group() -> None:
+    """Node maintenance."""
+
+
+@node_group.command("orphans")
+@click.argument("node")
+@click.option("--purge", is_flag=True, help="delete the listed orphan domains and their disks (admin, operator)")
+@click.option("--uid", "uids", multiple=True, metavar="UID", help="purge only these orphans (repeatable)")
+@click.pass_obj
+def node_orphans_cmd(obj: _Ctx, node: str, purge: bool, uids: tuple[str, ...]) -> None:
+    """List NODE's orphan domains (no desired entry, no tombstone: left running), or purge them."""
+    client = obj.client()
+    if uids and not purge:
+        raise click.UsageError("--uid selects what --purge deletes; add --purge")
+    if purge:
+        body = {"uids": list(uids)} if uids else {}
+        data = client.request("POST", f"/v1/nodes/{node}/orphans/purge", json=body).json()
+        for uid in data.get("purged", []):
+            click.echo(f"orphan {uid} on {node}: tombstone written; the agent deletes its domain and volumes")
+        for uid in data.get("skipped", []):
+            click.echo(f"orphan {uid} on {node}: skipped (wanted again, or changed meanwhile)")
+        if not data.get("purged") and not data.get("skipped"):
+            click.echo(f"node {node} reports no orphan domains")
+        return
+    orphans = client.request("GET", f"/v1/nodes/{node}/orphans").json().get("orphans", [])
+    if not orphans:
+        click.echo(f"node {node} reports no orphan domains")
+        return
+    click.echo(f"{'DOMAIN':<40} {'VPS':<24} UID")
+    for o in orphans:
+        click.echo(f"{o['domain']:<40} {o['vps']:<24} {o['uid']}")
 
 
 @main.command("schema")

@@ -257,6 +257,34 @@ def test_orphans_in_the_heartbeat_become_node_status_condition_and_event(store: 
              what="OrphanDomain event")
 
 
+def test_purge_writes_tombstones_only_for_listed_orphans_and_only_for_staff(store: Store, manager: Manager) -> None:
+    """A purge tombstones each reported orphan, refuses non-staff, and skips a listed uid that is wanted again."""
+    from api.auth import Principal
+    from api.errors import Forbidden, Invalid
+    from api.orphans import purge
+
+    seed(store)
+    heartbeat(store, "n1")
+    manager.start()
+    spec = wait_for(lambda: desired(store, "n1", "web-1"), what="desired entry")
+    orphans = [{"domain": "hp-0a1b", "vps": "old-1", "uid": "0a1b"},
+               {"domain": f"hp-{spec.uid}", "vps": "web-1", "uid": spec.uid}]  # stale report: wanted again
+    store.kv_put(keys.heartbeat_key("n1", store.root), json.dumps(
+        {"time": datetime.now(UTC).isoformat(), "orphans": orphans}).encode(), lease=store.grant_lease(30))
+    wait_for(lambda: len((store.get(Node, "n1").status or NodeStatus()).orphans) == 2, what="orphans listed")
+    for role in ("customer", "gitops", "billing-webhook"):
+        with pytest.raises(Forbidden):
+            purge(store, Principal("t", role, customer="acme" if role == "customer" else None), "n1", None)
+    assert tombstone(store, "n1", "0a1b") is None
+    admin = Principal("t", "admin")
+    with pytest.raises(Invalid):
+        purge(store, admin, "n1", {"uids": ["not-an-orphan"]})
+    assert purge(store, admin, "n1", None) == {"node": "n1", "purged": ["0a1b"], "skipped": [spec.uid]}
+    t = tombstone(store, "n1", "0a1b")
+    assert t is not None and t.reason == "Purged" and t.vps == "old-1"
+    assert tombstone(store, "n1", spec.uid) is None
+
+
 def test_unschedulable_then_capacity_arrives(store: Store, manager: Manager) -> None:
     """No room gives Pending with Unschedulable reasons; a new node with room takes the VPS."""
     seed(store, nodes=0)
