@@ -484,11 +484,25 @@ def api_cmd(etcd: str, host: str, port: int, data_dir: Path) -> None:
 @click.option("--node", default=socket.gethostname, show_default="this host's name", help="the Node this agent runs")
 @click.option("--libvirt", "libvirt_uri", default="qemu:///system", show_default=True, help="libvirt URI")
 @_data_dir
-def agent_cmd(etcd: str, node: str, libvirt_uri: str, data_dir: Path) -> None:
+@click.option("--image-dir", "image_dirs", multiple=True, type=click.Path(path_type=Path), metavar="DIR",
+              help="also allow image files under DIR (repeatable; always: DATA_DIR/images, /var/lib/hostplane/images)")
+@click.option("--image-allow-network", "allow_networks", multiple=True, metavar="CIDR",
+              help="allow image downloads from this non-public network, e.g. a LAN mirror (repeatable)")
+@click.option("--image-max-bytes", type=click.IntRange(min=1), default=32 * 1024**3, show_default=True,
+              help="largest image download")
+def agent_cmd(etcd: str, node: str, libvirt_uri: str, data_dir: Path, image_dirs: tuple[Path, ...],
+              allow_networks: tuple[str, ...], image_max_bytes: int) -> None:
     """Run the node agent for one hypervisor (until SIGTERM/SIGINT)."""
+    from nodeagent.images import ImagePolicy
     from nodeagent.main import run_agent  # here, not at the top: only this command needs libvirt
 
-    _run_entry(lambda stop: run_agent(etcd=etcd, node=node, libvirt_uri=libvirt_uri, data_dir=data_dir, stop=stop))
+    try:
+        policy = ImagePolicy.for_data_dir(data_dir, extra_dirs=image_dirs, allow_networks=allow_networks,
+                                          max_bytes=image_max_bytes)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--image-allow-network") from None
+    _run_entry(lambda stop: run_agent(etcd=etcd, node=node, libvirt_uri=libvirt_uri, data_dir=data_dir, stop=stop,
+                                      image_policy=policy))
 
 
 @main.command("controllers")

@@ -139,7 +139,7 @@ class Child:
     env: dict[str, str] = field(default_factory=dict)
 
     def start(self) -> None:
-        log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child process
+        log = open_private_log(self.log_path)
         self.proc = subprocess.Popen(
             self.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             env={**os.environ, **self.env}, start_new_session=True,
@@ -165,6 +165,13 @@ class Child:
             self.proc.wait(5)
 
 
+def open_private_log(path: Path) -> Any:
+    """Append to a log only its owner can read (0600), tightening one made before: logs can name hosts and paths."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    os.fchmod(fd, 0o600)
+    return os.fdopen(fd, "ab")
+
+
 def _hostplane_argv(*args: str) -> list[str]:
     script = Path(sys.executable).parent / "hostplane"
     if script.exists():
@@ -184,6 +191,9 @@ def run_up(data_dir: Path, port: int = 8080, libvirt_uri: str | None = None,
     data_dir = data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     (data_dir / "logs").mkdir(exist_ok=True)
+    (data_dir / "logs").chmod(0o700)
+    # The agents take image files from here (and /var/lib/hostplane/images) only.
+    (data_dir / "images").mkdir(exist_ok=True)
     uri = libvirt_uri or default_libvirt_uri()
 
     if threading.current_thread() is threading.main_thread():
@@ -215,11 +225,11 @@ def run_up(data_dir: Path, port: int = 8080, libvirt_uri: str | None = None,
             logs / "controllers.log"))
         children.append(Child("agent", _hostplane_argv(
             "agent", "--etcd", etcd.endpoint, "--node", "local", "--libvirt", uri,
-            "--data-dir", str(data_dir / "agent")), logs / "agent.log"))
+            "--data-dir", str(data_dir / "agent"), "--image-dir", str(data_dir / "images")), logs / "agent.log"))
         if simulate_nodes:
             children.append(Child("fleet", [
                 sys.executable, "-m", "api.up", "--etcd", etcd.endpoint, "--nodes", str(simulate_nodes),
-                "--data-dir", str(data_dir / "fleet")], logs / "fleet.log"))
+                "--data-dir", str(data_dir / "fleet"), "--image-dir", str(data_dir / "images")], logs / "fleet.log"))
         for c in children:
             if not c.alive():
                 c.start()
@@ -274,13 +284,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--etcd", required=True)
     p.add_argument("--nodes", type=int, required=True)
     p.add_argument("--data-dir", type=Path, required=True)
+    p.add_argument("--image-dir", type=Path, action="append", default=[])
     a = p.parse_args(argv)
     from nodeagent.main import run_simulated_fleet
 
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    run_simulated_fleet(etcd=a.etcd, nodes=a.nodes, data_dir=a.data_dir, stop=stop)
+    run_simulated_fleet(etcd=a.etcd, nodes=a.nodes, data_dir=a.data_dir, stop=stop, image_dirs=tuple(a.image_dir))
     return 0
 
 

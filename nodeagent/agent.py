@@ -31,6 +31,7 @@ from nodeagent.domain_xml import domain_name
 from nodeagent.errors import AgentError, HypervisorUnavailable
 from nodeagent.events import ensure_event_loop
 from nodeagent.hypervisor import Hypervisor, Observation
+from nodeagent.images import ImagePolicy
 from reconcile import keys
 from reconcile.cluster import ensure_cluster_id
 from reconcile.controller import Controller, Result
@@ -63,14 +64,14 @@ class Agent:
     def __init__(self, store: Store, node: str, conn_uri: str, data_dir: Path, *, resync: float = 60.0,
                  workers: int = 2, heartbeat_ttl: int = 10, debounce_seconds: float = 2.0,
                  pool_name: str | None = None, network: str = "user",
-                 enqueue: Callable[[str, float], None] | None = None) -> None:
+                 enqueue: Callable[[str, float], None] | None = None, image_policy: ImagePolicy | None = None) -> None:
         self.store = store
         self.node = node
         self.data_dir = data_dir
         self.resync = resync
         self.heartbeat_ttl = heartbeat_ttl
         self.debounce_seconds = debounce_seconds
-        self.hv = Hypervisor(conn_uri, data_dir, pool_name=pool_name, network=network)
+        self.hv = Hypervisor(conn_uri, data_dir, pool_name=pool_name, network=network, image_policy=image_policy)
         self.informer: Informer[DomainSpec] = Informer(store, keys.desired_prefix(node, store.root),
                                                        decode=_decode_spec, name=f"agent {node}")
         # Keyed by uid: the explicit deletions this node is asked to carry out.

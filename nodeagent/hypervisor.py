@@ -24,6 +24,7 @@ from nodeagent import cloudinit, domain_xml
 from nodeagent import plan as P
 from nodeagent.errors import ActionFailed, AgentError, HypervisorUnavailable, NameConflict
 from nodeagent.events import ensure_event_loop
+from nodeagent.images import ImagePolicy
 from nodeagent.metadata import NS, PREFIX, Meta, from_domain_xml
 from nodeagent.storage import Storage
 from specs.domain import DomainSpec
@@ -89,8 +90,9 @@ def _kvm_usable_by_guests(conn: libvirt.virConnect) -> bool:
 
 class Hypervisor:
     def __init__(self, uri: str, data_dir: Path, *, pool_name: str | None = None, network: str = "user",
-                 cluster_id: str | None = None) -> None:
+                 cluster_id: str | None = None, image_policy: ImagePolicy | None = None) -> None:
         self.uri = uri
+        self.image_policy = image_policy or ImagePolicy.for_data_dir(data_dir)
         self.data_dir = data_dir
         self._pool_name = pool_name
         # Set before `connect`; domains of another cluster are never touched.
@@ -138,7 +140,8 @@ class Hypervisor:
         try:
             if self.storage is None:
                 self.storage = Storage(conn, pool_name=self.pool_name, pool_dir=pool_dir,
-                                       work_dir=self.data_dir / "downloads", simulated=self.simulated)
+                                       work_dir=self.data_dir / "downloads", simulated=self.simulated,
+                                       image_policy=self.image_policy)
             else:
                 self.storage.reattach(conn)
         except AgentError:
@@ -146,6 +149,8 @@ class Hypervisor:
                 conn.close()
             raise
         self.logs_dir.mkdir(parents=True, exist_ok=True)
+        # Guests' serial consoles: readable by the hypervisor's user and group, never by everyone.
+        self.logs_dir.chmod(0o750)
         if not self.simulated and os.geteuid() == 0 and pool_dir.exists():
             # The hypervisor daemon may run as another user (a session daemon): let it write serial logs.
             st = pool_dir.stat()

@@ -17,6 +17,7 @@ from nodeagent import plan as P
 from nodeagent.agent import Agent
 from nodeagent.domain_xml import domain_name, root_volume_name, seed_volume_name
 from nodeagent.hypervisor import Hypervisor
+from nodeagent.images import ImagePolicy
 from nodeagent.main import Fleet, simulated_node_xml
 from reconcile import keys
 from reconcile.cluster import ensure_cluster_id
@@ -29,7 +30,8 @@ IMAGE_BYTES = b"QFI\xfb" + b"\0" * 4092
 
 @pytest.fixture
 def image(tmp_path: Path) -> DomainImage:
-    path = tmp_path / "tiny.qcow2"
+    path = tmp_path / "images" / "tiny.qcow2"  # the image directory the test nodes are given
+    path.parent.mkdir(exist_ok=True)
     path.write_bytes(IMAGE_BYTES)
     return DomainImage(name="tiny", path=str(path), sha256=hashlib.sha256(IMAGE_BYTES).hexdigest())
 
@@ -46,6 +48,7 @@ class Node:
 
     def start(self, **kw: object) -> Agent:
         kw.setdefault("resync", 2.0)
+        kw.setdefault("image_policy", ImagePolicy.for_data_dir(self.tmp / "agent", extra_dirs=(self.tmp / "images",)))
         kw.setdefault("debounce_seconds", 0.2)
         self.agent = Agent(self.store, self.name, self.uri, self.tmp / "agent", heartbeat_ttl=3, **kw)  # type: ignore[arg-type]
         return self.agent.start()
@@ -352,7 +355,8 @@ def test_crash_at_any_step_then_restart_converges(store: Store, tmp_path: Path, 
     rng = random.Random(seed)
     n = Node(store, tmp_path)
     spec = make_spec(image)
-    hv = Hypervisor(n.uri, tmp_path / "agent")
+    hv = Hypervisor(n.uri, tmp_path / "agent",
+                    image_policy=ImagePolicy.for_data_dir(tmp_path / "agent", extra_dirs=(tmp_path / "images",)))
     hv.connect()
     # The dead agent's work: the create plan, then (for odd seeds) a delete, cut off at a random step.
     steps: list[tuple[P.Action, DomainSpec | None]] = []
@@ -454,7 +458,9 @@ def test_image_from_url_fetched_once_for_concurrent_vps(node: Node, tmp_path: Pa
     try:
         url = f"http://127.0.0.1:{server.server_address[1]}/tiny.qcow2"
         image = DomainImage(name="tiny-url", url=url, sha256=hashlib.sha256(IMAGE_BYTES).hexdigest())
-        node.start(workers=2)
+        # The operator allows this loopback "mirror"; without that the download is refused (test_images).
+        node.start(workers=2, image_policy=ImagePolicy.for_data_dir(tmp_path / "agent",
+                                                                    allow_networks=["127.0.0.1/32"]))
         gens = {vps: node.put(make_spec(image, vps=vps)) for vps in ("a-1", "a-2")}
         for vps, gen in gens.items():
             node.wait(vps, ready(gen), f"{vps} ready")
@@ -491,7 +497,9 @@ def test_run_agent_entry_point_runs_until_stopped(etcd_session: object, tmp_path
     uri = simulated_node_xml(tmp_path / "node.xml")
     stop = threading.Event()
     t = threading.Thread(target=run_agent, kwargs={"etcd": endpoint, "node": node_name, "libvirt_uri": uri,
-                                                   "data_dir": tmp_path / "d", "stop": stop})
+                                                   "data_dir": tmp_path / "d", "stop": stop,
+                                                   "image_policy": ImagePolicy.for_data_dir(
+                                                       tmp_path / "d", extra_dirs=(tmp_path / "images",))})
     t.start()
     with Store(endpoint) as s:
         try:
@@ -525,7 +533,8 @@ def shared_libvirt() -> Iterator[libvirt.virConnect]:
 
 def _five_running(store: Store, tmp_path: Path, image: DomainImage) -> tuple[list[DomainSpec], set[str]]:
     """An agent of the cluster in `store` creates five running domains on test:///default, then stops."""
-    agent = Agent(store, "n1", "test:///default", tmp_path / "agent", heartbeat_ttl=3, resync=1.0)
+    agent = Agent(store, "n1", "test:///default", tmp_path / "agent", heartbeat_ttl=3, resync=1.0,
+                  image_policy=ImagePolicy.for_data_dir(tmp_path / "agent", extra_dirs=(tmp_path / "images",)))
     agent.start()
     specs = [make_spec(image, vps=f"web-{i}", hostname=f"web-{i}",
                        network=DomainNetwork(mac=f"52:54:00:00:00:1{i}")) for i in range(5)]
@@ -553,7 +562,8 @@ def test_agent_on_an_empty_etcd_leaves_five_running_domains_and_their_disks(
     """Desired prefix wiped (same cluster): after 3 resync periods all 5 domains run with disks; reported as orphans."""
     specs, volumes = _five_running(store, tmp_path, image)
     store.kv_delete(keys.desired_prefix("n1", store.root), prefix=True)
-    agent = Agent(store, "n1", "test:///default", tmp_path / "agent", heartbeat_ttl=3, resync=1.0)
+    agent = Agent(store, "n1", "test:///default", tmp_path / "agent", heartbeat_ttl=3, resync=1.0,
+                  image_policy=ImagePolicy.for_data_dir(tmp_path / "agent", extra_dirs=(tmp_path / "images",)))
     agent.start()
     try:
         time.sleep(3.5)  # three resync periods and more
