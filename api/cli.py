@@ -10,6 +10,7 @@ This module must never talk to etcd itself; it goes through the API or the entry
 
 from __future__ import annotations
 
+import functools
 import importlib
 import json
 import os
@@ -38,6 +39,7 @@ from api.client import (
     TransportError,
 )
 from api.config import resolve
+from reconcile.connection import EtcdConfigError, EtcdConnection
 from reconcile.selector import matches, parse_selector
 from specs import SpecError, dump_json, dump_yaml, json_schema, kind_for
 from specs.kinds import Resource
@@ -97,15 +99,16 @@ class _Group(click.Group):
 class _Ctx:
     server: str | None
     token: str | None
+    ca: str | None = None
     _client: Client | None = field(default=None)
 
     def client(self) -> Client:
         if self._client is None:
-            cfg = resolve(self.server, self.token)
+            cfg = resolve(self.server, self.token, self.ca)
             if cfg.token is None:
                 raise CliError("no API token: pass --token, set HOSTPLANE_TOKEN, or run `hostplane up` "
                                "(it writes ~/.config/hostplane/config.yaml)")
-            self._client = Client(cfg.server, cfg.token)
+            self._client = Client(cfg.server, cfg.token, ca=cfg.ca)
         return self._client
 
 
@@ -119,10 +122,12 @@ def _kind(name: str) -> type[Resource]:
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--server", metavar="URL", help="API URL (else $HOSTPLANE_SERVER, else the config file)")
 @click.option("--token", metavar="TOKEN", help="bearer token (else $HOSTPLANE_TOKEN, else the config file)")
+@click.option("--ca", metavar="FILE", help="CA certificate to trust for an https server (else $HOSTPLANE_CA, "
+              "else the config file's, else the system's)")
 @click.pass_context
-def main(ctx: click.Context, server: str | None, token: str | None) -> None:
+def main(ctx: click.Context, server: str | None, token: str | None, ca: str | None) -> None:
     """Hostplane: a declarative control plane for VPS hosting."""
-    ctx.obj = _Ctx(server, token)
+    ctx.obj = _Ctx(server, token, ca)
     ctx.call_on_close(lambda: ctx.obj._client.close() if ctx.obj._client else None)
 
 
@@ -423,11 +428,10 @@ def node_orphans_cmd(obj: _Ctx, node: str, purge: bool, uids: tuple[str, ...]) -
     if purge:
         body = {"uids": list(uids)} if uids else {}
         data = client.request("POST", f"/v1/nodes/{node}/orphans/purge", json=body).json()
-        for uid in data.get("purged", []):
-            click.echo(f"orphan {uid} on {node}: tombstone written; the agent deletes its domain and volumes")
-        for uid in data.get("skipped", []):
-            click.echo(f"orphan {uid} on {node}: skipped (wanted again, or changed meanwhile)")
-        if not data.get("purged") and not data.get("skipped"):
+        for uid in data.get("requested", []):
+            click.echo(f"orphan {uid} on {node}: purge requested; the node deletes its domain and volumes "
+                       "(unless it is desired there again: see `hostplane describe node`)")
+        if not data.get("requested"):
             click.echo(f"node {node} reports no orphan domains")
         return
     orphans = client.request("GET", f"/v1/nodes/{node}/orphans").json().get("orphans", [])
@@ -461,8 +465,46 @@ def _stop_on_signals() -> Iterator[threading.Event]:
             signal.signal(sig, handler)
 
 
-_etcd = click.option("--etcd", default=lambda: os.environ.get("HOSTPLANE_ETCD", "127.0.0.1:2379"),
-                     show_default="127.0.0.1:2379 or $HOSTPLANE_ETCD", help="etcd endpoints, comma-separated")
+def _etcd(fn: Callable[..., None]) -> Callable[..., None]:
+    """`--etcd --etcd-ca --etcd-cert --etcd-key` (or `--etcd-config FILE`), passed on as `etcd`:
+    an EtcdConnection. TLS only; each also reads $HOSTPLANE_ETCD, $HOSTPLANE_ETCD_CA, ..."""
+
+    def env(name: str, default: str | None = None) -> Callable[[], str | None]:
+        return lambda: os.environ.get(name, default)
+
+    @click.option("--etcd", "etcd_endpoints", default=env("HOSTPLANE_ETCD", "127.0.0.1:2379"),
+                  show_default="127.0.0.1:2379 or $HOSTPLANE_ETCD", help="etcd endpoints, comma-separated")
+    @click.option("--etcd-ca", default=env("HOSTPLANE_ETCD_CA"), help="CA certificate etcd's certificate is signed by")
+    @click.option("--etcd-cert", default=env("HOSTPLANE_ETCD_CERT"), help="this process's client certificate")
+    @click.option("--etcd-key", default=env("HOSTPLANE_ETCD_KEY"), help="its private key")
+    @click.option("--etcd-config", default=env("HOSTPLANE_ETCD_CONFIG"),
+                  help="a TOML file with endpoints, ca, cert, key (instead of the four options)")
+    @functools.wraps(fn)
+    def wrapper(*args: Any, etcd_endpoints: str, etcd_ca: str | None, etcd_cert: str | None,
+                etcd_key: str | None, etcd_config: str | None, **kwargs: Any) -> None:
+        kwargs["etcd"] = etcd_connection(etcd_endpoints, etcd_ca, etcd_cert, etcd_key, etcd_config)
+        fn(*args, **kwargs)
+
+    return wrapper
+
+
+def etcd_connection(endpoints: str, ca: str | None, cert: str | None, key: str | None,
+                    config: str | None) -> EtcdConnection:
+    """The connection the options describe; a missing or unreadable setting is a usage error."""
+    try:
+        if config:
+            conn = EtcdConnection.from_file(config)
+        else:
+            missing = [f"--etcd-{n}" for n, v in (("ca", ca), ("cert", cert), ("key", key)) if not v]
+            if missing:
+                raise EtcdConfigError(f"etcd is TLS-only: give {', '.join(missing)} (or --etcd-config FILE)")
+            conn = EtcdConnection.make(endpoints, ca=str(ca), cert=str(cert), key=str(key))
+        conn.read()
+    except EtcdConfigError as exc:
+        raise click.UsageError(str(exc)) from exc
+    return conn
+
+
 _data_dir = click.option("--data-dir", type=click.Path(path_type=Path), default=Path("var"), show_default=True)
 
 
@@ -470,13 +512,23 @@ _data_dir = click.option("--data-dir", type=click.Path(path_type=Path), default=
 @_etcd
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=int, default=8080, show_default=True)
+@click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="serve HTTPS with this certificate (PEM; with --tls-key)")
+@click.option("--tls-key", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="its private key")
+@click.option("--trusted-proxy", "trusted_proxies", multiple=True, metavar="ADDR",
+              help="a TLS-terminating proxy (IP or CIDR, repeatable) whose X-Forwarded-Proto/-For are believed")
 @_data_dir
-def api_cmd(etcd: str, host: str, port: int, data_dir: Path) -> None:
-    """Run the HTTP API (until SIGTERM/SIGINT)."""
-    from api.server import run_api
+def api_cmd(etcd: EtcdConnection, host: str, port: int, tls_cert: Path | None, tls_key: Path | None,
+            trusted_proxies: tuple[str, ...], data_dir: Path) -> None:
+    """Run the HTTP(S) API (until SIGTERM/SIGINT)."""
+    from api.server import TLSFiles, run_api
 
+    if (tls_cert is None) != (tls_key is None):
+        raise click.UsageError("--tls-cert and --tls-key go together")
     _log_to_stderr()
-    run_api(etcd=etcd, host=host, port=port, data_dir=data_dir, stop=None)
+    tls = TLSFiles(tls_cert, tls_key) if tls_cert is not None and tls_key is not None else None
+    run_api(etcd=etcd, host=host, port=port, data_dir=data_dir, stop=None, tls=tls,
+            trusted_proxies=[p for part in trusted_proxies for p in part.split(",") if p])
 
 
 @main.command("agent")
@@ -490,7 +542,7 @@ def api_cmd(etcd: str, host: str, port: int, data_dir: Path) -> None:
               help="allow image downloads from this non-public network, e.g. a LAN mirror (repeatable)")
 @click.option("--image-max-bytes", type=click.IntRange(min=1), default=32 * 1024**3, show_default=True,
               help="largest image download")
-def agent_cmd(etcd: str, node: str, libvirt_uri: str, data_dir: Path, image_dirs: tuple[Path, ...],
+def agent_cmd(etcd: EtcdConnection, node: str, libvirt_uri: str, data_dir: Path, image_dirs: tuple[Path, ...],
               allow_networks: tuple[str, ...], image_max_bytes: int) -> None:
     """Run the node agent for one hypervisor (until SIGTERM/SIGINT)."""
     from nodeagent.images import ImagePolicy
@@ -509,7 +561,7 @@ def agent_cmd(etcd: str, node: str, libvirt_uri: str, data_dir: Path, image_dirs
 @_etcd
 @click.option("--identity", default=lambda: f"{socket.gethostname()}-{os.getpid()}",
               show_default="host-pid", help="this manager's name in leader election")
-def controllers_cmd(etcd: str, identity: str) -> None:
+def controllers_cmd(etcd: EtcdConnection, identity: str) -> None:
     """Run the controller manager (one leads at a time; until SIGTERM/SIGINT)."""
     from controllers.main import run_controllers
 
@@ -547,6 +599,7 @@ def _run_entry(fn: Callable[[threading.Event], None]) -> None:
 
 
 main.add_command(importlib.import_module("api.billing_cli").billing)
+main.add_command(importlib.import_module("api.pki_cli").pki)
 for _cmd in importlib.import_module("api.access_cli").COMMANDS:
     main.add_command(_cmd)
 

@@ -37,9 +37,10 @@ def client_for(ctx: click.Context) -> Client:
     if obj is not None and callable(getattr(obj, "client", None)):
         client: Client = obj.client()
         return client
-    cfg = resolve(ctx.find_root().params.get("server"), ctx.find_root().params.get("token"))
+    params = ctx.find_root().params
+    cfg = resolve(params.get("server"), params.get("token"), params.get("ca"))
     if cfg.token is None:
         raise SubcommandError("no API token: pass --token, set HOSTPLANE_TOKEN, or run `hostplane up`")
-    client = Client(cfg.server, cfg.token)
+    client = Client(cfg.server, cfg.token, ca=cfg.ca)
     ctx.call_on_close(client.close)
     return client

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import builtins
 import json
+import ssl
 from collections.abc import Iterator
 from typing import Any
 
@@ -108,10 +109,17 @@ class Client:
     """Talks to one API server with one bearer token."""
 
     def __init__(self, server: str, token: str | None, *, timeout: float = 30.0,
-                 transport: httpx.BaseTransport | None = None) -> None:
+                 transport: httpx.BaseTransport | None = None, ca: str | None = None) -> None:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.server = server.rstrip("/")
-        self._http = httpx.Client(base_url=self.server, headers=headers, timeout=timeout, transport=transport)
+        verify: ssl.SSLContext | bool = True
+        if ca is not None:
+            try:
+                verify = ssl.create_default_context(cafile=ca)
+            except OSError as exc:
+                raise ClientError(f"CA file {ca}: {exc.strerror or exc}") from None
+        self._http = httpx.Client(base_url=self.server, headers=headers, timeout=timeout, transport=transport,
+                                  verify=verify)
 
     def close(self) -> None:
         self._http.close()

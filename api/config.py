@@ -1,7 +1,8 @@
 """Where the CLI finds its server and token: flags, then environment, then a config file.
 
 The file is `$XDG_CONFIG_HOME/hostplane/config.yaml` (default `~/.config/hostplane/`), with
-keys `server` and `token`, written by `hostplane up` like kind writes a kubeconfig. It holds
+keys `server`, `token` and `ca` (the CA file an https server's certificate is checked against;
+absent: the system's trust store), written by `hostplane up` like kind writes a kubeconfig. It holds
 a credential, so it is written with mode 0600. This module must never print a token.
 """
 
@@ -21,6 +22,7 @@ DEFAULT_SERVER = "http://127.0.0.1:8080"
 class CliConfig:
     server: str
     token: str | None
+    ca: str | None = None
 
 
 def config_path() -> Path:
@@ -43,25 +45,35 @@ def load_config_file(path: Path | None = None) -> dict[str, Any]:
     return data
 
 
-def resolve(server: str | None = None, token: str | None = None) -> CliConfig:
-    """Flags win over HOSTPLANE_SERVER/HOSTPLANE_TOKEN, which win over the config file."""
+def resolve(server: str | None = None, token: str | None = None, ca: str | None = None) -> CliConfig:
+    """Flags win over HOSTPLANE_SERVER/HOSTPLANE_TOKEN/HOSTPLANE_CA, which win over the config file.
+
+    The file's `ca` is used only with the file's own server (a CA is trusted for the server it came with).
+    """
     server = server or os.environ.get("HOSTPLANE_SERVER") or None
     token = token or os.environ.get("HOSTPLANE_TOKEN") or None
-    if server is None or token is None:
+    ca = ca or os.environ.get("HOSTPLANE_CA") or None
+    if server is None or token is None or ca is None:
         data = load_config_file()
-        server = server or (str(data["server"]) if data.get("server") else None)
+        file_server = str(data["server"]) if data.get("server") else None
+        if ca is None and data.get("ca") and (server is None or server.rstrip("/") == (file_server or "").rstrip("/")):
+            ca = str(data["ca"])
+        server = server or file_server
         token = token or (str(data["token"]) if data.get("token") else None)
-    return CliConfig(server=(server or DEFAULT_SERVER).rstrip("/"), token=token)
+    return CliConfig(server=(server or DEFAULT_SERVER).rstrip("/"), token=token, ca=ca)
 
 
-def write_cli_config(server: str, token: str) -> Path:
-    """Write the CLI config (server + token) with mode 0600; return its path."""
+def write_cli_config(server: str, token: str, ca: str | Path | None = None) -> Path:
+    """Write the CLI config (server, token, and the CA to trust) with mode 0600; return its path."""
     path = config_path()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
-        os.write(fd, yaml.safe_dump({"server": server, "token": token}, sort_keys=False).encode())
+        doc: dict[str, str] = {"server": server, "token": token}
+        if ca is not None:
+            doc["ca"] = str(ca)
+        os.write(fd, yaml.safe_dump(doc, sort_keys=False).encode())
     finally:
         os.close(fd)
     os.chmod(tmp, 0o600)

@@ -4,10 +4,11 @@
     POST /v1/nodes/<node>/orphans/purge   {"uids": [...]} (optional; default: every listed orphan)
 
 An orphan is a domain of this cluster with neither a desired entry nor a tombstone: the agent
-leaves it running with its disks. A purge writes, per orphan, the same uid-bound tombstone the
-controllers' deletion path writes (reason "Purged"), guarded by the VPS's desired entry not
-having changed, and the agent then deletes that domain and its volumes. Only admin and operator
-may purge. This module must never delete anything itself.
+leaves it running with its disks. A purge records, per orphan, a request under
+`purges/<node>/<uid>`; the controllers turn it into the same uid-bound tombstone their deletion
+path writes (reason "Purged") unless that uid is desired on the node again, and the agent then
+deletes the domain and its volumes. Only admin and operator may purge. This module must never
+write under a node's keys itself (the API's etcd role cannot).
 """
 
 from __future__ import annotations
@@ -23,8 +24,8 @@ from api.auth import Principal
 from api.deps import Caller, State, parse_body, read_limited
 from api.errors import Forbidden, Invalid, refuse_unknown_fields
 from reconcile import keys
-from reconcile.store import ModIs, Put, Store, encode
-from specs.domain import DomainSpec, Tombstone
+from reconcile.store import Put, Store, encode
+from specs.domain import Tombstone
 from specs.kinds import Node
 
 router = APIRouter(prefix="/v1", tags=["nodes"])
@@ -56,21 +57,13 @@ def purge(store: Store, caller: Principal, node: str, body: Any) -> dict[str, An
         if unknown:
             raise _invalid("uids", f"not orphans of node {node}: {', '.join(sorted(unknown))}")
         wanted = uids
-    purged: list[str] = []
-    skipped: list[str] = []
-    for uid in wanted:
-        o = listed[uid]
-        dkey = keys.desired_key(node, o["vps"], store.root)
-        kv = store.kv_get(dkey)
-        if kv is not None and DomainSpec.model_validate_json(kv.value).uid == uid:
-            skipped.append(uid)  # wanted again since the agent's last report: not an orphan
-            continue
-        tomb = Tombstone(vps=o["vps"], uid=uid, reason="Purged", at=datetime.now(UTC))
-        res = store.txn([ModIs(dkey, kv.mod_revision if kv else 0)],
-                        [Put(keys.tombstone_key(node, uid, store.root),
-                             encode(tomb.model_dump(mode="json", exclude_none=True)))])
-        (purged if res.succeeded else skipped).append(uid)
-    return {"node": node, "purged": purged, "skipped": skipped}
+    now = datetime.now(UTC)
+    ops = [Put(keys.purge_key(node, uid, store.root),
+               encode(Tombstone(vps=listed[uid]["vps"], uid=uid, reason="Purged", at=now)
+                      .model_dump(mode="json", exclude_none=True))) for uid in wanted]
+    if ops:
+        store.txn([], ops)
+    return {"node": node, "requested": wanted}
 
 
 @router.get("/nodes/{name}/orphans", summary="The node's orphan domains: no desired entry, no tombstone (staff)")

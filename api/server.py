@@ -19,7 +19,8 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,7 @@ from api.openapi import build_openapi
 from api.ratelimit import LoginThrottle, TokenBuckets
 from api.sessions import Sessions
 from reconcile.aio import AsyncStore
+from reconcile.connection import EtcdConnection
 from reconcile.errors import StoreError
 from reconcile.etcd_server import free_port
 from reconcile.store import Store
@@ -150,7 +152,7 @@ def create_app(store: Store, *, max_body_bytes: int = 1024 * 1024, heartbeat_sec
     async def readyz(st: State) -> Response:
         if st.ready_store is None:
             # Its own store without retries: readiness must answer fast, not wait out a retry budget.
-            st.ready_store = Store(st.store.endpoints, root=st.store.root, timeout=2.0, retry_seconds=0)
+            st.ready_store = Store(st.store.conn, root=st.store.root, timeout=2.0, retry_seconds=0)
         try:
             revision = await run_in_threadpool(st.ready_store.revision)
         except StoreError:
@@ -187,11 +189,28 @@ class _Server(uvicorn.Server):
         yield
 
 
+@dataclass(frozen=True)
+class TLSFiles:
+    """The API's own HTTPS certificate and key (PEM files)."""
+
+    cert: Path
+    key: Path
+
+
 def serve_app(app: Any, *, host: str, port: int, stop: threading.Event,
-              started: threading.Event | None = None, log_level: str = "warning") -> None:
-    """Serve `app` with uvicorn until `stop` is set. Returns after open streams are cut off."""
+              started: threading.Event | None = None, log_level: str = "warning",
+              tls: TLSFiles | None = None, trusted_proxies: Sequence[str] = ()) -> None:
+    """Serve `app` with uvicorn until `stop` is set. Returns after open streams are cut off.
+
+    `tls`: serve HTTPS with this certificate. `trusted_proxies`: addresses (or CIDRs) whose
+    `X-Forwarded-Proto` / `X-Forwarded-For` are believed (a TLS-terminating proxy in front);
+    from anyone else those headers are ignored. None by default: no header is trusted.
+    """
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False,
-                            timeout_graceful_shutdown=2, lifespan="on")
+                            timeout_graceful_shutdown=2, lifespan="on",
+                            ssl_certfile=str(tls.cert) if tls else None, ssl_keyfile=str(tls.key) if tls else None,
+                            proxy_headers=bool(trusted_proxies),
+                            forwarded_allow_ips=list(trusted_proxies) if trusted_proxies else None)
     server = _Server(config)
 
     def watch_stop() -> None:
@@ -215,7 +234,8 @@ def serve_app(app: Any, *, host: str, port: int, stop: threading.Event,
 
 
 @contextlib.contextmanager
-def serving(app: Any, *, host: str = "127.0.0.1", port: int | None = None) -> Iterator[str]:
+def serving(app: Any, *, host: str = "127.0.0.1", port: int | None = None, tls: TLSFiles | None = None,
+            trusted_proxies: Sequence[str] = ()) -> Iterator[str]:
     """Serve `app` on a background thread while the block runs; yields its base URL.
 
     For tests, benchmarks and embedding; stops the server (and waits for it) on exit.
@@ -223,14 +243,15 @@ def serving(app: Any, *, host: str = "127.0.0.1", port: int | None = None) -> It
     port = port or free_port(host)
     stop, started = threading.Event(), threading.Event()
     thread = threading.Thread(target=serve_app, name=f"api:{port}", daemon=True,
-                              kwargs={"app": app, "host": host, "port": port, "stop": stop, "started": started})
+                              kwargs={"app": app, "host": host, "port": port, "stop": stop, "started": started,
+                                      "tls": tls, "trusted_proxies": tuple(trusted_proxies)})
     thread.start()
     try:
         deadline = time.monotonic() + 15
         while not started.wait(0.02):
             if not thread.is_alive() or time.monotonic() > deadline:
                 raise RuntimeError(f"the API did not start on {host}:{port}")
-        yield f"http://{host}:{port}"
+        yield f"{'https' if tls else 'http'}://{host}:{port}"
     finally:
         stop.set()
         thread.join(10)
@@ -259,7 +280,8 @@ def settle_garbage_collector() -> None:
     gc.set_threshold(20_000, 50, 100)
 
 
-def run_api(*, etcd: str, host: str, port: int, data_dir: Path, stop: threading.Event | None) -> None:
+def run_api(*, etcd: EtcdConnection, host: str, port: int, data_dir: Path, stop: threading.Event | None,
+            tls: TLSFiles | None = None, trusted_proxies: Sequence[str] = ()) -> None:
     """Run the API against etcd until `stop` is set or the process gets SIGTERM/SIGINT."""
     stop = stop or threading.Event()
     switch_interval = sys.getswitchinterval()
@@ -273,7 +295,7 @@ def run_api(*, etcd: str, host: str, port: int, data_dir: Path, stop: threading.
         ensure_admin_token(store, Path(data_dir))
         app = create_app(store)
         settle_garbage_collector()
-        serve_app(app, host=host, port=port, stop=stop)
+        serve_app(app, host=host, port=port, stop=stop, tls=tls, trusted_proxies=trusted_proxies)
     finally:
         store.close()
         for sig, handler in previous.items():

@@ -207,8 +207,12 @@ def run_up(data_dir: Path, port: int = 8080, libvirt_uri: str | None = None,
     etcd = EtcdServer(data_dir / "etcd", client_port=client_port, peer_port=peer_port,
                       log_path=data_dir / "logs" / "etcd.log")
     try:
+        made = not etcd.pki.exists()
         etcd.start()
-        store = Store(etcd.endpoint)
+        say(f"{'created' if made else 'reusing'} the PKI in {etcd.pki.dir} (CA: {etcd.pki.ca_cert})")
+        # Seeding (admin token, the local Node) runs as the api identity: root only bootstraps.
+        store = etcd.store("api")
+        server_cert = etcd.pki.server()
         token = ensure_admin_token(store, data_dir)
         ensure_node(store, "local", _host_capacity(data_dir), uri)
         for i in range(simulate_nodes):
@@ -218,29 +222,32 @@ def run_up(data_dir: Path, port: int = 8080, libvirt_uri: str | None = None,
 
         logs = data_dir / "logs"
         children.append(Child("api", _hostplane_argv(
-            "api", "--etcd", etcd.endpoint, "--host", "127.0.0.1", "--port", str(port),
+            "api", *etcd.args("api"), "--host", "127.0.0.1", "--port", str(port),
+            "--tls-cert", str(server_cert.cert), "--tls-key", str(server_cert.key),
             "--data-dir", str(data_dir)), logs / "api.log"))
         children.append(Child("controllers", _hostplane_argv(
-            "controllers", "--etcd", etcd.endpoint, "--identity", f"up-{os.getpid()}"),
+            "controllers", *etcd.args("controllers"), "--identity", f"up-{os.getpid()}"),
             logs / "controllers.log"))
         children.append(Child("agent", _hostplane_argv(
-            "agent", "--etcd", etcd.endpoint, "--node", "local", "--libvirt", uri,
+            "agent", *etcd.args("node-local"), "--node", "local", "--libvirt", uri,
             "--data-dir", str(data_dir / "agent"), "--image-dir", str(data_dir / "images")), logs / "agent.log"))
         if simulate_nodes:
             children.append(Child("fleet", [
-                sys.executable, "-m", "api.up", "--etcd", etcd.endpoint, "--nodes", str(simulate_nodes),
-                "--data-dir", str(data_dir / "fleet"), "--image-dir", str(data_dir / "images")], logs / "fleet.log"))
+                sys.executable, "-m", "api.up", *etcd.args("fleet"), "--nodes", str(simulate_nodes),
+                "--data-dir", str(data_dir / "fleet"), "--image-dir", str(data_dir / "images")],
+            logs / "fleet.log"))
         for c in children:
             if not c.alive():
                 c.start()
 
-        server = f"http://127.0.0.1:{port}"
-        config_path = write_cli_config(server, token)
+        server = f"https://127.0.0.1:{port}"
+        config_path = write_cli_config(server, token, etcd.pki.ca_cert)
         say(f"Hostplane is up.\n"
             f"  panel and API: {server}/   (API docs: {server}/docs)\n"
             f"  admin token:   {token}\n"
             f"  CLI config:    {config_path}  (try: hostplane get nodes)\n"
-            f"  etcd:          {etcd.endpoint}   data: {data_dir}\n"
+            f"  etcd:          https://{etcd.endpoint}   data: {data_dir}\n"
+            f"  CA:            {etcd.pki.ca_cert}\n"
             f"  libvirt:       {uri}" + (f"  + {simulate_nodes} simulated nodes" if simulate_nodes else "")
             + f"\n  logs:          {logs}/\nPress Ctrl-C to stop.")
         _supervise(children, stop, say)
@@ -282,6 +289,9 @@ def main(argv: list[str] | None = None) -> int:
 
     p = argparse.ArgumentParser(prog="hostplane-fleet")
     p.add_argument("--etcd", required=True)
+    p.add_argument("--etcd-ca", required=True)
+    p.add_argument("--etcd-cert", required=True)
+    p.add_argument("--etcd-key", required=True)
     p.add_argument("--nodes", type=int, required=True)
     p.add_argument("--data-dir", type=Path, required=True)
     p.add_argument("--image-dir", type=Path, action="append", default=[])
@@ -291,7 +301,10 @@ def main(argv: list[str] | None = None) -> int:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    run_simulated_fleet(etcd=a.etcd, nodes=a.nodes, data_dir=a.data_dir, stop=stop, image_dirs=tuple(a.image_dir))
+    from reconcile.connection import EtcdConnection
+
+    conn = EtcdConnection.make(a.etcd, ca=a.etcd_ca, cert=a.etcd_cert, key=a.etcd_key)
+    run_simulated_fleet(etcd=conn, nodes=a.nodes, data_dir=a.data_dir, stop=stop, image_dirs=tuple(a.image_dir))
     return 0
 
 

@@ -18,6 +18,7 @@ from typing import Protocol
 from controllers import layout
 from controllers.manager import Manager, Settings, utcnow
 from reconcile.cluster import ensure_cluster_id
+from reconcile.connection import EtcdConnection
 from reconcile.leader import LeaderElector
 from reconcile.store import Compare, Store
 
@@ -103,7 +104,7 @@ class ControllerProcess:
         self._stopped()
 
 
-def run_controllers(*, etcd: str, identity: str, stop: threading.Event) -> None:
+def run_controllers(*, etcd: EtcdConnection, identity: str, stop: threading.Event) -> None:
     """Run leader-elected controllers against `etcd` until `stop` is set."""
     store = Store(etcd)
     proc = ControllerProcess(store, identity=identity, addons=DEFAULT_ADDONS).start()

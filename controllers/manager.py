@@ -149,7 +149,10 @@ class Manager:
             store, keys.status_prefix(Node, r), decode=lambda _n, raw: NodeStatus.model_validate_json(raw))
         self.pool_inf: Informer[IPPool] = Informer(store, keys.spec_prefix(IPPool, r), decode=_spec_decoder(IPPool))
         self.nodes_inf: Informer[NodeEntry] = Informer(store, f"{r}/nodes/", decode=_node_entry)
-        self._informers: list[Informer[Any]] = [
+        # Operators' orphan purges, "<node>/<uid>": carried out by the node controller as tombstones.
+        self.purge_inf: Informer[Tombstone] = Informer(
+            store, f"{r}/purges/", decode=lambda _n, raw: Tombstone.model_validate_json(raw))
+        self._informers: list[Informer[Any]] = [self.purge_inf,
             self.plan_inf, self.image_inf, self.customer_inf, self.pool_inf, self.node_inf, self.node_status_inf,
             self.sub_inf, self.sub_status_inf, self.vps_status_inf, self.nodes_inf, self.vps_inf]
         self.vps_ctl = Controller("vps", self.reconcile_vps, workers=self.settings.workers)
@@ -179,6 +182,7 @@ class Manager:
         self.node_inf.add_handler(self._on_node)
         self.pool_inf.add_handler(self._on_pool)
         self.nodes_inf.add_handler(self._on_node_entry)
+        self.purge_inf.add_handler(lambda n, _o, new: self.node_ctl.queue.add(n.partition("/")[0]) if new else None)
         self.book.load()
         self.events.load()
         self.events.start()
@@ -639,7 +643,27 @@ class Manager:
 
     # ------------------------------------------------------------ nodes
 
+    def _carry_out_purges(self, node: str) -> None:
+        """Each purge request of `node` becomes its tombstone, unless that uid is desired there again."""
+        for key, req in self.purge_inf.items().items():
+            if key.partition("/")[0] != node:
+                continue
+            pkey = keys.purge_key(node, req.uid, self.root)
+            current, rev = self._current_desired(node, req.vps)
+            if current is not None and current.uid == req.uid:
+                self._txn([], [Delete(pkey)], f"purge {key}")
+                self.events.record("Node", node, "Normal", "PurgeSkipped",
+                                   f"domain of VPS {req.vps} (uid {req.uid}) is desired here again: not purged")
+                continue
+            tomb = req.model_copy(update={"reason": "Purged"})
+            self._txn([ModIs(keys.desired_key(node, req.vps, self.root), rev)],
+                      [Put(keys.tombstone_key(node, req.uid, self.root),
+                           encode(tomb.model_dump(mode="json", exclude_none=True))), Delete(pkey)], f"purge {key}")
+            self.events.record("Node", node, "Warning", "OrphanPurged",
+                               f"orphan domain of VPS {req.vps} (uid {req.uid}): deletion ordered by an operator")
+
     def reconcile_node(self, name: str) -> Result | None:
+        self._carry_out_purges(name)
         node = self._with_rv(self.node_inf, name)
         if node is None:
             self._enqueue_on_node(name)

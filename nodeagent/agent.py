@@ -33,7 +33,7 @@ from nodeagent.events import ensure_event_loop
 from nodeagent.hypervisor import Hypervisor, Observation
 from nodeagent.images import ImagePolicy
 from reconcile import keys
-from reconcile.cluster import ensure_cluster_id
+from reconcile.cluster import await_cluster_id
 from reconcile.controller import Controller, Result
 from reconcile.errors import NotFound, StoreError
 from reconcile.informer import Informer
@@ -115,7 +115,12 @@ class Agent:
 
     def start(self) -> Agent:
         ensure_event_loop()
-        self.cluster_id = ensure_cluster_id(self.store)
+        # Nothing is touched before the agent knows which cluster's domains are its own.
+        log.info("agent %s: reading the cluster id", self.node)
+        cluster_id = await_cluster_id(self.store, self._stop)
+        if cluster_id is None:
+            return self
+        self.cluster_id = cluster_id
         self.hv.cluster_id = self.cluster_id
         self._load_reported()
         self.informer.add_handler(self._on_desired)

@@ -16,13 +16,14 @@ from pathlib import Path
 
 from nodeagent.agent import Agent
 from nodeagent.images import ImagePolicy
+from reconcile.connection import EtcdConnection
 from reconcile.controller import Controller, Result
 from reconcile.store import Store
 
 log = logging.getLogger(__name__)
 
 
-def run_agent(*, etcd: str, node: str, libvirt_uri: str, data_dir: Path, stop: threading.Event,
+def run_agent(*, etcd: EtcdConnection, node: str, libvirt_uri: str, data_dir: Path, stop: threading.Event,
               image_policy: ImagePolicy | None = None) -> None:
     """Run one node's agent until `stop` is set."""
     store = Store(etcd)
@@ -108,8 +109,8 @@ class Fleet:
             agent.stop()
 
 
-def run_simulated_fleet(*, etcd: str, nodes: int, data_dir: Path, stop: threading.Event, prefix: str = "sim",
-                        image_dirs: tuple[Path, ...] = ()) -> None:
+def run_simulated_fleet(*, etcd: EtcdConnection, nodes: int, data_dir: Path, stop: threading.Event,
+                        prefix: str = "sim", image_dirs: tuple[Path, ...] = ()) -> None:
     """Run `nodes` simulated agents named f"{prefix}-{i}" until `stop` is set."""
     store = Store(etcd)
     fleet = Fleet(store, [f"{prefix}-{i}" for i in range(nodes)], data_dir, image_dirs=image_dirs)

@@ -24,9 +24,9 @@ import grpc.aio
 from pyetcd import etcdrpc
 from pyetcd.etcdrpc import rpc_pb2_grpc
 
-from reconcile.errors import Unavailable
+from reconcile.errors import PermissionDenied, Unavailable
 from reconcile.selector import Selector
-from reconcile.store import KV, Compare, ListResult, Op, Operation, Rider, Store, TxnResult, _translate
+from reconcile.store import KV, Compare, ListResult, Op, Operation, Rider, Store, TxnResult, _translate, request_keys
 from specs.kinds import Resource
 
 R = TypeVar("R", bound=Resource)
@@ -57,7 +57,7 @@ class AsyncStore:
         hit = self._channels.get(loop)
         if hit is None:
             endpoint = self.store.endpoints[self._endpoint % len(self.store.endpoints)]
-            channel = grpc.aio.insecure_channel(endpoint.removeprefix("http://"), options=_OPTIONS)
+            channel = grpc.aio.secure_channel(endpoint, self.store.credentials, options=_OPTIONS)
             hit = self._channels[loop] = (channel, rpc_pb2_grpc.KVStub(channel))
         return hit[1]
 
@@ -83,6 +83,8 @@ class AsyncStore:
                 return await stub.Range(request, timeout=self.store.timeout)
             except grpc.RpcError as exc:
                 err = _translate(exc)
+                if isinstance(err, PermissionDenied):
+                    raise PermissionDenied(request_keys(request)) from exc
                 if not isinstance(err, Unavailable) or loop.time() + delay > deadline:
                     raise err from exc
                 await self._fail_over()

@@ -7,7 +7,9 @@
       ├── TooLarge          the value exceeds what etcd accepts in one request
       ├── Compacted         a watch start revision is older than etcd's compaction
       │                       (.compact_revision: the oldest revision still available)
-      └── Unavailable       etcd could not be reached within the retry budget
+      ├── Unavailable       etcd could not be reached within the retry budget
+      └── PermissionDenied  etcd's RBAC refused this identity the key range (.prefix names
+                              it); never retried: it will not pass by waiting
 """
 
 from __future__ import annotations
@@ -41,3 +43,9 @@ class Compacted(StoreError):
     def __init__(self, compact_revision: int) -> None:
         self.compact_revision = compact_revision
         super().__init__(f"revision compacted; oldest available is {compact_revision}")
+
+
+class PermissionDenied(StoreError):
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        super().__init__(f"etcd permission denied for this identity on {prefix}")

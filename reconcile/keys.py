@@ -56,6 +56,15 @@ def tombstone_key(node: str, uid: str, root: str = ROOT) -> str:
     return f"{tombstone_prefix(node, root)}{uid}"
 
 
+def purge_prefix(node: str, root: str = ROOT) -> str:
+    return f"{root}/purges/{node}/"
+
+
+def purge_key(node: str, uid: str, root: str = ROOT) -> str:
+    """An operator's request to delete the orphan domain `uid` on `node` (the controllers write its tombstone)."""
+    return f"{purge_prefix(node, root)}{uid}"
+
+
 def cluster_id_key(root: str = ROOT) -> str:
     """The cluster's id, created once; stamped on every domain and pool so no other cluster touches them."""
     return f"{root}/meta/cluster-id"

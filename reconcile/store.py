@@ -35,6 +35,7 @@ import pyetcd
 import pyetcd.exceptions as etcd_exc
 from pydantic import TypeAdapter, ValidationError
 from pyetcd import etcdrpc
+from pyetcd.etcdrpc import auth_pb2 as authpb
 from tenacity import (
     Retrying,
     retry_if_exception_type,
@@ -43,15 +44,18 @@ from tenacity import (
 )
 
 from reconcile import keys
+from reconcile.connection import EtcdConnection
 from reconcile.errors import (
     AlreadyExists,
     Compacted,
     Conflict,
     NotFound,
+    PermissionDenied,
     StoreError,
     TooLarge,
     Unavailable,
 )
+from reconcile.roles import Permission
 from reconcile.selector import Selector, matches, parse_selector
 from specs.kinds import Resource
 from specs.meta import ObjectMeta
@@ -247,6 +251,9 @@ def _translate(exc: BaseException) -> StoreError:
         details = exc.details() if hasattr(exc, "details") else str(exc)
         if code in _TRANSIENT_CODES or any(m in str(details) for m in _TRANSIENT_MESSAGES):
             return Unavailable(f"etcd unavailable: {details}")
+        if (code in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED)
+                or any(m in str(details) for m in ("permission denied", "user name not found"))):
+            return PermissionDenied("?")
         if code == grpc.StatusCode.NOT_FOUND:
             return NotFound(str(details))
         if code == grpc.StatusCode.INVALID_ARGUMENT and "too large" in str(details):
@@ -261,19 +268,40 @@ def _translate(exc: BaseException) -> StoreError:
     return StoreError(f"etcd error: {exc!r}")
 
 
+def request_keys(request: Any) -> str:
+    """The key (or keys, for a transaction) a request touches: named in a PermissionDenied."""
+    if isinstance(request, etcdrpc.TxnRequest):
+        found: list[str] = []
+        for op in [*request.success, *request.failure]:
+            for field_name in ("request_range", "request_put", "request_delete_range"):
+                if op.HasField(field_name):
+                    found.append(getattr(op, field_name).key.decode(errors="replace"))
+        for c in request.compare:
+            found.append(c.key.decode(errors="replace"))
+        return ", ".join(dict.fromkeys(found)) or "?"
+    key = getattr(request, "key", b"")
+    return key.decode(errors="replace") if isinstance(key, bytes) else str(key)
+
+
+_ACCESS = {"read": 0, "write": 1, "readwrite": 2}  # etcd's authpb.Permission.Type
+
+
 class Store:
     """Typed access to etcd. Thread-safe; one per process is plenty."""
 
     def __init__(
         self,
-        endpoints: str | Sequence[str] = "127.0.0.1:2379",
+        conn: EtcdConnection,
         *,
         root: str = keys.ROOT,
         timeout: float = 5.0,
         retry_seconds: float = 10.0,
     ) -> None:
-        eps = [endpoints] if isinstance(endpoints, str) else list(endpoints)
-        eps = [e for part in eps for e in part.split(",") if e]
+        eps = list(conn.endpoints)
+        ca, cert, key = conn.read()
+        self.conn = conn
+        self.credentials = grpc.ssl_channel_credentials(root_certificates=ca, private_key=key,
+                                                        certificate_chain=cert)
         opts = [
             ("grpc.initial_reconnect_backoff_ms", 100),
             ("grpc.min_reconnect_backoff_ms", 100),
@@ -285,10 +313,9 @@ class Store:
         # With several, a failed member is skipped for a while so calls go to the others.
         time_retry = 0.0 if len(eps) < 2 else 2.0
         for ep in eps:
-            host, _, port = ep.removeprefix("http://").rpartition(":")
-            endpoints_objs.append(
-                pyetcd.Endpoint(host, int(port), secure=False, time_retry=time_retry, opts=opts)
-            )
+            host, _, port = ep.rpartition(":")
+            endpoints_objs.append(pyetcd.Endpoint(host, int(port), secure=True, creds=self.credentials,
+                                                  time_retry=time_retry, opts=opts))
         self.endpoints = eps
         self.root = root
         self.timeout = timeout
@@ -382,11 +409,14 @@ class Store:
             return result
 
     def _send(self, request: Any) -> Any:
-        if isinstance(request, etcdrpc.TxnRequest):
+        try:
+            if isinstance(request, etcdrpc.TxnRequest):
+                return self._call(
+                    lambda: self._client.kvstub.Txn(request, self.timeout, metadata=self._client.metadata))
             return self._call(
-                lambda: self._client.kvstub.Txn(request, self.timeout, metadata=self._client.metadata))
-        return self._call(
-            lambda: self._client.kvstub.Range(request, self.timeout, metadata=self._client.metadata))
+                lambda: self._client.kvstub.Range(request, self.timeout, metadata=self._client.metadata))
+        except PermissionDenied as exc:
+            raise PermissionDenied(request_keys(request)) from exc
 
     def _range_op(self, key: str, *, prefix: bool, limit: int = 0, keys_only: bool = False,
                   revision: int = 0) -> Operation[tuple[list[KV], int]]:
@@ -562,6 +592,56 @@ class Store:
                 metadata=self._client.metadata)
 
         self._call(run)
+
+    # ----------------------------------------------------------- auth administration
+    # Only the bootstrap (root identity) calls these: `hostplane up`, `EtcdServer`, tests.
+
+    def _auth(self, method: str, request: Any, *, exists_ok: str = "") -> Any:
+        def run() -> Any:
+            try:
+                return getattr(self._client.authstub, method)(request, self.timeout,
+                                                              metadata=self._client.metadata)
+            except grpc.RpcError as exc:
+                details = exc.details() if hasattr(exc, "details") else ""
+                if exists_ok and exists_ok in str(details):
+                    return None
+                raise
+
+        return self._call(run)
+
+    def enable_auth(self) -> None:
+        """Create etcd's root user (a random password never kept: root logs in by certificate)
+        and turn authentication on. Idempotent."""
+        self._auth("UserAdd", etcdrpc.AuthUserAddRequest(name="root", password=uuid.uuid4().hex * 2),
+                   exists_ok="already exists")
+        self._auth("UserGrantRole", etcdrpc.AuthUserGrantRoleRequest(user="root", role="root"))
+        self._auth("AuthEnable", etcdrpc.AuthEnableRequest())
+
+    def apply_role(self, name: str, permissions: Sequence[Permission]) -> None:
+        """Make role `name` hold `permissions` (added to what it has) and user `name` hold the
+        role. Idempotent: a repeat changes nothing."""
+        self._auth("RoleAdd", etcdrpc.AuthRoleAddRequest(name=name), exists_ok="already exists")
+        held = self._auth("RoleGet", etcdrpc.AuthRoleGetRequest(role=name))
+        have = {(bytes(p.key), bytes(p.range_end), int(p.permType)) for p in held.perm}
+        for perm in permissions:
+            key = perm.key.encode()
+            end = _prefix_end(perm.key) if perm.prefix else b""
+            ptype = _ACCESS[perm.access]
+            if (key, end, ptype) in have:
+                continue
+            self._auth("RoleGrantPermission", etcdrpc.AuthRoleGrantPermissionRequest(
+                name=name, perm=authpb.Permission(permType=ptype, key=key, range_end=end)))
+        self._auth("UserAdd", etcdrpc.AuthUserAddRequest(name=name, password=uuid.uuid4().hex * 2),
+                   exists_ok="already exists")
+        self._auth("UserGrantRole", etcdrpc.AuthUserGrantRoleRequest(user=name, role=name))
+
+    def remove_identity(self, name: str) -> None:
+        """Delete user and role `name`: its certificate no longer reaches any key. Idempotent."""
+        self._auth("UserDelete", etcdrpc.AuthUserDeleteRequest(name=name), exists_ok="not found")
+        self._auth("RoleDelete", etcdrpc.AuthRoleDeleteRequest(role=name), exists_ok="not found")
+
+    def users(self) -> list[str]:
+        return sorted(self._auth("UserList", etcdrpc.AuthUserListRequest()).users)
 
     # ----------------------------------------------------------- watch
 
@@ -924,6 +1004,8 @@ class Watch:
         self.connected = threading.Event()
         self.reconnects = 0
         self.handler_errors = 0
+        # Set when etcd refused the range (RBAC): the watch has stopped for good.
+        self.error: PermissionDenied | None = None
 
     def start(self) -> None:
         self._thread.start()
@@ -973,6 +1055,12 @@ class Watch:
                         self.connected.set()
                         backoff = 0.05
                     if rs.canceled:
+                        if "permission denied" in rs.cancel_reason:
+                            # Not transient: etcd's RBAC refuses this range. Stop, never retry.
+                            self.error = PermissionDenied(self.prefix)
+                            log.error("watch %s: %s", self.prefix, self.error)
+                            self._stop.set()
+                            return
                         raise _Canceled(rs.cancel_reason)
                     evs = [
                         WatchEvent(

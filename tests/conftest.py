@@ -1,10 +1,22 @@
-"""Shared fixtures: a real etcd on free loopback ports in a temp dir, and a Store on it."""
+"""Shared fixtures: a real etcd (TLS only, RBAC on) on free loopback ports in a temp dir, and stores on it.
+
+How a test reaches etcd (there is no plaintext path):
+
+* `store`: a Store with the root identity (every key) under a private key root; for tests
+  that need everything. Its root is `store.root`.
+* `etcd_session.store(identity, root=store.root)` / `etcd.store(identity, root=...)`: a new
+  Store as `api`, `controllers`, `fleet`, `node-<name>` or `operator-<name>`, whose etcd role
+  is granted for keys under `root` (the caller closes it). `.connection(identity, root=...)`
+  gives the EtcdConnection, `.args(identity, root=...)` the `--etcd --etcd-ca --etcd-cert
+  --etcd-key` flags for a child process (processes use the default root `/hostplane/v1`).
+* `etcd_args(identity)`: the same flags for the private `etcd` fixture's server.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -46,9 +58,15 @@ def store(etcd_session: EtcdServer, request: pytest.FixtureRequest) -> Iterator[
     import uuid
 
     base = f"/t/{uuid.uuid4().hex[:12]}/"
-    s = Store(etcd_session.endpoint, root=base + "hostplane/v1")
+    s = etcd_session.store("root", root=base + "hostplane/v1")
     yield s
     # Leave the shared etcd as found, so later tests' ranges stay small.
     with contextlib.suppress(Exception):
         s.kv_delete(base, prefix=True)
     s.close()
+
+
+@pytest.fixture
+def etcd_args(etcd: EtcdServer) -> Callable[..., list[str]]:
+    """`etcd_args(identity, root=...)`: child-process etcd flags for the private `etcd` server."""
+    return etcd.args

@@ -184,7 +184,7 @@ def run() -> str:
     with tempfile.TemporaryDirectory(prefix="bench-access-") as tmp:
         etcd = EtcdServer(Path(tmp) / "etcd").start()
         try:
-            with api_process(Path(tmp), etcd.endpoint) as api:
+            with api_process(Path(tmp), etcd.args("api")) as api:
                 tokens = []
                 with httpx.Client(base_url=api.url, headers={"Authorization": f"Bearer {api.admin_token}"},
                                   timeout=10) as c:

@@ -34,6 +34,7 @@ from nodeagent.agent import Agent
 from nodeagent.metadata import Meta
 from nodeagent.storage import GiB, Storage, _vol_xml
 from reconcile import keys
+from reconcile.connection import EtcdConnection
 from reconcile.etcd_server import EtcdServer
 from reconcile.store import Store
 from specs.domain import DomainImage, DomainNetwork, DomainSpec
@@ -215,13 +216,13 @@ def _rss_kib() -> tuple[int, int]:
     return rss, hwm
 
 
-def memory_worker(endpoint: str, n: int, data_dir: str) -> None:
+def memory_worker(etcd_config: str, n: int, data_dir: str) -> None:
     """Run in a fresh process: an agent converging `n` domains on a private test-driver node."""
     import gc
 
     from nodeagent.main import simulated_node_xml
 
-    store = Store(endpoint, root=f"/bench/{uuid.uuid4().hex[:8]}/hostplane/v1")
+    store = Store(EtcdConnection.from_file(etcd_config), root=f"/bench/{uuid.uuid4().hex[:8]}/hostplane/v1")
     d = Path(data_dir)
     uri = simulated_node_xml(d / "node.xml", cpus=256, memory_mib=4 * 1024 * 1024)
     agent = Agent(store, "mem", uri, d / "agent", workers=4, resync=600.0)
@@ -252,8 +253,10 @@ def memory_worker(endpoint: str, n: int, data_dir: str) -> None:
     print(json.dumps({"rss0": rss0, "rss1": rss1, "hwm": hwm, "running": running, "converge": converge}))
 
 
-def _memory(endpoint: str) -> dict[str, Any]:
+def _memory(etcd: EtcdServer) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
+        endpoint = str(Path(tmp) / "etcd.toml")
+        Path(endpoint).write_text(etcd.connection().to_toml())
         code = ("import sys; from tests.bench.bench_agent import memory_worker; "
                 f"memory_worker({endpoint!r}, {MEMORY_DOMAINS}, {tmp!r})")
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=900,
@@ -271,7 +274,7 @@ def run() -> str:
     with tempfile.TemporaryDirectory() as tmp:
         etcd = EtcdServer(Path(tmp) / "etcd")
         etcd.start()
-        store = Store(etcd.endpoint, root=f"/bench/{uuid.uuid4().hex[:8]}/hostplane/v1")
+        store = etcd.store(root=f"/bench/{uuid.uuid4().hex[:8]}/hostplane/v1")
         try:
             with qemu_session() as session:
                 probe = libvirt.open(session.uri)
@@ -280,7 +283,7 @@ def run() -> str:
                 script_total, script_lat = _script_burst(session, image)
                 agent_total, agent_lat = _agent_burst(session, store, image)
                 reaction = _reaction(session, store, image)
-            mem = _memory(etcd.endpoint)
+            mem = _memory(etcd)
         finally:
             store.close()
             etcd.stop()

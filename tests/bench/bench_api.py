@@ -165,14 +165,14 @@ class ApiProcess:
 
 
 @contextmanager
-def api_process(tmp: Path, etcd_endpoint: str) -> Iterator[ApiProcess]:
+def api_process(tmp: Path, etcd_args: list[str]) -> Iterator[ApiProcess]:
     """`hostplane api` on a free loopback port, ready to serve; stopped by its PID afterwards."""
     port = free_port()
     data = tmp / "var"
     log_path = tmp / "api.log"
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-c", "from api.cli import main; main()", "api", "--etcd", etcd_endpoint,
+            [sys.executable, "-c", "from api.cli import main; main()", "api", *etcd_args,
              "--host", "127.0.0.1", "--port", str(port), "--data-dir", str(data)],
             stdout=log, stderr=subprocess.STDOUT)
     try:
@@ -201,7 +201,7 @@ def run() -> str:
     with tempfile.TemporaryDirectory(prefix="bench-api-") as tmp:
         etcd = EtcdServer(Path(tmp) / "etcd").start()
         try:
-            with api_process(Path(tmp), etcd.endpoint) as api:
+            with api_process(Path(tmp), etcd.args("api")) as api:
                 results = asyncio.run(drive(api.port, api.admin_token))
                 results["GET via httpx.AsyncClient"] = asyncio.run(drive_httpx(api.url, api.admin_token))
         finally:

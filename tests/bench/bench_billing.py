@@ -83,7 +83,7 @@ def _baseline(store: Store, n: int) -> float:
 
 
 def _charging(etcd: EtcdServer) -> list[str]:
-    store = Store(etcd.endpoint, root="/bench/charging/hostplane/v1", timeout=30.0)
+    store = etcd.store(root="/bench/charging/hostplane/v1", timeout=30.0)
     try:
         t0 = datetime(2026, 11, 1, tzinfo=UTC)
         _populate(store, CUSTOMERS, PER_CUSTOMER, t0)
@@ -118,7 +118,7 @@ def _charging(etcd: EtcdServer) -> list[str]:
 
 
 def _latency(etcd: EtcdServer) -> list[str]:
-    store = Store(etcd.endpoint, root="/bench/latency/hostplane/v1")
+    store = etcd.store(root="/bench/latency/hostplane/v1")
     ctl: BillingController | None = None
     try:
         created = datetime.now(UTC) - timedelta(days=2)
@@ -180,7 +180,7 @@ def _servers(etcd: EtcdServer, tmp: Path) -> list[str]:
     from nodeagent.agent import Agent
     from nodeagent.domain_xml import domain_name
 
-    store = Store(etcd.endpoint, root="/bench/servers/hostplane/v1")
+    store = etcd.store(root="/bench/servers/hostplane/v1")
     xml = tmp / "n1.xml"
     xml.write_text(NODE_XML)
     disk = tmp / "agent" / "images" / "base.raw"  # the agent's image directory

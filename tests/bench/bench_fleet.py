@@ -68,6 +68,7 @@ def _cpu_share(pid: int, seconds: float) -> float:
 ENTRY = """
     import logging, signal, threading
     from pathlib import Path
+    from reconcile.connection import EtcdConnection
     logging.basicConfig(level=logging.WARNING)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -149,7 +150,7 @@ def _pct(values: list[float], q: float) -> float:
 def run(nodes: int = 200, vps: int = 10_000, mass: int = 1_000, per_sub: int = 10) -> str:
     tmp = Path(tempfile.mkdtemp(prefix="hostplane-bench-fleet-"))
     etcd = EtcdServer(tmp / "etcd").start()
-    store = Store(etcd.endpoint)
+    store = etcd.store()
     procs: list[subprocess.Popen[bytes]] = []
     poller = Poller(store)
     watcher: DesiredWatcher | None = None
@@ -170,19 +171,24 @@ def run(nodes: int = 200, vps: int = 10_000, mass: int = 1_000, per_sub: int = 1
             list(ex.map(lambda i: store.create(b.node(f"sim-{i}", vcpus=32, memory=65536, disk=4000)), range(nodes)))
         store.create(b.node("probe", schedulable=False))
 
+        def config(identity: str) -> str:
+            path = tmp / f"{identity}.toml"
+            path.write_text(etcd.connection(identity).to_toml())
+            return f"EtcdConnection.from_file({str(path)!r})"
+
         procs.append(_spawn(f"""
             from nodeagent.main import run_simulated_fleet
-            run_simulated_fleet(etcd={etcd.endpoint!r}, nodes={nodes}, data_dir=Path({str(tmp / 'fleet')!r}), stop=stop)
+            run_simulated_fleet(etcd={config("fleet")}, nodes={nodes}, data_dir=Path({str(tmp / 'fleet')!r}), stop=stop)
         """, tmp / "fleet.log"))
         procs.append(_spawn(f"""
             from nodeagent.main import run_agent, simulated_node_xml
             uri = simulated_node_xml(Path({str(tmp / 'probe' / 'node.xml')!r}))
-            run_agent(etcd={etcd.endpoint!r}, node="probe", libvirt_uri=uri, data_dir=Path({str(tmp / 'probe')!r}),
+            run_agent(etcd={config("node-probe")}, node="probe", libvirt_uri=uri, data_dir=Path({str(tmp / 'probe')!r}),
                       stop=stop)
         """, tmp / "probe.log"))
         procs.append(_spawn(f"""
             from controllers.main import run_controllers
-            run_controllers(etcd={etcd.endpoint!r}, identity="bench", stop=stop)
+            run_controllers(etcd={config("controllers")}, identity="bench", stop=stop)
         """, tmp / "controllers.log"))
         fleet, probe, ctl = procs
         assert etcd.proc is not None

@@ -81,13 +81,13 @@ def pct(samples: list[float], q: float) -> float:
 
 
 @contextlib.contextmanager
-def _api(tmp: Path) -> Iterator[tuple[str, str, str]]:
+def _api(tmp: Path) -> Iterator[tuple[str, str, EtcdServer]]:
     etcd = EtcdServer(tmp / "etcd").start()
     port = free_port()
     data = tmp / "var"
     log = open(tmp / "api.log", "wb")  # noqa: SIM115 - closed below, after the child exits
     proc = subprocess.Popen(
-        [sys.executable, "-c", "from api.cli import main; main()", "api", "--etcd", etcd.endpoint,
+        [sys.executable, "-c", "from api.cli import main; main()", "api", *etcd.args("api"),
          "--host", "127.0.0.1", "--port", str(port), "--data-dir", str(data)], stdout=log, stderr=subprocess.STDOUT)
     try:
         url = f"http://127.0.0.1:{port}"
@@ -99,7 +99,7 @@ def _api(tmp: Path) -> Iterator[tuple[str, str, str]]:
             if time.monotonic() > deadline or proc.poll() is not None:
                 raise RuntimeError("the API did not start: " + (tmp / "api.log").read_text()[-2000:])
             time.sleep(0.1)
-        yield url, (data / "admin-token").read_text().strip(), etcd.endpoint
+        yield url, (data / "admin-token").read_text().strip(), etcd
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -222,8 +222,8 @@ def run() -> str:
     from playwright.sync_api import sync_playwright
 
     load_before = os.getloadavg()[0]
-    with tempfile.TemporaryDirectory(prefix="bench-panel-") as tmp, _api(Path(tmp)) as (url, token, endpoint):
-        store = Store(endpoint)
+    with tempfile.TemporaryDirectory(prefix="bench-panel-") as tmp, _api(Path(tmp)) as (url, token, etcd):
+        store = etcd.store()
         try:
             customer_login = _seed(url, token, store)
             with sync_playwright() as pw:

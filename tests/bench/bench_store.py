@@ -28,7 +28,7 @@ from typing import Any
 import pyetcd
 
 from reconcile.etcd_server import EtcdServer
-from reconcile.store import Store, WatchEvent
+from reconcile.store import WatchEvent
 from reconcile.store import _encode_doc as encode
 from specs import Plan
 
@@ -114,9 +114,11 @@ def _interleaved(raw_fn: Callable[[slice], Any], store_fn: Callable[[slice], Any
 
 def _measure_ops(etcd: EtcdServer, pass_no: int) -> dict[str, Timing]:
     root = f"/bench{pass_no}/hostplane/v1"
-    store = Store(etcd.endpoint, root=root)
+    store = etcd.store(root=root)
     host, port = etcd.endpoint.rsplit(":", 1)
-    raw = _Raw(pyetcd.client(host=host, port=int(port)), f"/raw{pass_no}/plans/")
+    conn = store.conn
+    raw = _Raw(pyetcd.client(host=host, port=int(port), ca_cert=str(conn.ca), cert_key=str(conn.key),
+                             cert_cert=str(conn.cert)), f"/raw{pass_no}/plans/")
     try:
         objs = [_plan(i) for i in range(N)]
         # The raw side writes the bytes the store writes for the same objects.
@@ -164,7 +166,7 @@ def _measure_ops(etcd: EtcdServer, pass_no: int) -> dict[str, Timing]:
 
 
 def _watch_latency(etcd: EtcdServer) -> list[float]:
-    store = Store(etcd.endpoint, root="/benchwatch")
+    store = etcd.store(root="/benchwatch")
     prefix = store.root + "/w/"
     seen: dict[str, float] = {}
     cond = threading.Condition()

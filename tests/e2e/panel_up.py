@@ -7,9 +7,12 @@ the Debian `chromium` through Playwright without downloading any browser.
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import hashlib
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import threading
@@ -58,7 +61,8 @@ class UpProcess:
     def __init__(self, data_dir: Path, *, nodes: int = 2, port: int | None = None) -> None:
         self.port = port or free_port()
         self.env: dict[str, str] = {}
-        self.base = f"http://127.0.0.1:{self.port}"
+        self.base = f"https://127.0.0.1:{self.port}"
+        self.pki = data_dir / "var" / "pki"
         home = data_dir / "home"
         env = {k: v for k, v in os.environ.items() if not k.startswith("HOSTPLANE_")}
         env |= {"HOME": str(home), "XDG_CONFIG_HOME": str(data_dir / "cfg")}
@@ -79,6 +83,10 @@ class UpProcess:
             if "Press Ctrl-C" in line:
                 self.ready.set()
 
+    def verify(self) -> ssl.SSLContext:
+        """An SSL context trusting up's CA (made on its first start): for httpx's `verify`."""
+        return ssl.create_default_context(cafile=str(self.pki / "ca.crt"))
+
     def token(self) -> str:
         for line in self.output:
             if "admin token:" in line:
@@ -93,7 +101,8 @@ class UpProcess:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             with contextlib.suppress(httpx.HTTPError, ValueError):
-                nodes = httpx.get(f"{self.base}/v1/nodes", headers=headers, timeout=5).json()["items"]
+                nodes = httpx.get(f"{self.base}/v1/nodes", headers=headers, timeout=5,
+                                  verify=self.verify()).json()["items"]
                 if len(nodes) >= 3 and all((n.get("status") or {}).get("state") == "Ready" for n in nodes):
                     return token
             time.sleep(0.3)
@@ -128,13 +137,30 @@ class UpProcess:
             self.proc.stdout.close()
 
 
+def spki_pin(cert: Path) -> str:
+    """Base64 SHA-256 of a certificate's public key: Chromium's per-key trust flag takes these."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    key = x509.load_pem_x509_certificate(cert.read_bytes()).public_key()
+    der = key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return base64.b64encode(hashlib.sha256(der).digest()).decode()
+
+
 @contextlib.contextmanager
-def browser() -> Iterator[Any]:
-    """Headless Debian Chromium through Playwright (never a downloaded browser)."""
+def browser(trust: Path | None = None) -> Iterator[Any]:
+    """Headless Debian Chromium through Playwright (never a downloaded browser).
+
+    `trust`: a server certificate (up's `pki/server.crt`) the browser accepts, by its key only;
+    every other certificate error still fails.
+    """
     from playwright.sync_api import sync_playwright
 
+    args = list(CHROMIUM_ARGS)
+    if trust is not None:
+        args.append(f"--ignore-certificate-errors-spki-list={spki_pin(trust)}")
     with sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        b = pw.chromium.launch(executable_path=CHROMIUM, args=args)
         try:
             yield b
         finally:

@@ -272,7 +272,7 @@ def test_api_command_serves_and_stops_on_sigterm(etcd: EtcdServer, tmp_path: Pat
     log = tmp_path / "api.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            hostplane("api", "--etcd", etcd.endpoint, "--host", "127.0.0.1", "--port", str(port),
+            hostplane("api", *etcd.args("api"), "--host", "127.0.0.1", "--port", str(port),
                       "--data-dir", str(data)),
             stdout=out, stderr=subprocess.STDOUT)
     try:

@@ -17,7 +17,6 @@ from api.auth import ADMIN_TOKEN_FILE, ensure_admin_token
 from api.cli import main
 from api.server import create_app, serving
 from reconcile.etcd_server import EtcdServer, free_port
-from reconcile.store import Store
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
@@ -42,7 +41,7 @@ def start_api(etcd: EtcdServer, data: Path, log: Path) -> tuple[subprocess.Popen
     port = free_port()
     with log.open("ab") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-c", "from api.cli import main; main()", "api", "--etcd", etcd.endpoint,
+            [sys.executable, "-c", "from api.cli import main; main()", "api", *etcd.args("api"),
              "--host", "127.0.0.1", "--port", str(port), "--data-dir", str(data)],
             stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
@@ -76,7 +75,7 @@ def test_killed_api_loses_no_acknowledged_write(etcd: EtcdServer, tmp_path: Path
 
 def test_killed_etcd_fails_apply_clearly_and_loses_nothing(etcd: EtcdServer, tmp_path: Path) -> None:
     """With etcd killed, apply exits 2 saying the store is unreachable; after a restart nothing acknowledged is lost."""
-    store = Store(etcd.endpoint, timeout=1.0, retry_seconds=1.0)
+    store = etcd.store(timeout=1.0, retry_seconds=1.0)
     token = ensure_admin_token(store, tmp_path / "var")
     try:
         with serving(create_app(store, token_cache_seconds=60)) as url:

@@ -13,14 +13,13 @@ import httpx
 
 from api.auth import ADMIN_TOKEN_FILE
 from reconcile.etcd_server import EtcdServer, free_port
-from reconcile.store import Store
 from specs.kinds import Plan
 
 
 def _api(etcd: EtcdServer, port: int, data: Path, log: Path) -> subprocess.Popen[bytes]:
     script = Path(sys.executable).parent / "hostplane"
     with log.open("ab") as out:
-        return subprocess.Popen([str(script), "api", "--etcd", etcd.endpoint, "--host", "127.0.0.1",
+        return subprocess.Popen([str(script), "api", *etcd.args("api"), "--host", "127.0.0.1",
                                  "--port", str(port), "--data-dir", str(data)], stdout=out, stderr=subprocess.STDOUT)
 
 
@@ -82,7 +81,7 @@ def test_killing_etcd_and_the_api_mid_apply_loses_no_acknowledged_write(etcd: Et
         stop.set()
         t.join(15)
         assert len(acknowledged) > 20
-        with Store(etcd.endpoint) as store:
+        with etcd.store() as store:
             stored = {p.name for p in store.list(Plan).items}
         assert set(acknowledged) <= stored
     finally:

@@ -28,8 +28,9 @@ PASSWORD = "correct horse battery"
 
 
 
-def _admin(base: str, token: str) -> httpx.Client:
-    return httpx.Client(base_url=base, headers={"Authorization": f"Bearer {token}"}, timeout=10)
+def _admin(up: UpProcess, token: str) -> httpx.Client:
+    return httpx.Client(base_url=up.base, headers={"Authorization": f"Bearer {token}"}, timeout=10,
+                        verify=up.verify())
 
 
 def _ok(r: httpx.Response) -> Any:
@@ -47,7 +48,7 @@ def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
     up = UpProcess(tmp)
     try:
         token = up.wait_ready()
-        with _admin(up.base, token) as api:
+        with _admin(up, token) as api:
             for name, vcpus, mem, gib, amount in (("small", 1, 512, 10, "5.00"), ("large", 2, 2048, 40, "20.00"),
                                                   ("tiny", 1, 256, 5, "2.00")):
                 _ok(api.post("/v1/plans", json={"metadata": {"name": name}, "spec": {
@@ -74,9 +75,9 @@ def _name(ref: Any) -> str:
 
 
 @pytest.fixture(scope="module")
-def chromium() -> Iterator[Any]:
-    """One headless Chromium for the module; each test opens its own contexts."""
-    with browser() as b:
+def chromium(system: dict[str, Any]) -> Iterator[Any]:
+    """One headless Chromium for the module, trusting up's server certificate; each test opens its own contexts."""
+    with browser(trust=system["up"].pki / "server.crt") as b:
         yield b
 
 
@@ -221,7 +222,7 @@ def test_customer_orders_stops_is_suspended_live_and_sees_only_own_servers(syste
         page.fill("dialog input[name=confirm-name]", "alice-web")
         confirm.click()
         page.wait_for_url(f"{base}/servers")
-        with _admin(base, system["token"]) as api:
+        with _admin(up, system["token"]) as api:
             vps = _ok(api.get("/v1/vps/alice-web"))
             assert _ok(api.get(f"/v1/subscriptions/{vps['spec']['subscription']}"))["spec"]["cancelled"] is True
         assert page.evaluate("window.__sameDocument === true")
@@ -270,7 +271,7 @@ def test_phone_width_and_stream_reconnects_after_api_restart(system: dict[str, A
         page.wait_for_selector(".conn.reconnecting", timeout=10_000)
         page.wait_for_selector(".conn.live", timeout=30_000)
         ops.wait_for_selector(".conn.live", timeout=30_000)
-        with _admin(base, system["token"]) as api:
+        with _admin(up, system["token"]) as api:
             _ok(api.post(f"/v1/vps/{system['bob_vps']}/actions/stop"))
         page.wait_for_selector(f"li.server[data-name='{system['bob_vps']}'] .phase[data-phase=Stopped]",
                                timeout=60_000)

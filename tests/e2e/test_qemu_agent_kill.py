@@ -31,11 +31,12 @@ import logging, signal, sys, threading
 logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
 from pathlib import Path
 from nodeagent.agent import Agent
+from reconcile.connection import EtcdConnection
 from reconcile.store import Store
-endpoint, root, node, uri, data, pool = sys.argv[1:7]
+config, root, node, uri, data, pool = sys.argv[1:7]
 stop = threading.Event()
 signal.signal(signal.SIGTERM, lambda *_: stop.set())
-store = Store(endpoint, root=root)
+store = Store(EtcdConnection.from_file(config), root=root)
 agent = Agent(store, node, uri, Path(data), resync=2.0, heartbeat_ttl=3, pool_name=pool).start()
 stop.wait()
 agent.stop()
@@ -95,7 +96,9 @@ def killable(etcd_session: EtcdServer, store: Store, qemu: Session, agent_dir: P
              tmp_path: Path) -> Iterator[tuple[AgentProcess, str, libvirt.virConnect]]:
     node = "kill-" + uuid.uuid4().hex[:6]
     pool = f"hp-{node}"
-    proc = AgentProcess([etcd_session.endpoint, store.root, node, qemu.uri, str(agent_dir), pool],
+    config = tmp_path / "agent-etcd.toml"
+    config.write_text(etcd_session.connection(f"node-{node}", root=store.root).to_toml())
+    proc = AgentProcess([str(config), store.root, node, qemu.uri, str(agent_dir), pool],
                         tmp_path / "agent.log")
     conn = libvirt.open(qemu.uri)
     yield proc, node, conn

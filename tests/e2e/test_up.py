@@ -44,7 +44,8 @@ def test_up_serves_writes_config_stops_within_10s_and_restarts_without_loss(tmp_
         assert up.ready.wait(90), "".join(up.output)
         token = up.token()
         cfg = yaml.safe_load((tmp_path / "cfg" / "hostplane" / "config.yaml").read_text())
-        assert cfg == {"server": f"http://127.0.0.1:{port}", "token": token}
+        ca = str(data.resolve() / "pki" / "ca.crt")
+        assert cfg == {"server": f"https://127.0.0.1:{port}", "token": token, "ca": ca}
 
         plan = tmp_path / "plan.yaml"
         plan.write_text(PLAN)
@@ -61,13 +62,18 @@ def test_up_serves_writes_config_stops_within_10s_and_restarts_without_loss(tmp_
         deadline = time.monotonic() + 45
         state = None
         while time.monotonic() < deadline:
-            node = httpx.get(f"http://127.0.0.1:{port}/v1/nodes/local", headers=headers, timeout=5).json()
+            node = httpx.get(f"https://127.0.0.1:{port}/v1/nodes/local", headers=headers, timeout=5,
+                             verify=up.verify()).json()
             state = (node.get("status") or {}).get("state")
             if state == "Ready":
                 break
             time.sleep(0.5)
         assert state == "Ready", "".join(up.output)
 
+        pki = data / "pki"
+        certs = {f.name: f.read_bytes() for f in pki.iterdir()}
+        assert {"ca.crt", "ca.key", "server.crt", "api.crt", "controllers.crt", "node-local.crt"} <= set(certs)
+        assert "CA:" in "".join(up.output) and str(pki / "ca.crt") in "".join(up.output)
         children = set(children_of(up.proc.pid))
         assert len(children) >= 4  # etcd, api, controllers, agent
         took = _stop(up)
@@ -88,6 +94,7 @@ def test_up_serves_writes_config_stops_within_10s_and_restarts_without_loss(tmp_
     try:
         assert again.ready.wait(90), "".join(again.output)
         assert again.token() == token
+        assert {f.name: f.read_bytes() for f in pki.iterdir()} == certs, "a restart keeps the CA and certificates"
         r = subprocess.run([*_hostplane(), "get", "plans", "up-test", "-o", "json"], env=env,
                            capture_output=True, text=True)
         deadline = time.monotonic() + 30

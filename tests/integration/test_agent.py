@@ -21,6 +21,7 @@ from nodeagent.images import ImagePolicy
 from nodeagent.main import Fleet, simulated_node_xml
 from reconcile import keys
 from reconcile.cluster import ensure_cluster_id
+from reconcile.etcd_server import EtcdServer
 from reconcile.store import Store
 from specs.domain import DomainImage, DomainNetwork, DomainSpec, ObservedDomain, Tombstone
 from tests.helpers.wait import wait_for
@@ -492,16 +493,18 @@ def test_run_agent_entry_point_runs_until_stopped(etcd_session: object, tmp_path
 
     from nodeagent.main import run_agent
 
-    endpoint = etcd_session.endpoint  # type: ignore[attr-defined]
     node_name = "entry-" + uuid.uuid4().hex[:6]
+    conn = etcd_session.connection(f"node-{node_name}")  # type: ignore[attr-defined]
     uri = simulated_node_xml(tmp_path / "node.xml")
     stop = threading.Event()
-    t = threading.Thread(target=run_agent, kwargs={"etcd": endpoint, "node": node_name, "libvirt_uri": uri,
+    t = threading.Thread(target=run_agent, kwargs={"etcd": conn, "node": node_name, "libvirt_uri": uri,
                                                    "data_dir": tmp_path / "d", "stop": stop,
                                                    "image_policy": ImagePolicy.for_data_dir(
                                                        tmp_path / "d", extra_dirs=(tmp_path / "images",))})
+    with etcd_session.store() as s:  # type: ignore[attr-defined]
+        ensure_cluster_id(s)  # the controllers' job; a node's role may only read it
     t.start()
-    with Store(endpoint) as s:
+    with etcd_session.store() as s:  # type: ignore[attr-defined]
         try:
             spec = make_spec(image)
             gen = s.kv_put(keys.desired_key(node_name, spec.vps, s.root), spec.model_dump_json().encode())
@@ -577,11 +580,12 @@ def test_agent_on_an_empty_etcd_leaves_five_running_domains_and_their_disks(
 
 
 def test_another_clusters_agent_never_touches_its_domains(
-        store: Store, tmp_path: Path, image: DomainImage, shared_libvirt: libvirt.virConnect) -> None:
+        store: Store, tmp_path: Path, image: DomainImage, shared_libvirt: libvirt.virConnect,
+        etcd_session: EtcdServer) -> None:
     """A second cluster (another key root, its own id) on the same libvirt neither lists nor deletes them."""
     specs, volumes = _five_running(store, tmp_path, image)
     first_pool = f"hostplane-{ensure_cluster_id(store)[:12]}"
-    other = Store(store.endpoints, root=store.root.replace("/hostplane/v1", "/other/hostplane/v1"))
+    other = etcd_session.store("root", root=store.root.replace("/hostplane/v1", "/other/hostplane/v1"))
     agent = Agent(other, "n1", "test:///default", tmp_path / "other", heartbeat_ttl=3, resync=1.0)
     agent.start()
     try:

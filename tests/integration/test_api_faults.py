@@ -25,7 +25,7 @@ PLAN: dict[str, Any] = {
 @pytest.fixture
 def private_api(etcd: EtcdServer, tmp_path: Path) -> Iterator[tuple[httpx.Client, Store]]:
     """An API on a private etcd, with a short retry budget so an outage surfaces quickly."""
-    store = Store(etcd.endpoint, timeout=1.0, retry_seconds=1.0)
+    store = etcd.store(timeout=1.0, retry_seconds=1.0)
     token = ensure_admin_token(store, tmp_path)
     # Token records are cached so auth keeps working while etcd is down.
     app = create_app(store, heartbeat_seconds=0.5, token_cache_seconds=60)

@@ -16,7 +16,6 @@ from controllers.billing import LEGAL
 from controllers.billing_controller import BillingController
 from controllers.charging import ceil_hour, floor_hour, span_price
 from reconcile.etcd_server import EtcdServer
-from reconcile.store import Store
 from specs.kinds import Subscription
 from tests.integration.test_billing_ledger import make_customer, make_plan, make_sub
 
@@ -33,11 +32,11 @@ class Clock:
         return self.now
 
 
-def make_machine(endpoint: str) -> type[RuleBasedStateMachine]:
+def make_machine(etcd: EtcdServer) -> type[RuleBasedStateMachine]:
     class BillingMachine(RuleBasedStateMachine):
         def __init__(self) -> None:
             super().__init__()
-            self.store = Store(endpoint, root=f"/t/{uuid.uuid4().hex[:12]}/hostplane/v1")
+            self.store = etcd.store(root=f"/t/{uuid.uuid4().hex[:12]}/hostplane/v1")
             make_customer(self.store)
             make_plan(self.store, "small", "6.72")
             make_plan(self.store, "big", "67.20")
@@ -162,5 +161,5 @@ def make_machine(endpoint: str) -> type[RuleBasedStateMachine]:
 
 def test_billing_state_machine(etcd_session: EtcdServer) -> None:
     """Any mix of payments, duplicates, ticks, plan changes, restarts and jumps keeps every billing invariant."""
-    run_state_machine_as_test(make_machine(etcd_session.endpoint),
+    run_state_machine_as_test(make_machine(etcd_session),
                               settings=settings(max_examples=20, stateful_step_count=25, deadline=None))

@@ -258,7 +258,7 @@ def test_orphans_in_the_heartbeat_become_node_status_condition_and_event(store: 
 
 
 def test_purge_writes_tombstones_only_for_listed_orphans_and_only_for_staff(store: Store, manager: Manager) -> None:
-    """A purge tombstones each reported orphan, refuses non-staff, and skips a listed uid that is wanted again."""
+    """A purge request becomes a tombstone per reported orphan; non-staff are refused; a wanted-again uid is skipped."""
     from api.auth import Principal
     from api.errors import Forbidden, Invalid
     from api.orphans import purge
@@ -279,10 +279,14 @@ def test_purge_writes_tombstones_only_for_listed_orphans_and_only_for_staff(stor
     admin = Principal("t", "admin")
     with pytest.raises(Invalid):
         purge(store, admin, "n1", {"uids": ["not-an-orphan"]})
-    assert purge(store, admin, "n1", None) == {"node": "n1", "purged": ["0a1b"], "skipped": [spec.uid]}
-    t = tombstone(store, "n1", "0a1b")
-    assert t is not None and t.reason == "Purged" and t.vps == "old-1"
-    assert tombstone(store, "n1", spec.uid) is None
+    assert purge(store, admin, "n1", None) == {"node": "n1", "requested": ["0a1b", spec.uid]}
+    t = wait_for(lambda: tombstone(store, "n1", "0a1b"), what="tombstone of the purged orphan")
+    assert t.reason == "Purged" and t.vps == "old-1"
+    wait_for(lambda: store.kv_range(keys.purge_prefix("n1", store.root))[0] == [], what="requests carried out")
+    assert tombstone(store, "n1", spec.uid) is None  # desired again: never tombstoned
+    assert desired(store, "n1", "web-1") is not None
+    reasons = [e["reason"] for e in read_events(store, "Node", "n1")]
+    assert "OrphanPurged" in reasons and "PurgeSkipped" in reasons
 
 
 def test_unschedulable_then_capacity_arrives(store: Store, manager: Manager) -> None:
@@ -383,7 +387,7 @@ def test_events_are_bounded_and_repeats_counted(store: Store) -> None:
 
 def test_converges_across_an_etcd_restart(etcd: EtcdServer) -> None:
     """Controllers keep working through an etcd restart: a VPS created afterwards is scheduled and resolved."""
-    store = Store(etcd.endpoint)
+    store = etcd.store()
     m = Manager(store, settings=FAST)
     try:
         seed(store)

@@ -51,7 +51,7 @@ def test_informer_lists_then_follows_changes(store: Store) -> None:
 
 def test_informer_survives_etcd_restart_without_losing_events(etcd: EtcdServer) -> None:
     """Writes made while the informer's watch is reconnecting all reach the cache."""
-    s = Store(etcd.endpoint, retry_seconds=15)
+    s = etcd.store(retry_seconds=15)
     inf: Informer[str] = Informer(s, "/r/", decode=_dec).start()
     try:
         s.kv_put("/r/1", b"a")
@@ -67,7 +67,7 @@ def test_informer_survives_etcd_restart_without_losing_events(etcd: EtcdServer) 
 
 def test_informer_relists_after_compaction(etcd: EtcdServer) -> None:
     """When etcd compacts past the watch, the informer re-lists and reports every difference."""
-    s = Store(etcd.endpoint)
+    s = etcd.store()
     inf: Informer[str] = Informer(s, "/c/", decode=_dec)
     deleted: list[str] = []
     inf.add_handler(lambda n, o, v: deleted.append(n) if v is None else None)
@@ -82,7 +82,7 @@ def test_informer_relists_after_compaction(etcd: EtcdServer) -> None:
         informer_port = etcd.client_port
         etcd.client_port = free_port()
         etcd.start()
-        s2 = Store(etcd.endpoint)
+        s2 = etcd.store()
         s2.kv_delete("/c/gone")
         s2.kv_put("/c/new", b"2")
         for i in range(5):
@@ -121,9 +121,10 @@ def test_only_one_leader_and_resign_hands_over(store: Store) -> None:
 _CHILD = textwrap.dedent(
     """
     import sys, threading, time
+    from reconcile.connection import EtcdConnection
     from reconcile.store import Store
     from reconcile.leader import LeaderElector
-    s = Store(sys.argv[1], root=sys.argv[2])
+    s = Store(EtcdConnection.from_file(sys.argv[1]), root=sys.argv[2])
     e = LeaderElector(s, "kill", "child", ttl=int(sys.argv[3]), retry_period=0.2)
     e.start(lambda: print("LEADING", flush=True), lambda: None)
     threading.Event().wait()
@@ -131,11 +132,14 @@ _CHILD = textwrap.dedent(
 )
 
 
-def test_standby_leads_within_ttl_after_leader_is_killed(store: Store, tmp_path: Path) -> None:
+def test_standby_leads_within_ttl_after_leader_is_killed(store: Store, tmp_path: Path,
+                                                          etcd_session: EtcdServer) -> None:
     """SIGKILL the leading process: the standby leads within the lease TTL (plus a retry period)."""
     ttl = 3
+    config = tmp_path / "controllers.toml"
+    config.write_text(etcd_session.connection("controllers", root=store.root).to_toml())
     child = subprocess.Popen(
-        [sys.executable, "-c", _CHILD, store.endpoints[0], store.root, str(ttl)],
+        [sys.executable, "-c", _CHILD, str(config), store.root, str(ttl)],
         stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[2],
         env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
     )

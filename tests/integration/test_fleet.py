@@ -62,13 +62,16 @@ class Fleet:
 
 
 def leader_process(etcd: EtcdServer, identity: str) -> subprocess.Popen[bytes]:
+    config = etcd.data_dir.parent / "controllers.toml"
+    config.write_text(etcd.connection("controllers").to_toml())
     code = textwrap.dedent(f"""
         import logging, signal, threading
         from controllers.main import run_controllers
+        from reconcile.connection import EtcdConnection
         logging.basicConfig(level=logging.WARNING)
         stop = threading.Event()
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
-        run_controllers(etcd={etcd.endpoint!r}, identity={identity!r}, stop=stop)
+        run_controllers(etcd=EtcdConnection.from_file({str(config)!r}), identity={identity!r}, stop=stop)
     """)
     return subprocess.Popen([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[2],
                             env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])})
@@ -76,7 +79,7 @@ def leader_process(etcd: EtcdServer, identity: str) -> subprocess.Popen[bytes]:
 
 @pytest.fixture
 def fleet(etcd: EtcdServer, tmp_path: Path) -> Iterator[Fleet]:
-    store = Store(etcd.endpoint)
+    store = etcd.store()
     f = Fleet(store, tmp_path)
     yield f
     for node in list(f.agents):

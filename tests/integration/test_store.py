@@ -333,7 +333,7 @@ def test_revoked_lease_deletes_its_keys(store: Store) -> None:
 
 def test_update_through_another_store_instance_sees_the_conflict(store: Store) -> None:
     """A second process's write is noticed: an update from a stale read through any Store is Conflict."""
-    other = Store(store.endpoints, root=store.root)
+    other = Store(store.conn, root=store.root)
     try:
         mine = store.create(plan("shared"))
         theirs = other.update(with_vcpus(other.get(Plan, "shared"), 5))
@@ -380,7 +380,7 @@ def test_a_corrupt_stored_value_is_a_store_error_naming_the_key(store: Store) ->
 
 def test_unchanged_update_from_a_stale_read_is_conflict(store: Store) -> None:
     """Re-sending an object as read after someone else changed it is Conflict, not a silent no-op."""
-    other = Store(store.endpoints, root=store.root)
+    other = Store(store.conn, root=store.root)
     try:
         mine = store.create(plan("stale"))
         other.update(with_vcpus(other.get(Plan, "stale"), 9))
@@ -398,7 +398,7 @@ def test_get_spec_at_a_remembered_version_reads_nothing_and_stays_safe(store: St
     still compares that version, so a change made elsewhere in between is a Conflict."""
     created = store.create(plan("spec-at"))
     rv = created.metadata.resourceVersion
-    other = Store(store.endpoints, root=store.root)
+    other = Store(store.conn, root=store.root)
     try:
         seen = store.get_spec_at(Plan, "spec-at", rv)
         assert seen.spec == created.spec and seen.metadata.resourceVersion == rv

@@ -59,7 +59,7 @@ def test_objects_round_trip_with_the_same_rules_as_the_blocking_store(store: Sto
 
 def test_a_call_while_etcd_restarts_is_retried_until_it_answers(etcd: EtcdServer) -> None:
     """etcd down for a moment: the call waits within the retry budget and succeeds, as the blocking store's does."""
-    store = Store(etcd.endpoint, retry_seconds=20)
+    store = etcd.store(retry_seconds=20)
     try:
         store.create(plan("r1"))
 

@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from reconcile.connection import EtcdConnection
 from reconcile.errors import Unavailable
 from reconcile.etcd_server import EtcdServer
 from reconcile.store import Store, WatchEvent
@@ -40,7 +41,7 @@ class Collector:
 @pytest.fixture
 def private_store(etcd: EtcdServer) -> Iterator[Store]:
     """A Store on the private etcd, with a retry window long enough to span a restart."""
-    s = Store(etcd.endpoint, timeout=2.0, retry_seconds=20.0)
+    s = etcd.store(timeout=2.0, retry_seconds=20.0)
     yield s
     s.close()
 
@@ -157,7 +158,7 @@ def test_watch_after_compaction_reports_the_compact_revision(store: Store) -> No
 
 def test_store_is_unavailable_when_etcd_is_down_within_its_retry_budget(etcd: EtcdServer) -> None:
     """With etcd stopped every call raises Unavailable after a bounded retry, not a hang."""
-    store = Store(etcd.endpoint, timeout=0.5, retry_seconds=1.0)
+    store = etcd.store(timeout=0.5, retry_seconds=1.0)
     try:
         store.create(plan("up"))
         etcd.stop()
@@ -231,8 +232,9 @@ def test_store_fails_over_to_a_live_member(etcd_session: EtcdServer) -> None:
     from reconcile.etcd_server import free_port
 
     dead = f"127.0.0.1:{free_port()}"
-    store = Store([dead, etcd_session.endpoint], root=f"/t/failover-{time.monotonic_ns()}", timeout=1.0,
-                  retry_seconds=10.0)
+    live = etcd_session.connection()
+    conn = EtcdConnection.make([dead, *live.endpoints], ca=live.ca, cert=live.cert, key=live.key)
+    store = Store(conn, root=f"/t/failover-{time.monotonic_ns()}", timeout=1.0, retry_seconds=10.0)
     try:
         t0 = time.monotonic()
         created = store.create(plan("fo"))
@@ -245,8 +247,8 @@ def test_store_fails_over_to_a_live_member(etcd_session: EtcdServer) -> None:
 
 def test_writes_whose_replies_time_out_are_applied_once(etcd: EtcdServer) -> None:
     """With a deadline so short that replies get lost, retried creates and updates still land exactly once."""
-    store = Store(etcd.endpoint, timeout=0.002, retry_seconds=30.0)
-    checker = Store(etcd.endpoint)
+    store = etcd.store(timeout=0.002, retry_seconds=30.0)
+    checker = etcd.store()
     try:
         for i in range(20):
             created = store.create(plan(f"p{i}"))
