@@ -9,6 +9,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import libvirt
 import pytest
@@ -602,3 +603,49 @@ def test_another_clusters_agent_never_touches_its_domains(
         agent.stop()
         other.kv_delete(other.root.removesuffix("hostplane/v1"), prefix=True)
         other.close()
+
+
+def test_a_pool_of_this_name_elsewhere_is_refused_not_reused(tmp_path: Path) -> None:
+    """A second data dir finding the pool name taken at the first one's path is refused, never silently reused."""
+    from nodeagent.errors import PoolUnusable
+    from nodeagent.storage import Storage
+
+    conn = libvirt.open(simulated_node_xml(tmp_path / "n.xml"))
+    try:
+        first = Storage(conn, pool_name="hp-shared", pool_dir=tmp_path / "a" / "pool", work_dir=tmp_path / "a",
+                        simulated=True)
+        assert first.pool.isActive()
+        with pytest.raises(PoolUnusable, match="not at this node's") as info:
+            Storage(conn, pool_name="hp-shared", pool_dir=tmp_path / "b" / "pool", work_dir=tmp_path / "b",
+                    simulated=True)
+        assert str(tmp_path / "a" / "pool") in str(info.value)
+    finally:
+        conn.close()
+
+
+def test_an_unusable_pool_is_a_heartbeat_error_not_an_exit(store: Store, tmp_path: Path) -> None:
+    """With the pool unusable the agent keeps running and beating, and the heartbeat says why."""
+    name = f"hp-x-{uuid.uuid4().hex[:6]}"
+    guard = libvirt.open("test:///default")
+    xml = f"<pool type='dir'><name>{name}</name><target><path>{tmp_path / 'other'}</path></target></pool>"
+    pool = guard.storagePoolDefineXML(xml, 0)
+    pool.create(0)
+    agent = Agent(store, "n1", "test:///default", tmp_path / "agent", heartbeat_ttl=3, resync=1.0, pool_name=name)
+    try:
+        agent.start()
+
+        def reported() -> dict[str, Any] | None:
+            kv = store.kv_get(keys.heartbeat_key("n1", store.root))
+            hb: dict[str, Any] | None = json.loads(kv.value) if kv is not None else None
+            return hb if hb is not None and "not at this node's" in hb.get("error", "") else None
+        hb = wait_for(reported, what="heartbeat naming the pool problem")
+        assert hb["libvirt"] is False
+        assert {c["type"]: c["status"] for c in hb["conditions"]}["LibvirtReachable"] == "False"
+        time.sleep(2)  # several beats and reconnect attempts later: still alive, still beating
+        assert store.kv_get(keys.heartbeat_key("n1", store.root)) is not None
+        assert agent.hv.storage is None
+    finally:
+        agent.stop()
+        pool.destroy()
+        pool.undefine()
+        guard.close()
