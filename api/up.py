@@ -51,14 +51,24 @@ def _libvirt_answers(uri: str) -> bool:
     return r.returncode == 0
 
 
-def _ensure_libvirt(uri: str, logs: Path, say: Any) -> tuple[str, list[Child]]:
+class UpError(Exception):
+    """`up` cannot start as asked; the message says why and what to do."""
+
+
+LIBVIRT_WAIT = 180.0
+
+
+def _ensure_libvirt(uri: str, logs: Path, say: Any, *, explicit: bool = False,
+                    wait: float = LIBVIRT_WAIT) -> tuple[str, list[Child]]:
     """Make sure the agent's libvirt answers; start the host's daemons if installed but not running.
 
     As root, `qemu:///session` is the system daemon, which a machine without an init system (a
     container, a fresh CI host) does not run: then `up` runs libvirtd and virtlogd (which keeps
     the guests' serial logs) as its own children, and stops them on exit; the guests keep
-    running, as on any hypervisor whose management restarts. Anything else that does not answer
-    falls back to the test driver, said out loud.
+    running, as on any hypervisor whose management restarts. A URI the user gave (`explicit`) is
+    never swapped: `up` waits for it with progress, then stops with an error (a VPS shown Running
+    with no QEMU behind it would be worse). Only the implicit default falls back to the test
+    driver, said out loud.
     """
     if uri.startswith("test:") or _libvirt_answers(uri):
         return uri, []
@@ -77,9 +87,28 @@ def _ensure_libvirt(uri: str, logs: Path, say: Any) -> tuple[str, list[Child]]:
                 say(f"started {' and '.join(c.name for c in started)} for {uri} (not running)")
                 return uri, started
             time.sleep(0.3)
+        if explicit:
+            # A freshly started daemon can take minutes (probing QEMU): wait for what was asked for.
+            began = time.monotonic()
+            while time.monotonic() - began < wait and all(c.alive() for c in started):
+                say(f"waiting for libvirt at {uri} ({time.monotonic() - began:.0f} s of {wait:.0f} s) ...")
+                if _libvirt_answers(uri):
+                    return uri, started
+                time.sleep(min(10.0, max(0.0, wait - (time.monotonic() - began))))
         for c in started:
             c.terminate()
             c.wait_or_kill(time.monotonic() + 5)
+    elif explicit:
+        began = time.monotonic()
+        while time.monotonic() - began < wait:
+            say(f"waiting for libvirt at {uri} ({time.monotonic() - began:.0f} s of {wait:.0f} s) ...")
+            time.sleep(min(5.0, max(0.0, wait - (time.monotonic() - began))))
+            if _libvirt_answers(uri):
+                return uri, []
+    if explicit:
+        raise UpError(f"libvirt at {uri} does not answer (see {logs}/libvirtd.log if up started it); not "
+                      "falling back to the test driver because --libvirt was given. Start libvirt, or run "
+                      "`hostplane up` without --libvirt to let it choose.")
     say(f"warning: libvirt at {uri} does not answer; the local node runs on test:///default instead")
     return "test:///default", []
 
@@ -201,7 +230,12 @@ def run_up(data_dir: Path, port: int = 8080, libvirt_uri: str | None = None,
             signal.signal(sig, lambda *_: stop.set())
 
     children: list[Child] = []
-    uri, daemons = _ensure_libvirt(uri, data_dir / "logs", say)
+    try:
+        uri, daemons = _ensure_libvirt(uri, data_dir / "logs", say, explicit=libvirt_uri is not None,
+                                       wait=float(os.environ.get("HOSTPLANE_LIBVIRT_WAIT", LIBVIRT_WAIT)))
+    except UpError as exc:
+        say(f"error: {exc}")
+        return 2
     children += daemons
     client_port, peer_port = _etcd_ports(data_dir)
     etcd = EtcdServer(data_dir / "etcd", client_port=client_port, peer_port=peer_port,
