@@ -583,6 +583,18 @@ def up_cmd(data_dir: Path, port: int, libvirt_uri: str | None, simulate_nodes: i
         sys.exit(code)
 
 
+@main.command("down")
+@click.argument("data_dir", type=click.Path(path_type=Path, file_okay=False))
+@click.option("--purge", is_flag=True, help="destroy and undefine the instance's guests and delete their volumes")
+def down_cmd(data_dir: Path, purge: bool) -> None:
+    """List what a stopped `hostplane up` on DATA_DIR left running, or remove it with --purge."""
+    from api.up import run_down
+
+    code = run_down(data_dir, purge=purge)
+    if code:
+        sys.exit(code)
+
+
 def _log_to_stderr() -> None:
     """Long-running processes log to stderr (`hostplane up` keeps it in <data-dir>/logs/)."""
     import logging

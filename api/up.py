@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from reconcile.cluster import ensure_cluster_id
 from reconcile.errors import AlreadyExists
 from reconcile.etcd_server import EtcdServer, free_port
 from reconcile.store import Store
@@ -253,6 +254,12 @@ def run_up(data_dir: Path, port: int = 8080, libvirt_uri: str | None = None,
             ensure_node(store, f"sim-{i}", Capacity(vcpus=64, memoryMiB=262144, diskGiB=4096),
                         "test:///default", {"hostplane.io/region": "sim"})
         store.close()
+        # The cluster id is the controllers' to create; `down` finds this instance's guests by it.
+        with etcd.store("controllers") as cstore:
+            cluster_id = ensure_cluster_id(cstore)
+        (data_dir / "cluster-id").write_text(cluster_id + "\n")
+        (data_dir / "libvirt-uri").write_text(uri + "\n")
+        (data_dir / "up.pid").write_text(f"{os.getpid()}\n")
 
         logs = data_dir / "logs"
         children.append(Child("api", _hostplane_argv(
@@ -287,6 +294,9 @@ def run_up(data_dir: Path, port: int = 8080, libvirt_uri: str | None = None,
         _supervise(children, stop, say)
         return 0
     finally:
+        _say_leftovers(data_dir, say)
+        with contextlib.suppress(OSError):
+            (data_dir / "up.pid").unlink()
         deadline = time.monotonic() + STOP_TIMEOUT
         for c in children:
             c.terminate()
@@ -294,6 +304,83 @@ def run_up(data_dir: Path, port: int = 8080, libvirt_uri: str | None = None,
             c.wait_or_kill(deadline)
         etcd.stop(timeout=max(1.0, deadline + 2 - time.monotonic()))
         say("Hostplane stopped.")
+
+
+def _instance(data_dir: Path) -> tuple[str, str] | None:
+    """(cluster id, libvirt URI) an `up` on this data dir recorded, if it ever started."""
+    try:
+        return (data_dir / "cluster-id").read_text().strip(), (data_dir / "libvirt-uri").read_text().strip()
+    except OSError:
+        return None
+
+
+def _say_leftovers(data_dir: Path, say: Any) -> None:
+    """Guests keep running when `up` stops (as on any hypervisor); say which, and how to remove them."""
+    inst = _instance(data_dir)
+    if inst is None or inst[1].startswith("test:"):
+        return
+    try:
+        from nodeagent.leftovers import cluster_domains
+
+        left = cluster_domains(inst[1], inst[0])
+    except Exception as exc:  # a report on the way out must not mask the shutdown
+        say(f"could not list the guests left on {inst[1]}: {exc}")
+        return
+    if not left:
+        return
+    say(f"Left on {inst[1]} (guests outlive `up` by design):")
+    for x in left:
+        say(f"  {x.domain}  VPS {x.vps}  {x.state}")
+    say(f"Remove them and their disks with: hostplane down --purge {data_dir}")
+
+
+def run_down(data_dir: Path, *, purge: bool, out: Any = None) -> int:
+    """`hostplane down [--purge] DATA_DIR`: list (or remove) the guests and volumes an `up` left behind."""
+    say = out or (lambda s: print(s, flush=True))
+    data_dir = data_dir.resolve()
+    inst = _instance(data_dir)
+    if inst is None:
+        say(f"error: {data_dir} holds no `hostplane up` instance (no cluster-id / libvirt-uri file)")
+        return 2
+    pid_file = data_dir / "up.pid"
+    with contextlib.suppress(OSError, ValueError):
+        pid = int(pid_file.read_text())
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            pass
+        else:
+            say(f"error: `hostplane up` (pid {pid}) is still running on {data_dir}; stop it first")
+            return 2
+    cluster_id, uri = inst
+    if uri.startswith("test:"):
+        say(f"{data_dir} ran on {uri}: nothing outlives it")
+        return 0
+    try:
+        uri, daemons = _ensure_libvirt(uri, data_dir / "logs", say, explicit=True,
+                                       wait=float(os.environ.get("HOSTPLANE_LIBVIRT_WAIT", LIBVIRT_WAIT)))
+    except UpError as exc:
+        say(f"error: {exc}")
+        return 2
+    try:
+        from nodeagent.leftovers import cluster_domains, purge_cluster
+
+        if not purge:
+            left = cluster_domains(uri, cluster_id)
+            for x in left:
+                say(f"{x.domain}  VPS {x.vps}  {x.state}")
+            if not left:
+                say("no guests of this instance are left")
+            return 0
+        domains, volumes = purge_cluster(uri, cluster_id)
+        say(f"removed {len(domains)} domain(s) and {len(volumes)} volume(s) of cluster {cluster_id} on {uri}"
+            + "".join(f"\n  {d}" for d in domains))
+        say(f"the data dir is left as it is: rm -rf {data_dir} to remove it too")
+        return 0
+    finally:
+        for c in daemons:
+            c.terminate()
+            c.wait_or_kill(time.monotonic() + 5)
 
 
 def _supervise(children: list[Child], stop: threading.Event, say: Any) -> None:
