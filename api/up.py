@@ -25,10 +25,10 @@ from pathlib import Path
 from typing import Any
 
 from reconcile.cluster import ensure_cluster_id
-from reconcile.errors import AlreadyExists
+from reconcile.errors import AlreadyExists, NotFound, StoreError
 from reconcile.etcd_server import EtcdServer, free_port
 from reconcile.store import Store
-from specs.kinds import Capacity, Node, NodeSpec
+from specs.kinds import Capacity, Image, ImageSource, ImageSpec, Node, NodeSpec
 from specs.meta import ObjectMeta
 
 STOP_TIMEOUT = 8.0
@@ -280,6 +280,9 @@ def run_up(data_dir: Path, port: int = 8080, libvirt_uri: str | None = None,
         for c in children:
             if not c.alive():
                 c.start()
+        # The first VPS must boot: the tiny test guest, built once into the data dir, as Image test-guest.
+        threading.Thread(target=prepare_test_guest, args=(data_dir, etcd, say), name="test-guest",
+                         daemon=True).start()
 
         server = f"https://127.0.0.1:{port}"
         config_path = write_cli_config(server, token, etcd.pki.ca_cert)
@@ -304,6 +307,47 @@ def run_up(data_dir: Path, port: int = 8080, libvirt_uri: str | None = None,
             c.wait_or_kill(deadline)
         etcd.stop(timeout=max(1.0, deadline + 2 - time.monotonic()))
         say("Hostplane stopped.")
+
+
+TEST_GUEST = "test-guest"
+
+
+def test_guest_image(img: Any) -> Image:
+    """The Image `up` registers for the guest built at `img` (an `api.testguest.GuestImage`)."""
+    return Image(
+        metadata=ObjectMeta(name=TEST_GUEST, labels={"family": "test", "hostplane.io/made-by": "up"}),
+        spec=ImageSpec(os="busybox", version="1.35", minDiskGiB=1, cloudInit=True,
+                       source=ImageSource(path=img.disk, sha256=img.disk_sha256, format="qcow2"),
+                       kernel=img.kernel, initrd=img.initrd, cmdline=img.cmdline))
+
+
+def prepare_test_guest(data_dir: Path, etcd: EtcdServer, say: Any) -> None:
+    """Build the test guest into `<data dir>/images/test-guest/` unless it is there, then (re)register it."""
+    from api.testguest import build
+
+    root = data_dir / "images" / TEST_GUEST
+    if not (root / "image.json").exists():
+        say(f"building the test guest into {root} (once; apt-get download of a kernel and busybox) ...")
+    try:
+        img = build(root)
+    except (OSError, subprocess.CalledProcessError, StopIteration) as exc:
+        say(f"warning: could not build the test guest ({exc}); VPS on image {TEST_GUEST} stay Pending. "
+            f"`make test-image` shows why; a distribution image works too (examples/images.yaml)")
+        return
+    want = test_guest_image(img)
+    try:
+        with etcd.store("api") as store:
+            try:
+                have = store.get(Image, TEST_GUEST)
+            except NotFound:
+                store.create(want)
+            else:
+                if have.spec != want.spec:
+                    store.update(have.model_copy(update={"spec": want.spec}))
+    except StoreError as exc:
+        say(f"warning: could not register Image {TEST_GUEST}: {exc}")
+        return
+    say(f"test guest ready: Image {TEST_GUEST} ({root})")
 
 
 def _instance(data_dir: Path) -> tuple[str, str] | None:
