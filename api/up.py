@@ -82,20 +82,19 @@ def _ensure_libvirt(uri: str, logs: Path, say: Any, *, explicit: bool = False,
         started.append(Child("libvirtd", [libvirtd], logs / "libvirtd.log"))
         for c in started:
             c.start()
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and all(c.alive() for c in started):
+        # A freshly started daemon can take minutes (probing QEMU). We started it, so QEMU is there:
+        # wait for it with progress (explicit or not) rather than quietly run on the test driver.
+        began = time.monotonic()
+        said = began
+        while time.monotonic() - began < max(wait, 30.0) and all(c.alive() for c in started):
             if _libvirt_answers(uri):
-                say(f"started {' and '.join(c.name for c in started)} for {uri} (not running)")
+                say(f"started {' and '.join(c.name for c in started)} for {uri} (not running) in "
+                    f"{time.monotonic() - began:.0f} s")
                 return uri, started
-            time.sleep(0.3)
-        if explicit:
-            # A freshly started daemon can take minutes (probing QEMU): wait for what was asked for.
-            began = time.monotonic()
-            while time.monotonic() - began < wait and all(c.alive() for c in started):
-                say(f"waiting for libvirt at {uri} ({time.monotonic() - began:.0f} s of {wait:.0f} s) ...")
-                if _libvirt_answers(uri):
-                    return uri, started
-                time.sleep(min(10.0, max(0.0, wait - (time.monotonic() - began))))
+            if time.monotonic() - said >= 10:
+                said = time.monotonic()
+                say(f"waiting for libvirt at {uri} ({said - began:.0f} s of {max(wait, 30.0):.0f} s) ...")
+            time.sleep(0.5)
         for c in started:
             c.terminate()
             c.wait_or_kill(time.monotonic() + 5)
@@ -231,6 +230,7 @@ def run_up(data_dir: Path, port: int = 8080, libvirt_uri: str | None = None,
             signal.signal(sig, lambda *_: stop.set())
 
     children: list[Child] = []
+    daemons: list[Child] = []
     try:
         uri, daemons = _ensure_libvirt(uri, data_dir / "logs", say, explicit=libvirt_uri is not None,
                                        wait=float(os.environ.get("HOSTPLANE_LIBVIRT_WAIT", LIBVIRT_WAIT)))
@@ -238,6 +238,11 @@ def run_up(data_dir: Path, port: int = 8080, libvirt_uri: str | None = None,
         say(f"error: {exc}")
         return 2
     children += daemons
+    blocked = _closed_ancestor(data_dir) if uri.startswith("qemu:") and os.geteuid() == 0 else None
+    if blocked is not None:
+        say(f"warning: {blocked} is not searchable by other users: QEMU runs guests as its own user "
+            f"(libvirt-qemu) and will fail with 'Permission denied' on disks under {data_dir}. Use a "
+            f"--data-dir under a searchable path (e.g. /var/lib/hostplane) or `chmod o+x {blocked}`.")
     client_port, peer_port = _etcd_ports(data_dir)
     etcd = EtcdServer(data_dir / "etcd", client_port=client_port, peer_port=peer_port,
                       log_path=data_dir / "logs" / "etcd.log")
@@ -297,16 +302,27 @@ def run_up(data_dir: Path, port: int = 8080, libvirt_uri: str | None = None,
         _supervise(children, stop, say)
         return 0
     finally:
-        _say_leftovers(data_dir, say)
+        # Nothing here may skip the cleanup after it (a closed terminal makes `say` raise).
+        def quiet(line: str) -> None:
+            with contextlib.suppress(Exception):
+                say(line)
+        deadline = time.monotonic() + STOP_TIMEOUT
+        ours = [c for c in children if c not in daemons]
+        for c in ours:
+            c.terminate()
+        for c in ours:
+            c.wait_or_kill(deadline)
+        # The daemons `up` started still answer: list what stays running before stopping them.
+        with contextlib.suppress(Exception):
+            _say_leftovers(data_dir, quiet)
+        for c in daemons:
+            c.terminate()
+        for c in daemons:
+            c.wait_or_kill(time.monotonic() + 5)
         with contextlib.suppress(OSError):
             (data_dir / "up.pid").unlink()
-        deadline = time.monotonic() + STOP_TIMEOUT
-        for c in children:
-            c.terminate()
-        for c in children:
-            c.wait_or_kill(deadline)
         etcd.stop(timeout=max(1.0, deadline + 2 - time.monotonic()))
-        say("Hostplane stopped.")
+        quiet("Hostplane stopped.")
 
 
 TEST_GUEST = "test-guest"
@@ -350,12 +366,40 @@ def prepare_test_guest(data_dir: Path, etcd: EtcdServer, say: Any) -> None:
     say(f"test guest ready: Image {TEST_GUEST} ({root})")
 
 
+def _closed_ancestor(path: Path) -> Path | None:
+    """The first directory on the way to `path` that other users cannot search (o+x), if any."""
+    for d in [*reversed(path.parents), path]:
+        with contextlib.suppress(OSError):
+            if not d.stat().st_mode & 0o001:
+                return d
+    return None
+
+
 def _instance(data_dir: Path) -> tuple[str, str] | None:
     """(cluster id, libvirt URI) an `up` on this data dir recorded, if it ever started."""
     try:
         return (data_dir / "cluster-id").read_text().strip(), (data_dir / "libvirt-uri").read_text().strip()
     except OSError:
         return None
+
+
+def _bounded(fn: Any, timeout: float) -> Any:
+    """`fn()` in a daemon thread, given up after `timeout` seconds (a libvirt call cannot be interrupted)."""
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            box["value"] = fn()
+        except Exception as exc:  # handed to the caller
+            box["error"] = exc
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(timeout)
+    if t.is_alive():
+        raise TimeoutError(f"no answer within {timeout:.0f} s")
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
 
 
 def _say_leftovers(data_dir: Path, say: Any) -> None:
@@ -366,7 +410,7 @@ def _say_leftovers(data_dir: Path, say: Any) -> None:
     try:
         from nodeagent.leftovers import cluster_domains
 
-        left = cluster_domains(inst[1], inst[0])
+        left = _bounded(lambda: cluster_domains(inst[1], inst[0]), 15.0)
     except Exception as exc:  # a report on the way out must not mask the shutdown
         say(f"could not list the guests left on {inst[1]}: {exc}")
         return

@@ -32,7 +32,7 @@ from controllers import layout
 from controllers.booking import Book, Booking
 from controllers.events import EventRecorder
 from controllers.ipam import IPAllocation, allocate, free_count4, offset_of, pick_mac
-from controllers.nodes import drained, node_status, parse_heartbeat, schedulable
+from controllers.nodes import drained, node_status, parse_heartbeat, schedulable, warming
 from controllers.resolve import BillingDefaults, next_change, resolve
 from controllers.schedule import NodeView, Policy, Resources, schedule
 from controllers.status import NodeState, Problem, events_for, vps_status
@@ -256,7 +256,9 @@ class Manager:
         node, _, rest = name.partition("/")
         if rest == "heartbeat":
             self.node_ctl.queue.add(node)
-            if (old is None) != (new is None):
+            was = old is not None and not (isinstance(old, dict) and warming(old))
+            now_ready = new is not None and not (isinstance(new, dict) and warming(new))
+            if was != now_ready:
                 self._enqueue_on_node(node)
                 self._enqueue_pending()
             return
@@ -304,7 +306,8 @@ class Manager:
     def node_state(self, node: str) -> NodeState:
         if self.node_inf.get(node) is None:
             return "Missing"
-        return "Ready" if self.nodes_inf.get(f"{node}/heartbeat") is not None else "NotReady"
+        hb = self.nodes_inf.get(f"{node}/heartbeat")
+        return "Ready" if hb is not None and not (isinstance(hb, dict) and warming(hb)) else "NotReady"
 
     def _observed(self, node: str, vps: str) -> ObservedDomain | None:
         entry = self.nodes_inf.get(f"{node}/observed/{vps}")

@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import libvirt
 
@@ -44,6 +45,8 @@ log = logging.getLogger(__name__)
 
 MAX_STEPS = 25
 HEARTBEAT_REWRITE = 25.0
+# A libvirt call running longer than this is reported (condition LibvirtResponsive=False).
+LIBVIRT_CALL_LIMIT = 60.0
 
 
 def _decode_spec(_name: str, raw: bytes) -> DomainSpec:
@@ -110,6 +113,13 @@ class Agent:
         self.reconciles = 0
         self._hb_content: dict[str, object] | None = None
         self._hb_written = 0.0
+        self._hb_thread: threading.Thread | None = None
+        self._hb_lock = threading.Lock()
+        # Facts are read from libvirt by housekeeping; the heartbeat only reports the last ones, so a
+        # slow libvirt never stops the beat. `warm`: the first connection (QEMU probed, pool ready) is done.
+        self._facts: object | None = None
+        self.warm = False
+        self.call_limit = LIBVIRT_CALL_LIMIT
 
     # ------------------------------------------------------------ lifecycle
 
@@ -125,7 +135,13 @@ class Agent:
         self._load_reported()
         self.informer.add_handler(self._on_desired)
         self.tombstones.add_handler(self._on_tombstone)
+        if self._own_controller:
+            # Beat before touching libvirt: a first connection can take minutes (QEMU probing), and
+            # the node must say "warming" meanwhile, not vanish.
+            self._hb_thread = threading.Thread(target=self._beating, name=f"agent-{self.node}-hb", daemon=True)
+            self._hb_thread.start()
         self._connect()
+        self.refresh_facts()
         self.tombstones.start()
         self.informer.start()
         if self.controller is not None:
@@ -145,6 +161,8 @@ class Agent:
             self.controller.stop()
         if self._thread is not None:
             self._thread.join(10)
+        if self._hb_thread is not None:
+            self._hb_thread.join(10)
         self._deregister_events()
         if self._lease is not None:
             with contextlib.suppress(StoreError):
@@ -152,16 +170,36 @@ class Agent:
             self._lease = None
         self.hv.close()
 
+    def _beating(self) -> None:
+        interval = max(0.5, self.heartbeat_ttl / 3)
+        while True:
+            self.heartbeat()
+            if self._stop.wait(interval):
+                return
+
     def _housekeeping(self) -> None:
         interval = max(0.5, self.heartbeat_ttl / 3)
         while not self._stop.wait(interval if not self._scan_requested.is_set() else 0.05):
-            self.housekeep()
+            self.housekeep(beat=False)
 
-    def housekeep(self) -> None:
-        """Reconnect if needed, beat, and scan when due (or when an event named an unknown domain)."""
+    def refresh_facts(self) -> None:
+        """Read capacity and domain counts from libvirt (the heartbeat reports the last reading)."""
+        if not self.hv.alive():
+            self._facts = None
+            return
+        try:
+            self._facts = self.hv.facts()
+        except (AgentError, libvirt.libvirtError) as exc:
+            self._facts = None
+            self.hv_error = str(exc)
+
+    def housekeep(self, *, beat: bool = True) -> None:
+        """Reconnect if needed, read facts, beat (unless a thread of its own does), and scan when due."""
         if not self.hv.alive():
             self._connect()
-        self.heartbeat()
+        self.refresh_facts()
+        if beat:
+            self.heartbeat()
         due = time.monotonic() - self._last_scan >= self.resync
         if self.hv.alive() and (due or self._scan_requested.is_set()):
             self._scan_requested.clear()
@@ -177,6 +215,9 @@ class Agent:
             log.warning("agent %s: %s", self.node, exc)
             return
         self.hv_error = ""
+        if not self.warm:
+            log.info("agent %s: libvirt at %s is warm (QEMU probed, pool ready)", self.node, self.hv.uri)
+        self.warm = True
         self._callback_ids = []
         try:
             self._callback_ids.append(conn.domainEventRegisterAny(
@@ -408,20 +449,22 @@ class Agent:
                 "diskGiB": sum(s.diskGiB for s in specs), "domains": len(specs)}
 
     def heartbeat(self) -> None:
-        facts = None
-        if self.hv.alive():
-            try:
-                facts = self.hv.facts()
-            except (AgentError, libvirt.libvirtError) as exc:
-                self.hv_error = str(exc)
+        """Refresh the lease and report the last facts. Never calls libvirt: it must beat while libvirt is slow."""
+        facts = self._facts
+        warming = not self.warm and not self.hv_error
+        stuck = self.hv.stuck(self.call_limit)
         value = report.heartbeat(self.node, facts, allocated=self.allocated(), libvirt_ok=facts is not None,
                                  error=self.hv_error, now=datetime.now(UTC), orphans=self.orphans,
-                                 orphan_volumes=self.orphan_volumes,
+                                 orphan_volumes=self.orphan_volumes, warming=warming,
                                  conditions=report.node_conditions(
                                      orphans=self.orphans, orphan_volumes=self.orphan_volumes,
                                      desired=len(self.informer.items()), managed=self.managed_domains,
-                                     libvirt_error=self.hv_error))
+                                     libvirt_error=self.hv_error, warming=warming, stuck=stuck))
         key = keys.heartbeat_key(self.node, self.store.root)
+        with self._hb_lock:
+            self._beat(key, value)
+
+    def _beat(self, key: str, value: dict[str, Any]) -> None:
         try:
             if self._lease is not None:
                 try:

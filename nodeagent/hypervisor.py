@@ -14,7 +14,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -104,6 +104,33 @@ class Hypervisor:
         self.simulated = False
         self.domain_type = "qemu"
         self.logs_dir = data_dir / "logs"
+        # libvirt calls under way, by thread: (what, monotonic start). A call cannot be interrupted,
+        # but one that does not return is seen (`stuck`) and reported by the independent heartbeat.
+        self._inflight: dict[int, tuple[str, float]] = {}
+        self._inflight_lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def call(self, what: str) -> Iterator[None]:
+        """Mark a libvirt call as under way for the watchdog."""
+        tid = threading.get_ident()
+        with self._inflight_lock:
+            outer = self._inflight.get(tid)
+            if outer is None:
+                self._inflight[tid] = (what, time.monotonic())
+        try:
+            yield
+        finally:
+            if outer is None:
+                with self._inflight_lock:
+                    self._inflight.pop(tid, None)
+
+    def stuck(self, limit: float) -> tuple[str, float] | None:
+        """The longest libvirt call running for more than `limit` seconds: (what, seconds)."""
+        now = time.monotonic()
+        with self._inflight_lock:
+            calls = list(self._inflight.values())
+        worst = max(((w, now - t) for w, t in calls), key=lambda x: x[1], default=None)
+        return worst if worst is not None and worst[1] > limit else None
 
     @property
     def pool_name(self) -> str:
@@ -124,7 +151,11 @@ class Hypervisor:
     # ------------------------------------------------------------ connection
 
     def connect(self) -> libvirt.virConnect:
-        """Open the connection (or keep the live one) and make sure the pool exists."""
+        """Open the connection (or keep the live one), probe QEMU and make sure the pool exists."""
+        with self.call("connect (open, probe QEMU capabilities, storage pool)"):
+            return self._connect()
+
+    def _connect(self) -> libvirt.virConnect:
         ensure_event_loop()
         libvirt.registerErrorHandler(_libvirt_quiet, None)
         if self.conn is not None and self.alive():
@@ -134,6 +165,10 @@ class Hypervisor:
         except libvirt.libvirtError as exc:
             raise HypervisorUnavailable(f"cannot open {self.uri}: {exc}") from exc
         self.simulated = str(conn.getType()).upper() == "TEST"
+        if not self.simulated:
+            # A daemon that stops answering fails our calls within ~30 s instead of never.
+            with contextlib.suppress(libvirt.libvirtError):
+                conn.setKeepAlive(5, 6)
         self.domain_type = "test" if self.simulated else self._virt_type(conn)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         pool_dir = self.data_dir / "pool"
@@ -202,6 +237,10 @@ class Hypervisor:
             raise HypervisorUnavailable(f"lookup {name}: {exc}") from exc
 
     def all_domains(self) -> list[tuple[libvirt.virDomain, Meta | None]]:
+        with self.call("list domains"):
+            return self._all_domains()
+
+    def _all_domains(self) -> list[tuple[libvirt.virDomain, Meta | None]]:
         out = []
         for dom in self._conn().listAllDomains(0):
             try:
@@ -212,6 +251,10 @@ class Hypervisor:
 
     def read(self, uid: str, *, spec: DomainSpec | None = None) -> Observation:
         """Everything the planner needs about the domain and volumes derived from `uid`."""
+        with self.call(f"read {domain_xml.domain_name(uid)}"):
+            return self._read(uid, spec)
+
+    def _read(self, uid: str, spec: DomainSpec | None) -> Observation:
         st = self._storage()
         name = domain_xml.domain_name(uid)
         base_present = spec is not None and st.base_present(spec.image)
@@ -259,6 +302,10 @@ class Hypervisor:
         return Observation(actual, meta, state, reason)
 
     def facts(self) -> NodeFacts:
+        with self.call("node facts"):
+            return self._facts()
+
+    def _facts(self) -> NodeFacts:
         conn = self._conn()
         info = conn.getInfo()
         cap, avail = self._storage().capacity()
@@ -301,7 +348,8 @@ class Hypervisor:
         name = domain_xml.domain_name(uid)
         st = self._storage()
         try:
-            self._execute(action, spec, uid, vps, name, st, note)
+            with self.call(f"{action.name} on {name}"):
+                self._execute(action, spec, uid, vps, name, st, note)
         except libvirt.libvirtError as exc:
             if not self.alive():
                 raise HypervisorUnavailable(f"libvirt connection lost during {action.name}: {exc}") from exc
