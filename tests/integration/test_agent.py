@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -649,3 +650,45 @@ def test_an_unusable_pool_is_a_heartbeat_error_not_an_exit(store: Store, tmp_pat
         pool.destroy()
         pool.undefine()
         guard.close()
+
+
+# ------------------------------------------------------------------ a slow libvirt
+
+
+def test_heartbeat_keeps_beating_while_libvirt_is_slow_and_says_so(store: Store, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A first connection that takes long (QEMU probing) shows as warming; a stuck call as LibvirtResponsive=False."""
+    n = Node(store, tmp_path)
+    agent = Agent(store, "n1", n.uri, tmp_path / "agent", heartbeat_ttl=3, resync=1.0)
+    agent.call_limit = 0.5
+    release = threading.Event()
+    real_connect = agent.hv._connect
+
+    def slow_connect() -> libvirt.virConnect:
+        release.wait(20)  # the probe of a fresh libvirtd
+        return real_connect()
+    monkeypatch.setattr(agent.hv, "_connect", slow_connect)
+    starter = threading.Thread(target=agent.start, daemon=True)
+    starter.start()
+    try:
+        def beat() -> dict[str, Any] | None:
+            kv = store.kv_get(keys.heartbeat_key("n1", store.root))
+            return json.loads(kv.value) if kv is not None else None
+        hb = wait_for(lambda: (h := beat()) is not None and h.get("warming") and h, what="a warming heartbeat")
+        conds = {c["type"]: c for c in hb["conditions"]}
+        assert conds["LibvirtWarm"]["status"] == "False"
+        hb = wait_for(lambda: (h := beat()) is not None
+                      and {c["type"]: c["status"] for c in h["conditions"]}.get("LibvirtResponsive") == "False" and h,
+                      what="the stuck call reported")
+        assert "connect" in {c["type"]: c for c in hb["conditions"]}["LibvirtResponsive"]["message"]
+        time.sleep(3.5)  # longer than the lease: the beat goes on while libvirt does not answer
+        assert beat() is not None
+        release.set()
+        starter.join(20)
+        hb = wait_for(lambda: (h := beat()) is not None and not h.get("warming")
+                      and {c["type"]: c["status"] for c in h["conditions"]}["LibvirtResponsive"] == "True" and h,
+                      what="warm and responsive")
+        assert hb["libvirt"] is True
+    finally:
+        release.set()
+        agent.stop()
