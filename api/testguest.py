@@ -1,9 +1,14 @@
 """Build the tiny test guest from Debian packages: cloud kernel + busybox initramfs + blank disk.
 
-The initramfs loads the virtio and isofs modules, mounts the NoCloud seed (label `cidata`),
-prints its hostname and SSH keys to the serial console, and powers off when the ACPI power
-button is pressed. It boots under TCG in a few seconds: the first VPS of `hostplane up`
-(the `test-guest` Image it registers, built into `<data dir>/images/test-guest/`) and the
+The initramfs loads the virtio, network and isofs modules, mounts the NoCloud seed (label
+`cidata`), prints its hostname and SSH keys to the serial console, configures eth0 from the
+seed's network-config (static addresses and default routes), runs a `#!` script given in
+user-data (alone or as the text/x-shellscript part of a multipart user-data, as cloud-init
+does) with each output line prefixed `hostplane-script:`, then serves a shell on the serial
+console and powers off when the ACPI power button is pressed. `radvd` (with the libc it links)
+is included so a test can play a rogue router. It boots under TCG in a few seconds: the first
+VPS of `hostplane up` (the `test-guest` Image it registers, built into
+`<data dir>/images/test-guest/`) and the
 e2e suite's guest (cached under ~/.cache/hostplane-test-guest/<hash of this file>).
 
 Run as `python -m api.testguest [DIR]` (or `make test-image`); prints the paths and sha256s.

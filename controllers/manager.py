@@ -437,12 +437,18 @@ class Manager:
 
         problem: Problem | None = None
         sub = self._subscription(vps.spec.subscription)
+        if sub is not None and not vps.bound_to(sub):
+            # The Subscription this server was created under is gone; one of the same name now is
+            # someone else's: never resolve the server with its plan, billing or customer.
+            sub = None
         plan = self.plan_inf.get(sub.spec.plan) if sub is not None else None
         image = self.image_inf.get(vps.spec.image)
         customer = self.customer_inf.get(sub.spec.customer) if sub is not None else None
         if sub is None:
             problem = Problem("Resolved", "SubscriptionNotFound",
-                              f"subscription {vps.spec.subscription!r} does not exist")
+                              f"subscription {vps.spec.subscription!r} does not exist"
+                              + ("" if self.sub_inf.get(vps.spec.subscription) is None
+                                 else " (one of that name was created anew; this server is not part of it)"))
         elif plan is None:
             problem = Problem("Resolved", "PlanNotFound", f"plan {sub.spec.plan!r} does not exist")
         elif image is None:
@@ -485,6 +491,7 @@ class Manager:
                 try:
                     fresh = resolve(vps, sub, plan, image, booking.ips, now, mac=booking.mac, customer=customer,
                                     max_resize=node.spec.maxResize if node is not None else None,
+                                    node_network=node.spec.network if node is not None else None,
                                     drained=drained(node), defaults=self.settings.billing)
                 except ValueError as exc:
                     problem, fresh = Problem("Resolved", "InvalidSpec", str(exc)), desired

@@ -25,7 +25,7 @@ from datetime import datetime, timedelta
 
 from controllers.ipam import IPAllocation, mac_candidates
 from specs.domain import BandwidthLimit, DesiredPower, DomainImage, DomainNetwork, DomainSpec, IPAssignment
-from specs.kinds import VPS, Customer, Image, MaxResize, Plan, Subscription, SubscriptionStatus
+from specs.kinds import VPS, Customer, Image, MaxResize, NodeNetwork, Plan, Subscription, SubscriptionStatus
 
 DEFAULT_SHUTDOWN_AFTER_HOURS = 24
 
@@ -106,6 +106,18 @@ def next_change(vps: VPS, sub: Subscription, plan: Plan, customer: Customer | No
     return min(future) if future else None
 
 
+def attachment(node_network: NodeNetwork | None, ips: IPAllocation | None) -> dict[str, object]:
+    """The NIC attachment fields of a `DomainNetwork`: the node's mode, bridge and the pool's VLAN."""
+    if node_network is None:
+        return {}
+    out: dict[str, object] = {"mode": node_network.mode}
+    if node_network.mode == "bridge":
+        out["bridge"] = node_network.bridge
+        if ips is not None and ips.pool in node_network.vlans:
+            out["vlan"] = node_network.vlans[ips.pool]
+    return out
+
+
 def resolve(
     vps: VPS,
     subscription: Subscription,
@@ -117,6 +129,7 @@ def resolve(
     mac: str | None = None,
     customer: Customer | None = None,
     max_resize: MaxResize | None = None,
+    node_network: NodeNetwork | None = None,
     drained: bool = False,
     defaults: BillingDefaults = BillingDefaults(),
 ) -> DomainSpec | None:
@@ -124,6 +137,7 @@ def resolve(
 
     `mac` is the booked MAC (the uid's first candidate when not given); `ips` None means the
     VPS has no addresses yet and the domain gets a network interface without them.
+    `node_network` is the node's `spec.network` (None: the entry leaves the mode to the agent).
     """
     if vps.metadata.deletionTimestamp is not None:
         return None
@@ -151,7 +165,7 @@ def resolve(
     src = image.spec.source
     if mac is None:
         mac = next(mac_candidates(vps.metadata.uid or vps.name))
-    network = DomainNetwork(mac=mac, dns=list(ips.dns) if ips else [])
+    network = DomainNetwork(mac=mac, dns=list(ips.dns) if ips else [], **attachment(node_network, ips))
     if ips is not None:
         network.ipv4 = IPAssignment(address=ips.ipv4, prefixLength=ips.prefix4, gateway=ips.gateway4)
         if ips.ipv6 is not None and ips.prefix6 is not None:

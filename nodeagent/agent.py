@@ -66,7 +66,7 @@ class Agent:
 
     def __init__(self, store: Store, node: str, conn_uri: str, data_dir: Path, *, resync: float = 60.0,
                  workers: int = 2, heartbeat_ttl: int = 10, debounce_seconds: float = 2.0,
-                 pool_name: str | None = None, network: str = "user",
+                 pool_name: str | None = None, network: str = "user", netns: str | None = None,
                  enqueue: Callable[[str, float], None] | None = None, image_policy: ImagePolicy | None = None) -> None:
         self.store = store
         self.node = node
@@ -74,7 +74,8 @@ class Agent:
         self.resync = resync
         self.heartbeat_ttl = heartbeat_ttl
         self.debounce_seconds = debounce_seconds
-        self.hv = Hypervisor(conn_uri, data_dir, pool_name=pool_name, network=network, image_policy=image_policy)
+        self.hv = Hypervisor(conn_uri, data_dir, pool_name=pool_name, network=network, netns=netns,
+                             image_policy=image_policy)
         self.informer: Informer[DomainSpec] = Informer(store, keys.desired_prefix(node, store.root),
                                                        decode=_decode_spec, name=f"agent {node}")
         # Keyed by uid: the explicit deletions this node is asked to carry out.
@@ -120,6 +121,7 @@ class Agent:
         self._facts: object | None = None
         self.warm = False
         self.call_limit = LIBVIRT_CALL_LIMIT
+        self._warned_user_mode = False
 
     # ------------------------------------------------------------ lifecycle
 
@@ -147,6 +149,7 @@ class Agent:
         if self.controller is not None:
             self.controller.start()
         self.scan()
+        self._warn_user_mode()
         self.heartbeat()
         if self._own_controller:
             self._thread = threading.Thread(target=self._housekeeping, name=f"agent-{self.node}-hk", daemon=True)
@@ -330,11 +333,29 @@ class Agent:
             return name in {domain_name(u) for u in desired_uids | set(self.tombstones.items())}
 
         try:
+            unbound = self.hv.network_housekeeping(list(self.informer.items().values()))
+        except (libvirt.libvirtError, AgentError) as exc:
+            log.warning("agent %s: node network housekeeping failed: %s", self.node, exc)
+        else:
+            if unbound:
+                log.info("agent %s: removed filter bindings of stopped taps %s", self.node, unbound)
+        try:
             leftovers = self.hv.orphan_volumes(claimed)
         except (libvirt.libvirtError, AgentError) as exc:
             log.warning("agent %s: orphan volume scan failed: %s", self.node, exc)
             return
         self.orphan_volumes = sorted(v for vols in leftovers.values() for v in vols)
+
+    def _warn_user_mode(self, specs: list[DomainSpec] | None = None) -> None:
+        """User-mode NICs reach the host's loopback: say so, once, loudly (a developer choice, never production)."""
+        if self._warned_user_mode:
+            return
+        specs = list(self.informer.items().values()) if specs is None else specs
+        if any(s.network.mode == "user" or (s.network.mode is None and self.hv.network == "user") for s in specs):
+            self._warned_user_mode = True
+            log.warning("agent %s: WARNING: VPS NICs in user mode (QEMU SLIRP) can reach every service on this "
+                        "host's loopback (etcd, API, agent) and are not filtered against spoofing; use mode "
+                        "bridge or isolated-nat for anything but development", self.node)
 
     # ------------------------------------------------------------ reconcile
 
@@ -367,6 +388,7 @@ class Agent:
                 elif w is not None:
                     wait = w if wait is None else min(wait, w)
             if spec is not None:
+                self._warn_user_mode([spec])
                 obs, converged, w = self._converge(spec, spec.uid, vps)
                 if w is not None:
                     wait = w if wait is None else min(wait, w)

@@ -8,6 +8,7 @@ hash, addresses); rebuilding a disk keeps it.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 from typing import Any
@@ -60,11 +61,27 @@ def seed_files(spec: DomainSpec) -> dict[str, bytes]:
     def dump(d: dict[str, Any]) -> bytes:
         return (json.dumps(d, indent=1, sort_keys=True) + "\n").encode()
 
+    config = b"#cloud-config\n" + dump(user_data(spec))
     return {
         "meta-data": dump(meta),
-        "user-data": b"#cloud-config\n" + dump(user_data(spec)),
+        "user-data": config if spec.userScript is None else multipart(config, spec.userScript.encode()),
         "network-config": dump(network_config(spec)),
     }
+
+
+def multipart(config: bytes, script: bytes) -> bytes:
+    """cloud-init's multipart user-data: the cloud-config and a `#!` script, parts kept verbatim.
+
+    The boundary is derived from both parts' digest, so it cannot occur in either.
+    """
+    boundary = "hostplane-" + hashlib.sha256(config + b"\0" + script).hexdigest()[:32]
+    out = [f'Content-Type: multipart/mixed; boundary="{boundary}"\nMIME-Version: 1.0\n\n'.encode()]
+    for ctype, body in (("text/cloud-config", config), ("text/x-shellscript", script)):
+        out.append(f'--{boundary}\nContent-Type: {ctype}; charset="utf-8"\n'
+                   'Content-Transfer-Encoding: 8bit\n\n'.encode())
+        out.append(body if body.endswith(b"\n") else body + b"\n")
+    out.append(f"--{boundary}--\n".encode())
+    return b"".join(out)
 
 
 def build_iso(files: dict[str, bytes], *, label: str = "cidata") -> bytes:

@@ -2,8 +2,11 @@
 
 Built with ElementTree so every value is escaped; never by string formatting. The vCPU and
 memory maximums are fixed at define time (`maxVcpus`, `maxMemoryMiB`) so plans up to the
-node's maxResize resize live. Everything the host exposes stays on loopback: VNC listens on
-127.0.0.1 and the NIC is user-mode (or an isolated libvirt network named by the agent).
+node's maxResize resize live. The NIC follows the entry's network mode (a tap on the host
+bridge, on the pool gateway's isolated NAT network, or user-mode) and, unless user-mode,
+references the anti-spoofing filter with the booking's addresses (`netfilter`). No console
+listens on TCP: graphics on a per-domain UNIX socket, the serial console on a PTY the agent's
+libvirt owns, its output logged to a file.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 
+from nodeagent import netfilter
 from nodeagent.metadata import NS, PREFIX, Meta
 from specs.domain import DomainSpec
 
@@ -43,9 +47,11 @@ class Boot:
     initrd: str | None = None
     arch: str | None = "x86_64"
     machine: str | None = "pc"
-    # "user" (user-mode NIC, nothing leaves the host unless the guest connects out) or a libvirt network name.
+    # For entries without a network mode: "user" (user-mode NIC) or a libvirt network name.
     network: str = "user"
     guest_agent: bool = True
+    # The VNC socket's path (None: no graphics device at all).
+    graphics_socket: str | None = None
 
 
 def _sub(parent: ET.Element, tag: str, text: str | None = None, **attrs: str) -> ET.Element:
@@ -109,13 +115,7 @@ def build(spec: DomainSpec, meta: Meta, boot: Boot, *, uuid: str | None = None) 
     _sub(seed, "target", dev="vdb", bus="virtio")
     _sub(seed, "readonly")
 
-    if boot.network == "user":
-        nic = _sub(dev, "interface", type="user")
-    else:
-        nic = _sub(dev, "interface", type="network")
-        _sub(nic, "source", network=boot.network)
-    _sub(nic, "mac", address=spec.network.mac)
-    _sub(nic, "model", type="virtio")
+    nic = _interface(dev, spec, boot)
     if spec.bandwidth and (spec.bandwidth.inboundKbps or spec.bandwidth.outboundKbps):
         bw = _sub(nic, "bandwidth")
         # libvirt counts kilobytes per second; the spec speaks kilobits.
@@ -124,20 +124,93 @@ def build(spec: DomainSpec, meta: Meta, boot: Boot, *, uuid: str | None = None) 
         if spec.bandwidth.outboundKbps:
             _sub(bw, "outbound", average=str(max(1, spec.bandwidth.outboundKbps // 8)))
 
+    # A PTY, not a socket or port: only libvirt (the agent's connection) can open it.
+    serial = _sub(dev, "serial", type="pty")
     if boot.serial_log:
-        serial = _sub(dev, "serial", type="file")
-        _sub(serial, "source", path=boot.serial_log, append="on")
-        _sub(serial, "target", port="0")
-        console = _sub(dev, "console", type="file")
-        _sub(console, "source", path=boot.serial_log, append="on")
-        _sub(console, "target", type="serial", port="0")
+        _sub(serial, "log", file=boot.serial_log, append="on")
+    _sub(serial, "target", port="0")
+    console = _sub(dev, "console", type="pty")
+    _sub(console, "target", type="serial", port="0")
     if boot.guest_agent:
         chan = _sub(dev, "channel", type="unix")
         _sub(chan, "target", type="virtio", name="org.qemu.guest_agent.0")
-    gfx = _sub(dev, "graphics", type="vnc", port="-1", autoport="yes", listen="127.0.0.1")
-    _sub(gfx, "listen", type="address", address="127.0.0.1")
+    if boot.graphics_socket:
+        gfx = _sub(dev, "graphics", type="vnc")
+        _sub(gfx, "listen", type="socket", socket=boot.graphics_socket)
     _sub(dev, "memballoon", model="virtio")
     return ET.tostring(dom, encoding="unicode")
+
+
+def nat_network_of(spec: DomainSpec) -> tuple[str, str] | None:
+    """(network, bridge) of the isolated NAT network an isolated-nat entry needs: its pool gateway's."""
+    v4 = spec.network.ipv4
+    if spec.network.mode != "isolated-nat" or v4 is None or v4.gateway is None:
+        return None
+    return netfilter.nat_network(v4.gateway, v4.prefixLength)
+
+
+def _interface(dev: ET.Element, spec: DomainSpec, boot: Boot) -> ET.Element:
+    net = spec.network
+    mode = net.mode
+    if mode is None:
+        # An entry from before network modes: the agent's configured attachment, as it was.
+        if boot.network == "user":
+            nic = _sub(dev, "interface", type="user")
+        else:
+            nic = _sub(dev, "interface", type="network")
+            _sub(nic, "source", network=boot.network)
+    elif mode == "user":
+        nic = _sub(dev, "interface", type="user")
+    elif mode == "bridge":
+        nic = _sub(dev, "interface", type="bridge")
+        _sub(nic, "source", bridge=net.bridge or "")
+        if net.vlan is not None:
+            vlan = _sub(nic, "vlan")
+            _sub(vlan, "tag", id=str(net.vlan))
+    else:
+        nat = nat_network_of(spec)
+        if nat is None:
+            raise ValueError("mode isolated-nat needs an IPv4 address with a gateway")
+        nic = _sub(dev, "interface", type="network")
+        _sub(nic, "source", network=nat[0])
+    if mode in netfilter.TAP_PREFIX:
+        _sub(nic, "target", dev=netfilter.tap_name(spec.uid, mode))
+    _sub(nic, "mac", address=net.mac)
+    _sub(nic, "model", type="virtio")
+    params = netfilter.params(spec)
+    if params is not None:
+        set_filter(nic, params)
+    return nic
+
+
+def set_filter(nic: ET.Element, params: netfilter.Params) -> None:
+    """Replace the NIC's filter reference with `hostplane-vps` carrying `params`."""
+    for old in nic.findall("filterref"):
+        nic.remove(old)
+    ref = _sub(nic, "filterref", filter=netfilter.FILTER_NAME)
+    for name, value in params:
+        _sub(ref, "parameter", name=name, value=value)
+
+
+def interface_xml(domain_xml: str, mac: str) -> ET.Element | None:
+    """The <interface> with `mac` in a domain's XML."""
+    root = ET.fromstring(domain_xml)
+    for nic in root.findall("devices/interface"):
+        m = nic.find("mac")
+        if m is not None and m.get("address", "").lower() == mac.lower():
+            return nic
+    return None
+
+
+def read_filter(domain_xml: str, mac: str) -> netfilter.Params | None:
+    """The `hostplane-vps` parameters on the NIC with `mac` (None: no such NIC or no filter on it)."""
+    nic = interface_xml(domain_xml, mac)
+    if nic is None:
+        return None
+    ref = nic.find(f"filterref[@filter='{netfilter.FILTER_NAME}']")
+    if ref is None:
+        return None
+    return netfilter.canonical_params((p.get("name", ""), p.get("value", "")) for p in ref.findall("parameter"))
 
 
 @dataclass(frozen=True)

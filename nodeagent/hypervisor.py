@@ -14,16 +14,18 @@ import logging
 import os
 import threading
 import time
+import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import libvirt
 
-from nodeagent import cloudinit, domain_xml
+from nodeagent import cloudinit, domain_xml, netfilter
 from nodeagent import plan as P
 from nodeagent.errors import ActionFailed, AgentError, HypervisorUnavailable, NameConflict
 from nodeagent.events import ensure_event_loop
+from nodeagent.hostnet import HostNetwork
 from nodeagent.images import ImagePolicy
 from nodeagent.metadata import NS, PREFIX, Meta, from_domain_xml
 from nodeagent.storage import Storage
@@ -90,7 +92,8 @@ def _kvm_usable_by_guests(conn: libvirt.virConnect) -> bool:
 
 class Hypervisor:
     def __init__(self, uri: str, data_dir: Path, *, pool_name: str | None = None, network: str = "user",
-                 cluster_id: str | None = None, image_policy: ImagePolicy | None = None) -> None:
+                 netns: str | None = None, cluster_id: str | None = None,
+                 image_policy: ImagePolicy | None = None) -> None:
         self.uri = uri
         self.image_policy = image_policy or ImagePolicy.for_data_dir(data_dir)
         self.data_dir = data_dir
@@ -98,6 +101,9 @@ class Hypervisor:
         # Set before `connect`; domains of another cluster are never touched.
         self.cluster_id = cluster_id
         self.network = network
+        self.hostnet = HostNetwork(netns)
+        # Whether the node networking (filters, host guard) was put in place on this connection.
+        self._net_ready = False
         self._lock = threading.Lock()
         self.conn: libvirt.virConnect | None = None
         self.storage: Storage | None = None
@@ -108,6 +114,7 @@ class Hypervisor:
         # but one that does not return is seen (`stuck`) and reported by the independent heartbeat.
         self._inflight: dict[int, tuple[str, float]] = {}
         self._inflight_lock = threading.Lock()
+        self.consoles_dir = data_dir / "consoles"
 
     @contextlib.contextmanager
     def call(self, what: str) -> Iterator[None]:
@@ -186,11 +193,15 @@ class Hypervisor:
         self.logs_dir.mkdir(parents=True, exist_ok=True)
         # Guests' serial consoles: readable by the hypervisor's user and group, never by everyone.
         self.logs_dir.chmod(0o750)
+        # Graphics sockets: only the hypervisor's user (and root) may connect to them.
+        self.consoles_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         if not self.simulated and os.geteuid() == 0 and pool_dir.exists():
             # The hypervisor daemon may run as another user (a session daemon): let it write serial logs.
             st = pool_dir.stat()
             os.chown(self.logs_dir, st.st_uid, st.st_gid)
+            os.chown(self.consoles_dir, st.st_uid, st.st_gid)
         self.conn = conn
+        self._net_ready = False
         return conn
 
     @staticmethod
@@ -267,7 +278,8 @@ class Hypervisor:
             meta = from_domain_xml(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
             state, reason = dom.state(0)
             active = state not in (libvirt.VIR_DOMAIN_SHUTOFF, libvirt.VIR_DOMAIN_CRASHED)
-            sizes = domain_xml.read_sizes(dom.XMLDesc(0) if active else dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
+            xml = dom.XMLDesc(0) if active else dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+            sizes = domain_xml.read_sizes(xml)
         except libvirt.libvirtError as exc:
             if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
                 return Observation(P.Actual(base_present=base_present, disk_gib=disk, seed_present=seed), None)
@@ -298,6 +310,7 @@ class Hypervisor:
             grace_seconds=meta.grace_seconds, paused_at=meta.paused_at, crash_count=meta.crash_count,
             crashed_at=meta.crashed_at, last_start_at=meta.last_start_at,
             base_present=base_present, disk_gib=disk, seed_present=seed,
+            filter_params=self._read_filter(dom, xml, spec),
         )
         return Observation(actual, meta, state, reason)
 
@@ -340,7 +353,70 @@ class Hypervisor:
             kernel=base.kernel if base else None, initrd=base.initrd if base else None,
             arch="i686" if self.simulated else "x86_64", machine=None if self.simulated else "pc",
             network=self.network, guest_agent=not self.simulated,
+            graphics_socket=str(self.consoles_dir / f"{name}.vnc"),
         )
+
+    # ------------------------------------------------------------- networking
+
+    def prepare_network(self, specs: list[DomainSpec], *, force: bool = False) -> None:
+        """Filters, host guard and NAT networks the given entries need (once per connection, or `force`).
+
+        Nothing is done for user-mode or mode-less entries, so a node without filtered NICs keeps
+        its firewall untouched. The test driver has no nwfilter and no host: only networks there.
+        """
+        conn = self._conn()
+        filtered = [s for s in specs if netfilter.params(s) is not None]
+        if not filtered:
+            return
+        if not self.simulated and (force or not self._net_ready):
+            defined = self.hostnet.ensure_filters(conn)
+            repaired = self.hostnet.ensure_guard()
+            if defined or repaired:
+                log.info("node network: filters defined %s, guard repaired %s", defined, repaired)
+            self._net_ready = True
+        for spec in filtered:
+            nat = domain_xml.nat_network_of(spec)
+            if nat is not None and spec.network.ipv4 is not None and spec.network.ipv4.gateway is not None:
+                self.hostnet.ensure_nat_network(conn, spec.network.ipv4.gateway, spec.network.ipv4.prefixLength)
+
+    def network_housekeeping(self, specs: list[DomainSpec]) -> list[str]:
+        """At a resync: repair filters, guard and NAT networks; delete bindings of taps no longer running."""
+        self.prepare_network(specs, force=True)
+        if self.simulated or not any(netfilter.params(s) is not None for s in specs):
+            return []
+        running = [dom.name() for dom, meta in self.all_domains() if meta is not None and dom.isActive()]
+        return self.hostnet.remove_orphan_bindings(self._conn(), running)
+
+    def _read_filter(self, dom: libvirt.virDomain, xml: str, spec: DomainSpec | None) -> netfilter.Params | None:
+        if spec is None:
+            return None
+        if self.simulated:
+            xml = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+        return domain_xml.read_filter(xml, spec.network.mac)
+
+    def _update_filter(self, dom: libvirt.virDomain, mac: str, action: P.UpdateFilter) -> None:
+        """New filter parameters on the NIC, in the persistent config and (when running) live: no reboot.
+
+        The test driver cannot update a device: there the persistent definition is rewritten, and its
+        filter is what `read` reports (a simulated domain has no tap to filter).
+        """
+        if self.simulated:
+            root = ET.fromstring(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
+            for el in root.findall("devices/interface"):
+                m = el.find("mac")
+                if m is not None and m.get("address", "").lower() == mac.lower():
+                    domain_xml.set_filter(el, action.params)
+            self._conn().defineXML(ET.tostring(root, encoding="unicode"))
+            return
+        targets = [(libvirt.VIR_DOMAIN_AFFECT_CONFIG, dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))]
+        if action.live and dom.isActive():
+            targets.append((libvirt.VIR_DOMAIN_AFFECT_LIVE, dom.XMLDesc(0)))
+        for flag, xml in targets:
+            nic = domain_xml.interface_xml(xml, mac)
+            if nic is None:
+                raise ActionFailed(f"no interface with MAC {mac} to filter")
+            domain_xml.set_filter(nic, action.params)
+            dom.updateDeviceFlags(ET.tostring(nic, encoding="unicode"), flag)
 
     def execute(self, action: P.Action, spec: DomainSpec | None, uid: str, vps: str,
                 note: Callable[[str, str], None]) -> None:
@@ -389,7 +465,12 @@ class Hypervisor:
                 self._set_meta(dom, meta.with_(seed_hash=action.seed_hash))
         elif isinstance(action, P.Define):
             assert spec is not None
+            self.prepare_network([spec])
             self._define(action, spec, uid, name)
+        elif isinstance(action, P.UpdateFilter):
+            assert spec is not None
+            dom, _meta = self._domain(name, uid)
+            self._update_filter(dom, spec.network.mac, action)
         else:
             self._power(action, name, uid, note)
 

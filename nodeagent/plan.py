@@ -21,6 +21,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Literal
 
+from nodeagent import netfilter
 from specs.domain import DomainSpec
 
 Power = Literal["running", "paused", "shutoff", "crashed"]
@@ -65,6 +66,8 @@ class Actual:
     base_present: bool = False
     disk_gib: int | None = None
     seed_present: bool = False
+    # The anti-spoofing filter's parameters on the NIC (live XML when active); None: no filter.
+    filter_params: netfilter.Params | None = None
 
 
 # ---------------------------------------------------------------------------------- actions
@@ -196,6 +199,14 @@ class ForgetCrashes(Action):
 
 
 @dataclass(frozen=True)
+class UpdateFilter(Action):
+    """Set the NIC's filter parameters to the booking's (live and config): no reboot."""
+
+    params: netfilter.Params
+    live: bool
+
+
+@dataclass(frozen=True)
 class DeleteVolumes(Action):
     """Root disk and seed. Only ever planned for a tombstone of this uid (and no desired entry)."""
 
@@ -220,6 +231,8 @@ def config_hash(spec: DomainSpec) -> str:
         "bandwidth": spec.bandwidth.model_dump() if spec.bandwidth else None,
         "kernel": [spec.image.kernel, spec.image.initrd, spec.image.cmdline],
         "grace": spec.shutdownGraceSeconds,
+        # Only for entries with a mode, so entries written before modes keep their hash.
+        **({"nic": [spec.network.mode, spec.network.bridge, spec.network.vlan]} if spec.network.mode else {}),
     })
 
 
@@ -228,6 +241,8 @@ def seed_hash(spec: DomainSpec) -> str:
     return _digest({
         "uid": spec.uid, "hostname": spec.hostname, "sshKeys": spec.sshKeys,
         "passwordHash": spec.passwordHash, "network": spec.network.model_dump(),
+        # Only when set, so seeds of entries without a script keep their hash.
+        **({"userScript": spec.userScript} if spec.userScript is not None else {}),
     })
 
 
@@ -331,6 +346,11 @@ def plan(desired: DomainSpec | None, actual: Actual | None, *, now: float, tombs
     if not a.defined or a.config_hash != ch or (not active and sizes_differ):
         out.append(Define(ch, sh, a.rebuild_generation if a.defined else d.rebuildGeneration,
                           a.restart_generation if a.defined else d.restartGeneration))
+
+    want_filter = netfilter.params(d)
+    if a.defined and want_filter is not None and a.filter_params != want_filter:
+        # The booking's addresses moved, or someone edited the filter: put it back, live if running.
+        out.append(UpdateFilter(want_filter, live=active))
 
     if not active:
         out.extend(_plan_off(d, a, now, pending_restart))

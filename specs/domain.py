@@ -8,15 +8,24 @@ for a `Tombstone` bound to its uid under `/nodes/<node>/tombstones/<uid>`.
 
 from __future__ import annotations
 
+import ipaddress
 from datetime import datetime
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, ValidationInfo, field_validator
 
-from specs.meta import Condition, Model
+from specs.meta import Condition, Model, check_text
 
 DesiredPower = Literal["Running", "Stopped", "Paused"]
 ObservedPower = Literal["Running", "Stopped", "Paused", "Crashed", "Absent", "ShuttingDown", "Unknown"]
+# How a VPS NIC attaches to the host (docs/operations.md, "Network modes"):
+#   bridge        a tap on the host bridge that carries the public network (production)
+#   isolated-nat  a private libvirt NAT network per pool gateway; guests never reach the host
+#   user          QEMU user-mode (SLIRP): a developer choice; it reaches the host's loopback
+NetworkMode = Literal["bridge", "isolated-nat", "user"]
+# A Linux interface name: at most 15 bytes, no '/', whitespace or ':'.
+IFNAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,14}$"
+MAX_EXTRA_IPS = 64
 
 
 class DomainImage(Model):
@@ -41,6 +50,30 @@ class DomainNetwork(Model):
     ipv4: IPAssignment | None = None
     ipv6: IPAssignment | None = None
     dns: list[str] = Field(default_factory=list)
+    # None: the agent's own default (entries written before nodes chose a mode).
+    mode: NetworkMode | None = None
+    bridge: str | None = Field(default=None, pattern=IFNAME_PATTERN, validate_default=True)
+    vlan: int | None = Field(default=None, ge=1, le=4094)
+    # Further addresses booked to the VPS (IPv4 or IPv6); the host filter lets them through.
+    extraIPs: list[str] = Field(default_factory=list, max_length=MAX_EXTRA_IPS)
+
+    @field_validator("bridge")
+    @classmethod
+    def _bridge(cls, v: str | None, info: ValidationInfo) -> str | None:
+        mode = info.data.get("mode")
+        if mode == "bridge" and v is None:
+            raise ValueError("mode bridge needs the host bridge's name")
+        if mode != "bridge" and v is not None:
+            raise ValueError(f"a bridge is only used in mode bridge, not {mode}")
+        return v
+
+    @field_validator("extraIPs")
+    @classmethod
+    def _extra_ips(cls, v: list[str]) -> list[str]:
+        out = [str(ipaddress.ip_address(a)) for a in v]
+        if len(set(out)) != len(out):
+            raise ValueError("extraIPs lists an address twice")
+        return out
 
 
 class BandwidthLimit(Model):
@@ -65,11 +98,18 @@ class DomainSpec(Model):
     hostname: str
     sshKeys: list[str] = Field(default_factory=list)
     passwordHash: str | None = None
+    # A `#!` script the guest runs at first boot (cloud-init's script user-data), beside the cloud-config.
+    userScript: str | None = Field(default=None, max_length=16384, pattern=r"^#!")
     network: DomainNetwork
     bandwidth: BandwidthLimit | None = None
     rebuildGeneration: int = 0
     restartGeneration: int = 0
     shutdownGraceSeconds: int = Field(default=60, ge=0)
+
+    @field_validator("userScript")
+    @classmethod
+    def _user_script(cls, v: str | None) -> str | None:
+        return None if v is None else check_text(v, multiline=True)
 
 
 class Tombstone(Model):

@@ -14,6 +14,7 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import AfterValidator, Field, Strict, ValidationInfo, field_validator, model_validator
 
+from specs.domain import IFNAME_PATTERN, NetworkMode
 from specs.meta import API_VERSION, Condition, Labels, Model, Name, ObjectMeta, Text, check_text
 from specs.money import Currency, Money, canonical_amount
 
@@ -260,12 +261,46 @@ class MaxResize(Model):
     memoryMiB: PositiveInt = 16384
 
 
+VlanId = Annotated[int, Strict(), Field(ge=1, le=4094)]
+
+
+class NodeNetwork(Model):
+    """How the node's VPS NICs attach (docs/operations.md, "Network modes").
+
+    `bridge` is required in mode bridge and refused otherwise; `vlans` tags a pool's NICs
+    (pool name -> VLAN id) on that bridge. Field validators so that an error names its field.
+    """
+
+    mode: NetworkMode = "isolated-nat"
+    bridge: str | None = Field(default=None, pattern=IFNAME_PATTERN, validate_default=True)
+    vlans: dict[Name, VlanId] = Field(default_factory=dict, max_length=256)
+
+    @field_validator("bridge")
+    @classmethod
+    def _bridge(cls, v: str | None, info: ValidationInfo) -> str | None:
+        mode = info.data.get("mode", "isolated-nat")
+        if mode == "bridge" and v is None:
+            raise ValueError("mode bridge needs the host bridge's name, e.g. br0")
+        if mode != "bridge" and v is not None:
+            raise ValueError(f"a bridge is only used in mode bridge, not {mode}")
+        return v
+
+    @field_validator("vlans")
+    @classmethod
+    def _vlans(cls, v: dict[str, int], info: ValidationInfo) -> dict[str, int]:
+        mode = info.data.get("mode", "isolated-nat")
+        if v and mode != "bridge":
+            raise ValueError(f"VLAN tags are only used in mode bridge, not {mode}")
+        return v
+
+
 class NodeSpec(Model):
     libvirtURI: Annotated[Text, Field(min_length=1, max_length=1024)] = "qemu:///system"
     capacity: Capacity
     overcommit: Overcommit = Field(default_factory=Overcommit)
     maxResize: MaxResize = Field(default_factory=MaxResize)
     schedulable: bool = True
+    network: NodeNetwork = Field(default_factory=NodeNetwork)
 
 
 class OrphanDomain(Model):
@@ -468,6 +503,9 @@ Phase = Literal[
 
 class VPSSpec(Model):
     subscription: Name
+    # The uid of the Subscription this server was created under (the API sets it): ownership follows
+    # it, so a Subscription deleted and created again under the same name does not inherit the server.
+    subscriptionUID: str | None = Field(default=None, max_length=64, pattern=r"^[A-Za-z0-9-]+$")
     image: Name
     hostname: Hostname
     sshKeys: list[SSHKey] = Field(default_factory=list, max_length=32)
@@ -509,6 +547,12 @@ class VPS(Resource):
     kind: Literal["VPS"] = "VPS"
     spec: VPSSpec
     status: VPSStatus | None = None
+
+    def bound_to(self, sub: Subscription) -> bool:
+        """Whether `sub` is this server's Subscription: the name it refers to and, when recorded, the
+        uid it was created under (a Subscription recreated under the old name is another one). Pure."""
+        return sub.name == self.spec.subscription and (
+            self.spec.subscriptionUID is None or self.spec.subscriptionUID == sub.metadata.uid)
 
 
 KINDS: dict[str, type[Resource]] = {

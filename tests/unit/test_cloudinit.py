@@ -47,3 +47,17 @@ def test_user_values_are_data_not_template(hostname: str, keys: list[str]) -> No
     assert ud.startswith(b"#cloud-config\n")
     doc = json.loads(ud.split(b"\n", 1)[1])
     assert doc["hostname"] == hostname and doc["ssh_authorized_keys"] == keys
+
+
+@given(st.text(st.characters(blacklist_categories=("Cc", "Cs", "Cf", "Zl", "Zp")) | st.just("\n"), max_size=200)
+       .map(lambda t: "#!/bin/sh\n" + t))
+def test_user_script_is_a_verbatim_multipart_part(script: str) -> None:
+    """A `#!` script travels beside the cloud-config as cloud-init's multipart user-data, byte for byte."""
+    import email
+
+    ud = cloudinit.seed_files(spec(userScript=script))["user-data"]
+    msg = email.message_from_bytes(ud)
+    parts = [(p.get_content_type(), p.get_payload(decode=True)) for p in msg.walk() if not p.is_multipart()]
+    assert [t for t, _ in parts] == ["text/cloud-config", "text/x-shellscript"]
+    body = parts[1][1]
+    assert isinstance(body, bytes) and body.rstrip(b"\n") == script.encode().rstrip(b"\n")

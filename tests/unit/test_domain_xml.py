@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import xml.etree.ElementTree as ET
 
 from hypothesis import given
@@ -30,16 +31,28 @@ def test_sizes_current_and_maximum() -> None:
     assert domain_xml.read_sizes(xml) == domain_xml.Sizes(1, 4, 128, 512)
 
 
-def test_devices_stay_on_loopback_and_carry_mac_and_limits() -> None:
-    """VNC listens on 127.0.0.1, the NIC has the spec's MAC and bandwidth limits in KB/s, serial goes to a file."""
+def test_devices_carry_mac_and_limits_and_no_console_listens_on_tcp() -> None:
+    """The NIC has the spec's MAC and KB/s limits; VNC is on a UNIX socket, the serial console a logged PTY."""
+    boot = dataclasses.replace(BOOT, graphics_socket="/run/hp/hp-3f2a.vnc")
     xml = domain_xml.build(spec(bandwidth=BandwidthLimit(inboundKbps=8000, outboundKbps=800)),
-                           Meta(vps="web-1", uid="3f2a"), BOOT)
+                           Meta(vps="web-1", uid="3f2a"), boot)
     root = ET.fromstring(xml)
-    assert root.find("devices/graphics").get("listen") == "127.0.0.1"  # type: ignore[union-attr]
     assert root.find("devices/interface/mac").get("address") == "52:54:00:00:00:01"  # type: ignore[union-attr]
     assert root.find("devices/interface/bandwidth/inbound").get("average") == "1000"  # type: ignore[union-attr]
-    assert root.find("devices/serial/source").get("path") == "/logs/serial.log"  # type: ignore[union-attr]
+    assert root.find("devices/serial").get("type") == "pty"  # type: ignore[union-attr]
+    assert root.find("devices/serial/log").get("file") == "/logs/serial.log"  # type: ignore[union-attr]
+    listens = root.findall("devices/graphics/listen")
+    assert [(x.get("type"), x.get("socket")) for x in listens] == [("socket", "/run/hp/hp-3f2a.vnc")]
+    gfx = root.findall("devices/graphics")
+    assert not [g for g in gfx if g.get("port") or g.get("listen") or g.get("autoport")]
+    assert not [c for c in root.findall("devices/*") if c.get("type") in ("tcp", "udp", "telnet")]
     assert root.findtext("name") == "hp-3f2a" and root.findtext("title") == "web-1"
+
+
+def test_no_graphics_socket_means_no_graphics() -> None:
+    """Without a socket path the domain has no graphics device at all."""
+    root = ET.fromstring(domain_xml.build(spec(), Meta(vps="web-1", uid="3f2a"), BOOT))
+    assert root.find("devices/graphics") is None
 
 
 @given(st.text(min_size=1, max_size=40).filter(lambda s: "\x00" not in s and s.strip() == s))

@@ -7,6 +7,7 @@ from dataclasses import replace
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from nodeagent import netfilter
 from nodeagent import plan as P
 from nodeagent.plan import Actual, config_hash, plan, seed_hash, wake_after
 from specs.domain import DomainImage, DomainNetwork, DomainSpec
@@ -56,8 +57,9 @@ def apply(a: Actual, action: P.Action, d: DomainSpec | None, *, guest_acpi: bool
             new = replace(a, defined=True, managed=True, config_hash=ch, seed_hash=sh, rebuild_generation=rg,
                           restart_generation=tg, grace_seconds=d.shutdownGraceSeconds)
             if not active:
+                # The filter read back is the live one while running: a define changes only the config.
                 new = replace(new, vcpus=d.vcpus, memory_mib=d.memoryMiB, max_vcpus=d.maxVcpus,
-                              max_memory_mib=d.maxMemoryMiB)
+                              max_memory_mib=d.maxMemoryMiB, filter_params=netfilter.params(d))
             if not a.defined:
                 new = replace(new, power="shutoff", off_by_guest=False)
             return new
@@ -91,6 +93,9 @@ def apply(a: Actual, action: P.Action, d: DomainSpec | None, *, guest_acpi: bool
             return replace(a, crashed_at=t, crash_count=a.crash_count + 1)
         case P.ForgetCrashes():
             return replace(a, crash_count=0)
+        case P.UpdateFilter(params=fp, live=live):
+            assert a.defined and live == (a.power in ("running", "paused"))
+            return replace(a, filter_params=fp)
         case P.DeleteVolumes():
             assert d is None, "a volume is deleted only when the desired entry is gone"
             return replace(a, disk_gib=None, seed_present=False)

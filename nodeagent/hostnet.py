@@ -1,0 +1,177 @@
+"""The node's side of guest networking: filters, isolated NAT networks, the host guard, orphan bindings.
+
+Per-NIC rules come from libvirt's nwfilter (`netfilter`); what is per node lives here, and every
+function puts the host back to what it should be whatever it finds (drift repaired, nothing
+duplicated), so the agent calls them at connect and at every resync:
+
+* the `hostplane-*` nwfilter definitions;
+* one libvirt NAT network per pool gateway for isolated-nat NICs, with bridge port isolation
+  (no guest reaches another guest on it);
+* the host guard: a guest never reaches an address of the host itself. Frames from a bridge-mode
+  tap (`hpb…`) that the bridge delivers to the host are dropped (ebtables INPUT); packets from an
+  isolated NAT bridge (`hpnat…`) to the host are dropped, IPv6 neighbour discovery excepted
+  (iptables/ip6tables INPUT). The NAT network runs no DNS or DHCP server on the host (guests are
+  configured by their seed and use the pool's resolvers); forwarded (NAT-ed) traffic is not INPUT;
+* nwfilter bindings of Hostplane taps whose domain is no longer running are deleted.
+
+ADR 007 says why nwfilter plus these rules and not passt or a bespoke nftables program. Commands
+run in `netns` when one is given (a host whose VPS bridges live in a namespace; the tests).
+It must never touch a chain, network, filter or binding that is not Hostplane's.
+"""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import xml.etree.ElementTree as ET
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import libvirt
+
+from nodeagent import netfilter
+from nodeagent.errors import ActionFailed
+
+log = logging.getLogger(__name__)
+
+GUARD_CHAIN = "HOSTPLANE-GUARD"
+NAT_BRIDGE_MATCH = "hpnat+"
+BRIDGE_TAP_MATCH = netfilter.TAP_PREFIX["bridge"] + "+"
+
+# The rules each tool's chain must hold, exactly as `-S` (iptables) or `-L` (ebtables) lists them.
+GUARD_RULES: dict[str, list[str]] = {
+    "ebtables": [f"-i {BRIDGE_TAP_MATCH} -j DROP"],
+    "iptables": [f"-A {GUARD_CHAIN} -i {NAT_BRIDGE_MATCH} -j DROP"],
+    "ip6tables": [
+        *(f"-A {GUARD_CHAIN} -i {NAT_BRIDGE_MATCH} -p ipv6-icmp -m icmp6 --icmpv6-type {t} -j RETURN"
+          for t in (133, 135, 136)),
+        f"-A {GUARD_CHAIN} -i {NAT_BRIDGE_MATCH} -j DROP",
+    ],
+}
+
+
+def nat_network_xml(name: str, bridge: str, gateway: str, prefix: int) -> str:
+    """An isolated NAT network: the pool gateway on the host bridge, NAT out, ports isolated from each other.
+
+    No DNS or DHCP server (no dnsmasq on the host for guests to talk to): the seed configures them.
+    """
+    net = ET.Element("network")
+    ET.SubElement(net, "name").text = name
+    ET.SubElement(net, "forward", {"mode": "nat"})
+    ET.SubElement(net, "bridge", {"name": bridge, "stp": "off", "delay": "0"})
+    ET.SubElement(net, "port", {"isolated": "yes"})
+    ET.SubElement(net, "dns", {"enable": "no"})
+    ET.SubElement(net, "ip", {"address": gateway, "prefix": str(prefix)})
+    return ET.tostring(net, encoding="unicode")
+
+
+def guard_listing_ok(tool: str, listing: str) -> bool:
+    """Whether `tool`'s listing of the guard chain holds exactly our rules."""
+    want = GUARD_RULES[tool]
+    if tool == "ebtables":
+        lines = [ln.strip() for ln in listing.splitlines() if ln.strip().startswith("-")]
+    else:
+        lines = [ln.strip() for ln in listing.splitlines() if ln.startswith("-A ")]
+    return lines == want
+
+
+@dataclass
+class HostNetwork:
+    netns: str | None = None
+
+    def _run(self, *cmd: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        prefix = ["ip", "netns", "exec", self.netns] if self.netns else []
+        proc = subprocess.run([*prefix, *cmd], capture_output=True, text=True, timeout=30, check=False)
+        if check and proc.returncode != 0:
+            raise ActionFailed(f"{' '.join(cmd)}: {proc.stderr.strip() or proc.returncode}")
+        return proc
+
+    # ------------------------------------------------------------------ filters
+
+    @staticmethod
+    def ensure_filters(conn: libvirt.virConnect) -> list[str]:
+        """Define every Hostplane filter that is missing or differs; returns the names defined."""
+        held: dict[str, str] = {}
+        for f in conn.listAllNWFilters(0):
+            if f.name().startswith("hostplane-"):
+                held[f.name()] = f.XMLDesc(0)
+        ours = netfilter.filters()
+        redo = netfilter.filters_to_define(held)
+        for name in redo:
+            # libvirt redefines a filter only under the uuid it already has.
+            uuid = ET.fromstring(held[name]).findtext("uuid") if name in held else None
+            conn.nwfilterDefineXML(netfilter.with_uuid(ours[name], uuid))
+        return redo
+
+    @staticmethod
+    def remove_orphan_bindings(conn: libvirt.virConnect, running: Iterable[str]) -> list[str]:
+        """Delete bindings of Hostplane taps whose owner domain is not running; returns their taps."""
+        bindings: dict[str, str] = {}
+        handles = {}
+        for b in conn.listAllNWFilterBindings(0):
+            owner = ET.fromstring(b.XMLDesc(0)).findtext("owner/name") or ""
+            bindings[b.portDev()] = owner
+            handles[b.portDev()] = b
+        gone = netfilter.orphan_bindings(bindings, running)
+        for dev in gone:
+            handles[dev].delete()
+        return gone
+
+    # ------------------------------------------------------------- NAT network
+
+    @staticmethod
+    def ensure_nat_network(conn: libvirt.virConnect, gateway: str, prefix: int) -> str:
+        """The isolated NAT network for `gateway/prefix`, defined, active and autostarted; returns its name."""
+        name, bridge = netfilter.nat_network(gateway, prefix)
+        try:
+            net = conn.networkLookupByName(name)
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() != libvirt.VIR_ERR_NO_NETWORK:
+                raise
+            net = conn.networkDefineXML(nat_network_xml(name, bridge, gateway, prefix))
+        if not net.isActive():
+            net.create()
+        if not net.autostart():
+            net.setAutostart(1)
+        return name
+
+    # -------------------------------------------------------------- host guard
+
+    def ensure_guard(self) -> list[str]:
+        """Put the guard chains and their INPUT jumps back as they should be; returns the tools repaired."""
+        repaired = []
+        for tool in GUARD_RULES:
+            if self._guard_ok(tool):
+                continue
+            self._rebuild(tool)
+            repaired.append(tool)
+        return repaired
+
+    def _guard_ok(self, tool: str) -> bool:
+        if tool == "ebtables":
+            chain = self._run("ebtables", "-t", "filter", "-L", GUARD_CHAIN, check=False)
+            jump = self._run("ebtables", "-t", "filter", "-L", "INPUT", check=False)
+            return (chain.returncode == 0 and guard_listing_ok(tool, chain.stdout)
+                    and f"-j {GUARD_CHAIN}" in jump.stdout)
+        chain = self._run(tool, "-w", "-S", GUARD_CHAIN, check=False)
+        jump = self._run(tool, "-w", "-C", "INPUT", "-j", GUARD_CHAIN, check=False)
+        return chain.returncode == 0 and guard_listing_ok(tool, chain.stdout) and jump.returncode == 0
+
+    def _rebuild(self, tool: str) -> None:
+        if tool == "ebtables":
+            base = ("ebtables", "-t", "filter")
+            if self._run(*base, "-L", GUARD_CHAIN, check=False).returncode != 0:
+                self._run(*base, "-N", GUARD_CHAIN, "-P", "RETURN")
+            self._run(*base, "-F", GUARD_CHAIN)
+            for rule in GUARD_RULES[tool]:
+                self._run(*base, "-A", GUARD_CHAIN, *rule.split())
+            if f"-j {GUARD_CHAIN}" not in self._run(*base, "-L", "INPUT").stdout:
+                self._run(*base, "-I", "INPUT", "1", "-j", GUARD_CHAIN)
+            return
+        if self._run(tool, "-w", "-S", GUARD_CHAIN, check=False).returncode != 0:
+            self._run(tool, "-w", "-N", GUARD_CHAIN)
+        self._run(tool, "-w", "-F", GUARD_CHAIN)
+        for rule in GUARD_RULES[tool]:
+            self._run(tool, "-w", *rule.split())
+        if self._run(tool, "-w", "-C", "INPUT", "-j", GUARD_CHAIN, check=False).returncode != 0:
+            self._run(tool, "-w", "-I", "INPUT", "1", "-j", GUARD_CHAIN)
