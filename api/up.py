@@ -195,6 +195,13 @@ class Child:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
+    def terminate_group(self) -> None:
+        """SIGTERM to the child's whole session (it was started in one of its own), grandchildren included."""
+        if self.alive():
+            assert self.proc is not None
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGTERM)
+
     def terminate(self) -> None:
         if self.alive():
             assert self.proc is not None
@@ -247,6 +254,7 @@ def run_up(data_dir: Path, port: int = 8080, libvirt_uri: str | None = None,
 
     children: list[Child] = []
     daemons: list[Child] = []
+    builder: list[Child] = []  # the test guest's build, while it runs
     try:
         uri, daemons = _ensure_libvirt(uri, data_dir / "logs", say, explicit=libvirt_uri is not None,
                                        wait=float(os.environ.get("HOSTPLANE_LIBVIRT_WAIT", LIBVIRT_WAIT)))
@@ -317,7 +325,7 @@ def run_up(data_dir: Path, port: int = 8080, libvirt_uri: str | None = None,
             if not c.alive():
                 c.start()
         # The first VPS must boot: the tiny test guest, built once into the data dir, as Image test-guest.
-        threading.Thread(target=prepare_test_guest, args=(data_dir, etcd, say), name="test-guest",
+        threading.Thread(target=prepare_test_guest, args=(data_dir, etcd, say, stop, builder), name="test-guest",
                          daemon=True).start()
 
         server = f"https://127.0.0.1:{port}"
@@ -339,9 +347,11 @@ def run_up(data_dir: Path, port: int = 8080, libvirt_uri: str | None = None,
                 say(line)
         deadline = time.monotonic() + STOP_TIMEOUT
         ours = [c for c in children if c not in daemons]
+        for c in builder:
+            c.terminate_group()
         for c in ours:
             c.terminate()
-        for c in ours:
+        for c in [*builder, *ours]:
             c.wait_or_kill(deadline)
         # The daemons `up` started still answer: list what stays running before stopping them.
         with contextlib.suppress(Exception):
@@ -368,19 +378,32 @@ def test_guest_image(img: Any) -> Image:
                        kernel=img.kernel, initrd=img.initrd, cmdline=img.cmdline))
 
 
-def prepare_test_guest(data_dir: Path, etcd: EtcdServer, say: Any) -> None:
-    """Build the test guest into `<data dir>/images/test-guest/` unless it is there, then (re)register it."""
-    from api.testguest import build
+def prepare_test_guest(data_dir: Path, etcd: EtcdServer | EtcdCluster, say: Any, stop: threading.Event,
+                       builder: list[Child]) -> None:
+    """Build the test guest into `<data dir>/images/test-guest/` unless it is there, then (re)register it.
+
+    The build (apt-get download, dpkg-deb, qemu-img) runs as a child process in a session of its own,
+    appended to `builder`, so stopping `up` stops all of it.
+    """
+    from api.testguest import GuestImage
 
     root = data_dir / "images" / TEST_GUEST
-    if not (root / "image.json").exists():
+    manifest = root / "image.json"
+    if not manifest.exists():
         say(f"building the test guest into {root} (once; apt-get download of a kernel and busybox) ...")
-    try:
-        img = build(root)
-    except (OSError, subprocess.CalledProcessError, StopIteration) as exc:
-        say(f"warning: could not build the test guest ({exc}); VPS on image {TEST_GUEST} stay Pending. "
-            f"`make test-image` shows why; a distribution image works too (examples/images.yaml)")
-        return
+        child = Child("test-guest", [sys.executable, "-m", "api.testguest", str(root)],
+                      data_dir / "logs" / "test-guest.log")
+        child.start()
+        builder.append(child)
+        assert child.proc is not None
+        while child.proc.poll() is None:
+            if stop.wait(0.5):
+                return
+        if child.proc.returncode != 0 or not manifest.exists():
+            say(f"warning: could not build the test guest (see {child.log_path}); VPS on image {TEST_GUEST} "
+                "stay Pending. A distribution image works too (examples/images.yaml)")
+            return
+    img = GuestImage(**json.loads(manifest.read_text()))
     want = test_guest_image(img)
     try:
         with etcd.store("api") as store:
