@@ -410,12 +410,7 @@ def delete_cmd(obj: _Ctx, kind: str | None, name: str | None, files: tuple[str, 
             click.echo(f"{k.lower()}/{n} marked for deletion (finalizers: {', '.join(marked.metadata.finalizers)})")
 
 
-@main.group("node")
-def node_group() -> None:
-    """Node maintenance."""
-
-
-@node_group.command("orphans")
+@click.command("orphans")
 @click.argument("node")
 @click.option("--purge", is_flag=True, help="delete the listed orphan domains and their disks (admin, operator)")
 @click.option("--uid", "uids", multiple=True, metavar="UID", help="purge only these orphans (repeatable)")
@@ -621,6 +616,7 @@ def _run_entry(fn: Callable[[threading.Event], None]) -> None:
 main.add_command(importlib.import_module("api.billing_cli").billing)
 main.add_command(importlib.import_module("api.pki_cli").pki)
 main.add_command(importlib.import_module("api.node_cli").node)
+main.commands["node"].add_command(node_orphans_cmd)  # type: ignore[attr-defined]  # a Group
 for _cmd in importlib.import_module("api.access_cli").COMMANDS:
     main.add_command(_cmd)
 
