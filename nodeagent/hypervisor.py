@@ -408,7 +408,10 @@ class Hypervisor:
                           grace_seconds=float(spec.shutdownGraceSeconds))
         if dom is None or not dom.isActive():
             meta = meta.with_(memory_target_mib=spec.memoryMiB)
-        xml = domain_xml.build(spec, meta, self._boot(spec, name), uuid=uuid)
+        try:
+            xml = domain_xml.build(spec, meta, self._boot(spec, name), uuid=uuid)
+        except ValueError as exc:
+            raise ActionFailed(f"cannot define {name}: {exc}") from exc
         new = self._conn().defineXML(xml)
         if new.isActive():
             # defineXML changes the persistent config only; keep the live metadata in step.

@@ -275,3 +275,16 @@ def test_nat_network_is_isolated_without_host_services() -> None:
     assert root.find("port").get("isolated") == "yes"  # type: ignore[union-attr]
     assert root.find("dns").get("enable") == "no"  # type: ignore[union-attr]
     assert root.find("ip/dhcp") is None and root.find("forward").get("mode") == "nat"  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(("uri", "euid", "mode"), [
+    ("qemu:///system", 1000, "isolated-nat"),
+    ("qemu:///session", 0, "isolated-nat"),
+    ("test:///default", 1000, "isolated-nat"),
+    ("qemu:///session", 1000, "user"),
+])
+def test_up_picks_isolated_nat_wherever_libvirt_can_build_it(uri: str, euid: int, mode: str) -> None:
+    """`hostplane up` registers its node with isolated NAT unless only an unprivileged libvirt is there."""
+    from api.up import default_network_mode
+
+    assert default_network_mode(uri, euid=euid) == mode
