@@ -9,8 +9,8 @@ duplicated), so the agent calls them at connect and at every resync:
   (no guest reaches another guest on it);
 * the host guard: a guest never reaches an address of the host itself. Frames from a bridge-mode
   tap (`hpb…`) that the bridge delivers to the host are dropped (ebtables INPUT); packets from an
-  isolated NAT bridge (`hpnat…`) to the host are dropped, IPv6 neighbour discovery excepted
-  (iptables/ip6tables INPUT). The NAT network runs no DNS or DHCP server on the host (guests are
+  isolated NAT bridge (`hpnat…`) to the host are dropped, IPv6 neighbour discovery and answers on
+  connections the host opened excepted (iptables/ip6tables INPUT). The NAT network runs no DNS or DHCP server on the host (guests are
   configured by their seed and use the pool's resolvers); forwarded (NAT-ed) traffic is not INPUT;
 * nwfilter bindings of Hostplane taps whose domain is no longer running are deleted.
 
@@ -38,11 +38,14 @@ GUARD_CHAIN = "HOSTPLANE-GUARD"
 NAT_BRIDGE_MATCH = "hpnat+"
 BRIDGE_TAP_MATCH = netfilter.TAP_PREFIX["bridge"] + "+"
 
+# Answers to connections the host opened (an operator's ssh into a guest); a guest opens none.
+_ESTABLISHED = f"-A {GUARD_CHAIN} -i {NAT_BRIDGE_MATCH} -m conntrack --ctstate ESTABLISHED -j RETURN"
 # The rules each tool's chain must hold, exactly as `-S` (iptables) or `-L` (ebtables) lists them.
 GUARD_RULES: dict[str, list[str]] = {
     "ebtables": [f"-i {BRIDGE_TAP_MATCH} -j DROP"],
-    "iptables": [f"-A {GUARD_CHAIN} -i {NAT_BRIDGE_MATCH} -j DROP"],
+    "iptables": [_ESTABLISHED, f"-A {GUARD_CHAIN} -i {NAT_BRIDGE_MATCH} -j DROP"],
     "ip6tables": [
+        _ESTABLISHED,
         *(f"-A {GUARD_CHAIN} -i {NAT_BRIDGE_MATCH} -p ipv6-icmp -m icmp6 --icmpv6-type {t} -j RETURN"
           for t in (133, 135, 136)),
         f"-A {GUARD_CHAIN} -i {NAT_BRIDGE_MATCH} -j DROP",
