@@ -10,8 +10,9 @@ duplicated), so the agent calls them at connect and at every resync:
 * the host guard: a guest never reaches an address of the host itself. Frames from a bridge-mode
   tap (`hpb…`) that the bridge delivers to the host are dropped (ebtables INPUT); packets from an
   isolated NAT bridge (`hpnat…`) to the host are dropped, IPv6 neighbour discovery and answers on
-  connections the host opened excepted (iptables/ip6tables INPUT). The NAT network runs no DNS or DHCP server on the host (guests are
-  configured by their seed and use the pool's resolvers); forwarded (NAT-ed) traffic is not INPUT;
+  connections the host opened excepted (iptables/ip6tables INPUT). The NAT network runs no DNS or
+  DHCP server on the host (guests are configured by their seed and use the pool's resolvers);
+  forwarded (NAT-ed) traffic is not INPUT;
 * nwfilter bindings of Hostplane taps whose domain is no longer running are deleted.
 
 ADR 007 says why nwfilter plus these rules and not passt or a bespoke nftables program. Commands
