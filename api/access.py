@@ -1,7 +1,8 @@
 """Who may do what: the role table, ownership of objects, and field-level rules for customers.
 
     admin            everything
-    operator         everything but billing adjustments (payments, webhook secrets) and tokens
+    operator         everything but billing adjustments (payments, webhook secrets, a customer's
+                     creditLimit) and tokens
     gitops           plans, images, nodes, IP pools (all verbs); nothing else
     customer         its own Customer, Subscriptions, VPS, ledger and events; public plans; images.
                      Writes: PATCH of a VPS's powerState, sshKeys, hostname; PATCH of a
@@ -16,6 +17,7 @@ these checks before touching anything. This module must never write to the store
 from __future__ import annotations
 
 from collections.abc import Iterable
+from decimal import Decimal
 from typing import Any, TypeVar
 
 from api.auth import Principal
@@ -84,10 +86,12 @@ def require_admin(p: Principal, what: str) -> None:
 # ------------------------------------------------------------------ ownership
 
 
-def owner(store: Store, obj: Resource, subs: dict[str, str] | None = None) -> str | None:
+def owner(store: Store, obj: Resource, subs: dict[str, Subscription] | None = None) -> str | None:
     """The Customer that owns `obj`, or None (not a customer's kind, or the chain is broken).
 
-    `subs` (subscription -> customer) spares a read per VPS when filtering a list.
+    A VPS belongs to the customer of the Subscription it was created under (by uid, not by the
+    name alone: a Subscription recreated under an old name does not inherit its servers).
+    `subs` (name -> Subscription) spares a read per VPS when filtering a list.
     """
     if isinstance(obj, Customer):
         return obj.name
@@ -95,15 +99,17 @@ def owner(store: Store, obj: Resource, subs: dict[str, str] | None = None) -> st
         return obj.spec.customer
     if isinstance(obj, VPS):
         if subs is not None:
-            return subs.get(obj.spec.subscription)
-        try:
-            return store.get(Subscription, obj.spec.subscription).spec.customer
-        except NotFound:
-            return None
+            sub = subs.get(obj.spec.subscription)
+        else:
+            try:
+                sub = store.get(Subscription, obj.spec.subscription)
+            except NotFound:
+                sub = None
+        return sub.spec.customer if sub is not None and obj.bound_to(sub) else None
     return None
 
 
-def visible(store: Store, p: Principal, obj: Resource, subs: dict[str, str] | None = None) -> bool:
+def visible(store: Store, p: Principal, obj: Resource, subs: dict[str, Subscription] | None = None) -> bool:
     kind = obj.KIND
     if kind not in readable_kinds(p):
         return False
@@ -134,8 +140,8 @@ def deny_unreadable_kind(p: Principal, cls: type[Resource], name: str) -> None:
     raise Forbidden(f"role {p.role!r} may not use {cls.PLURAL}")
 
 
-def subscription_owners(store: Store) -> dict[str, str]:
-    return {s.name: s.spec.customer for s in store.list(Subscription).items}
+def subscription_owners(store: Store) -> dict[str, Subscription]:
+    return {s.name: s for s in store.list(Subscription).items}
 
 
 def filter_visible(store: Store, p: Principal, items: Iterable[R]) -> list[R]:
@@ -166,6 +172,33 @@ def require_patch(store: Store, p: Principal, obj: Resource, patch: dict[str, An
     if refused:
         raise Forbidden(f"a customer may change only {', '.join('spec.' + f for f in sorted(allowed))}",
                         [{"path": path, "message": "may not be changed by a customer"} for path in refused])
+
+
+# Billing adjustments on a kind's spec: only these roles may set or change them.
+BILLING_FIELDS: dict[str, tuple[str, ...]] = {Customer.KIND: ("creditLimit",)}
+BILLING_ROLES = frozenset({"admin"})
+
+
+def require_billing_fields(p: Principal, current: Resource | None, new: Resource) -> None:
+    """Forbidden unless `p` may make the billing adjustments that writing `new` over `current` makes.
+
+    Creating a Customer with a non-zero creditLimit is one too (current None: compared with "0")."""
+    fields = BILLING_FIELDS.get(new.KIND)
+    if not fields or p.role in BILLING_ROLES:
+        return
+    changed = [f for f in fields if _amount(getattr(new.spec, f)) != _amount(
+        getattr(current.spec, f) if current is not None else "0")]
+    if changed:
+        raise Forbidden(f"role {p.role!r} may not change {', '.join('spec.' + f for f in changed)} (a billing "
+                        "adjustment: admin only)",
+                        [{"path": "spec." + f, "message": "a billing adjustment: admin only"} for f in changed])
+
+
+def _amount(value: Any) -> Decimal | str:
+    try:
+        return Decimal(str(value))
+    except ArithmeticError:
+        return str(value)
 
 
 def _patched_paths(patch: dict[str, Any]) -> list[str]:

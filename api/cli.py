@@ -484,9 +484,11 @@ _data_dir = click.option("--data-dir", type=click.Path(path_type=Path), default=
 @click.option("--tls-key", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="its private key")
 @click.option("--trusted-proxy", "trusted_proxies", multiple=True, metavar="ADDR",
               help="a TLS-terminating proxy (IP or CIDR, repeatable) whose X-Forwarded-Proto/-For are believed")
+@click.option("--join-pki", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="PKI directory (ca.crt, ca.key) to sign joining nodes' certificates with; joins are off without it")
 @_data_dir
 def api_cmd(etcd: EtcdConnection, host: str, port: int, tls_cert: Path | None, tls_key: Path | None,
-            trusted_proxies: tuple[str, ...], data_dir: Path) -> None:
+            trusted_proxies: tuple[str, ...], join_pki: Path | None, data_dir: Path) -> None:
     """Run the HTTP(S) API (until SIGTERM/SIGINT)."""
     from api.server import TLSFiles, run_api
 
@@ -494,8 +496,11 @@ def api_cmd(etcd: EtcdConnection, host: str, port: int, tls_cert: Path | None, t
         raise click.UsageError("--tls-cert and --tls-key go together")
     _log_to_stderr()
     tls = TLSFiles(tls_cert, tls_key) if tls_cert is not None and tls_key is not None else None
+    from reconcile.pki import PKI
+
     run_api(etcd=etcd, host=host, port=port, data_dir=data_dir, stop=None, tls=tls,
-            trusted_proxies=[p for part in trusted_proxies for p in part.split(",") if p])
+            trusted_proxies=[p for part in trusted_proxies for p in part.split(",") if p],
+            join_pki=PKI(join_pki) if join_pki is not None else None)
 
 
 @main.command("agent")
@@ -527,11 +532,14 @@ def controllers_cmd(etcd: EtcdConnection, identity: str) -> None:
 @click.option("--libvirt", "libvirt_uri", default=None, help="libvirt URI (default: qemu:///session if QEMU "
               "is installed, else test:///default)")
 @click.option("--simulate-nodes", type=int, default=0, show_default=True, help="also run N simulated nodes")
-def up_cmd(data_dir: Path, port: int, libvirt_uri: str | None, simulate_nodes: int) -> None:
+@click.option("--etcd-members", type=click.IntRange(1, 7), default=1, show_default=True,
+              help="run a local etcd cluster of this many members (3 or 5 to survive a member's loss)")
+def up_cmd(data_dir: Path, port: int, libvirt_uri: str | None, simulate_nodes: int, etcd_members: int) -> None:
     """Run everything locally: etcd, API, controllers and a node agent (until Ctrl-C)."""
     from api.up import run_up
 
-    code = run_up(data_dir=data_dir, port=port, libvirt_uri=libvirt_uri, simulate_nodes=simulate_nodes)
+    code = run_up(data_dir=data_dir, port=port, libvirt_uri=libvirt_uri, simulate_nodes=simulate_nodes,
+                  etcd_members=etcd_members)
     if code:
         sys.exit(code)
 
@@ -553,6 +561,7 @@ def _run_entry(fn: Callable[[threading.Event], None]) -> None:
 
 main.add_command(importlib.import_module("api.billing_cli").billing)
 main.add_command(importlib.import_module("api.pki_cli").pki)
+main.add_command(importlib.import_module("api.node_cli").node)
 for _cmd in importlib.import_module("api.access_cli").COMMANDS:
     main.add_command(_cmd)
 

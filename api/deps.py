@@ -2,7 +2,8 @@
 
 A caller is a bearer token or a panel session cookie. A write with a session cookie must
 carry `X-Hostplane-CSRF: 1`: a cross-site form cannot set that header, so a forged request
-never counts as the customer's. Requests are rate-limited per principal (admin exempt).
+never counts as the customer's. Requests are rate-limited per principal (admin exempt); a
+customer's panel sessions share one limit.
 
 Bodies are read here with a hard size limit before any parsing, so an oversized or
 malicious request costs at most `max_body_bytes` of memory. YAML aliases are refused:
@@ -22,11 +23,13 @@ from fastapi import Depends, Request
 from starlette.concurrency import run_in_threadpool
 
 from api.auth import Principal, TokenVerifier
-from api.errors import BadRequest, Forbidden, PayloadTooLarge, TooManyRequests, Unauthorized
-from api.ratelimit import LoginThrottle, TokenBuckets
+from api.errors import BadRequest, Forbidden, Invalid, PayloadTooLarge, TooManyRequests, Unauthorized
+from api.ratelimit import LoginThrottle, StreamSlots, TokenBuckets
 from api.sessions import SESSION_COOKIE, Sessions
 from reconcile.aio import AsyncStore
+from reconcile.pki import PKI
 from reconcile.store import Store
+from specs.io import duplicate_keys
 
 if TYPE_CHECKING:
     from api.hub import WatchHub
@@ -47,6 +50,10 @@ class Settings:
     # Requests per second per token or session (admin tokens are not limited); <= 0: no limit.
     rate_per_principal: float = 50.0
     burst_per_principal: float = 200.0
+    # Open watch streams per principal (one API process; admin tokens are not capped); <= 0: no cap.
+    streams_per_principal: int = 32
+    # Live panel sessions per customer (all API processes: counted in etcd); <= 0: no cap.
+    sessions_per_customer: int = 20
     cookie_secure: bool | None = None  # None: Secure when the request came over https
 
 
@@ -60,7 +67,9 @@ class AppState:
     sessions: Sessions | None = None
     buckets: TokenBuckets = field(default_factory=lambda: TokenBuckets(0, 1))
     login_throttle: LoginThrottle = field(default_factory=LoginThrottle)
+    streams: StreamSlots = field(default_factory=lambda: StreamSlots(0))
     hub: WatchHub | None = None
+    join_pki: PKI | None = None  # the CA that signs joining nodes' certificates (api.node_join)
 
 
 async def app_state(request: Request) -> AppState:
@@ -119,10 +128,18 @@ def _check(secret: str | None, verify: Callable[[str], Principal | None], what: 
     return principal
 
 
+def limit_key(principal: Principal) -> str:
+    """Whose rate limit and stream cap a request counts against: the token, or for panel sessions the
+    customer (every session of a customer shares one, so logging in again does not buy a fresh limit)."""
+    if principal.via == "session" and principal.customer is not None:
+        return "sessions-of:" + principal.customer
+    return principal.token_id
+
+
 def _admit(request: Request, state: AppState, principal: Principal) -> Principal:
     """Checks that apply to every authenticated request: the rate limit, CSRF for cookie writes."""
     if principal.role != "admin":
-        wait = state.buckets.take(principal.token_id, time.monotonic())
+        wait = state.buckets.take(limit_key(principal), time.monotonic())
         if wait > 0:
             # Not in the audit log (the principal is not noted yet): a flood must not become etcd writes.
             raise TooManyRequests("too many requests for this token; slow down", retry_after=wait)
@@ -168,6 +185,18 @@ async def read_limited(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+# No field of any kind holds an integer anywhere near this long; Python refuses to convert
+# one of more than 4,300 digits at all (a ValueError that used to become a 500).
+MAX_INT_DIGITS = 64
+
+
+class _LongInteger:
+    """Stands in for an integer literal too long to convert, so the error can name its field."""
+
+    def __init__(self, text: str) -> None:
+        self.digits = len(text.lstrip("+-"))
+
+
 def parse_body(raw: bytes, content_type: str) -> Any:
     ctype = content_type.split(";", 1)[0].strip().lower()
     if not raw.strip():
@@ -177,15 +206,57 @@ def parse_body(raw: bytes, content_type: str) -> Any:
     except UnicodeDecodeError:
         raise BadRequest("the request body is not UTF-8") from None
     if ctype in _YAML_TYPES:
-        return _parse_yaml(text)
+        return _refuse_long_integers(_parse_yaml(text))
     if ctype and ctype != "application/json" and not ctype.endswith("+json"):
         raise BadRequest(f"unsupported content type {ctype!r}; send application/json or application/yaml")
+    long_seen: list[_LongInteger] = []
+
+    def parse_int(literal: str) -> int | _LongInteger:
+        if len(literal) <= MAX_INT_DIGITS:
+            return int(literal)
+        long_seen.append(_LongInteger(literal))
+        return long_seen[-1]
+
     try:
-        return json.loads(text)
+        doc = json.loads(text, parse_int=parse_int)
     except json.JSONDecodeError as exc:
         raise BadRequest(f"invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
     except RecursionError:
         raise BadRequest("invalid JSON: nested too deeply") from None
+    return _refuse_long_integers(doc) if long_seen else doc
+
+
+def _long_integer_paths(doc: Any, path: str = "") -> list[tuple[str, int]]:
+    if isinstance(doc, _LongInteger):
+        return [(path, doc.digits)]
+    if isinstance(doc, dict):
+        return [hit for k, v in doc.items() for hit in _long_integer_paths(v, f"{path}.{k}" if path else str(k))]
+    if isinstance(doc, list):
+        return [hit for i, v in enumerate(doc) for hit in _long_integer_paths(v, f"{path}[{i}]")]
+    return []
+
+
+def _refuse_long_integers(doc: Any) -> Any:
+    """The document, or Invalid (422) naming each field that holds an integer of over MAX_INT_DIGITS digits."""
+    found = _long_integer_paths(doc)
+    if not found:
+        return doc
+    errors = [{"path": path, "message": f"an integer of {digits} digits is too long (at most {MAX_INT_DIGITS})"}
+              for path, digits in found]
+    raise Invalid("; ".join(f"{e['path'] or 'body'}: {e['message']}" for e in errors), errors)
+
+
+class _BodyLoader(yaml.SafeLoader):
+    """SafeLoader whose integers past MAX_INT_DIGITS become `_LongInteger` instead of a ValueError."""
+
+    def construct_yaml_int(self, node: yaml.ScalarNode) -> Any:
+        text = str(node.value).replace("_", "")
+        if len(text.lstrip("+-")) > MAX_INT_DIGITS:
+            return _LongInteger(text)
+        return super().construct_yaml_int(node)
+
+
+_BodyLoader.add_constructor("tag:yaml.org,2002:int", _BodyLoader.construct_yaml_int)
 
 
 def _parse_yaml(text: str) -> Any:
@@ -193,16 +264,32 @@ def _parse_yaml(text: str) -> Any:
         for event in yaml.parse(text, Loader=yaml.SafeLoader):
             if isinstance(event, yaml.AliasEvent):
                 raise BadRequest("YAML aliases are not accepted in request bodies")
-        docs = [d for d in yaml.safe_load_all(text) if d is not None]
+        nodes = [n for n in yaml.compose_all(text, Loader=_BodyLoader) if n is not None]
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
         raise BadRequest(f"invalid YAML{where}: {getattr(exc, 'problem', None) or exc}") from None
     except RecursionError:
         raise BadRequest("invalid YAML: nested too deeply") from None
-    if len(docs) != 1:
-        raise BadRequest(f"expected exactly one YAML document, got {len(docs)}")
-    return docs[0]
+    if len(nodes) != 1:
+        raise BadRequest(f"expected exactly one YAML document, got {len(nodes)}")
+    try:
+        dups = duplicate_keys(nodes[0])
+    except ValueError as exc:
+        raise BadRequest(f"invalid YAML: {exc}") from None
+    if dups:
+        # YAML would silently keep the last value; the contract (docs/CONTRACTS.md) says: an error.
+        errors = [{"path": path, "message": f"duplicate key (line {line})"} for path, line in dups]
+        raise Invalid("; ".join(f"{e['path']}: {e['message']}" for e in errors), errors)
+    loader = _BodyLoader("")
+    try:
+        return loader.construct_document(nodes[0])
+    except (yaml.YAMLError, ValueError) as exc:
+        raise BadRequest(f"invalid YAML: {exc}") from None
+    except RecursionError:
+        raise BadRequest("invalid YAML: nested too deeply") from None
+    finally:
+        loader.dispose()
 
 
 Body = Annotated[Any, Depends(read_body)]

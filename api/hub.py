@@ -4,8 +4,9 @@ The hub lists every spec once, then watches `<root>/s` (specs and statuses) from
 revision. Each change becomes a `HubEvent` carrying its pre-rendered SSE data and its
 audience: the customer who owns the object ("" for none), "*" for objects every reader of
 the kind may see (images, public plans), or "staff". Ownership (subscription -> customer,
-VPS -> subscription) is tracked from the specs as they change, so a VPS status change is
-attributed without a read. Recent events are buffered, so a stream resuming from a recent
+VPS -> subscription and its uid) is tracked from the specs as they change, so a VPS status
+change is attributed without a read; the audience is fixed when the event arrives, so a
+buffered event keeps the owner it had at its revision. Recent events are buffered, so a stream resuming from a recent
 revision is served from memory; an older one gets a private watch from the caller.
 
 Fan-out is by audience, not by stream: streams that may see the same events (same kinds,
@@ -173,7 +174,8 @@ class Owners:
 
     def __init__(self) -> None:
         self.sub_customer: dict[str, str] = {}
-        self.vps_sub: dict[str, str] = {}
+        self.sub_uid: dict[str, str] = {}
+        self.vps_sub: dict[str, tuple[str, str | None]] = {}  # vps -> (subscription, its uid when recorded)
         self.plan_public: dict[str, bool] = {}
         self.customer_email: dict[str, str] = {}  # customer -> e-mail, lower case
         self.email_customers: dict[str, set[str]] = {}  # the other way round (for panel login)
@@ -184,8 +186,11 @@ class Owners:
             return
         if plural == "subscriptions" and isinstance(spec.get("customer"), str):
             self.sub_customer[name] = spec["customer"]
+            meta = doc.get("metadata")
+            self.sub_uid[name] = str(meta.get("uid") or "") if isinstance(meta, dict) else ""
         elif plural == "vps" and isinstance(spec.get("subscription"), str):
-            self.vps_sub[name] = spec["subscription"]
+            uid = spec.get("subscriptionUID")
+            self.vps_sub[name] = (spec["subscription"], uid if isinstance(uid, str) else None)
         elif plural == "plans":
             self.plan_public[name] = spec.get("public", True) is not False
         elif plural == "customers" and isinstance(spec.get("email"), str):
@@ -205,6 +210,7 @@ class Owners:
     def forget(self, plural: str, name: str) -> None:
         if plural == "subscriptions":
             self.sub_customer.pop(name, None)
+            self.sub_uid.pop(name, None)
         elif plural == "vps":
             self.vps_sub.pop(name, None)
         elif plural == "plans":
@@ -218,7 +224,10 @@ class Owners:
         if plural == "subscriptions":
             return self.sub_customer.get(name, "")
         if plural == "vps":
-            return self.sub_customer.get(self.vps_sub.get(name, ""), "")
+            sub, uid = self.vps_sub.get(name, ("", None))
+            if uid is not None and self.sub_uid.get(sub) != uid:
+                return ""  # bound to a Subscription that is gone: nobody's (a reused name is not its owner)
+            return self.sub_customer.get(sub, "")
         if plural == "plans":
             return EVERYONE if self.plan_public.get(name, True) else STAFF_ONLY
         if plural == "images":
@@ -473,6 +482,11 @@ class WatchHub:
             if self._watch is None:
                 return None
             return sorted(self.owners.email_customers.get(email.strip().lower(), ()))
+
+    def servers_of_subscription(self, subscription: str) -> list[str]:
+        """Names of the servers whose spec refers to a Subscription of this name (sorted), as of `revision`."""
+        with self._lock:
+            return sorted(v for v, (sub, _) in self.owners.vps_sub.items() if sub == subscription)
 
     def translate_private(self, events: list[WatchEvent]) -> list[HubEvent]:
         """For a stream on its own etcd watch: audiences from what the hub knows now."""

@@ -8,12 +8,14 @@
     GET    /v1/auth/whoami                 {role, customer, name} of the caller
     PUT    /v1/customers/<name>/password   {password} (admin, operator)
 
-Login is throttled per client IP and per account (api.ratelimit). This module must never
+Login is throttled per (account, client IP), per client IP and per account (api.ratelimit); an
+attempt is counted before its password is checked. This module must never
 return or log a token secret after minting it, a password, or a session id except as the cookie.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import re
 import time
@@ -29,7 +31,7 @@ from api.audit import ACTOR_SCOPE_KEY
 from api.auth import ROLES, TokenError, TokenVerifier, create_token, list_tokens, parse_token, revoke_token
 from api.deps import CSRF_HEADER, AppState, Body, Caller, State
 from api.errors import BadRequest, Invalid, TooManyRequests, Unauthorized
-from api.sessions import SESSION_COOKIE, PasswordError, Sessions, check_login, set_password
+from api.sessions import SESSION_COOKIE, PasswordError, Sessions, TooManySessions, check_login, set_password
 from reconcile.errors import NotFound
 from reconcile.store import Store, Watch, WatchEvent
 from specs.kinds import Customer
@@ -137,19 +139,27 @@ async def login(request: Request, body: Body, state: State) -> JSONResponse:
         raise BadRequest("email and password must be strings")
     sessions = state.sessions
     assert sessions is not None
-    account = "account:" + hashlib.sha256(email.strip().lower().encode()).hexdigest()
-    keys = ["ip:" + _client_ip(request), account]
-    wait = state.login_throttle.wait(keys, time.monotonic())
+    account = hashlib.sha256(email.strip().lower().encode()).hexdigest()
+    source = _client_ip(request)
+    throttle = state.login_throttle
+    wait = throttle.attempt(account, source, time.monotonic())
+    if 0 < wait <= throttle.account_interval:
+        # The account's shared pace (many sources failing on it): hold this attempt for its turn
+        # rather than refuse it, so the owner is slowed, not sent away.
+        await asyncio.sleep(wait)
+        wait = throttle.attempt(account, source, time.monotonic())
     if wait > 0:
         raise TooManyRequests("too many failed logins; wait before trying again", retry_after=wait)
     candidates = await _email_candidates(state, email)
     cust = await run_in_threadpool(lambda: check_login(state.store, email, password, slots=sessions.hash_slots,
                                                        candidates=candidates))
     if cust is None:
-        state.login_throttle.failed(keys, time.monotonic())
         raise Unauthorized("wrong e-mail or password")
-    state.login_throttle.succeeded(account)
-    session_id = await run_in_threadpool(sessions.create, cust)
+    throttle.succeeded(account, source, time.monotonic())
+    try:
+        session_id = await run_in_threadpool(sessions.create, cust)
+    except TooManySessions as exc:
+        raise TooManyRequests(str(exc), retry_after=exc.retry_after) from None
     # The audit record names the customer who logged in (never the session id).
     request.scope[ACTOR_SCOPE_KEY] = {"role": "customer", "customer": cust.name, "via": "login"}
     name = cust.spec.displayName or cust.name

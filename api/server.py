@@ -31,7 +31,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from api import actions, audit, billing_routes, objects, orders, panel, principals, watch
+from api import actions, audit, billing_routes, node_join, objects, orders, panel, principals, watch
 from api.audit import AuditMiddleware, AuditWriter
 from api.auth import TokenVerifier, ensure_admin_token
 from api.deps import AppState, Settings, State, authenticate
@@ -39,12 +39,13 @@ from api.errors import PROBLEM_JSON, ApiError, Forbidden, Problem, problem_for
 from api.hub import WatchHub
 from api.metrics import ApiMetrics, MetricsMiddleware
 from api.openapi import build_openapi
-from api.ratelimit import LoginThrottle, TokenBuckets
+from api.ratelimit import LoginThrottle, StreamSlots, TokenBuckets
 from api.sessions import Sessions
 from reconcile.aio import AsyncStore
 from reconcile.connection import EtcdConnection
 from reconcile.errors import StoreError
 from reconcile.etcd_server import free_port
+from reconcile.pki import PKI
 from reconcile.store import Store
 from specs import SpecError
 
@@ -92,7 +93,9 @@ def create_app(store: Store, *, max_body_bytes: int = 1024 * 1024, heartbeat_sec
                token_cache_seconds: float = 10.0, open_metrics_on_loopback: bool = True,
                rate_per_principal: float = 50.0, burst_per_principal: float = 200.0,
                session_ttl_seconds: int = 12 * 3600, cookie_secure: bool | None = None,
-               login_throttle: LoginThrottle | None = None, watch_flush_seconds: float = 0.08) -> FastAPI:
+               login_throttle: LoginThrottle | None = None, watch_flush_seconds: float = 0.08,
+               streams_per_principal: int = 32, sessions_per_customer: int = 20,
+               join_pki: PKI | None = None) -> FastAPI:
     """Build the API over `store`. The caller owns the store and closes it.
 
     No CORS headers are ever sent: browsers keep other origins out, and the panel is served
@@ -102,15 +105,19 @@ def create_app(store: Store, *, max_body_bytes: int = 1024 * 1024, heartbeat_sec
     """
     settings = Settings(max_body_bytes=max_body_bytes, heartbeat_seconds=heartbeat_seconds,
                         open_metrics_on_loopback=open_metrics_on_loopback, rate_per_principal=rate_per_principal,
-                        burst_per_principal=burst_per_principal, cookie_secure=cookie_secure)
+                        burst_per_principal=burst_per_principal, cookie_secure=cookie_secure,
+                        streams_per_principal=streams_per_principal, sessions_per_customer=sessions_per_customer)
     astore = AsyncStore(store)
     state = AppState(store=store, astore=astore, verifier=TokenVerifier(store, cache_seconds=token_cache_seconds),
                      settings=settings,
-                     sessions=Sessions(store, ttl_seconds=session_ttl_seconds, cache_seconds=token_cache_seconds),
+                     sessions=Sessions(store, ttl_seconds=session_ttl_seconds, cache_seconds=token_cache_seconds,
+                                       max_per_customer=sessions_per_customer),
                      buckets=TokenBuckets(rate_per_principal, burst_per_principal),
                      login_throttle=login_throttle or LoginThrottle(),
+                     streams=StreamSlots(streams_per_principal),
                      hub=WatchHub(store, flush_seconds=watch_flush_seconds,
-                                  tick_seconds=min(1.0, heartbeat_seconds)))
+                                  tick_seconds=min(1.0, heartbeat_seconds)),
+                     join_pki=join_pki)
     metrics = ApiMetrics()
     audit_writer = AuditWriter(astore)
 
@@ -169,7 +176,7 @@ def create_app(store: Store, *, max_body_bytes: int = 1024 * 1024, heartbeat_sec
 
     app.include_router(watch.router)
     # Before the object routes: /v1/{kind} would otherwise match /v1/tokens, /v1/orders, /v1/audit.
-    for router in (principals.router, actions.router, orders.router, audit.router):
+    for router in (principals.router, actions.router, orders.router, audit.router, node_join.router):
         app.include_router(router)
     app.include_router(objects.router)
     app.include_router(billing_routes.router)
@@ -199,7 +206,7 @@ class TLSFiles:
 
 def serve_app(app: Any, *, host: str, port: int, stop: threading.Event,
               started: threading.Event | None = None, log_level: str = "warning",
-              tls: TLSFiles | None = None, trusted_proxies: Sequence[str] = ()) -> None:
+              tls: TLSFiles | None = None, trusted_proxies: Sequence[str] = (), join_pki: PKI | None = None) -> None:
     """Serve `app` with uvicorn until `stop` is set. Returns after open streams are cut off.
 
     `tls`: serve HTTPS with this certificate. `trusted_proxies`: addresses (or CIDRs) whose
@@ -281,7 +288,7 @@ def settle_garbage_collector() -> None:
 
 
 def run_api(*, etcd: EtcdConnection, host: str, port: int, data_dir: Path, stop: threading.Event | None,
-            tls: TLSFiles | None = None, trusted_proxies: Sequence[str] = ()) -> None:
+            tls: TLSFiles | None = None, trusted_proxies: Sequence[str] = (), join_pki: PKI | None = None) -> None:
     """Run the API against etcd until `stop` is set or the process gets SIGTERM/SIGINT."""
     stop = stop or threading.Event()
     switch_interval = sys.getswitchinterval()
@@ -293,7 +300,7 @@ def run_api(*, etcd: EtcdConnection, host: str, port: int, data_dir: Path, stop:
     store = Store(etcd)
     try:
         ensure_admin_token(store, Path(data_dir))
-        app = create_app(store)
+        app = create_app(store, join_pki=join_pki)
         settle_garbage_collector()
         serve_app(app, host=host, port=port, stop=stop, tls=tls, trusted_proxies=trusted_proxies)
     finally:

@@ -2,6 +2,8 @@
 
     <root>/auth/passwords/<customer>      {"argon2": "$argon2id$...", "updated": ISO time}
     <root>/auth/sessions/<sha256(id)>     {"customer", "role", "name", "created", "expires"} (on a lease)
+    <root>/auth/session-index/<customer>/<sha256(id)>   {"expires"} (same lease): a customer's live sessions,
+                                          counted at login (at most `max_per_customer`)
 
 The session id lives only in the client's cookie; etcd holds its sha256, so reading etcd
 does not let anyone log in. This module must never log, return or store a password or a
@@ -24,7 +26,7 @@ from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatc
 
 from api.auth import Principal
 from reconcile.errors import NotFound
-from reconcile.store import Store
+from reconcile.store import Delete, Put, Store
 from specs.kinds import Customer
 
 SESSION_COOKIE = "hostplane_session"
@@ -54,6 +56,18 @@ def sessions_prefix(root: str) -> str:
 
 def session_key(root: str, session_id: str) -> str:
     return sessions_prefix(root) + hashlib.sha256(session_id.encode()).hexdigest()
+
+
+def session_index_prefix(root: str, customer: str) -> str:
+    return f"{root}/auth/session-index/{customer}/"
+
+
+class TooManySessions(Exception):
+    """The customer has `max_per_customer` live sessions; `retry_after`: seconds until the oldest ends."""
+
+    def __init__(self, limit: int, retry_after: float) -> None:
+        super().__init__(f"at most {limit} panel sessions may be open at once; log out elsewhere first")
+        self.retry_after = retry_after
 
 
 def check_password(password: Any) -> str:
@@ -120,8 +134,9 @@ class Sessions:
     """Creates, checks (with a short cache) and ends panel sessions."""
 
     def __init__(self, store: Store, *, ttl_seconds: int = 12 * 3600, cache_seconds: float = 10.0,
-                 concurrent_logins: int = 4) -> None:
+                 concurrent_logins: int = 4, max_per_customer: int = 20) -> None:
         self._store = store
+        self.max_per_customer = max_per_customer
         self.hash_slots = threading.BoundedSemaphore(concurrent_logins)
         self.ttl_seconds = ttl_seconds
         self._cache_seconds = cache_seconds
@@ -129,19 +144,39 @@ class Sessions:
         self._lock = threading.Lock()
 
     def create(self, customer: Customer) -> str:
-        """A new session for `customer`; returns the id for the cookie (never stored)."""
-        session_id = secrets.token_urlsafe(32)
+        """A new session for `customer`; returns the id for the cookie (never stored).
+
+        TooManySessions when the customer has `max_per_customer` live ones (logins racing each other
+        may pass the count together: the cap holds to within the logins in flight, at most 4 per process)."""
         now = datetime.now(UTC)
+        if self.max_per_customer > 0:
+            kvs, _ = self._store.kv_range(session_index_prefix(self._store.root, customer.name))
+            live = sorted(_expiry(kv.value) for kv in kvs if _expiry(kv.value) > now)
+            if len(live) >= self.max_per_customer:
+                raise TooManySessions(self.max_per_customer, (live[0] - now).total_seconds())
+        session_id = secrets.token_urlsafe(32)
+        expires = (now + timedelta(seconds=self.ttl_seconds)).isoformat()
         rec = {"customer": customer.name, "role": "customer", "name": customer.spec.displayName or customer.name,
-               "created": now.isoformat(), "expires": (now + timedelta(seconds=self.ttl_seconds)).isoformat()}
+               "created": now.isoformat(), "expires": expires}
         # The lease removes the record by itself; the stored expiry is what is checked.
         lease = self._store.grant_lease(self.ttl_seconds + 60)
-        self._store.kv_put(session_key(self._store.root, session_id), json.dumps(rec).encode(), lease=lease)
+        key = session_key(self._store.root, session_id)
+        self._store.txn([], [Put(key, json.dumps(rec).encode(), lease),
+                             Put(session_index_prefix(self._store.root, customer.name) + key.rsplit("/", 1)[-1],
+                                 json.dumps({"expires": expires}).encode(), lease)])
         return session_id
 
     def end(self, session_id: str) -> None:
         key = session_key(self._store.root, session_id)
-        self._store.kv_delete(key)
+        kv = self._store.kv_get(key)
+        ops = [Delete(key)]
+        try:
+            customer = json.loads(kv.value)["customer"] if kv is not None else None
+        except (ValueError, KeyError, TypeError):
+            customer = None
+        if isinstance(customer, str):
+            ops.append(Delete(session_index_prefix(self._store.root, customer) + key.rsplit("/", 1)[-1]))
+        self._store.txn([], ops)
         self.invalidate(key)
 
     def invalidate(self, key: str | None = None) -> None:
@@ -180,6 +215,13 @@ class Sessions:
                     self._cache.clear()
                 self._cache[key] = (now + (self._cache_seconds if rec else min(1.0, self._cache_seconds)), rec)
         return _principal(key, rec) if rec is not None else None
+
+
+def _expiry(raw: bytes) -> datetime:
+    try:
+        return datetime.fromisoformat(str(json.loads(raw)["expires"]))
+    except (ValueError, KeyError, TypeError):
+        return datetime.min.replace(tzinfo=UTC)
 
 
 def _principal(key: str, rec: dict[str, Any]) -> Principal | None:

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from reconcile.errors import AlreadyExists
+from reconcile.etcd_cluster import EtcdCluster
 from reconcile.etcd_server import EtcdServer, free_port
 from reconcile.store import Store
 from specs.domain import NetworkMode
@@ -105,6 +106,25 @@ def _etcd_ports(data_dir: Path) -> tuple[int, int]:
     client, peer = free_port(), free_port()
     f.write_text(json.dumps({"client": client, "peer": peer}))
     return client, peer
+
+
+def _cluster_ports(data_dir: Path, members: int) -> list[tuple[int, int]]:
+    """The (client, peer) ports of each member, kept across restarts: the peer URLs are in the
+    members' data, so a cluster restarts on the ports it was made with."""
+    f = data_dir / "cluster-ports.json"
+    if f.exists():
+        with contextlib.suppress(ValueError, KeyError, OSError, TypeError):
+            saved = [(int(c), int(p)) for c, p in json.loads(f.read_text())["members"]]
+            if len(saved) != members:
+                raise UpError(f"{data_dir} holds a {len(saved)}-member etcd; start with --etcd-members {len(saved)}")
+            return saved
+    ports = [(free_port(), free_port()) for _ in range(members)]
+    f.write_text(json.dumps({"members": ports}))
+    return ports
+
+
+class UpError(Exception):
+    """A reason `hostplane up` cannot start (printed, exit 2)."""
 
 
 def _host_capacity(data_dir: Path) -> Capacity:
@@ -188,7 +208,7 @@ def _hostplane_argv(*args: str) -> list[str]:
 
 def run_up(data_dir: Path, port: int = 8080, libvirt_uri: str | None = None,
            simulate_nodes: int = 0, *, stop: threading.Event | None = None,
-           out: Any = None) -> int:
+           out: Any = None, etcd_members: int = 1) -> int:
     """Run everything until SIGINT/SIGTERM (or `stop`); returns the exit code."""
     from api.auth import ensure_admin_token
     from api.config import write_cli_config
@@ -207,9 +227,24 @@ def run_up(data_dir: Path, port: int = 8080, libvirt_uri: str | None = None,
     children: list[Child] = []
     uri, daemons = _ensure_libvirt(uri, data_dir / "logs", say)
     children += daemons
-    client_port, peer_port = _etcd_ports(data_dir)
-    etcd = EtcdServer(data_dir / "etcd", client_port=client_port, peer_port=peer_port,
-                      log_path=data_dir / "logs" / "etcd.log")
+    etcd: EtcdServer | EtcdCluster
+    if etcd_members > 1:
+        if (data_dir / "etcd").exists():
+            say(f"error: {data_dir} holds a single-member etcd; start without --etcd-members")
+            return 2
+        try:
+            etcd = EtcdCluster(data_dir, etcd_members, ports=_cluster_ports(data_dir, etcd_members),
+                               log_dir=data_dir / "logs")
+        except UpError as exc:
+            say(f"error: {exc}")
+            return 2
+    else:
+        if (data_dir / "cluster-ports.json").exists():
+            say(f"error: {data_dir} holds a multi-member etcd; start with --etcd-members")
+            return 2
+        client_port, peer_port = _etcd_ports(data_dir)
+        etcd = EtcdServer(data_dir / "etcd", client_port=client_port, peer_port=peer_port,
+                          log_path=data_dir / "logs" / "etcd.log")
     try:
         made = not etcd.pki.exists()
         etcd.start()
@@ -231,7 +266,7 @@ def run_up(data_dir: Path, port: int = 8080, libvirt_uri: str | None = None,
         logs = data_dir / "logs"
         children.append(Child("api", _hostplane_argv(
             "api", *etcd.args("api"), "--host", "127.0.0.1", "--port", str(port),
-            "--tls-cert", str(server_cert.cert), "--tls-key", str(server_cert.key),
+            "--tls-cert", str(server_cert.cert), "--tls-key", str(server_cert.key), "--join-pki", str(etcd.pki.dir),
             "--data-dir", str(data_dir)), logs / "api.log"))
         children.append(Child("controllers", _hostplane_argv(
             "controllers", *etcd.args("controllers"), "--identity", f"up-{os.getpid()}"),
@@ -253,7 +288,7 @@ def run_up(data_dir: Path, port: int = 8080, libvirt_uri: str | None = None,
             f"  panel and API: {server}/   (API docs: {server}/docs)\n"
             f"  admin token:   {token}\n"
             f"  CLI config:    {config_path}  (try: hostplane get nodes)\n"
-            f"  etcd:          https://{etcd.endpoint}   data: {data_dir}\n"
+            f"  etcd:          {', '.join('https://' + e for e in etcd.endpoints)}   data: {data_dir}\n"
             f"  CA:            {etcd.pki.ca_cert}\n"
             f"  libvirt:       {uri}" + (f"  + {simulate_nodes} simulated nodes" if simulate_nodes else "")
             + f"\n  logs:          {logs}/\nPress Ctrl-C to stop.")

@@ -3,8 +3,10 @@
 One etcd watch per API process (api.hub) covers both `specs/` and `status/` (every key
 under `<root>/s`) for every stream, so events arrive in revision order and the SSE `id:`
 (the etcd revision) is a safe resume point; a stream resuming from before the hub's buffer
-gets a watch of its own. Each stream carries only what its principal may read (a customer:
-its own Customer, Subscriptions and VPS, public plans, images); a revoked token or ended
+gets a watch of its own (staff), or `event: relist` (a customer: the hub knows each event's owner
+at its revision only for what it has seen, and today's owner of a name need not be the owner of
+then). Each stream carries only what its principal may read (a customer: its own Customer,
+Subscriptions and VPS, public plans, images); a revoked token or ended
 session ends its streams within a second. Several keys can change in one revision; only the last event of a
 revision carries the `id:`, so a client that resumes from it has seen the whole revision.
 
@@ -20,6 +22,7 @@ import asyncio
 import contextlib
 import json
 import time
+import weakref
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -28,9 +31,11 @@ from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from api import access
-from api.deps import Caller, State, authenticate_async
-from api.errors import ApiError, BadRequest, Forbidden, UnknownKind
+from api.auth import Principal
+from api.deps import AppState, Caller, State, authenticate_async, limit_key
+from api.errors import ApiError, BadRequest, Forbidden, TooManyRequests, UnknownKind
 from api.hub import Audience, Feed, Owners, frames, translate
+from api.ratelimit import Slot
 from reconcile.store import WatchEvent
 from specs import KINDS, Resource, kind_for
 
@@ -48,6 +53,10 @@ def _ending(why: str, detail: Any) -> bytes:
         body = {"type": "COMPACTED", "compactRevision": detail,
                 "message": "the requested revision is compacted; list again and watch from its resourceVersion"}
         return f"event: compacted\ndata: {json.dumps(body)}\n\n".encode()
+    if why == "resume":
+        body = {"type": "RELIST", "message": f"revision {detail} is older than this API's watch history; list "
+                                            "again and watch from its resourceVersion"}
+        return f"event: relist\ndata: {json.dumps(body)}\n\n".encode()
     body = {"type": "RELIST", "message": "this stream fell too far behind; list again and watch from its "
                                          "resourceVersion"}
     return f"event: relist\ndata: {json.dumps(body)}\n\n".encode()
@@ -107,12 +116,35 @@ async def watch(request: Request, state: State, caller: Caller,
     await run_in_threadpool(hub.start)
     if after is None:
         after = await run_in_threadpool(store.revision)
+    slot = None
+    if caller.role != "admin":
+        slot = state.streams.acquire(limit_key(caller))
+        if slot is None:
+            raise TooManyRequests(f"at most {state.streams.per_key} watch streams may be open per principal; close "
+                                  "one first", retry_after=state.settings.heartbeat_seconds)
+    try:
+        return await _open_stream(request, state, caller, wanted_kinds, after, slot)
+    except BaseException:
+        if slot is not None:
+            slot.release()
+        raise
+
+
+async def _open_stream(request: Request, state: AppState, caller: Principal, wanted_kinds: set[str], after: int,
+                       slot: Slot | None) -> StreamingResponse:
+    store = state.store
+    hub = state.hub
+    assert hub is not None
     loop = asyncio.get_running_loop()
     audience = Audience(frozenset(wanted_kinds), caller.customer if caller.role == "customer" else None)
     feed = Feed(audience, after, max_pending_bytes=_MAX_PENDING_BYTES)
     handle = hub.subscribe(feed, loop)
     private = None
-    if handle is None:
+    if handle is None and audience.customer is not None:
+        # Older than the hub's history: who owned what back then is not known here, and today's
+        # owners are not the owners of then (a name may have passed to another customer). Re-list.
+        feed.end("resume", after)
+    elif handle is None:
         # Older than the hub's buffer: this stream reads etcd from that revision itself.
         def deliver(method: Callable[..., None], *args: Any) -> None:
             # Called on the private watch's thread; the loop may already be gone when the client left.
@@ -158,6 +190,8 @@ async def watch(request: Request, state: State, caller: Caller,
                 sent = now
                 yield data if data is not None else b": heartbeat\n\n"
         finally:
+            if slot is not None:
+                slot.release()
             hub.ticker.discard(feed)
             if handle is not None:
                 hub.unsubscribe(handle)
@@ -165,5 +199,10 @@ async def watch(request: Request, state: State, caller: Caller,
                 # Non-blocking: cancels the gRPC stream; its thread ends on its own.
                 private.stop(timeout=0)
 
-    return StreamingResponse(stream(), media_type="text/event-stream",
+    body = stream()
+    if slot is not None:
+        # A stream whose body never starts (the client left first) skips its `finally`: the slot
+        # is given back when the generator is collected.
+        weakref.finalize(body, slot.release)
+    return StreamingResponse(body, media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

@@ -253,7 +253,7 @@ class BillingController:
         _fences(self.fence)  # raises when no longer leading
         deleted = []
         for vps in self.store.list(VPS).items:
-            if vps.spec.subscription != sub.name or vps.metadata.deletionTimestamp is not None:
+            if not vps.bound_to(sub) or vps.metadata.deletionTimestamp is not None:
                 continue
             # The manager writes the same VPS (finalizer, status): a lost compare-and-swap
             # re-reads and tries again; a delete already under way counts as done.

@@ -420,12 +420,18 @@ class Manager:
 
         problem: Problem | None = None
         sub = self._subscription(vps.spec.subscription)
+        if sub is not None and not vps.bound_to(sub):
+            # The Subscription this server was created under is gone; one of the same name now is
+            # someone else's: never resolve the server with its plan, billing or customer.
+            sub = None
         plan = self.plan_inf.get(sub.spec.plan) if sub is not None else None
         image = self.image_inf.get(vps.spec.image)
         customer = self.customer_inf.get(sub.spec.customer) if sub is not None else None
         if sub is None:
             problem = Problem("Resolved", "SubscriptionNotFound",
-                              f"subscription {vps.spec.subscription!r} does not exist")
+                              f"subscription {vps.spec.subscription!r} does not exist"
+                              + ("" if self.sub_inf.get(vps.spec.subscription) is None
+                                 else " (one of that name was created anew; this server is not part of it)"))
         elif plan is None:
             problem = Problem("Resolved", "PlanNotFound", f"plan {sub.spec.plan!r} does not exist")
         elif image is None:

@@ -17,7 +17,7 @@ duplicated), so the agent calls them at connect and at every resync:
 * a bridge-mode tap with a VLAN is an untagged member of only that VLAN on its bridge, which must
   have VLAN filtering on (else the agent refuses rather than put the VPS on the untagged network).
 
-ADR 007 says why nwfilter plus these rules and not passt or a bespoke nftables program. Commands
+ADR 008 says why nwfilter plus these rules and not passt or a bespoke nftables program. Commands
 run in `netns` when one is given (a host whose VPS bridges live in a namespace; the tests).
 It must never touch a chain, network, filter or binding that is not Hostplane's.
 """

@@ -84,7 +84,7 @@ class AsyncStore:
             except grpc.RpcError as exc:
                 err = _translate(exc)
                 if isinstance(err, PermissionDenied):
-                    raise PermissionDenied(request_keys(request)) from exc
+                    raise PermissionDenied(request_keys(request), err.detail) from exc
                 if not isinstance(err, Unavailable) or loop.time() + delay > deadline:
                     raise err from exc
                 await self._fail_over()

@@ -46,6 +46,7 @@ class Compacted(StoreError):
 
 
 class PermissionDenied(StoreError):
-    def __init__(self, prefix: str) -> None:
+    def __init__(self, prefix: str, detail: str = "") -> None:
         self.prefix = prefix
-        super().__init__(f"etcd permission denied for this identity on {prefix}")
+        self.detail = detail
+        super().__init__(f"etcd permission denied for this identity on {prefix}" + (f" ({detail})" if detail else ""))

@@ -41,8 +41,13 @@ class EtcdServer:
     def __init__(self, data_dir: str | Path, *, client_port: int | None = None,
                  peer_port: int | None = None, name: str = "hostplane",
                  binary: str | None = None, log_path: str | Path | None = None,
-                 pki: PKI | None = None) -> None:
+                 pki: PKI | None = None, initial_cluster: str | None = None,
+                 cluster_endpoints: list[str] | None = None) -> None:
+        """`initial_cluster` ("name=https://host:peerport,...") and `cluster_endpoints` make this a
+        member of a cluster (see EtcdCluster); by default it is a cluster of one."""
         self.data_dir = Path(data_dir)
+        self.initial_cluster = initial_cluster
+        self.cluster_endpoints = cluster_endpoints
         self.pki = pki or PKI(self.data_dir.parent / "pki")
         self._admin: Store | None = None
         self._roles_applied: set[tuple[str, str]] = set()
@@ -58,7 +63,19 @@ class EtcdServer:
     def endpoint(self) -> str:
         return f"127.0.0.1:{self.client_port}"
 
+    @property
+    def endpoints(self) -> list[str]:
+        """Every client endpoint of the cluster this member belongs to."""
+        return self.cluster_endpoints or [self.endpoint]
+
     def start(self, timeout: float = 20.0) -> EtcdServer:
+        self.launch()
+        self._wait_healthy(timeout)
+        self.admin().enable_auth()
+        return self
+
+    def launch(self) -> None:
+        """Start the process without waiting for it (a cluster member waits for its quorum)."""
         if not Path(self.binary).exists():
             raise FileNotFoundError(
                 "etcd is not installed: install the Debian package etcd-server (make up does)")
@@ -79,7 +96,7 @@ class EtcdServer:
             self.binary, *tls, "--name", self.name, "--data-dir", str(self.data_dir),
             "--listen-client-urls", client, "--advertise-client-urls", client,
             "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
-            "--initial-cluster", f"{self.name}={peer}",
+            "--initial-cluster", self.initial_cluster or f"{self.name}={peer}",
             "--initial-cluster-state", "new",
             "--log-level", "warn", "--logger", "zap",
             "--quota-backend-bytes", str(4 * 1024**3),
@@ -90,9 +107,6 @@ class EtcdServer:
         self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env,
                                      start_new_session=True)
         log.close()
-        self._wait_healthy(timeout)
-        self.admin().enable_auth()
-        return self
 
     # ------------------------------------------------------------------ identities
 
@@ -106,7 +120,7 @@ class EtcdServer:
     def connection(self, identity: str = "root", *, root: str = keys.ROOT) -> EtcdConnection:
         """The connection of `identity`: its certificate (issued if missing) and, for anyone but
         root, its role granted for keys under `root` (idempotent, remembered)."""
-        conn = EtcdConnection.for_identity(self.endpoint, self.pki, identity)
+        conn = EtcdConnection.for_identity(self.endpoints, self.pki, identity)
         if identity != "root" and (identity, root) not in self._roles_applied:
             self.admin().apply_role(identity, roles.permissions(identity, root))
             self._roles_applied.add((identity, root))
@@ -174,6 +188,9 @@ class EtcdServer:
     def restart(self, timeout: float = 20.0) -> None:
         self.stop()
         self.start(timeout)
+
+    def wait_healthy(self, timeout: float = 20.0) -> None:
+        self._wait_healthy(timeout)
 
     def __enter__(self) -> EtcdServer:
         return self.start()

@@ -69,3 +69,8 @@ def events_prefix(root: str = ROOT) -> str:
 
 def last_segment(key: str) -> str:
     return key.rsplit("/", 1)[-1]
+
+
+def name_claim_key(name: str, root: str = ROOT) -> str:
+    """Who first used a Subscription/VPS name (api.names): kept after the objects are deleted."""
+    return f"{root}/names/{name}"

@@ -67,7 +67,7 @@ class CertPair:
     key: Path
 
 
-def _write_private(path: Path, data: bytes) -> None:
+def write_private(path: Path, data: bytes) -> None:
     """Write `data` to `path` with mode 0600 from the first byte (no window at a wider mode)."""
     tmp = path.with_name(path.name + ".tmp")
     with contextlib.suppress(FileNotFoundError):
@@ -131,8 +131,8 @@ class PKI:
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
             .sign(key, hashes.SHA256())
         )
-        _write_private(self.ca_key, _key_pem(key))
-        _write_private(self.ca_cert, cert.public_bytes(serialization.Encoding.PEM))
+        write_private(self.ca_key, _key_pem(key))
+        write_private(self.ca_cert, cert.public_bytes(serialization.Encoding.PEM))
         return True
 
     def _load_ca(self) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
@@ -175,8 +175,8 @@ class PKI:
                     sans.append(x509.DNSName(n))
             builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
         cert = builder.add_extension(x509.ExtendedKeyUsage(usages), critical=False).sign(ca_key, hashes.SHA256())
-        _write_private(pair.key, _key_pem(key))
-        _write_private(pair.cert, cert.public_bytes(serialization.Encoding.PEM))
+        write_private(pair.key, _key_pem(key))
+        write_private(pair.cert, cert.public_bytes(serialization.Encoding.PEM))
         return pair
 
     def issue(self, identity: str, *, force: bool = False) -> CertPair:
@@ -187,12 +187,64 @@ class PKI:
             return pair
         return self._issue(identity, identity, server_names=None)
 
+    def sign_csr(self, csr_pem: bytes, identity: str) -> bytes:
+        """Sign a client CSR for exactly `identity` (its CN must be that, its signature valid);
+        nothing else of the CSR is copied. Returns the certificate PEM."""
+        check_identity(identity)
+        try:
+            csr = x509.load_pem_x509_csr(csr_pem)
+        except ValueError as exc:
+            raise PKIError(f"not a PEM certificate request: {exc}") from None
+        if not csr.is_signature_valid:
+            raise PKIError("the certificate request's signature is not valid")
+        cns = csr.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+        if len(cns) != 1 or cns[0].value != identity:
+            raise PKIError(f"the certificate request must name CN={identity}")
+        key = csr.public_key()
+        if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name != "secp256r1":
+            raise PKIError("the certificate request's key must be ECDSA P-256")
+        ca, ca_key = self._load_ca()
+        now = dt.datetime.now(dt.UTC)
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, identity)]))
+            .issuer_name(ca.subject).public_key(key)
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5))
+            .not_valid_after(now + dt.timedelta(days=CERT_DAYS))
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=False, crl_sign=False,
+                                         content_commitment=False, key_encipherment=False,
+                                         data_encipherment=False, key_agreement=True,
+                                         encipher_only=False, decipher_only=False), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+            .sign(ca_key, hashes.SHA256())
+        )
+        return cert.public_bytes(serialization.Encoding.PEM)
+
     def server(self, names: list[str] | tuple[str, ...] = (), *, force: bool = False) -> CertPair:
         """The server certificate (SAN 127.0.0.1, localhost and `names`); reused if it exists."""
         pair = CertPair(self.dir / "server.crt", self.dir / "server.key")
         if pair.cert.exists() and pair.key.exists() and not force:
             return pair
         return self._issue("server", "hostplane-server", server_names=list(names))
+
+
+def ca_hash(ca_pem: bytes) -> str:
+    """`sha256:<hex>` of a CA certificate's DER: what a joining node pins before it trusts a server."""
+    import hashlib
+
+    der = x509.load_pem_x509_certificate(ca_pem).public_bytes(serialization.Encoding.DER)
+    return "sha256:" + hashlib.sha256(der).hexdigest()
+
+
+def new_key_and_csr(identity: str) -> tuple[bytes, bytes]:
+    """(private key PEM, CSR PEM) with CN = identity: made where the key stays."""
+    key = _new_key()
+    csr = (x509.CertificateSigningRequestBuilder()
+           .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, identity)]))
+           .sign(key, hashes.SHA256()))
+    return _key_pem(key), csr.public_bytes(serialization.Encoding.PEM)
 
 
 def common_name(cert_path: str | Path) -> str:

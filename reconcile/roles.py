@@ -52,6 +52,7 @@ ROLES: dict[str, tuple[Grant, ...]] = {
         Grant("ledger/", "readwrite", "payments append ledger entries"),
         Grant("billing/", "readwrite", "accounts, statements, webhook secrets"),
         Grant("idempotency/", "readwrite", "first results of keyed requests (payments, orders)"),
+        Grant("names/", "readwrite", "which customer first used a Subscription/VPS name (api.names)"),
         Grant("events/", "read", "events shown to customers and operators"),
     ),
     "controllers": (

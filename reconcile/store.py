@@ -130,6 +130,14 @@ class CreatedAt:
 
 
 @dataclass(frozen=True)
+class UnchangedSince:
+    """Compare: no key under `prefix` was created or modified after `revision` (deletions are not seen)."""
+
+    prefix: str
+    revision: int
+
+
+@dataclass(frozen=True)
 class ValueIs:
     key: str
     value: bytes
@@ -154,7 +162,7 @@ class Get:
     prefix: bool = False
 
 
-Compare = ModIs | Exists | CreatedAt | ValueIs
+Compare = ModIs | Exists | CreatedAt | UnchangedSince | ValueIs
 Op = Put | Delete | Get
 
 
@@ -229,6 +237,9 @@ _TRANSIENT_CODES = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEED
 _TRANSIENT_MESSAGES = (
     "context deadline exceeded", "request timed out", "leader changed", "no leader",
     "too many requests", "not capable",
+    # The auth store changed (a role grant, a new leader replaying it) between the permission
+    # check and the apply: the request was not applied; etcd's own client retries it.
+    "revision of auth store is old",
 )
 
 
@@ -253,7 +264,7 @@ def _translate(exc: BaseException) -> StoreError:
             return Unavailable(f"etcd unavailable: {details}")
         if (code in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED)
                 or any(m in str(details) for m in ("permission denied", "user name not found"))):
-            return PermissionDenied("?")
+            return PermissionDenied("?", str(details))
         if code == grpc.StatusCode.NOT_FOUND:
             return NotFound(str(details))
         if code == grpc.StatusCode.INVALID_ARGUMENT and "too large" in str(details):
@@ -416,7 +427,7 @@ class Store:
             return self._call(
                 lambda: self._client.kvstub.Range(request, self.timeout, metadata=self._client.metadata))
         except PermissionDenied as exc:
-            raise PermissionDenied(request_keys(request)) from exc
+            raise PermissionDenied(request_keys(request), exc.detail) from exc
 
     def _range_op(self, key: str, *, prefix: bool, limit: int = 0, keys_only: bool = False,
                   revision: int = 0) -> Operation[tuple[list[KV], int]]:
@@ -491,6 +502,14 @@ class Store:
     # of a store call together.
     @staticmethod
     def _fill_compare(msg: Any, c: Compare) -> None:
+        if isinstance(c, UnchangedSince):
+            # A range compare: every key in [prefix, prefix_end) has mod_revision <= revision.
+            msg.key = c.prefix.encode()
+            msg.range_end = _prefix_end(c.prefix)
+            msg.result = etcdrpc.Compare.LESS
+            msg.target = etcdrpc.Compare.MOD
+            msg.mod_revision = c.revision + 1
+            return
         msg.key = c.key.encode()
         if isinstance(c, ModIs):
             msg.target = etcdrpc.Compare.MOD
@@ -592,6 +611,15 @@ class Store:
                 metadata=self._client.metadata)
 
         self._call(run)
+
+    def member_status(self) -> tuple[int, int]:
+        """(member id, leader's member id) as the member in use sees them (cluster tests, tools)."""
+        def run() -> tuple[int, int]:
+            resp = self._client.maintenancestub.Status(etcdrpc.StatusRequest(), self.timeout,
+                                                       metadata=self._client.metadata)
+            return int(resp.header.member_id), int(resp.leader)
+
+        return self._call(run, retry=False)
 
     # ----------------------------------------------------------- auth administration
     # Only the bootstrap (root identity) calls these: `hostplane up`, `EtcdServer`, tests.

@@ -218,6 +218,15 @@ def _duplicate_keys(node: yaml.Node, path: tuple[str | int, ...] = (),
     return found
 
 
+def duplicate_keys(node: yaml.Node) -> list[tuple[str, int]]:
+    """(path, line) of every key repeated within one mapping of a composed document; ValueError if the
+    document is past MAX_NODES nodes or nested too deeply."""
+    try:
+        return _duplicate_keys(node)
+    except (_TooBig, RecursionError):
+        raise ValueError(f"document is too large or nested too deeply (over {MAX_NODES} nodes)") from None
+
+
 def _construct(node: yaml.Node) -> Any:
     loader = _SafeLoader("")
     try:
@@ -268,4 +277,5 @@ def dump_json(objs: list[Resource] | Resource) -> str:
     return json.dumps([_plain(o) for o in objs], indent=2, ensure_ascii=False)
 
 
-__all__ = ["KINDS", "Document", "dump_json", "dump_yaml", "load_documents", "load_file", "validate_object"]
+__all__ = ["KINDS", "Document", "dump_json", "dump_yaml", "duplicate_keys", "load_documents", "load_file",
+           "validate_object"]

@@ -483,6 +483,9 @@ Phase = Literal[
 
 class VPSSpec(Model):
     subscription: Name
+    # The uid of the Subscription this server was created under (the API sets it): ownership follows
+    # it, so a Subscription deleted and created again under the same name does not inherit the server.
+    subscriptionUID: str | None = Field(default=None, max_length=64, pattern=r"^[A-Za-z0-9-]+$")
     image: Name
     hostname: Hostname
     sshKeys: list[SSHKey] = Field(default_factory=list, max_length=32)
@@ -524,6 +527,12 @@ class VPS(Resource):
     kind: Literal["VPS"] = "VPS"
     spec: VPSSpec
     status: VPSStatus | None = None
+
+    def bound_to(self, sub: Subscription) -> bool:
+        """Whether `sub` is this server's Subscription: the name it refers to and, when recorded, the
+        uid it was created under (a Subscription recreated under the old name is another one). Pure."""
+        return sub.name == self.spec.subscription and (
+            self.spec.subscriptionUID is None or self.spec.subscriptionUID == sub.metadata.uid)
 
 
 KINDS: dict[str, type[Resource]] = {

@@ -11,13 +11,23 @@ The store does what its callers get: models in, validated models out. Each pass 
 which side goes first and the best of the passes is reported, to keep the two fair against
 background noise. Watch latency is the time from the start of a put to the store's watch
 callback receiving it, one put at a time.
+
+TLS and RBAC cost: the same raw operations (create, CAS update, list, watch latency) against
+the production etcd (TLS, client-certificate auth, RBAC on, as the `controllers` identity) and
+against a throw-away plaintext etcd without auth started here for the baseline only (the store
+has no plaintext mode). Both etcds run at once and the two sides alternate in chunks.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
+import signal
 import statistics
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -27,7 +37,7 @@ from typing import Any
 
 import pyetcd
 
-from reconcile.etcd_server import EtcdServer
+from reconcile.etcd_server import EtcdServer, free_port
 from reconcile.store import WatchEvent
 from reconcile.store import _encode_doc as encode
 from specs import Plan
@@ -197,6 +207,121 @@ def _watch_latency(etcd: EtcdServer) -> list[float]:
     return samples
 
 
+TLS_N = 2000
+
+
+class _PlainEtcd:
+    """The baseline's etcd: plaintext, no auth. Benchmark only; stopped by its PID."""
+
+    def __init__(self, data: Path) -> None:
+        self.port, peer = free_port(), free_port()
+        url, purl = f"http://127.0.0.1:{self.port}", f"http://127.0.0.1:{peer}"
+        self.log = open(data.parent / "plain-etcd.log", "wb")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            [shutil.which("etcd") or "/usr/bin/etcd", "--name", "plain", "--data-dir", str(data),
+             "--listen-client-urls", url, "--advertise-client-urls", url, "--listen-peer-urls", purl,
+             "--initial-advertise-peer-urls", purl, "--initial-cluster", f"plain={purl}",
+             "--log-level", "warn", "--logger", "zap"], stdout=self.log, stderr=subprocess.STDOUT)
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.log.close()
+
+
+def _raw_watch_latency(client: Any, prefix: str, samples: int) -> list[float]:
+    seen: dict[str, float] = {}
+    cond = threading.Condition()
+
+    def cb(resp: Any) -> None:
+        now = time.perf_counter()
+        with cond:
+            for e in getattr(resp, "events", []):
+                seen[e.key.decode()] = now
+            cond.notify_all()
+
+    wid = client.add_watch_prefix_callback(prefix, cb)
+    out: list[float] = []
+    try:
+        for i in range(samples):
+            key = f"{prefix}{i}"
+            t0 = time.perf_counter()
+            client.put(key, b"x" * 200)
+            with cond:
+                if not cond.wait_for(lambda key=key: key in seen, timeout=5):  # type: ignore[misc]
+                    raise TimeoutError(f"watch event for {key} not delivered")
+            out.append(seen[key] - t0)
+    finally:
+        client.cancel_watch(wid)
+    return out
+
+
+def tls_cost(etcd: EtcdServer, tmp: Path) -> list[str]:
+    """Markdown lines: raw etcd operations, TLS + RBAC (controllers identity) against plaintext."""
+    plain = _PlainEtcd(tmp / "plain-etcd")
+    conn = etcd.connection("controllers")
+    host, port = conn.endpoints[0].rsplit(":", 1)
+    secure = pyetcd.client(host=host, port=int(port), ca_cert=str(conn.ca), cert_key=str(conn.key),
+                           cert_cert=str(conn.cert), timeout=10)
+    insecure = pyetcd.client(host="127.0.0.1", port=plain.port, timeout=10)
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                insecure.status()
+                break
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+        prefix = "/hostplane/v1/alloc/bench-tls/"  # inside the controllers role
+        docs = [(o.name, encode(o.model_dump(mode="json", by_alias=True))) for o in map(_plan, range(TLS_N))]
+        sides = {"plain": _Raw(insecure, prefix), "tls": _Raw(secure, prefix)}
+        results: dict[str, dict[str, float]] = {"plain": {}, "tls": {}}
+        create = _interleaved(lambda part: sides["plain"].create(docs[part]),
+                              lambda part: sides["tls"].create(docs[part]), TLS_N)
+        revs = {k: sides[k].revisions() for k in sides}
+        update = _interleaved(lambda part: sides["plain"].update(docs[part], revs["plain"]),
+                              lambda part: sides["tls"].update(docs[part], revs["tls"]), TLS_N)
+        lists = {k: min(_timed(sides[k].list) for _ in range(LIST_REPEATS)) for k in sides}
+        watch = {k: _raw_watch_latency(c, prefix + "w/", WATCH_SAMPLES // 2)
+                 for k, c in (("plain", insecure), ("tls", secure))}
+        results["plain"] |= {"create": create[0], "update": update[0], "list": lists["plain"]}
+        results["tls"] |= {"create": create[1], "update": update[1], "list": lists["tls"]}
+    finally:
+        with contextlib.suppress(Exception):
+            secure.delete_prefix("/hostplane/v1/alloc/bench-tls/")
+        secure.close()
+        insecure.close()
+        plain.stop()
+    lines = [
+        "### TLS and RBAC cost",
+        "",
+        f"Raw pyetcd, {TLS_N:,} `Plan`-sized values: the production etcd (TLS for clients and peers,",
+        "client-certificate auth, RBAC on, as the `controllers` identity) against a throw-away plaintext",
+        f"etcd without auth, both running at once; creates and updates alternate in chunks of {CHUNK}.",
+        "",
+        "| operation | plaintext | TLS + RBAC | ratio | target |",
+        "| --- | ---: | ---: | ---: | --- |",
+    ]
+    for op in ("create", "update", "list"):
+        p, t = results["plain"][op], results["tls"][op]
+        label = {"create": f"create of {TLS_N:,}", "update": f"update (CAS) of {TLS_N:,}",
+                 "list": f"list of {TLS_N:,} (best of {LIST_REPEATS})"}[op]
+        lines.append(f"| {label} | {p:.3f} s | {t:.3f} s | {t / p:.2f}x | ≤ 1.3x |")
+    wp, wt = watch["plain"], watch["tls"]
+    lines.append(f"| watch put → callback, p50 ({len(wp)} puts) | {_pct(wp, 0.5) * 1000:.2f} ms | "
+                 f"{_pct(wt, 0.5) * 1000:.2f} ms | {_pct(wt, 0.5) / _pct(wp, 0.5):.2f}x | ≤ 1.3x |")
+    lines.append(f"| watch put → callback, p99 | {_pct(wp, 0.99) * 1000:.2f} ms | "
+                 f"{_pct(wt, 0.99) * 1000:.2f} ms | {_pct(wt, 0.99) / _pct(wp, 0.99):.2f}x | |")
+    lines.append("")
+    return lines
+
+
 def _pct(samples: list[float], q: float) -> float:
     ordered = sorted(samples)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
@@ -210,6 +335,7 @@ def run() -> str:
         try:
             passes = [_measure_ops(etcd, p) for p in range(PASSES)]
             latency = _watch_latency(etcd)
+            tls = tls_cost(etcd, Path(tmp))
         finally:
             etcd.stop()
     lines = [
@@ -242,9 +368,22 @@ def run() -> str:
         f"Load average of the machine (2 cores) during the run: {load_before:.1f} at the start, "
         f"{os.getloadavg()[0]:.1f} at the end.",
         "",
+        *tls,
     ]
     return "\n".join(lines)
 
 
+def run_tls_only() -> str:
+    load_before = os.getloadavg()[0]
+    with tempfile.TemporaryDirectory(prefix="hostplane-bench-tls-") as tmp:
+        etcd = EtcdServer(Path(tmp) / "etcd").start()
+        try:
+            lines = tls_cost(etcd, Path(tmp))
+        finally:
+            etcd.stop()
+    lines.append(f"Load average (2 cores): {load_before:.1f} at the start, {os.getloadavg()[0]:.1f} at the end.")
+    return "\n".join(lines)
+
+
 if __name__ == "__main__":
-    print(run())
+    print(run_tls_only() if sys.argv[1:] == ["tls"] else run())

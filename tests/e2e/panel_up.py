@@ -58,7 +58,8 @@ def children_of(pid: int) -> dict[int, str]:
 class UpProcess:
     """`hostplane up --simulate-nodes N` on a free port; `.stop()` sends SIGTERM to its PID."""
 
-    def __init__(self, data_dir: Path, *, nodes: int = 2, port: int | None = None) -> None:
+    def __init__(self, data_dir: Path, *, nodes: int = 2, port: int | None = None,
+                 extra: tuple[str, ...] = ()) -> None:
         self.port = port or free_port()
         self.env: dict[str, str] = {}
         self.base = f"https://127.0.0.1:{self.port}"
@@ -69,7 +70,7 @@ class UpProcess:
         self.env = env
         self.proc = subprocess.Popen(
             [*_hostplane(), "up", "--simulate-nodes", str(nodes), "--libvirt", "test:///default",
-             "--data-dir", str(data_dir / "var"), "--port", str(self.port)],
+             "--data-dir", str(data_dir / "var"), "--port", str(self.port), *extra],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT)
         self.output: list[str] = []
         self.ready = threading.Event()
@@ -148,20 +149,29 @@ def spki_pin(cert: Path) -> str:
 
 
 @contextlib.contextmanager
-def browser(trust: Path | None = None) -> Iterator[Any]:
+def browser(pki: Path | None = None) -> Iterator[Any]:
     """Headless Debian Chromium through Playwright (never a downloaded browser).
 
-    `trust`: a server certificate (up's `pki/server.crt`) the browser accepts, by its key only;
-    every other certificate error still fails.
+    `pki`: up's PKI directory. The browser then accepts up's server certificate, by its key only
+    (every other certificate error still fails), and Playwright's own HTTP client (`context.request`,
+    run by its Node driver) trusts up's CA.
     """
     from playwright.sync_api import sync_playwright
 
     args = list(CHROMIUM_ARGS)
-    if trust is not None:
-        args.append(f"--ignore-certificate-errors-spki-list={spki_pin(trust)}")
-    with sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=CHROMIUM, args=args)
-        try:
-            yield b
-        finally:
-            b.close()
+    env_before = os.environ.get("NODE_EXTRA_CA_CERTS")
+    if pki is not None:
+        args.append(f"--ignore-certificate-errors-spki-list={spki_pin(pki / 'server.crt')}")
+        os.environ["NODE_EXTRA_CA_CERTS"] = str(pki / "ca.crt")  # read by the driver when it starts
+    try:
+        with sync_playwright() as pw:
+            b = pw.chromium.launch(executable_path=CHROMIUM, args=args)
+            try:
+                yield b
+            finally:
+                b.close()
+    finally:
+        if env_before is None:
+            os.environ.pop("NODE_EXTRA_CA_CERTS", None)
+        else:
+            os.environ["NODE_EXTRA_CA_CERTS"] = env_before

@@ -74,7 +74,7 @@ def _name(ref: Any) -> str:
 @pytest.fixture(scope="module")
 def chromium(system: dict[str, Any]) -> Iterator[Any]:
     """One headless Chromium for the module, trusting up's server certificate; each test opens its own contexts."""
-    with browser(trust=system["up"].pki / "server.crt") as b:
+    with browser(pki=system["up"].pki) as b:
         yield b
 
 

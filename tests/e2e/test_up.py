@@ -107,3 +107,35 @@ def test_up_serves_writes_config_stops_within_10s_and_restarts_without_loss(tmp_
         assert _stop(again) < 10.0
     finally:
         again.stop()
+
+
+def test_up_with_a_3_member_etcd_survives_killing_a_member(tmp_path: Path) -> None:
+    """`up --etcd-members 3` runs three TLS etcd members; SIGKILL of one leaves the API reading and writing."""
+    import os
+    import signal
+
+    port = free_port()
+    up = UpProcess(tmp_path, nodes=0, port=port, extra=("--etcd-members", "3"))
+    try:
+        assert up.ready.wait(90), "".join(up.output)
+        headers = {"Authorization": f"Bearer {up.token()}"}
+        members = {pid: cmd for pid, cmd in children_of(up.proc.pid).items() if "etcd " in cmd and "--name m" in cmd}
+        assert len(members) == 3, members
+        assert all("--peer-client-cert-auth" in cmd and "--client-cert-auth" in cmd for cmd in members.values())
+        victim = next(pid for pid, cmd in members.items() if "--name m0 " in cmd + " ")
+        os.kill(victim, signal.SIGKILL)
+        body = yaml.safe_load(PLAN)
+        with httpx.Client(base_url=up.base, headers=headers, timeout=30, verify=up.verify()) as c:
+            deadline = time.monotonic() + 30
+            while True:  # the API child may still be binding its port
+                try:
+                    r = c.post("/v1/plans", json=body)
+                    break
+                except httpx.TransportError:
+                    assert time.monotonic() < deadline
+                    time.sleep(0.3)
+            assert r.status_code == 201, r.text
+            assert c.get("/v1/plans/up-test").json()["spec"]["price"]["amount"] == "3.00"
+        assert _stop(up) < 10.0
+    finally:
+        up.stop()

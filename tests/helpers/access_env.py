@@ -58,8 +58,9 @@ def seed(store: Store) -> None:
 
 
 @contextlib.contextmanager
-def served(store: Store, tmp_path: Path, **app_kwargs: Any) -> Iterator[Env]:
-    """Seed, mint a token per role, serve an API; close every client afterwards."""
+def served(store: Store, tmp_path: Path, *, app_store: Store | None = None, **app_kwargs: Any) -> Iterator[Env]:
+    """Seed, mint a token per role, serve an API (on `app_store`, e.g. one with the `api` etcd identity,
+    else on `store`); close every client afterwards."""
     seed(store)
     tokens = {"admin": ensure_admin_token(store, tmp_path)}
     for role in ROLES[1:]:
@@ -67,7 +68,7 @@ def served(store: Store, tmp_path: Path, **app_kwargs: Any) -> Iterator[Env]:
     tokens["globex"] = create_token(store, "customer", customer="globex")
     app_kwargs.setdefault("heartbeat_seconds", 0.5)
     app_kwargs.setdefault("login_throttle", LoginThrottle(free=3, base_seconds=0.5, max_seconds=5))
-    app = create_app(store, **app_kwargs)
+    app = create_app(app_store or store, **app_kwargs)
     with serving(app) as url:
         env = Env(url, store, tokens, app=app)
         try:

@@ -309,8 +309,9 @@ def test_two_customers_concurrently_see_only_their_own_over_rest_and_sse(env: En
 
 
 def test_customer_watch_resume_and_revoked_token_ends_the_stream(env: Env) -> None:
-    """Resuming from an old revision stays filtered; revoking the token ends its open stream."""
+    """Resuming from an earlier revision the API has seen stays filtered; revoking the token ends its open stream."""
     admin = env.client("admin")
+    env.app.state.hostplane.hub.start()  # older resumes re-list (test_access_regressions)
     start = admin.get("/v1/vps").json()["metadata"]["resourceVersion"]
     admin.patch("/v1/vps/globex-web", json={"spec": {"powerState": "Stopped"}})
     admin.patch("/v1/vps/acme-web", json={"spec": {"powerState": "Stopped"}})

@@ -1,7 +1,8 @@
 """Schemathesis against /openapi.json, as admin and as a customer: no 5xx, every answer as documented.
 
-Bounded in time (`--max-time`) and examples, deterministic by seed, loopback only. The
-streaming watch is left out (it never ends by itself); it has its own tests.
+Deterministic (fixed seed, derandomized generation, one worker, bounded examples, no time
+budget), loopback only. The streaming watch is left out (it never ends by itself); it has its
+own tests.
 """
 
 from __future__ import annotations
@@ -21,7 +22,9 @@ from tests.helpers.access_env import Env, served
 
 CHECKS = ("not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance,"
           "response_headers_conformance")
-SECONDS_PER_ROLE = 20
+# Examples per operation and phase: the run is bounded by count, not by time, so two runs on two
+# machines try the same requests (a time budget tried as many as the machine's speed allowed).
+EXAMPLES = 10
 
 
 @pytest.fixture
@@ -38,19 +41,35 @@ def schemathesis() -> str:
     return found
 
 
-@pytest.mark.timeout(180)
-@pytest.mark.parametrize("who", ["admin", "customer"])
-def test_fuzzing_finds_no_server_error_and_no_undocumented_answer(env: Env, tmp_path: Path, who: str) -> None:
-    """Generated valid and invalid requests get documented 2xx/4xx answers with problem+json errors."""
+# CPython 3.11 keeps the AST constructor's recursion depth in state shared by every thread
+# (cpython gh-106905): two threads building ASTs at once (hypothesis reads lambda sources with
+# `ast.parse` while generating) can leave it unbalanced, and the next parse fails with
+# "SystemError: AST constructor recursion depth mismatch". So the fuzzer runs with one worker
+# (no second thread to race), in a subprocess of its own; should the fault still appear there,
+# that process is discarded and the same deterministic run is made once more in a fresh one.
+INTERPRETER_FAULT = "AST constructor recursion depth mismatch"
+
+
+def fuzz(env: Env, tmp_path: Path, who: str) -> subprocess.CompletedProcess[str]:
+    """One deterministic schemathesis run: fixed seed, derandomized generation, bounded examples, no time budget."""
     cmd = [schemathesis(), "run", f"{env.url}/openapi.json", "--header", f"Authorization: Bearer {env.tokens[who]}",
-           "--checks", CHECKS, "--max-time", str(SECONDS_PER_ROLE), "--max-examples", "30", "--seed", "6",
-           "--workers", "2", "--exclude-path", "/v1/watch", "--generation-database", "none", "--no-color",
+           "--checks", CHECKS, "--max-examples", str(EXAMPLES), "--seed", "6", "--generation-deterministic",
+           "--workers", "1", "--exclude-path", "/v1/watch", "--no-color",
            "--request-timeout", "10", "--suppress-health-check", "all", "--warnings", "off",
            # Not the stateful phase: it checks a call to a concrete path (/v1/tokens, /v1/audit) against
            # the templated /v1/{kind} that also matches it, though OpenAPI has concrete paths win.
            "--phases", "examples,coverage,fuzzing"]
-    env_vars = {**os.environ, "SCHEMATHESIS_HOOKS": "", "NO_COLOR": "1"}
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=150, cwd=tmp_path, env=env_vars, check=False)
+    env_vars = {**os.environ, "SCHEMATHESIS_HOOKS": "", "NO_COLOR": "1", "PYTHONHASHSEED": "0"}
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=240, cwd=tmp_path, env=env_vars, check=False)
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("who", ["admin", "customer"])
+def test_fuzzing_finds_no_server_error_and_no_undocumented_answer(env: Env, tmp_path: Path, who: str) -> None:
+    """Generated valid and invalid requests get documented 2xx/4xx answers with problem+json errors."""
+    proc = fuzz(env, tmp_path, who)
+    if proc.returncode != 0 and INTERPRETER_FAULT in proc.stdout + proc.stderr:
+        proc = fuzz(env, tmp_path, who)  # the interpreter's fault, not the API's: once more, fresh process
     tail = (proc.stdout + proc.stderr)[-6000:]
     assert proc.returncode == 0, tail
     assert "Server error" not in proc.stdout, tail

@@ -259,3 +259,41 @@ def test_authorization_matrix(env: Env, role: str) -> None:
     assert not failures, "\n".join(failures)
     # Nothing the matrix let through changed an object (stale versions and invalid bodies only).
     assert env.store.get(KINDS["VPS"], "acme-web").spec.powerState == "Running"
+
+
+# A billing adjustment per role: who may set a customer's creditLimit (create, replace, patch).
+CREDIT_LIMIT = {"admin": OK, "operator": 403, "gitops": 403, "billing-webhook": 403, "customer": 403}
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_credit_limit_is_a_billing_adjustment(env: Env, role: str) -> None:
+    """Only an admin sets or changes spec.creditLimit; an operator is 403 naming the field, other fields still go."""
+    client = env.client(role)
+    expect = CREDIT_LIMIT[role]
+    current = client.get("/v1/customers/acme")
+    doc = stale_doc(env, "customers", "acme")
+    doc["metadata"]["resourceVersion"] = env.store.get(KINDS["Customer"], "acme").metadata.resourceVersion
+    doc["spec"]["creditLimit"] = "900"
+    new = {"apiVersion": "hostplane.io/v1", "kind": "Customer", "metadata": {"name": f"new-{role}"},
+           "spec": {"email": "n@example.com", "currency": "EUR", "creditLimit": "250.00"}}
+    answers = [client.put("/v1/customers/acme", json=doc),
+               client.patch("/v1/customers/acme", json={"spec": {"creditLimit": "1000.00"}}),
+               client.post("/v1/customers", json=new)]
+    for resp in answers:
+        if expect == OK:
+            assert resp.status_code in (200, 201), resp.text
+        elif role == "operator":
+            assert resp.status_code == 403, resp.text
+            assert resp.json()["errors"] == [{"path": "spec.creditLimit",
+                                              "message": "a billing adjustment: admin only"}]
+        else:
+            assert resp.status_code in (403, 404), resp.text
+    if role == "operator":
+        assert current.status_code == 200
+        assert env.store.get(KINDS["Customer"], "acme").spec.creditLimit == current.json()["spec"]["creditLimit"]
+        # Everything else an operator may still change, and an unchanged limit written back is fine.
+        assert client.patch("/v1/customers/acme", json={"spec": {"displayName": "Acme"}}).status_code == 200
+        assert client.patch("/v1/customers/acme", json={"spec": {"creditLimit": current.json()["spec"]["creditLimit"]}}
+                            ).status_code == 200
+        assert client.post("/v1/customers", json={**new, "spec": {**new["spec"], "creditLimit": "0"}}
+                           ).status_code == 201

@@ -90,8 +90,8 @@ def test_cli_tokens_passwords_actions_orders_and_audit(env: Env, hp: Run, store:
     assert refused.exit_code == 2 and "not found" in refused.output
     assert hp("customer", "set-password", "acme", "--password-stdin", stdin="a long password\n").exit_code == 0
     no_money = hp("order", "--plan", "s1", "--image", "debian-12", "--hostname", "a.example.com", token=token)
-    assert no_money.exit_code == 2 and "first period" in no_money.output
-    env.client("admin").post("/v1/customers/acme/payments", json={"amount": "9.00", "reference": "cli"})
+    assert no_money.exit_code == 2 and "monthly cost of your subscriptions" in no_money.output
+    env.client("admin").post("/v1/customers/acme/payments", json={"amount": "10.00", "reference": "cli"})
     ordered = hp("order", "--plan", "s1", "--image", "debian-12", "--hostname", "a.example.com", "--name", "cli-1",
                  token=token)
     assert ordered.exit_code == 0 and "ordered vps/cli-1" in ordered.output

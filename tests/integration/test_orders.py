@@ -47,8 +47,8 @@ def test_order_without_funds_is_402_and_stores_nothing(env: Env, store: Store) -
 
 
 def test_order_creates_subscription_and_vps_in_one_step(env: Env, store: Store) -> None:
-    """After a payment the customer's order creates both objects at one revision, owned by it."""
-    pay(env, "acme", "5.00", "p-1")
+    """After a payment covering both subscriptions' month, the order creates both objects at one revision."""
+    pay(env, "acme", "10.00", "p-1")
     r = env.client("customer").post("/v1/orders", json=ORDER)
     assert r.status_code == 201, r.text
     out = r.json()

@@ -9,7 +9,7 @@ import pytest
 
 from reconcile import keys
 from reconcile.errors import AlreadyExists, Conflict, NotFound, TooLarge
-from reconcile.store import MAX_VALUE_BYTES, Delete, Get, ModIs, Put, Rider, Store, decode
+from reconcile.store import MAX_VALUE_BYTES, Delete, Get, ModIs, Put, Rider, Store, UnchangedSince, decode
 from specs import Plan
 
 
@@ -432,3 +432,16 @@ def test_a_rider_lands_with_the_write_or_not_at_all(store: Store) -> None:
     updated = store.update(with_vcpus(created, 3), rider=changed)
     kv = store.kv_get(store.root + "/audit/r4")
     assert changed.written and kv is not None and str(kv.mod_revision) == updated.metadata.resourceVersion
+
+
+def test_unchanged_since_compares_a_whole_prefix(store: Store) -> None:
+    """UnchangedSince holds while no key under the prefix is written after the revision, on an empty prefix too."""
+    prefix = store.root + "/probe/"
+    assert store.txn([UnchangedSince(prefix, store.revision())], []).succeeded
+    store.kv_put(prefix + "a", b"1")
+    seen = store.revision()
+    store.kv_put(store.root + "/elsewhere", b"x")
+    assert store.txn([UnchangedSince(prefix, seen)], []).succeeded
+    store.kv_put(prefix + "b", b"2")
+    assert not store.txn([UnchangedSince(prefix, seen)], []).succeeded
+    assert store.txn([UnchangedSince(prefix, store.revision())], []).succeeded

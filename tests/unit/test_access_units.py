@@ -39,23 +39,53 @@ def test_token_bucket_never_admits_more_than_burst_plus_rate_times_time(gaps: li
     assert admitted <= 4 + 5.0 * now + 1e-9
 
 
-def test_login_throttle_doubles_after_the_free_failures_and_forgets() -> None:
-    """3 free failures, then 1 s, 2 s, 4 s...; an account success clears it; old failures fade."""
+def test_login_throttle_doubles_after_the_free_attempts_and_forgets() -> None:
+    """Per (account, source): 3 free attempts, then 1 s, 2 s, 4 s... capped; a success clears it; counts fade."""
     t = LoginThrottle(free=3, base_seconds=1.0, max_seconds=8.0, forget_seconds=100.0)
-    keys = ["ip:a", "account:x"]
-    for _ in range(3):
-        t.failed(keys, 0.0)
-    assert t.wait(keys, 0.0) == 0.0
-    t.failed(keys, 0.0)
-    assert t.wait(keys, 0.0) == pytest.approx(1.0)
-    t.failed(keys, 1.0)
-    assert t.wait(keys, 1.0) == pytest.approx(2.0)
-    for _ in range(10):
-        t.failed(keys, 1.0)
-    assert t.wait(keys, 1.0) == pytest.approx(8.0)  # capped
-    t.succeeded("account:x")
-    assert t.wait(["account:x"], 1.0) == 0.0 and t.wait(["ip:a"], 1.0) > 0
-    assert t.wait(["ip:a"], 500.0) == 0.0
+    for _ in range(4):
+        assert t.attempt("x", "a", 0.0) == 0.0
+    assert t.attempt("x", "a", 0.0) == pytest.approx(1.0)
+    assert t.attempt("x", "a", 1.0) == 0.0
+    assert t.attempt("x", "a", 1.0) == pytest.approx(2.0)
+    for step in range(10):
+        now = 100.0 + step * 10
+        t.attempt("x", "a", now)
+    assert t.attempt("x", "a", now) == pytest.approx(8.0)  # capped
+    t.succeeded("x", "a", now)
+    assert t.attempt("x", "b", now) == 0.0  # another source, fresh
+    assert t.attempt("y", "a", now) > 0  # the source itself keeps its wait (spraying)
+    assert t.attempt("y", "a", now + 500.0) == 0.0
+
+
+def test_login_attempts_are_counted_before_they_are_checked() -> None:
+    """Forty attempts before any answer: only free + 1 go ahead, the rest are told to wait."""
+    t = LoginThrottle(free=3, base_seconds=1.0)
+    admitted = sum(t.attempt("acct", "10.0.0.1", 0.0) == 0.0 for _ in range(40))
+    assert admitted == 4
+
+
+@settings(max_examples=50)
+@given(st.lists(st.integers(min_value=0, max_value=30), min_size=1, max_size=40),
+       st.integers(min_value=1, max_value=200))
+def test_the_owner_from_a_fresh_source_waits_at_most_one_interval(attackers: list[int], tries: int) -> None:
+    """Whatever many sources did to an account, a source with no failures of its own waits <= account_interval."""
+    t = LoginThrottle(free=3, base_seconds=1.0, max_seconds=900.0, account_free=5, account_interval=1.0)
+    now = 0.0
+    for i in range(tries):
+        now += 0.01
+        t.attempt("acct", f"attacker-{attackers[i % len(attackers)]}", now)
+    assert t.attempt("acct", "owner-at-home", now) <= 1.0
+    assert t.attempt("acct", "owner-on-the-phone", now + 1.0) <= 1.0
+
+
+def test_many_sources_together_are_paced_per_account() -> None:
+    """Past account_free failures, sources that already failed share one attempt per interval."""
+    t = LoginThrottle(free=100, account_free=5, account_interval=1.0)
+    for i in range(5):
+        assert t.attempt("acct", f"s{i}", 0.0) == 0.0
+    assert t.attempt("acct", "s0", 0.1) == 0.0
+    assert t.attempt("acct", "s1", 0.2) == pytest.approx(0.9)
+    assert t.attempt("acct", "s2", 1.1) == 0.0
 
 
 def test_token_requests_are_checked() -> None:

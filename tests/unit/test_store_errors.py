@@ -5,7 +5,7 @@ from __future__ import annotations
 import grpc
 import pytest
 
-from reconcile.errors import StoreError, TooLarge, Unavailable
+from reconcile.errors import PermissionDenied, StoreError, TooLarge, Unavailable
 from reconcile.store import _translate
 
 
@@ -32,7 +32,9 @@ C = grpc.StatusCode
     (C.RESOURCE_EXHAUSTED, "etcdserver: too many requests", Unavailable),
     (C.INVALID_ARGUMENT, "etcdserver: request is too large", TooLarge),
     (C.RESOURCE_EXHAUSTED, "etcdserver: mvcc: database space exceeded", StoreError),
-    (C.PERMISSION_DENIED, "etcdserver: permission denied", StoreError),
+    (C.PERMISSION_DENIED, "etcdserver: permission denied", PermissionDenied),
+    (C.INVALID_ARGUMENT, "etcdserver: revision of auth store is old", Unavailable),
+    (C.FAILED_PRECONDITION, "etcdserver: user name not found", PermissionDenied),
 ])
 def test_grpc_errors_are_translated(code: grpc.StatusCode, details: str, expected: type[StoreError]) -> None:
     """Each etcd failure maps to one store error; only passing conditions become Unavailable."""

@@ -362,7 +362,7 @@ export function orderView(container, ctx) {
     summary.replaceChildren(
       h('div', { class: 'summary-line' }, h('span', null, 'First period (one month)'), h('strong', { 'data-testid': 'first-period' }, money(p.amount, p.currency))),
       h('p', { class: 'hint' }, `Charged by the hour as the server exists (at most ${money(p.amount, p.currency)} a month); `
-        + 'nothing is charged when you order. Your balance plus credit must cover the first period.'));
+        + 'nothing is charged when you order. Your balance plus credit must cover a month of all your servers, this one included.'));
   }
   paintSummary();
 
