@@ -20,6 +20,7 @@ from api.node_join import create_node_token
 from api.server import TLSFiles, create_app, serving
 from nodeagent.main import simulated_node_xml
 from reconcile import keys
+from reconcile.cluster import ensure_cluster_id
 from reconcile.connection import EtcdConnection
 from reconcile.errors import PermissionDenied
 from reconcile.etcd_server import EtcdServer
@@ -35,6 +36,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def control(etcd: EtcdServer) -> Iterator[dict[str, Any]]:
     """The control plane: etcd (TLS, RBAC) and an HTTPS API that may sign joining nodes' certificates."""
     api_store = etcd.store("api")
+    ensure_cluster_id(etcd.admin())  # what the controllers or `up` do first; agents wait for it
     pair = etcd.pki.server()
     with serving(create_app(api_store, join_pki=etcd.pki), tls=TLSFiles(pair.cert, pair.key)) as url:
         yield {"url": url, "data": etcd.data_dir.parent, "etcd": etcd, "pin": ca_hash(etcd.pki.ca_cert.read_bytes())}

@@ -34,7 +34,8 @@ KEYS = [
     "nodes/a/heartbeat", "nodes/b/desired/v", "nodes/b/observed/v", "nodes/b/heartbeat",
     "ledger/c/000000000001", "auth/tokens/t", "auth/sessions/s", "audit/20260101T000000.000000Z-x",
     "billing/accounts/c", "idempotency/charge/k", "events/VPS/v/1", "election/controllers",
-    "alloc/vps/v", "alloc/nodes/a",
+    "alloc/vps/v", "alloc/nodes/a", "meta/cluster-id", "purges/a/u", "nodes/a/tombstones/u",
+    "nodes/b/tombstones/u", "names/vps/x",
 ]
 
 
