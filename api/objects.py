@@ -25,6 +25,7 @@ from api.deps import AppState, Body, Caller, State
 from api.errors import BadRequest, Forbidden, Invalid, UnknownKind
 from api.merge_patch import merge_patch
 from api.sessions import end_customer_sessions
+from controllers import ledger
 from reconcile import keys
 from reconcile.errors import AlreadyExists, Conflict, NotFound
 from reconcile.selector import parse_selector
@@ -240,6 +241,8 @@ async def create_object(kind: str, body: Body, state: State, caller: Caller, req
     # Identity and timestamps are the server's to assign.
     meta = obj.metadata.model_copy(update={"uid": None, "creationTimestamp": None, "resourceVersion": None})
     access.require_billing_fields(caller, None, obj)
+    if isinstance(obj, Customer):
+        await _refuse_kept_ledger(state, obj.name)
     obj = await _bind(state, None, obj)
     try:
         ride = audit.rider(request.scope, 201, state.store.root)
@@ -390,6 +393,15 @@ async def _claim(state: AppState, obj: Resource) -> Put | None:
             return None
         return names.claim_put(state.store.root, obj.name, sub.spec.customer) if obj.bound_to(sub) else None
     return None
+
+
+async def _refuse_kept_ledger(state: AppState, name: str) -> None:
+    """409 when an earlier customer of this name left a ledger account (kept: money adds up): a new
+    customer would inherit its balance and history."""
+    res = await state.astore.txn([], [Get(ledger.account_key(name, state.store.root))])
+    if res.gets[0]:
+        raise AlreadyExists(f"the name {name!r} belonged to an earlier customer whose ledger is kept; "
+                            "choose another name")
 
 
 async def _refuse_if_subscriptions(state: AppState, name: str) -> None:
