@@ -29,7 +29,8 @@ from reconcile.errors import AlreadyExists, NotFound, StoreError
 from reconcile.etcd_cluster import EtcdCluster
 from reconcile.etcd_server import EtcdServer, free_port
 from reconcile.store import Store
-from specs.kinds import Capacity, Image, ImageSource, ImageSpec, Node, NodeSpec
+from specs.domain import NetworkMode
+from specs.kinds import Capacity, Image, ImageSource, ImageSpec, Node, NodeNetwork, NodeSpec
 from specs.meta import ObjectMeta
 
 STOP_TIMEOUT = 8.0
@@ -162,12 +163,25 @@ def _host_capacity(data_dir: Path) -> Capacity:
     return Capacity(vcpus=os.cpu_count() or 1, memoryMiB=max(1, mem_kib // 1024), diskGiB=disk_gib)
 
 
+def default_network_mode(libvirt_uri: str, *, euid: int | None = None) -> NetworkMode:
+    """The embedded default's VPS network: isolated NAT wherever libvirt may build it.
+
+    A privileged libvirt (qemu:///system, or any qemu URI as root, which reaches the system daemon)
+    and the test driver get `isolated-nat`; an unprivileged session daemon cannot create bridges,
+    NAT or filters, so there the only choice is user-mode networking, and `up` says so.
+    """
+    root = (os.geteuid() if euid is None else euid) == 0
+    if libvirt_uri.startswith("test:") or libvirt_uri.startswith("qemu:///system") or root:
+        return "isolated-nat"
+    return "user"
+
+
 def ensure_node(store: Store, name: str, capacity: Capacity, libvirt_uri: str,
-                labels: dict[str, str] | None = None) -> None:
+                labels: dict[str, str] | None = None, *, network: NetworkMode = "isolated-nat") -> None:
     """Register a node if it does not exist (an operator's later edits are kept)."""
     node = Node(
         metadata=ObjectMeta(name=name, labels=labels or {"hostplane.io/region": "local"}),
-        spec=NodeSpec(libvirtURI=libvirt_uri, capacity=capacity),
+        spec=NodeSpec(libvirtURI=libvirt_uri, capacity=capacity, network=NodeNetwork(mode=network)),
     )
     with contextlib.suppress(AlreadyExists):
         store.create(node)
@@ -293,7 +307,11 @@ def run_up(data_dir: Path, port: int = 8080, libvirt_uri: str | None = None,
         store = etcd.store("api")
         server_cert = etcd.pki.server()
         token = ensure_admin_token(store, data_dir)
-        ensure_node(store, "local", _host_capacity(data_dir), uri)
+        mode = default_network_mode(uri)
+        if mode == "user":
+            say(f"warning: {uri} is an unprivileged libvirt: VPS NICs use user-mode networking, which "
+                "reaches this host's loopback (etcd, API); run as root for the isolated NAT network")
+        ensure_node(store, "local", _host_capacity(data_dir), uri, network=mode)
         for i in range(simulate_nodes):
             ensure_node(store, f"sim-{i}", Capacity(vcpus=64, memoryMiB=262144, diskGiB=4096),
                         "test:///default", {"hostplane.io/region": "sim"})

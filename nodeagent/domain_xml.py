@@ -163,10 +163,9 @@ def _interface(dev: ET.Element, spec: DomainSpec, boot: Boot) -> ET.Element:
         nic = _sub(dev, "interface", type="user")
     elif mode == "bridge":
         nic = _sub(dev, "interface", type="bridge")
+        # A VLAN is set on the tap's bridge port by the agent (`hostnet.ensure_port_vlan`): libvirt 9.0
+        # refuses <vlan> on a Linux bridge ("vlan tag not supported for this connection type").
         _sub(nic, "source", bridge=net.bridge or "")
-        if net.vlan is not None:
-            vlan = _sub(nic, "vlan")
-            _sub(vlan, "tag", id=str(net.vlan))
     else:
         nat = nat_network_of(spec)
         if nat is None:

@@ -14,14 +14,13 @@ import logging
 import os
 import threading
 import time
-import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import libvirt
 
-from nodeagent import cloudinit, domain_xml, netfilter
+from nodeagent import cloudinit, domain_xml, hostnet, netfilter
 from nodeagent import plan as P
 from nodeagent.errors import ActionFailed, AgentError, HypervisorUnavailable, NameConflict
 from nodeagent.events import ensure_event_loop
@@ -102,8 +101,6 @@ class Hypervisor:
         self.cluster_id = cluster_id
         self.network = network
         self.hostnet = HostNetwork(netns)
-        # Whether the node networking (filters, host guard) was put in place on this connection.
-        self._net_ready = False
         self._lock = threading.Lock()
         self.conn: libvirt.virConnect | None = None
         self.storage: Storage | None = None
@@ -201,7 +198,7 @@ class Hypervisor:
             os.chown(self.logs_dir, st.st_uid, st.st_gid)
             os.chown(self.consoles_dir, st.st_uid, st.st_gid)
         self.conn = conn
-        self._net_ready = False
+        self.hostnet.ready = False
         return conn
 
     @staticmethod
@@ -359,64 +356,37 @@ class Hypervisor:
     # ------------------------------------------------------------- networking
 
     def prepare_network(self, specs: list[DomainSpec], *, force: bool = False) -> None:
-        """Filters, host guard and NAT networks the given entries need (once per connection, or `force`).
-
-        Nothing is done for user-mode or mode-less entries, so a node without filtered NICs keeps
-        its firewall untouched. The test driver has no nwfilter and no host: only networks there.
-        """
-        conn = self._conn()
-        filtered = [s for s in specs if netfilter.params(s) is not None]
-        if not filtered:
-            return
-        if not self.simulated and (force or not self._net_ready):
-            defined = self.hostnet.ensure_filters(conn)
-            repaired = self.hostnet.ensure_guard()
-            if defined or repaired:
-                log.info("node network: filters defined %s, guard repaired %s", defined, repaired)
-            self._net_ready = True
-        for spec in filtered:
-            nat = domain_xml.nat_network_of(spec)
-            if nat is not None and spec.network.ipv4 is not None and spec.network.ipv4.gateway is not None:
-                self.hostnet.ensure_nat_network(conn, spec.network.ipv4.gateway, spec.network.ipv4.prefixLength)
+        """Filters, host guard and NAT networks the given entries need (`HostNetwork.prepare`)."""
+        self.hostnet.prepare(self._conn(), specs, simulated=self.simulated, force=force)
 
     def network_housekeeping(self, specs: list[DomainSpec]) -> list[str]:
-        """At a resync: repair filters, guard and NAT networks; delete bindings of taps no longer running."""
-        self.prepare_network(specs, force=True)
-        if self.simulated or not any(netfilter.params(s) is not None for s in specs):
-            return []
+        """At a resync: repair filters, guard, NAT networks and VLANs; delete bindings of stopped taps."""
         running = [dom.name() for dom, meta in self.all_domains() if meta is not None and dom.isActive()]
-        return self.hostnet.remove_orphan_bindings(self._conn(), running)
+        return self.hostnet.housekeeping(self._conn(), specs, running, simulated=self.simulated)
 
     def _read_filter(self, dom: libvirt.virDomain, xml: str, spec: DomainSpec | None) -> netfilter.Params | None:
         if spec is None:
             return None
-        if self.simulated:
-            xml = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
-        return domain_xml.read_filter(xml, spec.network.mac)
+        return hostnet.read_filter(dom, xml, spec.network.mac, simulated=self.simulated)
+
+    def _port_vlan(self, spec: DomainSpec) -> tuple[str, str, int] | None:
+        return None if self.simulated else hostnet.port_vlan(spec)
+
+    def _start_on_vlan(self, action: P.Start, spec: DomainSpec, name: str, uid: str,
+                       note: Callable[[str, str], None]) -> None:
+        """Boot paused, put the tap on its VLAN, then let it run: no frame leaves on the untagged network."""
+        vlan = self._port_vlan(spec)
+        assert vlan is not None
+        self._power(P.Start(action.restart_generation, action.at, paused=True, after_crash=action.after_crash),
+                    name, uid, note)
+        self.hostnet.ensure_port_vlan(*vlan)
+        if not action.paused:
+            dom, meta = self._domain(name, uid)
+            self._set_meta(dom, meta.with_(paused_at=None))
+            dom.resume()
 
     def _update_filter(self, dom: libvirt.virDomain, mac: str, action: P.UpdateFilter) -> None:
-        """New filter parameters on the NIC, in the persistent config and (when running) live: no reboot.
-
-        The test driver cannot update a device: there the persistent definition is rewritten, and its
-        filter is what `read` reports (a simulated domain has no tap to filter).
-        """
-        if self.simulated:
-            root = ET.fromstring(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
-            for el in root.findall("devices/interface"):
-                m = el.find("mac")
-                if m is not None and m.get("address", "").lower() == mac.lower():
-                    domain_xml.set_filter(el, action.params)
-            self._conn().defineXML(ET.tostring(root, encoding="unicode"))
-            return
-        targets = [(libvirt.VIR_DOMAIN_AFFECT_CONFIG, dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))]
-        if action.live and dom.isActive():
-            targets.append((libvirt.VIR_DOMAIN_AFFECT_LIVE, dom.XMLDesc(0)))
-        for flag, xml in targets:
-            nic = domain_xml.interface_xml(xml, mac)
-            if nic is None:
-                raise ActionFailed(f"no interface with MAC {mac} to filter")
-            domain_xml.set_filter(nic, action.params)
-            dom.updateDeviceFlags(ET.tostring(nic, encoding="unicode"), flag)
+        hostnet.update_filter(self._conn(), dom, mac, action.params, live=action.live, simulated=self.simulated)
 
     def execute(self, action: P.Action, spec: DomainSpec | None, uid: str, vps: str,
                 note: Callable[[str, str], None]) -> None:
@@ -471,6 +441,12 @@ class Hypervisor:
             assert spec is not None
             dom, _meta = self._domain(name, uid)
             self._update_filter(dom, spec.network.mac, action)
+        elif isinstance(action, P.Start) and spec is not None and self._port_vlan(spec) is not None:
+            self._start_on_vlan(action, spec, name, uid, note)
+        elif isinstance(action, P.Resume) and spec is not None and (vlan := self._port_vlan(spec)) is not None:
+            # A guest left paused by a failed VLAN step runs only once its port is on the VLAN.
+            self.hostnet.ensure_port_vlan(*vlan)
+            self._power(action, name, uid, note)
         else:
             self._power(action, name, uid, note)
 
@@ -491,7 +467,10 @@ class Hypervisor:
                           grace_seconds=float(spec.shutdownGraceSeconds))
         if dom is None or not dom.isActive():
             meta = meta.with_(memory_target_mib=spec.memoryMiB)
-        xml = domain_xml.build(spec, meta, self._boot(spec, name), uuid=uuid)
+        try:
+            xml = domain_xml.build(spec, meta, self._boot(spec, name), uuid=uuid)
+        except ValueError as exc:
+            raise ActionFailed(f"cannot define {name}: {exc}") from exc
         new = self._conn().defineXML(xml)
         if new.isActive():
             # defineXML changes the persistent config only; keep the live metadata in step.

@@ -20,6 +20,7 @@ import pytest
 from nodeagent import netfilter
 from nodeagent import plan as P
 from nodeagent.domain_xml import domain_name
+from nodeagent.errors import ActionFailed
 from nodeagent.hypervisor import Hypervisor
 from specs.domain import DomainImage, DomainNetwork, DomainSpec, IPAssignment
 from tests.e2e.guest.build import GuestImage
@@ -34,6 +35,7 @@ from tests.e2e.guest.netlab import (
     Console,
     NetLab,
     netlab,
+    sh,
 )
 
 pytestmark = [pytest.mark.qemu, pytest.mark.timeout(600)]
@@ -255,3 +257,46 @@ def test_orphan_binding_removed_and_filter_definitions_repaired(guests: Guests) 
     assert guests.hv.hostnet.ensure_guard() == []
     with pytest.raises(libvirt.libvirtError):
         conn.lookupByName("no-such-domain")
+
+
+def a_on_vlan(guests: Guests, vid: int) -> DomainSpec:
+    a = guest_spec(guests.image, "guest-a", A_MAC, A4, A6, script=OWN_ADDRESS_SCRIPT)
+    return a.model_copy(update={"network": a.network.model_copy(update={"vlan": vid})})
+
+
+def test_vlan_refused_on_a_bridge_without_vlan_filtering(guests: Guests) -> None:
+    """A pool VLAN on a bridge that cannot enforce it is an error, never the untagged network in silence."""
+    with pytest.raises(ActionFailed, match="VLAN filtering off"):
+        guests.hv.network_housekeeping([a_on_vlan(guests, 120), guests.b])
+
+
+def test_vlan_puts_the_tap_on_its_vlan_only(guests: Guests) -> None:
+    """With VLAN filtering on, A on VLAN 120 reaches only the router's VLAN 120, live and after a fresh boot.
+
+    Last in the module: it leaves A on VLAN 120 and reboots it once to prove the boot path too.
+    """
+    lab = guests.lab
+    on = sh("ip", "link", "set", BRIDGE, "type", "bridge", "vlan_filtering", "1", netns=lab.host, check=False)
+    if on.returncode != 0:
+        pytest.skip(f"this kernel has no bridge VLAN filtering ({on.stderr.strip()})")
+    tap = netfilter.tap_name(guests.a.uid, "bridge")
+    a120 = a_on_vlan(guests, 120)
+    converge(guests.hv, a120)
+    guests.hv.network_housekeeping([a120, guests.b])
+    assert '"vlan":120' in sh("bridge", "-j", "vlan", "show", "dev", tap, netns=lab.host).stdout.replace(" ", "")
+    ping = f"ip neigh flush dev eth0; ping -c 2 -W 2 {ROUTER4} >/dev/null && echo ROUTER-OK || echo ROUTER-FAIL"
+    assert "ROUTER-FAIL" in guests.con_a.run(ping), "A is off the untagged network"
+    assert "ROUTER-OK" in guests.con_b.run(ping), "control: B on the untagged network still reaches the router"
+    sh("bridge", "vlan", "del", "dev", "vr0", "vid", "1", netns=lab.host)
+    sh("bridge", "vlan", "add", "dev", "vr0", "vid", "120", "pvid", "untagged", netns=lab.host)
+    assert "ROUTER-OK" in guests.con_a.run(ping), "A reaches the router once it is in VLAN 120"
+    assert "ROUTER-FAIL" in guests.con_b.run(ping), "B is not in VLAN 120"
+    # A fresh boot: the tap is created by QEMU, put on VLAN 120 while the guest is paused, then resumed.
+    dom = lab.open().lookupByName(domain_name(guests.a.uid))
+    mark = len(guests.con_a.text())
+    dom.destroy()
+    actions = converge(guests.hv, a120)
+    assert any(isinstance(x, P.Start) for x in actions)
+    assert '"vlan":120' in sh("bridge", "-j", "vlan", "show", "dev", tap, netns=lab.host).stdout.replace(" ", "")
+    guests.con_a.dom = lab.open().lookupByName(domain_name(guests.a.uid))
+    guests.con_a.wait_for("hostplane-script: OWN4-OK", after=mark)

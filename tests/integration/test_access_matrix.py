@@ -168,6 +168,10 @@ ROWS: dict[tuple[str, str], Row] = {
         "GET", f"/v1/customers/{name_of('customers', o)}/statements/2026-01", ledger_read(r, o))],
     ("PUT", "/v1/billing/webhook-secrets/{provider}"): lambda r, o, e: [Case(
         "PUT", "/v1/billing/webhook-secrets/external", OK if r == "admin" else 403)],
+    # Node join authenticates by its one-time bootstrap token, whatever the bearer; this app has no join
+    # PKI, so both answer 404 (joining disabled) to every role alike.
+    ("GET", "/v1/join/ca"): lambda r, o, e: [Case("GET", "/v1/join/ca", 404)],
+    ("POST", "/v1/join"): lambda r, o, e: [Case("POST", "/v1/join", 404, body={})],
     # Open to everyone (metrics: from loopback).
     ("GET", "/healthz"): lambda r, o, e: [Case("GET", "/healthz", OK)],
     ("GET", "/readyz"): lambda r, o, e: [Case("GET", "/readyz", OK)],

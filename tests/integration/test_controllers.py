@@ -454,3 +454,20 @@ def test_two_racing_managers_never_overbook(store: Store) -> None:
     finally:
         one.stop()
         two.stop()
+
+
+def test_a_server_bound_to_a_gone_subscription_is_not_resolved_with_its_namesake(store: Store,
+                                                                                  manager: Manager) -> None:
+    """A VPS bound by uid to a deleted Subscription gets SubscriptionNotFound, not the new one's plan (issue 13)."""
+    seed(store, vps=0)
+    heartbeat(store, "n1")
+    sub = store.get(Subscription, "sub-1")
+    store.create(b.vps("web-1", subscriptionUID=sub.metadata.uid))
+    store.create(b.vps("orphan", subscriptionUID="uid-of-a-deleted-subscription"))
+    manager.start()
+    wait_for(lambda: desired(store, "n1", "web-1"), what="the bound server resolved")
+    wait_for(lambda: "SubscriptionNotFound" in reasons(store, "orphan"), what="SubscriptionNotFound")
+    assert desired(store, "n1", "orphan") is None
+    message = next(c.message for c in store.get(VPS, "orphan").status.conditions  # type: ignore[union-attr]
+                   if c.reason == "SubscriptionNotFound")
+    assert "created anew" in message

@@ -73,12 +73,16 @@ def test_user_mode_and_legacy_entries_have_no_filter() -> None:
 # ---------------------------------------------------------------------- NIC XML per mode
 
 
-def test_bridge_nic_is_a_named_tap_with_vlan_and_filter() -> None:
-    """Mode bridge: a tap with our prefix on the named bridge, the pool's VLAN tag, the booking's filter."""
+def test_bridge_nic_is_a_named_tap_with_filter() -> None:
+    """Mode bridge: a tap with our prefix on the named bridge and the booking's filter; VLANs are not XML.
+
+    libvirt 9.0 refuses <vlan> on a Linux bridge; the agent puts the tap's bridge port on the VLAN.
+    """
     s = spec(network=net(vlan=120))
     n = nic(s)
     assert n.get("type") == "bridge" and n.find("source").get("bridge") == "br0"  # type: ignore[union-attr]
-    assert n.find("vlan/tag").get("id") == "120"  # type: ignore[union-attr]
+    assert n.find("vlan") is None
+    assert hostnet.port_vlan(s) == ("br0", netfilter.tap_name(s.uid, "bridge"), 120)
     tap = n.find("target").get("dev")  # type: ignore[union-attr]
     assert tap == netfilter.tap_name(s.uid, "bridge") and tap.startswith("hpb") and len(tap) <= 15
     xml = domain_xml.build(s, Meta(vps=s.vps, uid=s.uid), BOOT)
@@ -275,3 +279,34 @@ def test_nat_network_is_isolated_without_host_services() -> None:
     assert root.find("port").get("isolated") == "yes"  # type: ignore[union-attr]
     assert root.find("dns").get("enable") == "no"  # type: ignore[union-attr]
     assert root.find("ip/dhcp") is None and root.find("forward").get("mode") == "nat"  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(("uri", "euid", "mode"), [
+    ("qemu:///system", 1000, "isolated-nat"),
+    ("qemu:///session", 0, "isolated-nat"),
+    ("test:///default", 1000, "isolated-nat"),
+    ("qemu:///session", 1000, "user"),
+])
+def test_up_picks_isolated_nat_wherever_libvirt_can_build_it(uri: str, euid: int, mode: str) -> None:
+    """`hostplane up` registers its node with isolated NAT unless only an unprivileged libvirt is there."""
+    from api.up import default_network_mode
+
+    assert default_network_mode(uri, euid=euid) == mode
+
+
+UNTAGGED = hostnet.UNTAGGED_PVID
+
+
+@pytest.mark.parametrize(("current", "expected"), [
+    ([(120, UNTAGGED)], []),
+    ([(1, UNTAGGED)], [["bridge", "vlan", "del", "dev", "hpbx", "vid", "1"],
+                       ["bridge", "vlan", "add", "dev", "hpbx", "vid", "120", "pvid", "untagged"]]),
+    ([(120, frozenset())], [["bridge", "vlan", "add", "dev", "hpbx", "vid", "120", "pvid", "untagged"]]),
+    ([(120, UNTAGGED), (7, frozenset())], [["bridge", "vlan", "del", "dev", "hpbx", "vid", "7"],
+                                           ["bridge", "vlan", "add", "dev", "hpbx", "vid", "120", "pvid",
+                                            "untagged"]]),
+    ([], [["bridge", "vlan", "add", "dev", "hpbx", "vid", "120", "pvid", "untagged"]]),
+])
+def test_tap_ends_in_exactly_its_vlan(current: list[tuple[int, frozenset[str]]], expected: list[list[str]]) -> None:
+    """A tap leaves every other VLAN and is an untagged member of its own; nothing is done when it already is."""
+    assert hostnet.vlan_commands("hpbx", current, 120) == expected

@@ -195,6 +195,10 @@ class Console:
 def _prepare_config(base: Path) -> None:
     for d in ("run", "lib", "cache", "log"):
         (base / d).mkdir(parents=True)
+    # What the libvirt packages create under /var/lib/libvirt; libvirt's network driver keeps its
+    # per-network MAC lists in dnsmasq/ even when no dnsmasq runs (dnsmasq-base usually creates it).
+    for sub in {"dnsmasq", *(d.name for d in Path("/var/lib/libvirt").iterdir() if d.is_dir())}:
+        (base / "lib" / sub).mkdir()
     shutil.copytree("/etc/libvirt", base / "etc", symlinks=True)
     for auto in (base / "etc" / "qemu" / "networks" / "autostart").glob("*"):
         auto.unlink()
