@@ -276,6 +276,8 @@ def run_up(data_dir: Path, port: int = 8080, libvirt_uri: str | None = None,
         say(f"error: {exc}")
         return 2
     children += daemons
+    if uri.startswith("qemu:") and os.geteuid() == 0:
+        _ensure_network_state_dir(say)
     blocked = _closed_ancestor(data_dir) if uri.startswith("qemu:") and os.geteuid() == 0 else None
     if blocked is not None:
         say(f"warning: {blocked} is not searchable by other users: QEMU runs guests as its own user "
@@ -436,6 +438,18 @@ def prepare_test_guest(data_dir: Path, etcd: EtcdServer | EtcdCluster, say: Any,
         say(f"warning: could not register Image {TEST_GUEST}: {exc}")
         return
     say(f"test guest ready: Image {TEST_GUEST} ({root})")
+
+
+def _ensure_network_state_dir(say: Any) -> None:
+    """libvirt's network driver keeps each NAT network's MAC list in /var/lib/libvirt/dnsmasq/, which
+    the dnsmasq-base package creates; without it every guest on an isolated-nat network fails to
+    start ("Failed to create file .../dnsmasq/...macs.new"). `make up` installs the package; a
+    machine without it gets the (empty) directory here."""
+    d = Path("/var/lib/libvirt/dnsmasq")
+    if d.parent.is_dir() and not d.exists():
+        with contextlib.suppress(OSError):
+            d.mkdir(mode=0o755)
+            say(f"created {d} (libvirt's NAT networks need it; the dnsmasq-base package makes it)")
 
 
 def _closed_ancestor(path: Path) -> Path | None:
