@@ -533,8 +533,9 @@ def run_down(data_dir: Path, *, purge: bool, out: Any = None) -> int:
     try:
         uri, daemons = _ensure_libvirt(uri, data_dir / "logs", say, explicit=True,
                                        wait=float(os.environ.get("HOSTPLANE_LIBVIRT_WAIT", LIBVIRT_WAIT)))
-    except UpError as exc:
-        say(f"error: {exc}")
+    except UpError:
+        say(f"error: libvirt at {uri} (where this instance ran) does not answer; start it and run "
+            f"`hostplane down` again. Nothing was changed.")
         return 2
     try:
         from nodeagent.leftovers import cluster_domains, purge_cluster
