@@ -98,6 +98,10 @@ def _ensure_libvirt(uri: str, logs: Path, say: Any, *, explicit: bool = False,
                 say(f"waiting for libvirt at {uri} ({said - began:.0f} s of {max(wait, 30.0):.0f} s) ...")
             time.sleep(0.5)
         for c in started:
+            if not c.alive():
+                with contextlib.suppress(OSError, IndexError):
+                    last = c.log_path.read_text(errors="replace").strip().splitlines()[-1]
+                    say(f"{c.name} exited: {last}")
             c.terminate()
             c.wait_or_kill(time.monotonic() + 5)
     elif explicit:
