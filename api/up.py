@@ -79,6 +79,7 @@ def _ensure_libvirt(uri: str, logs: Path, say: Any, *, explicit: bool = False,
     virtlogd = shutil.which("virtlogd") or "/usr/sbin/virtlogd"
     started: list[Child] = []
     if uri in ("qemu:///session", "qemu:///system") and os.geteuid() == 0 and Path(libvirtd).exists():
+        _ensure_network_state_dir(say)
         if Path(virtlogd).exists() and not Path("/run/libvirt/virtlogd-sock").exists():
             started.append(Child("virtlogd", [virtlogd], logs / "virtlogd.log"))
         started.append(Child("libvirtd", [libvirtd], logs / "libvirtd.log"))
@@ -280,8 +281,6 @@ def run_up(data_dir: Path, port: int = 8080, libvirt_uri: str | None = None,
         say(f"error: {exc}")
         return 2
     children += daemons
-    if uri.startswith("qemu:") and os.geteuid() == 0:
-        _ensure_network_state_dir(say)
     blocked = _closed_ancestor(data_dir) if uri.startswith("qemu:") and os.geteuid() == 0 else None
     if blocked is not None:
         say(f"warning: {blocked} is not searchable by other users: QEMU runs guests as its own user "
