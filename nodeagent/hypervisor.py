@@ -196,7 +196,16 @@ class Hypervisor:
             # The hypervisor daemon may run as another user (a session daemon): let it write serial logs.
             st = pool_dir.stat()
             os.chown(self.logs_dir, st.st_uid, st.st_gid)
-            os.chown(self.consoles_dir, st.st_uid, st.st_gid)
+            uid, gid = st.st_uid, st.st_gid
+            if uid == 0:
+                # A system daemon builds the pool as root but runs QEMU as its own user (Debian:
+                # libvirt-qemu), which creates the graphics sockets itself.
+                with contextlib.suppress(KeyError):
+                    import pwd
+
+                    qemu = pwd.getpwnam("libvirt-qemu")
+                    uid, gid = qemu.pw_uid, qemu.pw_gid
+            os.chown(self.consoles_dir, uid, gid)
         self.conn = conn
         self.hostnet.ready = False
         return conn
