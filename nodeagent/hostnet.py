@@ -58,18 +58,21 @@ GUARD_RULES: dict[str, list[str]] = {
 }
 
 
-def nat_network_xml(name: str, bridge: str, gateway: str, prefix: int) -> str:
+def nat_network_xml(name: str, bridge: str, gateway: str | None, prefix: int | None) -> str:
     """An isolated NAT network: the pool gateway on the host bridge, NAT out, ports isolated from each other.
 
     No DNS or DHCP server (no dnsmasq on the host for guests to talk to): the seed configures them.
+    Without a gateway: no address on the host and no forwarding at all (`NO_ADDRESS_NETWORK`).
     """
     net = ET.Element("network")
     ET.SubElement(net, "name").text = name
-    ET.SubElement(net, "forward", {"mode": "nat"})
+    if gateway is not None:
+        ET.SubElement(net, "forward", {"mode": "nat"})
     ET.SubElement(net, "bridge", {"name": bridge, "stp": "off", "delay": "0"})
     ET.SubElement(net, "port", {"isolated": "yes"})
     ET.SubElement(net, "dns", {"enable": "no"})
-    ET.SubElement(net, "ip", {"address": gateway, "prefix": str(prefix)})
+    if gateway is not None and prefix is not None:
+        ET.SubElement(net, "ip", {"address": gateway, "prefix": str(prefix)})
     return ET.tostring(net, encoding="unicode")
 
 
@@ -166,8 +169,10 @@ class HostNetwork:
             self.ready = True
         for spec in filtered:
             v4 = spec.network.ipv4
-            if domain_xml.nat_network_of(spec) is not None and v4 is not None and v4.gateway is not None:
-                self.ensure_nat_network(conn, v4.gateway, v4.prefixLength)
+            if domain_xml.nat_network_of(spec) is not None:
+                has_gw = v4 is not None and v4.gateway is not None
+                self.ensure_nat_network(conn, v4.gateway if has_gw and v4 else None,
+                                        v4.prefixLength if has_gw and v4 else None)
 
     def housekeeping(self, conn: libvirt.virConnect, specs: list[DomainSpec], running: list[str], *,
                      simulated: bool) -> list[str]:
@@ -222,7 +227,7 @@ class HostNetwork:
     # ------------------------------------------------------------- NAT network
 
     @staticmethod
-    def ensure_nat_network(conn: libvirt.virConnect, gateway: str, prefix: int) -> str:
+    def ensure_nat_network(conn: libvirt.virConnect, gateway: str | None, prefix: int | None) -> str:
         """The isolated NAT network for `gateway/prefix`, defined, active and autostarted; returns its name."""
         name, bridge = netfilter.nat_network(gateway, prefix)
         try:

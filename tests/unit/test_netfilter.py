@@ -99,10 +99,14 @@ def test_isolated_nat_nic_joins_its_gateways_network() -> None:
     assert n.find("filterref").get("filter") == netfilter.FILTER_NAME  # type: ignore[union-attr]
 
 
-def test_isolated_nat_without_gateway_is_refused() -> None:
-    """An isolated-nat entry without an IPv4 gateway cannot be placed on a NAT network: an error, not user-mode."""
-    with pytest.raises(ValueError, match="isolated-nat"):
-        nic(spec(network=net("isolated-nat", ipv4=None)))
+def test_isolated_nat_without_address_gets_the_address_less_network() -> None:
+    """An isolated-nat entry with no IPv4 yet (no IP pool) is on an isolated network without address or NAT."""
+    n = nic(spec(network=net("isolated-nat", ipv4=None)))
+    assert n.find("source").get("network") == netfilter.NO_ADDRESS_NETWORK[0]  # type: ignore[union-attr]
+    assert n.find("filterref") is not None
+    root = ET.fromstring(hostnet.nat_network_xml(*netfilter.NO_ADDRESS_NETWORK, None, None))
+    assert root.find("forward") is None and root.find("ip") is None
+    assert root.find("port").get("isolated") == "yes"  # type: ignore[union-attr]
 
 
 def test_user_mode_nic_is_user_without_filter() -> None:
