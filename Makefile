@@ -65,4 +65,4 @@ clean:
 # `apt-get download`ed packages), cached under ~/.cache/hostplane-test-guest; prints its paths and sha256.
 .PHONY: test-image
 test-image: venv
-	$(BIN)/python -m tests.e2e.guest.build
+	$(BIN)/python -m api.testguest

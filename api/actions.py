@@ -113,7 +113,10 @@ def _resize(store: Store, caller: Principal, vps: VPS, plan_name: Any, rider: Ri
     try:
         sub = store.get(Subscription, vps.spec.subscription)
     except NotFound:
-        raise _invalid("plan", f"the server's subscription {vps.spec.subscription!r} does not exist") from None
+        sub = None
+    if sub is None or not vps.bound_to(sub):
+        # Gone, or recreated under the old name for someone else: that one is not this server's to resize.
+        raise _invalid("plan", f"the server's subscription {vps.spec.subscription!r} does not exist")
     if sub.spec.plan == new.name:
         return sub
     try:

@@ -113,14 +113,20 @@ def with_source(obj: Resource, source: str) -> Resource:
     return obj.model_copy(update={"metadata": obj.metadata.model_copy(update={"labels": labels}), "status": None})
 
 
+# Spec fields the API sets itself (a body's value is ignored): never drift, never in a diff.
+SERVER_SET_SPEC: dict[str, tuple[str, ...]] = {"VPS": ("subscriptionUID",)}
+
+
 def managed_view(obj: Resource, *, annotations_of: Resource | None = None) -> dict[str, Any]:
     """The part of an object that apply owns and diff compares.
 
     With `annotations_of`, only the annotations that object names are compared: operators
     set others by hand (drain, force-orphan) and apply must neither see them as drift nor
-    remove them.
+    remove them. Spec fields the API sets itself (a VPS's subscriptionUID) are left out.
     """
     data = obj.model_dump(mode="json", exclude_none=True, include={"apiVersion", "kind", "metadata", "spec"})
+    for server_set in SERVER_SET_SPEC.get(obj.KIND, ()):
+        data.get("spec", {}).pop(server_set, None)
     meta = data.get("metadata", {})
     if annotations_of is not None:
         wanted = annotations_of.metadata.annotations

@@ -168,6 +168,21 @@ def revoke_token(store: Store, token_id: str) -> bool:
     return store.kv_delete(token_key(store.root, token_id))
 
 
+def revoke_customer_tokens(store: Store, customer: str) -> int:
+    """Delete every token bound to `customer` (it was deleted); returns how many. Every API process
+    drops them from its cache through its watch on auth/."""
+    kvs, _ = store.kv_range(tokens_prefix(store.root))
+    gone = 0
+    for kv in kvs:
+        try:
+            rec = json.loads(kv.value)
+        except ValueError:
+            continue
+        if isinstance(rec, dict) and rec.get("customer") == customer and store.kv_delete(kv.key):
+            gone += 1
+    return gone
+
+
 def _write_private(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")

@@ -375,8 +375,8 @@ def describe_cmd(obj: _Ctx, kind: str, name: str) -> None:
 @click.argument("name", required=False)
 @click.option("-f", "--filename", "files", multiple=True, metavar="FILE|DIR", help="delete the objects in these files")
 @click.option("--force-orphan", is_flag=True,
-              help=f"do not wait for the node to clean up (sets {FORCE_ORPHAN}); whatever is left on the node "
-                   "stays there and is reported as unmanaged")
+              help=f"do not wait for the node to clean up (sets {FORCE_ORPHAN}); the node's agent deletes "
+                   "the domain when it next runs (its tombstone stays)")
 @click.pass_obj
 def delete_cmd(obj: _Ctx, kind: str | None, name: str | None, files: tuple[str, ...], force_orphan: bool) -> None:
     """Delete KIND NAME, or every object named in -f files."""
@@ -408,6 +408,34 @@ def delete_cmd(obj: _Ctx, kind: str | None, name: str | None, files: tuple[str, 
             click.echo(f"{k.lower()}/{n} deleted")
         else:
             click.echo(f"{k.lower()}/{n} marked for deletion (finalizers: {', '.join(marked.metadata.finalizers)})")
+
+
+@click.command("orphans")
+@click.argument("node")
+@click.option("--purge", is_flag=True, help="delete the listed orphan domains and their disks (admin, operator)")
+@click.option("--uid", "uids", multiple=True, metavar="UID", help="purge only these orphans (repeatable)")
+@click.pass_obj
+def node_orphans_cmd(obj: _Ctx, node: str, purge: bool, uids: tuple[str, ...]) -> None:
+    """List NODE's orphan domains (no desired entry, no tombstone: left running), or purge them."""
+    client = obj.client()
+    if uids and not purge:
+        raise click.UsageError("--uid selects what --purge deletes; add --purge")
+    if purge:
+        body = {"uids": list(uids)} if uids else {}
+        data = client.request("POST", f"/v1/nodes/{node}/orphans/purge", json=body).json()
+        for uid in data.get("requested", []):
+            click.echo(f"orphan {uid} on {node}: purge requested; the node deletes its domain and volumes "
+                       "(unless it is desired there again: see `hostplane describe node`)")
+        if not data.get("requested"):
+            click.echo(f"node {node} reports no orphan domains")
+        return
+    orphans = client.request("GET", f"/v1/nodes/{node}/orphans").json().get("orphans", [])
+    if not orphans:
+        click.echo(f"node {node} reports no orphan domains")
+        return
+    click.echo(f"{'DOMAIN':<40} {'VPS':<24} UID")
+    for o in orphans:
+        click.echo(f"{o['domain']:<40} {o['vps']:<24} {o['uid']}")
 
 
 @main.command("schema")
@@ -508,11 +536,25 @@ def api_cmd(etcd: EtcdConnection, host: str, port: int, tls_cert: Path | None, t
 @click.option("--node", default=socket.gethostname, show_default="this host's name", help="the Node this agent runs")
 @click.option("--libvirt", "libvirt_uri", default="qemu:///system", show_default=True, help="libvirt URI")
 @_data_dir
-def agent_cmd(etcd: EtcdConnection, node: str, libvirt_uri: str, data_dir: Path) -> None:
+@click.option("--image-dir", "image_dirs", multiple=True, type=click.Path(path_type=Path), metavar="DIR",
+              help="also allow image files under DIR (repeatable; always: DATA_DIR/images, /var/lib/hostplane/images)")
+@click.option("--image-allow-network", "allow_networks", multiple=True, metavar="CIDR",
+              help="allow image downloads from this non-public network, e.g. a LAN mirror (repeatable)")
+@click.option("--image-max-bytes", type=click.IntRange(min=1), default=32 * 1024**3, show_default=True,
+              help="largest image download")
+def agent_cmd(etcd: EtcdConnection, node: str, libvirt_uri: str, data_dir: Path, image_dirs: tuple[Path, ...],
+              allow_networks: tuple[str, ...], image_max_bytes: int) -> None:
     """Run the node agent for one hypervisor (until SIGTERM/SIGINT)."""
+    from nodeagent.images import ImagePolicy
     from nodeagent.main import run_agent  # here, not at the top: only this command needs libvirt
 
-    _run_entry(lambda stop: run_agent(etcd=etcd, node=node, libvirt_uri=libvirt_uri, data_dir=data_dir, stop=stop))
+    try:
+        policy = ImagePolicy.for_data_dir(data_dir, extra_dirs=image_dirs, allow_networks=allow_networks,
+                                          max_bytes=image_max_bytes)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--image-allow-network") from None
+    _run_entry(lambda stop: run_agent(etcd=etcd, node=node, libvirt_uri=libvirt_uri, data_dir=data_dir, stop=stop,
+                                      image_policy=policy))
 
 
 @main.command("controllers")
@@ -544,6 +586,18 @@ def up_cmd(data_dir: Path, port: int, libvirt_uri: str | None, simulate_nodes: i
         sys.exit(code)
 
 
+@main.command("down")
+@click.argument("data_dir", type=click.Path(path_type=Path, file_okay=False))
+@click.option("--purge", is_flag=True, help="destroy and undefine the instance's guests and delete their volumes")
+def down_cmd(data_dir: Path, purge: bool) -> None:
+    """List what a stopped `hostplane up` on DATA_DIR left running, or remove it with --purge."""
+    from api.up import run_down
+
+    code = run_down(data_dir, purge=purge)
+    if code:
+        sys.exit(code)
+
+
 def _log_to_stderr() -> None:
     """Long-running processes log to stderr (`hostplane up` keeps it in <data-dir>/logs/)."""
     import logging
@@ -562,6 +616,7 @@ def _run_entry(fn: Callable[[threading.Event], None]) -> None:
 main.add_command(importlib.import_module("api.billing_cli").billing)
 main.add_command(importlib.import_module("api.pki_cli").pki)
 main.add_command(importlib.import_module("api.node_cli").node)
+main.commands["node"].add_command(node_orphans_cmd)  # type: ignore[attr-defined]  # a Group
 for _cmd in importlib.import_module("api.access_cli").COMMANDS:
     main.add_command(_cmd)
 

@@ -20,10 +20,11 @@ from starlette.concurrency import run_in_threadpool
 
 from api import access, audit, names
 from api.admission import admit_update, needs_store
-from api.auth import Principal
+from api.auth import Principal, revoke_customer_tokens
 from api.deps import AppState, Body, Caller, State
 from api.errors import BadRequest, Forbidden, Invalid, UnknownKind
 from api.merge_patch import merge_patch
+from api.sessions import end_customer_sessions
 from reconcile import keys
 from reconcile.errors import AlreadyExists, Conflict, NotFound
 from reconcile.selector import parse_selector
@@ -323,9 +324,16 @@ async def delete_object(kind: str, name: str, state: State, caller: Caller,
     await _require_write(state, caller, cls, name, "delete")
     if cls is Subscription:
         await _refuse_if_servers(state, name)
+    elif cls is Customer:
+        await _refuse_if_subscriptions(state, name)
     marked = await state.astore.delete(cls, name, resource_version=resourceVersion)
     if marked is not None:
         return object_response(marked, 202)
+    if cls is Customer:
+        # Tokens, sessions and the password name the customer: a customer created later under the
+        # same name must not be reachable with them.
+        await run_in_threadpool(revoke_customer_tokens, state.store, name)
+        await run_in_threadpool(end_customer_sessions, state.store, name)
     return Response(status_code=204)
 
 
@@ -382,6 +390,14 @@ async def _claim(state: AppState, obj: Resource) -> Put | None:
             return None
         return names.claim_put(state.store.root, obj.name, sub.spec.customer) if obj.bound_to(sub) else None
     return None
+
+
+async def _refuse_if_subscriptions(state: AppState, name: str) -> None:
+    """409 naming the subscriptions customer `name` still has (they would pass to a namesake)."""
+    subs = sorted(s.name for s in (await state.astore.list(Subscription)).items if s.spec.customer == name)
+    if subs:
+        shown = ", ".join(subs[:10]) + (f" and {len(subs) - 10} more" if len(subs) > 10 else "")
+        raise Conflict(f"customer {name!r} still has subscriptions ({shown}); delete them first")
 
 
 async def _refuse_if_servers(state: AppState, name: str) -> None:

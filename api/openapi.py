@@ -154,6 +154,8 @@ def _operations() -> dict[tuple[str, str], tuple[dict[str, Any] | None, dict[str
         ("post", "/v1/customers/{name}/payments"): (_body(_ANY_OBJECT), {}),
         ("post", "/v1/webhooks/payments/{provider}"): (_body(_ANY_OBJECT), {}),
         ("post", "/v1/webhooks/external-billing"): (_body(_ANY_OBJECT), {}),
+        # {"uids": [...]} (optional): which of the listed orphans; default every one.
+        ("post", "/v1/nodes/{name}/orphans/purge"): (_body(_ANY_OBJECT, required=False), {}),
     }
 
 

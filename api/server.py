@@ -31,7 +31,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from api import actions, audit, billing_routes, node_join, objects, orders, panel, principals, watch
+from api import actions, audit, billing_routes, node_join, objects, orders, orphans, panel, principals, watch
 from api.audit import AuditMiddleware, AuditWriter
 from api.auth import TokenVerifier, ensure_admin_token
 from api.deps import AppState, Settings, State, authenticate
@@ -176,7 +176,8 @@ def create_app(store: Store, *, max_body_bytes: int = 1024 * 1024, heartbeat_sec
 
     app.include_router(watch.router)
     # Before the object routes: /v1/{kind} would otherwise match /v1/tokens, /v1/orders, /v1/audit.
-    for router in (principals.router, actions.router, orders.router, audit.router, node_join.router):
+    for router in (principals.router, actions.router, orders.router, audit.router, node_join.router,
+                   orphans.router):
         app.include_router(router)
     app.include_router(objects.router)
     app.include_router(billing_routes.router)

@@ -26,12 +26,14 @@ from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatc
 
 from api.auth import Principal
 from reconcile.errors import NotFound
-from reconcile.store import Delete, Put, Store
+from reconcile.store import Delete, Put, Store, UnchangedSince
 from specs.kinds import Customer
 
 SESSION_COOKIE = "hostplane_session"
 MIN_PASSWORD = 10
 MAX_PASSWORD = 1024
+# Tries when other logins of the same customer write its session index meanwhile.
+_CREATE_ATTEMPTS = 10
 
 _hasher = PasswordHasher()
 # Verified against when the e-mail matches no customer, so a miss costs as long as a hit.
@@ -146,25 +148,31 @@ class Sessions:
     def create(self, customer: Customer) -> str:
         """A new session for `customer`; returns the id for the cookie (never stored).
 
-        TooManySessions when the customer has `max_per_customer` live ones (logins racing each other
-        may pass the count together: the cap holds to within the logins in flight, at most 4 per process)."""
-        now = datetime.now(UTC)
-        if self.max_per_customer > 0:
-            kvs, _ = self._store.kv_range(session_index_prefix(self._store.root, customer.name))
-            live = sorted(_expiry(kv.value) for kv in kvs if _expiry(kv.value) > now)
-            if len(live) >= self.max_per_customer:
-                raise TooManySessions(self.max_per_customer, (live[0] - now).total_seconds())
+        TooManySessions when the customer has `max_per_customer` live ones. The count and the new
+        session's keys are one decision: the write compares that the customer's index is unchanged
+        since it was counted, so logins racing each other cannot pass the cap together."""
         session_id = secrets.token_urlsafe(32)
-        expires = (now + timedelta(seconds=self.ttl_seconds)).isoformat()
-        rec = {"customer": customer.name, "role": "customer", "name": customer.spec.displayName or customer.name,
-               "created": now.isoformat(), "expires": expires}
-        # The lease removes the record by itself; the stored expiry is what is checked.
-        lease = self._store.grant_lease(self.ttl_seconds + 60)
         key = session_key(self._store.root, session_id)
-        self._store.txn([], [Put(key, json.dumps(rec).encode(), lease),
-                             Put(session_index_prefix(self._store.root, customer.name) + key.rsplit("/", 1)[-1],
-                                 json.dumps({"expires": expires}).encode(), lease)])
-        return session_id
+        index = session_index_prefix(self._store.root, customer.name)
+        lease: int | None = None
+        for _ in range(_CREATE_ATTEMPTS):
+            now = datetime.now(UTC)
+            kvs, revision = self._store.kv_range(index)
+            live = sorted(_expiry(kv.value) for kv in kvs if _expiry(kv.value) > now)
+            if 0 < self.max_per_customer <= len(live):
+                raise TooManySessions(self.max_per_customer, (live[0] - now).total_seconds())
+            expires = (now + timedelta(seconds=self.ttl_seconds)).isoformat()
+            rec = {"customer": customer.name, "role": "customer", "name": customer.spec.displayName or customer.name,
+                   "created": now.isoformat(), "expires": expires}
+            # The lease removes the records by themselves; the stored expiry is what is checked.
+            lease = lease or self._store.grant_lease(self.ttl_seconds + 60)
+            res = self._store.txn([UnchangedSince(index, revision)],
+                                  [Put(key, json.dumps(rec).encode(), lease),
+                                   Put(index + key.rsplit("/", 1)[-1], json.dumps({"expires": expires}).encode(),
+                                       lease)])
+            if res.succeeded:
+                return session_id
+        raise TooManySessions(self.max_per_customer, 1.0)
 
     def end(self, session_id: str) -> None:
         key = session_key(self._store.root, session_id)
@@ -215,6 +223,15 @@ class Sessions:
                     self._cache.clear()
                 self._cache[key] = (now + (self._cache_seconds if rec else min(1.0, self._cache_seconds)), rec)
         return _principal(key, rec) if rec is not None else None
+
+
+def end_customer_sessions(store: Store, customer: str) -> None:
+    """End every session of `customer` and forget its password (the customer was deleted)."""
+    index = session_index_prefix(store.root, customer)
+    kvs, _ = store.kv_range(index, keys_only=True)
+    for kv in kvs:
+        store.txn([], [Delete(sessions_prefix(store.root) + kv.key[len(index):]), Delete(kv.key)])
+    store.kv_delete(password_key(store.root, customer))
 
 
 def _expiry(raw: bytes) -> datetime:

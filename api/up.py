@@ -24,12 +24,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from reconcile.errors import AlreadyExists
+from reconcile.cluster import ensure_cluster_id
+from reconcile.errors import AlreadyExists, NotFound, StoreError
 from reconcile.etcd_cluster import EtcdCluster
 from reconcile.etcd_server import EtcdServer, free_port
 from reconcile.store import Store
 from specs.domain import NetworkMode
-from specs.kinds import Capacity, Node, NodeNetwork, NodeSpec
+from specs.kinds import Capacity, Image, ImageSource, ImageSpec, Node, NodeNetwork, NodeSpec
 from specs.meta import ObjectMeta
 
 STOP_TIMEOUT = 8.0
@@ -53,14 +54,24 @@ def _libvirt_answers(uri: str) -> bool:
     return r.returncode == 0
 
 
-def _ensure_libvirt(uri: str, logs: Path, say: Any) -> tuple[str, list[Child]]:
+class UpError(Exception):
+    """A reason `hostplane up` cannot start (printed, exit 2); the message says what to do."""
+
+
+LIBVIRT_WAIT = 180.0
+
+
+def _ensure_libvirt(uri: str, logs: Path, say: Any, *, explicit: bool = False,
+                    wait: float = LIBVIRT_WAIT) -> tuple[str, list[Child]]:
     """Make sure the agent's libvirt answers; start the host's daemons if installed but not running.
 
     As root, `qemu:///session` is the system daemon, which a machine without an init system (a
     container, a fresh CI host) does not run: then `up` runs libvirtd and virtlogd (which keeps
     the guests' serial logs) as its own children, and stops them on exit; the guests keep
-    running, as on any hypervisor whose management restarts. Anything else that does not answer
-    falls back to the test driver, said out loud.
+    running, as on any hypervisor whose management restarts. A URI the user gave (`explicit`) is
+    never swapped: `up` waits for it with progress, then stops with an error (a VPS shown Running
+    with no QEMU behind it would be worse). Only the implicit default falls back to the test
+    driver, said out loud.
     """
     if uri.startswith("test:") or _libvirt_answers(uri):
         return uri, []
@@ -73,15 +84,33 @@ def _ensure_libvirt(uri: str, logs: Path, say: Any) -> tuple[str, list[Child]]:
         started.append(Child("libvirtd", [libvirtd], logs / "libvirtd.log"))
         for c in started:
             c.start()
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and all(c.alive() for c in started):
+        # A freshly started daemon can take minutes (probing QEMU). We started it, so QEMU is there:
+        # wait for it with progress (explicit or not) rather than quietly run on the test driver.
+        began = time.monotonic()
+        said = began
+        while time.monotonic() - began < max(wait, 30.0) and all(c.alive() for c in started):
             if _libvirt_answers(uri):
-                say(f"started {' and '.join(c.name for c in started)} for {uri} (not running)")
+                say(f"started {' and '.join(c.name for c in started)} for {uri} (not running) in "
+                    f"{time.monotonic() - began:.0f} s")
                 return uri, started
-            time.sleep(0.3)
+            if time.monotonic() - said >= 10:
+                said = time.monotonic()
+                say(f"waiting for libvirt at {uri} ({said - began:.0f} s of {max(wait, 30.0):.0f} s) ...")
+            time.sleep(0.5)
         for c in started:
             c.terminate()
             c.wait_or_kill(time.monotonic() + 5)
+    elif explicit:
+        began = time.monotonic()
+        while time.monotonic() - began < wait:
+            say(f"waiting for libvirt at {uri} ({time.monotonic() - began:.0f} s of {wait:.0f} s) ...")
+            time.sleep(min(5.0, max(0.0, wait - (time.monotonic() - began))))
+            if _libvirt_answers(uri):
+                return uri, []
+    if explicit:
+        raise UpError(f"libvirt at {uri} does not answer (see {logs}/libvirtd.log if up started it); not "
+                      "falling back to the test driver because --libvirt was given. Start libvirt, or run "
+                      "`hostplane up` without --libvirt to let it choose.")
     say(f"warning: libvirt at {uri} does not answer; the local node runs on test:///default instead")
     return "test:///default", []
 
@@ -121,10 +150,6 @@ def _cluster_ports(data_dir: Path, members: int) -> list[tuple[int, int]]:
     ports = [(free_port(), free_port()) for _ in range(members)]
     f.write_text(json.dumps({"members": ports}))
     return ports
-
-
-class UpError(Exception):
-    """A reason `hostplane up` cannot start (printed, exit 2)."""
 
 
 def _host_capacity(data_dir: Path) -> Capacity:
@@ -173,7 +198,7 @@ class Child:
     env: dict[str, str] = field(default_factory=dict)
 
     def start(self) -> None:
-        log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child process
+        log = open_private_log(self.log_path)
         self.proc = subprocess.Popen(
             self.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             env={**os.environ, **self.env}, start_new_session=True,
@@ -183,6 +208,13 @@ class Child:
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
+
+    def terminate_group(self) -> None:
+        """SIGTERM to the child's whole session (it was started in one of its own), grandchildren included."""
+        if self.alive():
+            assert self.proc is not None
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGTERM)
 
     def terminate(self) -> None:
         if self.alive():
@@ -197,6 +229,13 @@ class Child:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait(5)
+
+
+def open_private_log(path: Path) -> Any:
+    """Append to a log only its owner can read (0600), tightening one made before: logs can name hosts and paths."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    os.fchmod(fd, 0o600)
+    return os.fdopen(fd, "ab")
 
 
 def _hostplane_argv(*args: str) -> list[str]:
@@ -218,6 +257,9 @@ def run_up(data_dir: Path, port: int = 8080, libvirt_uri: str | None = None,
     data_dir = data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     (data_dir / "logs").mkdir(exist_ok=True)
+    (data_dir / "logs").chmod(0o700)
+    # The agents take image files from here (and /var/lib/hostplane/images) only.
+    (data_dir / "images").mkdir(exist_ok=True)
     uri = libvirt_uri or default_libvirt_uri()
 
     if threading.current_thread() is threading.main_thread():
@@ -225,8 +267,20 @@ def run_up(data_dir: Path, port: int = 8080, libvirt_uri: str | None = None,
             signal.signal(sig, lambda *_: stop.set())
 
     children: list[Child] = []
-    uri, daemons = _ensure_libvirt(uri, data_dir / "logs", say)
+    daemons: list[Child] = []
+    builder: list[Child] = []  # the test guest's build, while it runs
+    try:
+        uri, daemons = _ensure_libvirt(uri, data_dir / "logs", say, explicit=libvirt_uri is not None,
+                                       wait=float(os.environ.get("HOSTPLANE_LIBVIRT_WAIT", LIBVIRT_WAIT)))
+    except UpError as exc:
+        say(f"error: {exc}")
+        return 2
     children += daemons
+    blocked = _closed_ancestor(data_dir) if uri.startswith("qemu:") and os.geteuid() == 0 else None
+    if blocked is not None:
+        say(f"warning: {blocked} is not searchable by other users: QEMU runs guests as its own user "
+            f"(libvirt-qemu) and will fail with 'Permission denied' on disks under {data_dir}. Use a "
+            f"--data-dir under a searchable path (e.g. /var/lib/hostplane) or `chmod o+x {blocked}`.")
     etcd: EtcdServer | EtcdCluster
     if etcd_members > 1:
         if (data_dir / "etcd").exists():
@@ -262,6 +316,12 @@ def run_up(data_dir: Path, port: int = 8080, libvirt_uri: str | None = None,
             ensure_node(store, f"sim-{i}", Capacity(vcpus=64, memoryMiB=262144, diskGiB=4096),
                         "test:///default", {"hostplane.io/region": "sim"})
         store.close()
+        # The cluster id is the controllers' to create; `down` finds this instance's guests by it.
+        with etcd.store("controllers") as cstore:
+            cluster_id = ensure_cluster_id(cstore)
+        (data_dir / "cluster-id").write_text(cluster_id + "\n")
+        (data_dir / "libvirt-uri").write_text(uri + "\n")
+        (data_dir / "up.pid").write_text(f"{os.getpid()}\n")
 
         logs = data_dir / "logs"
         children.append(Child("api", _hostplane_argv(
@@ -273,14 +333,18 @@ def run_up(data_dir: Path, port: int = 8080, libvirt_uri: str | None = None,
             logs / "controllers.log"))
         children.append(Child("agent", _hostplane_argv(
             "agent", *etcd.args("node-local"), "--node", "local", "--libvirt", uri,
-            "--data-dir", str(data_dir / "agent")), logs / "agent.log"))
+            "--data-dir", str(data_dir / "agent"), "--image-dir", str(data_dir / "images")), logs / "agent.log"))
         if simulate_nodes:
             children.append(Child("fleet", [
                 sys.executable, "-m", "api.up", *etcd.args("fleet"), "--nodes", str(simulate_nodes),
-                "--data-dir", str(data_dir / "fleet")], logs / "fleet.log"))
+                "--data-dir", str(data_dir / "fleet"), "--image-dir", str(data_dir / "images")],
+            logs / "fleet.log"))
         for c in children:
             if not c.alive():
                 c.start()
+        # The first VPS must boot: the tiny test guest, built once into the data dir, as Image test-guest.
+        threading.Thread(target=prepare_test_guest, args=(data_dir, etcd, say, stop, builder), name="test-guest",
+                         daemon=True).start()
 
         server = f"https://127.0.0.1:{port}"
         config_path = write_cli_config(server, token, etcd.pki.ca_cert)
@@ -295,13 +359,188 @@ def run_up(data_dir: Path, port: int = 8080, libvirt_uri: str | None = None,
         _supervise(children, stop, say)
         return 0
     finally:
+        # Nothing here may skip the cleanup after it (a closed terminal makes `say` raise).
+        def quiet(line: str) -> None:
+            with contextlib.suppress(Exception):
+                say(line)
         deadline = time.monotonic() + STOP_TIMEOUT
-        for c in children:
+        ours = [c for c in children if c not in daemons]
+        for c in builder:
+            c.terminate_group()
+        for c in ours:
             c.terminate()
-        for c in children:
+        for c in [*builder, *ours]:
             c.wait_or_kill(deadline)
+        # The daemons `up` started still answer: list what stays running before stopping them.
+        with contextlib.suppress(Exception):
+            _say_leftovers(data_dir, quiet)
+        for c in daemons:
+            c.terminate()
+        for c in daemons:
+            c.wait_or_kill(time.monotonic() + 5)
+        with contextlib.suppress(OSError):
+            (data_dir / "up.pid").unlink()
         etcd.stop(timeout=max(1.0, deadline + 2 - time.monotonic()))
-        say("Hostplane stopped.")
+        quiet("Hostplane stopped.")
+
+
+TEST_GUEST = "test-guest"
+
+
+def test_guest_image(img: Any) -> Image:
+    """The Image `up` registers for the guest built at `img` (an `api.testguest.GuestImage`)."""
+    return Image(
+        metadata=ObjectMeta(name=TEST_GUEST, labels={"family": "test", "hostplane.io/made-by": "up"}),
+        spec=ImageSpec(os="busybox", version="1.35", minDiskGiB=1, cloudInit=True,
+                       source=ImageSource(path=img.disk, sha256=img.disk_sha256, format="qcow2"),
+                       kernel=img.kernel, initrd=img.initrd, cmdline=img.cmdline))
+
+
+def prepare_test_guest(data_dir: Path, etcd: EtcdServer | EtcdCluster, say: Any, stop: threading.Event,
+                       builder: list[Child]) -> None:
+    """Build the test guest into `<data dir>/images/test-guest/` unless it is there, then (re)register it.
+
+    The build (apt-get download, dpkg-deb, qemu-img) runs as a child process in a session of its own,
+    appended to `builder`, so stopping `up` stops all of it.
+    """
+    from api.testguest import GuestImage
+
+    root = data_dir / "images" / TEST_GUEST
+    manifest = root / "image.json"
+    if not manifest.exists():
+        say(f"building the test guest into {root} (once; apt-get download of a kernel and busybox) ...")
+        child = Child("test-guest", [sys.executable, "-m", "api.testguest", str(root)],
+                      data_dir / "logs" / "test-guest.log")
+        child.start()
+        builder.append(child)
+        assert child.proc is not None
+        while child.proc.poll() is None:
+            if stop.wait(0.5):
+                return
+        if child.proc.returncode != 0 or not manifest.exists():
+            say(f"warning: could not build the test guest (see {child.log_path}); VPS on image {TEST_GUEST} "
+                "stay Pending. A distribution image works too (examples/images.yaml)")
+            return
+    img = GuestImage(**json.loads(manifest.read_text()))
+    want = test_guest_image(img)
+    try:
+        with etcd.store("api") as store:
+            try:
+                have = store.get(Image, TEST_GUEST)
+            except NotFound:
+                store.create(want)
+            else:
+                if have.spec != want.spec:
+                    store.update(have.model_copy(update={"spec": want.spec}))
+    except StoreError as exc:
+        say(f"warning: could not register Image {TEST_GUEST}: {exc}")
+        return
+    say(f"test guest ready: Image {TEST_GUEST} ({root})")
+
+
+def _closed_ancestor(path: Path) -> Path | None:
+    """The first directory on the way to `path` that other users cannot search (o+x), if any."""
+    for d in [*reversed(path.parents), path]:
+        with contextlib.suppress(OSError):
+            if not d.stat().st_mode & 0o001:
+                return d
+    return None
+
+
+def _instance(data_dir: Path) -> tuple[str, str] | None:
+    """(cluster id, libvirt URI) an `up` on this data dir recorded, if it ever started."""
+    try:
+        return (data_dir / "cluster-id").read_text().strip(), (data_dir / "libvirt-uri").read_text().strip()
+    except OSError:
+        return None
+
+
+def _bounded(fn: Any, timeout: float) -> Any:
+    """`fn()` in a daemon thread, given up after `timeout` seconds (a libvirt call cannot be interrupted)."""
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            box["value"] = fn()
+        except Exception as exc:  # handed to the caller
+            box["error"] = exc
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(timeout)
+    if t.is_alive():
+        raise TimeoutError(f"no answer within {timeout:.0f} s")
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
+def _say_leftovers(data_dir: Path, say: Any) -> None:
+    """Guests keep running when `up` stops (as on any hypervisor); say which, and how to remove them."""
+    inst = _instance(data_dir)
+    if inst is None or inst[1].startswith("test:"):
+        return
+    try:
+        from nodeagent.leftovers import cluster_domains
+
+        left = _bounded(lambda: cluster_domains(inst[1], inst[0]), 15.0)
+    except Exception as exc:  # a report on the way out must not mask the shutdown
+        say(f"could not list the guests left on {inst[1]}: {exc}")
+        return
+    if not left:
+        return
+    say(f"Left on {inst[1]} (guests outlive `up` by design):")
+    for x in left:
+        say(f"  {x.domain}  VPS {x.vps}  {x.state}")
+    say(f"Remove them and their disks with: hostplane down --purge {data_dir}")
+
+
+def run_down(data_dir: Path, *, purge: bool, out: Any = None) -> int:
+    """`hostplane down [--purge] DATA_DIR`: list (or remove) the guests and volumes an `up` left behind."""
+    say = out or (lambda s: print(s, flush=True))
+    data_dir = data_dir.resolve()
+    inst = _instance(data_dir)
+    if inst is None:
+        say(f"error: {data_dir} holds no `hostplane up` instance (no cluster-id / libvirt-uri file)")
+        return 2
+    pid_file = data_dir / "up.pid"
+    with contextlib.suppress(OSError, ValueError):
+        pid = int(pid_file.read_text())
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            pass
+        else:
+            say(f"error: `hostplane up` (pid {pid}) is still running on {data_dir}; stop it first")
+            return 2
+    cluster_id, uri = inst
+    if uri.startswith("test:"):
+        say(f"{data_dir} ran on {uri}: nothing outlives it")
+        return 0
+    try:
+        uri, daemons = _ensure_libvirt(uri, data_dir / "logs", say, explicit=True,
+                                       wait=float(os.environ.get("HOSTPLANE_LIBVIRT_WAIT", LIBVIRT_WAIT)))
+    except UpError as exc:
+        say(f"error: {exc}")
+        return 2
+    try:
+        from nodeagent.leftovers import cluster_domains, purge_cluster
+
+        if not purge:
+            left = cluster_domains(uri, cluster_id)
+            for x in left:
+                say(f"{x.domain}  VPS {x.vps}  {x.state}")
+            if not left:
+                say("no guests of this instance are left")
+            return 0
+        domains, volumes = purge_cluster(uri, cluster_id)
+        say(f"removed {len(domains)} domain(s) and {len(volumes)} volume(s) of cluster {cluster_id} on {uri}"
+            + "".join(f"\n  {d}" for d in domains))
+        say(f"the data dir is left as it is: rm -rf {data_dir} to remove it too")
+        return 0
+    finally:
+        for c in daemons:
+            c.terminate()
+            c.wait_or_kill(time.monotonic() + 5)
 
 
 def _supervise(children: list[Child], stop: threading.Event, say: Any) -> None:
@@ -336,6 +575,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--etcd-key", required=True)
     p.add_argument("--nodes", type=int, required=True)
     p.add_argument("--data-dir", type=Path, required=True)
+    p.add_argument("--image-dir", type=Path, action="append", default=[])
     a = p.parse_args(argv)
     from nodeagent.main import run_simulated_fleet
 
@@ -345,7 +585,7 @@ def main(argv: list[str] | None = None) -> int:
     from reconcile.connection import EtcdConnection
 
     conn = EtcdConnection.make(a.etcd, ca=a.etcd_ca, cert=a.etcd_cert, key=a.etcd_key)
-    run_simulated_fleet(etcd=conn, nodes=a.nodes, data_dir=a.data_dir, stop=stop)
+    run_simulated_fleet(etcd=conn, nodes=a.nodes, data_dir=a.data_dir, stop=stop, image_dirs=tuple(a.image_dir))
     return 0
 
 

@@ -17,6 +17,7 @@ from typing import Protocol
 
 from controllers import layout
 from controllers.manager import Manager, Settings, utcnow
+from reconcile.cluster import ensure_cluster_id
 from reconcile.connection import EtcdConnection
 from reconcile.leader import LeaderElector
 from reconcile.store import Compare, Store
@@ -67,6 +68,7 @@ class ControllerProcess:
 
     def _started(self) -> None:
         log.info("controllers %s: leading; starting the manager", self.identity)
+        ensure_cluster_id(self.store)
         manager = Manager(self.store, fence=self._fence, clock=self.clock, settings=self.settings)
         with self._lock:
             self.manager = manager

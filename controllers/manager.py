@@ -26,13 +26,13 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from controllers import layout
 from controllers.booking import Book, Booking
 from controllers.events import EventRecorder
 from controllers.ipam import IPAllocation, allocate, free_count4, offset_of, pick_mac
-from controllers.nodes import drained, node_status, parse_heartbeat, schedulable
+from controllers.nodes import drained, node_status, parse_heartbeat, schedulable, warming
 from controllers.resolve import BillingDefaults, next_change, resolve
 from controllers.schedule import NodeView, Policy, Resources, schedule
 from controllers.status import NodeState, Problem, events_for, vps_status
@@ -41,7 +41,7 @@ from reconcile.controller import Controller, Result
 from reconcile.errors import Conflict
 from reconcile.informer import Informer
 from reconcile.store import Compare, Delete, ModIs, Op, Put, Store, encode
-from specs.domain import DomainSpec, ObservedDomain
+from specs.domain import DomainSpec, ObservedDomain, Tombstone
 from specs.kinds import (
     VPS,
     Customer,
@@ -61,6 +61,7 @@ log = logging.getLogger(__name__)
 R = TypeVar("R", bound=Resource)
 Fence = Callable[[], Sequence[Compare]]
 NodeEntry = DomainSpec | ObservedDomain | dict[str, Any] | bytes
+TombstoneReason = Literal["Deleted", "Moved", "Purged"]
 # A burst of bookings on a node updates its status once, not once per booking.
 NODE_STATUS_BATCH_SECONDS = 1.0
 
@@ -148,7 +149,10 @@ class Manager:
             store, keys.status_prefix(Node, r), decode=lambda _n, raw: NodeStatus.model_validate_json(raw))
         self.pool_inf: Informer[IPPool] = Informer(store, keys.spec_prefix(IPPool, r), decode=_spec_decoder(IPPool))
         self.nodes_inf: Informer[NodeEntry] = Informer(store, f"{r}/nodes/", decode=_node_entry)
-        self._informers: list[Informer[Any]] = [
+        # Operators' orphan purges, "<node>/<uid>": carried out by the node controller as tombstones.
+        self.purge_inf: Informer[Tombstone] = Informer(
+            store, f"{r}/purges/", decode=lambda _n, raw: Tombstone.model_validate_json(raw))
+        self._informers: list[Informer[Any]] = [self.purge_inf,
             self.plan_inf, self.image_inf, self.customer_inf, self.pool_inf, self.node_inf, self.node_status_inf,
             self.sub_inf, self.sub_status_inf, self.vps_status_inf, self.nodes_inf, self.vps_inf]
         self.vps_ctl = Controller("vps", self.reconcile_vps, workers=self.settings.workers)
@@ -178,6 +182,7 @@ class Manager:
         self.node_inf.add_handler(self._on_node)
         self.pool_inf.add_handler(self._on_pool)
         self.nodes_inf.add_handler(self._on_node_entry)
+        self.purge_inf.add_handler(lambda n, _o, new: self.node_ctl.queue.add(n.partition("/")[0]) if new else None)
         self.book.load()
         self.events.load()
         self.events.start()
@@ -251,7 +256,9 @@ class Manager:
         node, _, rest = name.partition("/")
         if rest == "heartbeat":
             self.node_ctl.queue.add(node)
-            if (old is None) != (new is None):
+            was = old is not None and not (isinstance(old, dict) and warming(old))
+            now_ready = new is not None and not (isinstance(new, dict) and warming(new))
+            if was != now_ready:
                 self._enqueue_on_node(node)
                 self._enqueue_pending()
             return
@@ -299,7 +306,8 @@ class Manager:
     def node_state(self, node: str) -> NodeState:
         if self.node_inf.get(node) is None:
             return "Missing"
-        return "Ready" if self.nodes_inf.get(f"{node}/heartbeat") is not None else "NotReady"
+        hb = self.nodes_inf.get(f"{node}/heartbeat")
+        return "Ready" if hb is not None and not (isinstance(hb, dict) and warming(hb)) else "NotReady"
 
     def _observed(self, node: str, vps: str) -> ObservedDomain | None:
         entry = self.nodes_inf.get(f"{node}/observed/{vps}")
@@ -363,16 +371,25 @@ class Manager:
                         f"VPS {vps.name}")
         return new.model_copy(update={"metadata": new.metadata.model_copy(update={"resourceVersion": str(rev)})})
 
-    def _desired_ops(self, batch: _Batch, node: str, vps: str, desired: DomainSpec | None) -> None:
+    def _desired_ops(self, batch: _Batch, node: str, vps: str, desired: DomainSpec | None,
+                     reason: TombstoneReason = "Deleted") -> None:
+        """Put or delete the node's desired entry. A deletion writes, in the same transaction, the
+        uid-bound tombstone that is the agent's only reason to delete a domain and its disks."""
         current, rev = self._current_desired(node, vps)
         if current == desired:
             return
         key = keys.desired_key(node, vps, self.root)
         if desired is None:
             batch.ops.append(Delete(key))
+            if current is not None:
+                tomb = Tombstone(vps=vps, uid=current.uid, reason=reason, at=self.clock())
+                batch.ops.append(Put(keys.tombstone_key(node, current.uid, self.root),
+                                     encode(tomb.model_dump(mode="json", exclude_none=True))))
         else:
             batch.compares.append(ModIs(key, rev))
             batch.ops.append(Put(key, encode(desired.model_dump(mode="json", exclude_none=True))))
+            # Wanted here again (moved back): an older order to delete this incarnation is void.
+            batch.ops.append(Delete(keys.tombstone_key(node, desired.uid, self.root)))
         batch.after.append(lambda r: self._desired.__setitem__(key, (desired, r)))
 
     def _write_desired(self, node: str, vps: str, desired: DomainSpec | None) -> None:
@@ -468,7 +485,7 @@ class Manager:
             if booking is not None:
                 desired, _ = self._current_desired(booking.node, name)
                 for other in self._desired_nodes.get(name, set()) - {booking.node}:
-                    self._desired_ops(batch, other, name, None)
+                    self._desired_ops(batch, other, name, None, reason="Moved")
             if booking is not None and problem is None and sub is not None and plan is not None and image is not None:
                 node = self.node_inf.get(booking.node)
                 try:
@@ -636,7 +653,27 @@ class Manager:
 
     # ------------------------------------------------------------ nodes
 
+    def _carry_out_purges(self, node: str) -> None:
+        """Each purge request of `node` becomes its tombstone, unless that uid is desired there again."""
+        for key, req in self.purge_inf.items().items():
+            if key.partition("/")[0] != node:
+                continue
+            pkey = keys.purge_key(node, req.uid, self.root)
+            current, rev = self._current_desired(node, req.vps)
+            if current is not None and current.uid == req.uid:
+                self._txn([], [Delete(pkey)], f"purge {key}")
+                self.events.record("Node", node, "Normal", "PurgeSkipped",
+                                   f"domain of VPS {req.vps} (uid {req.uid}) is desired here again: not purged")
+                continue
+            tomb = req.model_copy(update={"reason": "Purged"})
+            self._txn([ModIs(keys.desired_key(node, req.vps, self.root), rev)],
+                      [Put(keys.tombstone_key(node, req.uid, self.root),
+                           encode(tomb.model_dump(mode="json", exclude_none=True))), Delete(pkey)], f"purge {key}")
+            self.events.record("Node", node, "Warning", "OrphanPurged",
+                               f"orphan domain of VPS {req.vps} (uid {req.uid}): deletion ordered by an operator")
+
     def reconcile_node(self, name: str) -> Result | None:
+        self._carry_out_purges(name)
         node = self._with_rv(self.node_inf, name)
         if node is None:
             self._enqueue_on_node(name)
@@ -656,6 +693,12 @@ class Manager:
             self.events.record("Node", name, "Normal" if st.state == "Ready" else "Warning",
                                "NodeReady" if st.state == "Ready" else "NodeNotReady",
                                f"node is {st.state}")
+        known = {o.uid for o in prev.orphans} if prev is not None else set()
+        for o in st.orphans:
+            if o.uid not in known:
+                self.events.record("Node", name, "Warning", "OrphanDomain",
+                                   f"orphan domain {o.domain} (VPS {o.vps}, uid {o.uid}): no desired entry and no "
+                                   "tombstone; left as it is until `hostplane node orphans --purge`")
         return None
 
     # ------------------------------------------------------------ pools

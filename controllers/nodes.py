@@ -1,7 +1,8 @@
 """The node-lifecycle decision: a node's status from its heartbeat and its bookings. Pure.
 
-A node is Ready while its agent's lease-bound heartbeat key exists, NotReady once the lease
-has expired (it was seen before), Unknown if no agent has ever reported. A NotReady node's
+A node is Ready while its agent's lease-bound heartbeat key exists and says libvirt is warm,
+NotReady while the agent is still warming libvirt up or once the lease has expired (it was seen
+before), Unknown if no agent has ever reported. A NotReady node's
 VPS are never deleted or moved: their disks are local. `schedulable: false` cordons a node;
 the `hostplane.io/drain: "true"` annotation cordons it and stops its domains for maintenance.
 This module must never do I/O or read a clock.
@@ -15,7 +16,7 @@ from typing import Any
 
 from controllers import layout
 from controllers.booking import NodeAllocation
-from specs.kinds import Node, NodeStatus
+from specs.kinds import Node, NodeStatus, OrphanDomain
 from specs.meta import Condition, set_condition
 
 HEARTBEAT_RESOLUTION = timedelta(seconds=30)
@@ -28,6 +29,11 @@ def parse_heartbeat(raw: bytes) -> dict[str, Any]:
     except ValueError:
         return {}
     return data if isinstance(data, dict) else {}
+
+
+def warming(heartbeat: dict[str, Any]) -> bool:
+    """The agent beats but has not finished its first libvirt connection (QEMU probing can take minutes)."""
+    return heartbeat.get("warming") is True
 
 
 def drained(node: Node | None) -> bool:
@@ -77,7 +83,13 @@ def node_status(
     domains = heartbeat.get("domains") if heartbeat else None
     unmanaged = domains.get("unmanaged", prev.unmanagedDomains) if isinstance(domains, dict) else prev.unmanagedDomains
     conds = list(prev.conditions)
-    if state == "Ready":
+    if heartbeat is not None and warming(heartbeat):
+        state = "NotReady"
+        conds = set_condition(conds, Condition(
+            type="Ready", status="False", reason="LibvirtWarming",
+            message="the agent is connecting to libvirt and probing QEMU; nothing is placed here until it is done"),
+            now)
+    elif state == "Ready":
         conds = set_condition(conds, Condition(type="Ready", status="True", reason="HeartbeatFresh"), now)
     else:
         conds = set_condition(conds, Condition(
@@ -93,7 +105,20 @@ def node_status(
     else:
         cond = Condition(type="Schedulable", status="True", reason="Schedulable")
     conds = set_condition(conds, cond, now)
+    orphans = prev.orphans
+    if heartbeat is not None:
+        # The agent's own conditions (orphans, an empty desired state, libvirt) and its orphan list.
+        for c in heartbeat.get("conditions") or []:
+            if isinstance(c, dict) and isinstance(c.get("type"), str) and c.get("status") in ("True", "False"):
+                conds = set_condition(conds, Condition(type=c["type"], status=c["status"],
+                                                       reason=str(c.get("reason", "")),
+                                                       message=str(c.get("message", ""))[:1000]), now)
+        raw = heartbeat.get("orphans")
+        if isinstance(raw, list):
+            orphans = [OrphanDomain(domain=o["domain"], vps=o["vps"], uid=o["uid"]) for o in raw
+                       if isinstance(o, dict) and all(isinstance(o.get(k), str) for k in ("domain", "vps", "uid"))]
     return NodeStatus(
+        orphans=orphans,
         state=state,
         lastHeartbeat=last,
         allocated={"vcpus": allocation.vcpus, "memoryMiB": allocation.memoryMiB,

@@ -1,7 +1,11 @@
 """The node agent loop: make this node's libvirt match its desired domains, and say what it sees.
 
-It reads only `/nodes/<node>/desired/` and writes only `/nodes/<node>/observed/<vps>` and the
-lease-bound heartbeat. One work-queue key per VPS, so one VM never has two operations at once.
+It reads `/nodes/<node>/desired/`, `/nodes/<node>/tombstones/` and the cluster id, and writes only
+`/nodes/<node>/observed/<vps>`, the lease-bound heartbeat and the removal of a tombstone it has
+carried out. A domain is deleted only for a tombstone bound to its uid: a managed domain with
+neither desired entry nor tombstone is an orphan, reported in the heartbeat and left running
+(an empty or wrong etcd must never cost a disk). Domains stamped with another cluster's id are
+never touched. One work-queue key per VPS, so one VM never has two operations at once.
 Three sources wake a key — etcd watch events, libvirt lifecycle events (re-registered after a
 reconnect; a guest's STOPPED is debounced so a reboot inside it is not taken for a stop) and a
 periodic resync with a full scan that finds orphans — and every reconcile re-reads both sides
@@ -18,6 +22,7 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import libvirt
 
@@ -27,21 +32,29 @@ from nodeagent.domain_xml import domain_name
 from nodeagent.errors import AgentError, HypervisorUnavailable
 from nodeagent.events import ensure_event_loop
 from nodeagent.hypervisor import Hypervisor, Observation
+from nodeagent.images import ImagePolicy
 from reconcile import keys
+from reconcile.cluster import await_cluster_id
 from reconcile.controller import Controller, Result
 from reconcile.errors import NotFound, StoreError
 from reconcile.informer import Informer
 from reconcile.store import Store
-from specs.domain import DomainSpec, ObservedDomain
+from specs.domain import DomainSpec, ObservedDomain, Tombstone
 
 log = logging.getLogger(__name__)
 
 MAX_STEPS = 25
 HEARTBEAT_REWRITE = 25.0
+# A libvirt call running longer than this is reported (condition LibvirtResponsive=False).
+LIBVIRT_CALL_LIMIT = 60.0
 
 
 def _decode_spec(_name: str, raw: bytes) -> DomainSpec:
     return DomainSpec.model_validate_json(raw)
+
+
+def _decode_tombstone(_name: str, raw: bytes) -> Tombstone:
+    return Tombstone.model_validate_json(raw)
 
 
 class Agent:
@@ -54,16 +67,24 @@ class Agent:
     def __init__(self, store: Store, node: str, conn_uri: str, data_dir: Path, *, resync: float = 60.0,
                  workers: int = 2, heartbeat_ttl: int = 10, debounce_seconds: float = 2.0,
                  pool_name: str | None = None, network: str = "user", netns: str | None = None,
-                 enqueue: Callable[[str, float], None] | None = None) -> None:
+                 enqueue: Callable[[str, float], None] | None = None, image_policy: ImagePolicy | None = None) -> None:
         self.store = store
         self.node = node
         self.data_dir = data_dir
         self.resync = resync
         self.heartbeat_ttl = heartbeat_ttl
         self.debounce_seconds = debounce_seconds
-        self.hv = Hypervisor(conn_uri, data_dir, pool_name=pool_name or "hostplane", network=network, netns=netns)
+        self.hv = Hypervisor(conn_uri, data_dir, pool_name=pool_name, network=network, netns=netns,
+                             image_policy=image_policy)
         self.informer: Informer[DomainSpec] = Informer(store, keys.desired_prefix(node, store.root),
                                                        decode=_decode_spec, name=f"agent {node}")
+        # Keyed by uid: the explicit deletions this node is asked to carry out.
+        self.tombstones: Informer[Tombstone] = Informer(store, keys.tombstone_prefix(node, store.root),
+                                                        decode=_decode_tombstone, name=f"agent {node} tombstones")
+        self.cluster_id = ""
+        self.orphans: list[dict[str, str]] = []
+        self.orphan_volumes: list[str] = []
+        self.managed_domains = 0
         self._own_controller = enqueue is None
         self.controller: Controller | None = None
         if enqueue is None:
@@ -93,15 +114,37 @@ class Agent:
         self.reconciles = 0
         self._hb_content: dict[str, object] | None = None
         self._hb_written = 0.0
+        self._hb_thread: threading.Thread | None = None
+        self._hb_lock = threading.Lock()
+        # Facts are read from libvirt by housekeeping; the heartbeat only reports the last ones, so a
+        # slow libvirt never stops the beat. `warm`: the first connection (QEMU probed, pool ready) is done.
+        self._facts: object | None = None
+        self.warm = False
+        self.call_limit = LIBVIRT_CALL_LIMIT
         self._warned_user_mode = False
 
     # ------------------------------------------------------------ lifecycle
 
     def start(self) -> Agent:
         ensure_event_loop()
+        # Nothing is touched before the agent knows which cluster's domains are its own.
+        log.info("agent %s: reading the cluster id", self.node)
+        cluster_id = await_cluster_id(self.store, self._stop)
+        if cluster_id is None:
+            return self
+        self.cluster_id = cluster_id
+        self.hv.cluster_id = self.cluster_id
         self._load_reported()
         self.informer.add_handler(self._on_desired)
+        self.tombstones.add_handler(self._on_tombstone)
+        if self._own_controller:
+            # Beat before touching libvirt: a first connection can take minutes (QEMU probing), and
+            # the node must say "warming" meanwhile, not vanish.
+            self._hb_thread = threading.Thread(target=self._beating, name=f"agent-{self.node}-hb", daemon=True)
+            self._hb_thread.start()
         self._connect()
+        self.refresh_facts()
+        self.tombstones.start()
         self.informer.start()
         if self.controller is not None:
             self.controller.start()
@@ -116,10 +159,13 @@ class Agent:
     def stop(self) -> None:
         self._stop.set()
         self.informer.stop()
+        self.tombstones.stop()
         if self.controller is not None:
             self.controller.stop()
         if self._thread is not None:
             self._thread.join(10)
+        if self._hb_thread is not None:
+            self._hb_thread.join(10)
         self._deregister_events()
         if self._lease is not None:
             with contextlib.suppress(StoreError):
@@ -127,16 +173,36 @@ class Agent:
             self._lease = None
         self.hv.close()
 
+    def _beating(self) -> None:
+        interval = max(0.5, self.heartbeat_ttl / 3)
+        while True:
+            self.heartbeat()
+            if self._stop.wait(interval):
+                return
+
     def _housekeeping(self) -> None:
         interval = max(0.5, self.heartbeat_ttl / 3)
         while not self._stop.wait(interval if not self._scan_requested.is_set() else 0.05):
-            self.housekeep()
+            self.housekeep(beat=False)
 
-    def housekeep(self) -> None:
-        """Reconnect if needed, beat, and scan when due (or when an event named an unknown domain)."""
+    def refresh_facts(self) -> None:
+        """Read capacity and domain counts from libvirt (the heartbeat reports the last reading)."""
+        if not self.hv.alive():
+            self._facts = None
+            return
+        try:
+            self._facts = self.hv.facts()
+        except (AgentError, libvirt.libvirtError) as exc:
+            self._facts = None
+            self.hv_error = str(exc)
+
+    def housekeep(self, *, beat: bool = True) -> None:
+        """Reconnect if needed, read facts, beat (unless a thread of its own does), and scan when due."""
         if not self.hv.alive():
             self._connect()
-        self.heartbeat()
+        self.refresh_facts()
+        if beat:
+            self.heartbeat()
         due = time.monotonic() - self._last_scan >= self.resync
         if self.hv.alive() and (due or self._scan_requested.is_set()):
             self._scan_requested.clear()
@@ -152,6 +218,9 @@ class Agent:
             log.warning("agent %s: %s", self.node, exc)
             return
         self.hv_error = ""
+        if not self.warm:
+            log.info("agent %s: libvirt at %s is warm (QEMU probed, pool ready)", self.node, self.hv.uri)
+        self.warm = True
         self._callback_ids = []
         try:
             self._callback_ids.append(conn.domainEventRegisterAny(
@@ -200,6 +269,18 @@ class Agent:
                     self._names[domain_name(spec.uid)] = vps
         self.enqueue(vps, 0)
 
+    def _on_tombstone(self, uid: str, _old: Tombstone | None, new: Tombstone | None) -> None:
+        if new is None:
+            return  # carried out (we removed it) or withdrawn: nothing more to do for it
+        with self._lock:
+            self._uids.setdefault(new.vps, set()).add(uid)
+            self._names[domain_name(uid)] = new.vps
+        self.enqueue(new.vps, 0)
+
+    def tombstoned(self, uid: str) -> bool:
+        t = self.tombstones.get(uid)
+        return t is not None and t.uid == uid
+
     def _load_reported(self) -> None:
         kvs, _ = self.store.kv_range(keys.observed_prefix(self.node, self.store.root))
         prefix = keys.observed_prefix(self.node, self.store.root)
@@ -216,7 +297,7 @@ class Agent:
     # ----------------------------------------------------------------- scan
 
     def scan(self) -> None:
-        """Every managed domain gets a look (orphans included); volumes with no owner are removed."""
+        """Every domain of this cluster gets a look; orphans (no desired entry, no tombstone) are listed only."""
         self._last_scan = time.monotonic()
         try:
             domains = self.hv.all_domains()
@@ -224,18 +305,32 @@ class Agent:
             log.warning("agent %s: scan failed: %s", self.node, exc)
             return
         found: set[str] = set()
+        desired_uids = {s.uid for s in self.informer.items().values()}
+        orphans: list[dict[str, str]] = []
+        managed = 0
         for dom, meta in domains:
-            if meta is None:
-                continue
+            if meta is None or not self.hv.ours(meta):
+                continue  # not Hostplane's, or another cluster's: never touched
+            managed += 1
             with self._lock:
                 self._uids.setdefault(meta.vps, set()).add(meta.uid)
                 self._names[dom.name()] = meta.vps
             found.add(meta.vps)
+            if meta.uid not in desired_uids and not self.tombstoned(meta.uid):
+                orphans.append({"domain": dom.name(), "vps": meta.vps, "uid": meta.uid})
+        orphans.sort(key=lambda o: o["domain"])
+        if orphans != self.orphans and orphans:
+            log.warning("agent %s: orphan domains (no desired entry, no tombstone; left alone): %s",
+                        self.node, ", ".join(o["domain"] for o in orphans))
+        self.orphans = orphans
+        self.managed_domains = managed
         for vps in found | set(self.informer.items()) | set(self._reported):
             self.enqueue(vps, 0)
+        for tomb in self.tombstones.items().values():
+            self.enqueue(tomb.vps, 0)
 
-        def wanted(name: str) -> bool:
-            return name in {domain_name(s.uid) for s in self.informer.items().values()}
+        def claimed(name: str) -> bool:
+            return name in {domain_name(u) for u in desired_uids | set(self.tombstones.items())}
 
         try:
             unbound = self.hv.network_housekeeping(list(self.informer.items().values()))
@@ -245,12 +340,11 @@ class Agent:
             if unbound:
                 log.info("agent %s: removed filter bindings of stopped taps %s", self.node, unbound)
         try:
-            removed = self.hv.delete_orphan_volumes(wanted)
+            leftovers = self.hv.orphan_volumes(claimed)
         except (libvirt.libvirtError, AgentError) as exc:
             log.warning("agent %s: orphan volume scan failed: %s", self.node, exc)
             return
-        if removed:
-            log.info("agent %s: removed orphan volumes %s", self.node, removed)
+        self.orphan_volumes = sorted(v for vols in leftovers.values() for v in vols)
 
     def _warn_user_mode(self, specs: list[DomainSpec] | None = None) -> None:
         """User-mode NICs reach the host's loopback: say so, once, loudly (a developer choice, never production)."""
@@ -281,12 +375,16 @@ class Agent:
         obs: Observation | None = None
         converged = False
         try:
-            # A domain of an earlier incarnation of this VPS (another uid) goes first.
+            # A tombstoned domain (an earlier incarnation of this VPS, or this one deleted) goes first.
+            # One without a tombstone is an orphan: reported by the scan, never touched here.
             for uid in sorted(uids - ({spec.uid} if spec else set())):
-                stale, _done, w = self._converge(None, uid, vps)
+                if not self.tombstoned(uid):
+                    continue
+                stale, _done, w = self._converge(None, uid, vps, tombstoned=True)
                 if not stale.actual.defined and stale.actual.disk_gib is None and not stale.actual.seed_present:
                     with self._lock:
                         self._uids.get(vps, set()).discard(uid)
+                    self.store.kv_delete(keys.tombstone_key(self.node, uid, self.store.root))
                 elif w is not None:
                     wait = w if wait is None else min(wait, w)
             if spec is not None:
@@ -300,8 +398,10 @@ class Agent:
             log.warning("agent %s: %s: %s", self.node, vps, exc)
         if spec is None:
             with self._lock:
-                leftover = bool(self._uids.get(vps))
-            if not leftover and error is None:
+                left = set(self._uids.get(vps, set()))
+            leftover = any(self.tombstoned(u) for u in left)
+            orphaned = bool(left) and not leftover
+            if not leftover and not orphaned and error is None:
                 self._delete_report(vps)
             elif error is not None:
                 self._report_error_only(vps, error)
@@ -316,7 +416,8 @@ class Agent:
             raise _Retry(error[1])
         return Result(requeue_after=wait) if wait is not None else None
 
-    def _converge(self, spec: DomainSpec | None, uid: str, vps: str) -> tuple[Observation, bool, float | None]:
+    def _converge(self, spec: DomainSpec | None, uid: str, vps: str, *,
+                  tombstoned: bool = False) -> tuple[Observation, bool, float | None]:
         if not self.hv.alive():
             raise HypervisorUnavailable(self.hv_error or f"not connected to {self.hv.uri}")
         with self._lock:
@@ -324,9 +425,10 @@ class Agent:
         for _ in range(MAX_STEPS):
             obs = self.hv.read(uid, spec=spec)
             now = time.time()
-            actions = P.plan(spec, obs.actual, now=now)
+            actions = P.plan(spec, obs.actual, now=now, tombstoned=tombstoned)
             if not actions:
-                return obs, P.settled(spec, obs.actual), P.wake_after(spec, obs.actual, now=now)
+                return (obs, P.settled(spec, obs.actual, tombstoned=tombstoned),
+                        P.wake_after(spec, obs.actual, now=now, tombstoned=tombstoned))
             for action in actions:
                 log.info("agent %s: %s: %s", self.node, vps, action)
                 self.hv.execute(action, spec, uid, vps, self.note(vps))
@@ -369,15 +471,22 @@ class Agent:
                 "diskGiB": sum(s.diskGiB for s in specs), "domains": len(specs)}
 
     def heartbeat(self) -> None:
-        facts = None
-        if self.hv.alive():
-            try:
-                facts = self.hv.facts()
-            except (AgentError, libvirt.libvirtError) as exc:
-                self.hv_error = str(exc)
+        """Refresh the lease and report the last facts. Never calls libvirt: it must beat while libvirt is slow."""
+        facts = self._facts
+        warming = not self.warm and not self.hv_error
+        stuck = self.hv.stuck(self.call_limit)
         value = report.heartbeat(self.node, facts, allocated=self.allocated(), libvirt_ok=facts is not None,
-                                 error=self.hv_error, now=datetime.now(UTC))
+                                 error=self.hv_error, now=datetime.now(UTC), orphans=self.orphans,
+                                 orphan_volumes=self.orphan_volumes, warming=warming,
+                                 conditions=report.node_conditions(
+                                     orphans=self.orphans, orphan_volumes=self.orphan_volumes,
+                                     desired=len(self.informer.items()), managed=self.managed_domains,
+                                     libvirt_error=self.hv_error, warming=warming, stuck=stuck))
         key = keys.heartbeat_key(self.node, self.store.root)
+        with self._hb_lock:
+            self._beat(key, value)
+
+    def _beat(self, key: str, value: dict[str, Any]) -> None:
         try:
             if self._lease is not None:
                 try:

@@ -3,7 +3,8 @@
 Holds one libvirt connection (thread-safe) and the agent's storage pool. Every action re-reads
 what it needs and is safe to repeat after a crash at any line: intent is written to the domain's
 metadata before the power call it describes, so a restarted agent resumes rather than restarts.
-It never touches a domain without Hostplane metadata for the uid it was asked about.
+It never touches a domain without Hostplane metadata for the uid it was asked about, nor one whose
+metadata names another cluster.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,9 +22,10 @@ import libvirt
 
 from nodeagent import cloudinit, domain_xml, hostnet, netfilter
 from nodeagent import plan as P
-from nodeagent.errors import ActionFailed, HypervisorUnavailable, NameConflict
+from nodeagent.errors import ActionFailed, AgentError, HypervisorUnavailable, NameConflict
 from nodeagent.events import ensure_event_loop
 from nodeagent.hostnet import HostNetwork
+from nodeagent.images import ImagePolicy
 from nodeagent.metadata import NS, PREFIX, Meta, from_domain_xml
 from nodeagent.storage import Storage
 from specs.domain import DomainSpec
@@ -54,6 +56,7 @@ class NodeFacts:
     pool_available_gib: float
     managed: int
     unmanaged: int
+    foreign: int = 0
 
 
 def _kvm_usable_by_guests(conn: libvirt.virConnect) -> bool:
@@ -87,11 +90,15 @@ def _kvm_usable_by_guests(conn: libvirt.virConnect) -> bool:
 
 
 class Hypervisor:
-    def __init__(self, uri: str, data_dir: Path, *, pool_name: str = "hostplane", network: str = "user",
-                 netns: str | None = None) -> None:
+    def __init__(self, uri: str, data_dir: Path, *, pool_name: str | None = None, network: str = "user",
+                 netns: str | None = None, cluster_id: str | None = None,
+                 image_policy: ImagePolicy | None = None) -> None:
         self.uri = uri
+        self.image_policy = image_policy or ImagePolicy.for_data_dir(data_dir)
         self.data_dir = data_dir
-        self.pool_name = pool_name
+        self._pool_name = pool_name
+        # Set before `connect`; domains of another cluster are never touched.
+        self.cluster_id = cluster_id
         self.network = network
         self.hostnet = HostNetwork(netns)
         self._lock = threading.Lock()
@@ -100,12 +107,59 @@ class Hypervisor:
         self.simulated = False
         self.domain_type = "qemu"
         self.logs_dir = data_dir / "logs"
+        # libvirt calls under way, by thread: (what, monotonic start). A call cannot be interrupted,
+        # but one that does not return is seen (`stuck`) and reported by the independent heartbeat.
+        self._inflight: dict[int, tuple[str, float]] = {}
+        self._inflight_lock = threading.Lock()
         self.consoles_dir = data_dir / "consoles"
+
+    @contextlib.contextmanager
+    def call(self, what: str) -> Iterator[None]:
+        """Mark a libvirt call as under way for the watchdog."""
+        tid = threading.get_ident()
+        with self._inflight_lock:
+            outer = self._inflight.get(tid)
+            if outer is None:
+                self._inflight[tid] = (what, time.monotonic())
+        try:
+            yield
+        finally:
+            if outer is None:
+                with self._inflight_lock:
+                    self._inflight.pop(tid, None)
+
+    def stuck(self, limit: float) -> tuple[str, float] | None:
+        """The longest libvirt call running for more than `limit` seconds: (what, seconds)."""
+        now = time.monotonic()
+        with self._inflight_lock:
+            calls = list(self._inflight.values())
+        worst = max(((w, now - t) for w, t in calls), key=lambda x: x[1], default=None)
+        return worst if worst is not None and worst[1] > limit else None
+
+    @property
+    def pool_name(self) -> str:
+        """The pool is the cluster's: by default its name carries the cluster id, so another
+        cluster on the same libvirt never puts disks in (or deletes volumes from) this one."""
+        if self._pool_name:
+            return self._pool_name
+        return f"hostplane-{self.cluster_id[:12]}" if self.cluster_id else "hostplane"
+
+    def ours(self, meta: Meta | None) -> bool:
+        """A domain of this cluster. Metadata without a cluster id (written before ids existed) is
+        ours only when this cluster names its uid (a desired entry or a tombstone): see `read`."""
+        return meta is not None and (meta.cluster is None or meta.cluster == self.cluster_id)
+
+    def foreign(self, meta: Meta | None) -> bool:
+        return meta is not None and meta.cluster is not None and meta.cluster != self.cluster_id
 
     # ------------------------------------------------------------ connection
 
     def connect(self) -> libvirt.virConnect:
-        """Open the connection (or keep the live one) and make sure the pool exists."""
+        """Open the connection (or keep the live one), probe QEMU and make sure the pool exists."""
+        with self.call("connect (open, probe QEMU capabilities, storage pool)"):
+            return self._connect()
+
+    def _connect(self) -> libvirt.virConnect:
         ensure_event_loop()
         libvirt.registerErrorHandler(_libvirt_quiet, None)
         if self.conn is not None and self.alive():
@@ -115,15 +169,27 @@ class Hypervisor:
         except libvirt.libvirtError as exc:
             raise HypervisorUnavailable(f"cannot open {self.uri}: {exc}") from exc
         self.simulated = str(conn.getType()).upper() == "TEST"
+        if not self.simulated:
+            # A daemon that stops answering fails our calls within ~30 s instead of never.
+            with contextlib.suppress(libvirt.libvirtError):
+                conn.setKeepAlive(5, 6)
         self.domain_type = "test" if self.simulated else self._virt_type(conn)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         pool_dir = self.data_dir / "pool"
-        if self.storage is None:
-            self.storage = Storage(conn, pool_name=self.pool_name, pool_dir=pool_dir,
-                                   work_dir=self.data_dir / "downloads", simulated=self.simulated)
-        else:
-            self.storage.reattach(conn)
+        try:
+            if self.storage is None:
+                self.storage = Storage(conn, pool_name=self.pool_name, pool_dir=pool_dir,
+                                       work_dir=self.data_dir / "downloads", simulated=self.simulated,
+                                       image_policy=self.image_policy)
+            else:
+                self.storage.reattach(conn)
+        except AgentError:
+            with contextlib.suppress(libvirt.libvirtError):
+                conn.close()
+            raise
         self.logs_dir.mkdir(parents=True, exist_ok=True)
+        # Guests' serial consoles: readable by the hypervisor's user and group, never by everyone.
+        self.logs_dir.chmod(0o750)
         # Graphics sockets: only the hypervisor's user (and root) may connect to them.
         self.consoles_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         if not self.simulated and os.geteuid() == 0 and pool_dir.exists():
@@ -179,6 +245,10 @@ class Hypervisor:
             raise HypervisorUnavailable(f"lookup {name}: {exc}") from exc
 
     def all_domains(self) -> list[tuple[libvirt.virDomain, Meta | None]]:
+        with self.call("list domains"):
+            return self._all_domains()
+
+    def _all_domains(self) -> list[tuple[libvirt.virDomain, Meta | None]]:
         out = []
         for dom in self._conn().listAllDomains(0):
             try:
@@ -189,6 +259,10 @@ class Hypervisor:
 
     def read(self, uid: str, *, spec: DomainSpec | None = None) -> Observation:
         """Everything the planner needs about the domain and volumes derived from `uid`."""
+        with self.call(f"read {domain_xml.domain_name(uid)}"):
+            return self._read(uid, spec)
+
+    def _read(self, uid: str, spec: DomainSpec | None) -> Observation:
         st = self._storage()
         name = domain_xml.domain_name(uid)
         base_present = spec is not None and st.base_present(spec.image)
@@ -207,7 +281,7 @@ class Hypervisor:
             if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
                 return Observation(P.Actual(base_present=base_present, disk_gib=disk, seed_present=seed), None)
             raise HypervisorUnavailable(f"read {name}: {exc}") from exc
-        if meta is None or meta.uid != uid:
+        if meta is None or meta.uid != uid or self.foreign(meta):
             return Observation(P.Actual(defined=True, managed=False), None, state, reason, conflict=True)
         power: P.Power
         if state == libvirt.VIR_DOMAIN_PAUSED or state == libvirt.VIR_DOMAIN_PMSUSPENDED:
@@ -238,23 +312,30 @@ class Hypervisor:
         return Observation(actual, meta, state, reason)
 
     def facts(self) -> NodeFacts:
+        with self.call("node facts"):
+            return self._facts()
+
+    def _facts(self) -> NodeFacts:
         conn = self._conn()
         info = conn.getInfo()
         cap, avail = self._storage().capacity()
-        managed = unmanaged = 0
+        managed = unmanaged = foreign = 0
         for _, meta in self.all_domains():
             if meta is None:
                 unmanaged += 1
+            elif self.foreign(meta):
+                foreign += 1
             else:
                 managed += 1
         return NodeFacts(cpus=int(info[2]), memory_mib=int(info[1]),
                          free_memory_mib=int(conn.getFreeMemory()) // 1024**2,
                          pool_capacity_gib=round(cap / 1024**3, 2), pool_available_gib=round(avail / 1024**3, 2),
-                         managed=managed, unmanaged=unmanaged)
+                         managed=managed, unmanaged=unmanaged, foreign=foreign)
 
     # -------------------------------------------------------------- actions
 
     def _set_meta(self, dom: libvirt.virDomain, meta: Meta) -> None:
+        meta = meta.with_(cluster=self.cluster_id)
         flags = libvirt.VIR_DOMAIN_AFFECT_CONFIG
         if dom.isActive():
             flags |= libvirt.VIR_DOMAIN_AFFECT_LIVE
@@ -317,7 +398,8 @@ class Hypervisor:
         name = domain_xml.domain_name(uid)
         st = self._storage()
         try:
-            self._execute(action, spec, uid, vps, name, st, note)
+            with self.call(f"{action.name} on {name}"):
+                self._execute(action, spec, uid, vps, name, st, note)
         except libvirt.libvirtError as exc:
             if not self.alive():
                 raise HypervisorUnavailable(f"libvirt connection lost during {action.name}: {exc}") from exc
@@ -328,8 +410,8 @@ class Hypervisor:
         if dom is None:
             raise ActionFailed(f"domain {name} is not defined")
         meta = from_domain_xml(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
-        if meta is None or meta.uid != uid:
-            raise NameConflict(f"domain {name} exists but is not Hostplane's; it is left alone")
+        if meta is None or meta.uid != uid or self.foreign(meta):
+            raise NameConflict(f"domain {name} exists but is not this cluster's; it is left alone")
         return dom, meta
 
     def _execute(self, action: P.Action, spec: DomainSpec | None, uid: str, vps: str, name: str,
@@ -379,10 +461,11 @@ class Hypervisor:
         if dom is not None:
             uuid = dom.UUIDString()
             old = from_domain_xml(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
-            if old is None or old.uid != uid:
-                raise NameConflict(f"domain {name} exists but is not Hostplane's; it is left alone")
+            if old is None or old.uid != uid or self.foreign(old):
+                raise NameConflict(f"domain {name} exists but is not this cluster's; it is left alone")
             meta = old
-        meta = meta.with_(vps=spec.vps, config_hash=action.config_hash, seed_hash=action.seed_hash,
+        meta = meta.with_(vps=spec.vps, cluster=self.cluster_id, config_hash=action.config_hash,
+                          seed_hash=action.seed_hash,
                           rebuild_generation=action.rebuild_generation,
                           restart_generation=action.restart_generation,
                           grace_seconds=float(spec.shutdownGraceSeconds))
@@ -474,20 +557,15 @@ class Hypervisor:
             note("ClockNotSynced", f"guest clock not re-synced after unpause (no guest agent): "
                                    f"{exc.get_error_message()}")
 
-    def delete_orphan_volumes(self, wanted: Callable[[str], bool]) -> list[str]:
-        """Root disks and seeds whose domain is gone and whose VPS is not desired here.
-
-        `wanted(domain_name)` is asked at deletion time, so a VPS that became desired while the scan
-        ran keeps the disk its reconcile may just have created.
-        """
-        st = self._storage()
-        removed = []
-        for vol in st.volume_names():
+    def orphan_volumes(self, wanted: Callable[[str], bool]) -> dict[str, list[str]]:
+        """Root disks and seeds in this cluster's pool whose domain is gone and that `wanted(domain_name)`
+        does not claim, by domain name. Only listed: deleting one needs a tombstone."""
+        out: dict[str, list[str]] = {}
+        for vol in self._storage().volume_names():
             if not vol.startswith("hp-"):
                 continue
             owner = vol.removesuffix("-root.qcow2").removesuffix("-seed.iso")
             if owner == vol or wanted(owner) or self.lookup(owner) is not None:
                 continue
-            st.delete_volume(vol)
-            removed.append(vol)
-        return removed
+            out.setdefault(owner, []).append(vol)
+        return out

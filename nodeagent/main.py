@@ -15,6 +15,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 from nodeagent.agent import Agent
+from nodeagent.images import ImagePolicy
 from reconcile.connection import EtcdConnection
 from reconcile.controller import Controller, Result
 from reconcile.store import Store
@@ -22,10 +23,11 @@ from reconcile.store import Store
 log = logging.getLogger(__name__)
 
 
-def run_agent(*, etcd: EtcdConnection, node: str, libvirt_uri: str, data_dir: Path, stop: threading.Event) -> None:
+def run_agent(*, etcd: EtcdConnection, node: str, libvirt_uri: str, data_dir: Path, stop: threading.Event,
+              image_policy: ImagePolicy | None = None) -> None:
     """Run one node's agent until `stop` is set."""
     store = Store(etcd)
-    agent = Agent(store, node, libvirt_uri, data_dir)
+    agent = Agent(store, node, libvirt_uri, data_dir, image_policy=image_policy)
     try:
         agent.start()
         log.info("agent %s: running on %s", node, libvirt_uri)
@@ -52,7 +54,7 @@ class Fleet:
     """N agents sharing one work queue, one worker pool and one housekeeping thread."""
 
     def __init__(self, store: Store, names: list[str], data_dir: Path, *, workers: int = 4,
-                 resync: float = 60.0, heartbeat_ttl: int = 10) -> None:
+                 resync: float = 60.0, heartbeat_ttl: int = 10, image_dirs: tuple[Path, ...] = ()) -> None:
         self.store = store
         self.heartbeat_ttl = heartbeat_ttl
         self.controller = Controller("fleet", self._reconcile, workers=workers)
@@ -68,8 +70,10 @@ class Fleet:
                 else:
                     queue.add(key)
 
+            # The fleet's nodes share the fleet's image directory (`<data_dir>/images`).
+            policy = ImagePolicy.for_data_dir(data_dir / name, extra_dirs=(data_dir / "images", *image_dirs))
             self.agents[name] = Agent(store, name, uri, data_dir / name, resync=resync,
-                                      heartbeat_ttl=heartbeat_ttl, enqueue=enqueue)
+                                      heartbeat_ttl=heartbeat_ttl, enqueue=enqueue, image_policy=policy)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._housekeeping, name="fleet-hk", daemon=True)
 
@@ -106,10 +110,10 @@ class Fleet:
 
 
 def run_simulated_fleet(*, etcd: EtcdConnection, nodes: int, data_dir: Path, stop: threading.Event,
-                        prefix: str = "sim") -> None:
+                        prefix: str = "sim", image_dirs: tuple[Path, ...] = ()) -> None:
     """Run `nodes` simulated agents named f"{prefix}-{i}" until `stop` is set."""
     store = Store(etcd)
-    fleet = Fleet(store, [f"{prefix}-{i}" for i in range(nodes)], data_dir)
+    fleet = Fleet(store, [f"{prefix}-{i}" for i in range(nodes)], data_dir, image_dirs=image_dirs)
     try:
         fleet.start()
         log.info("fleet: %d simulated nodes running", nodes)

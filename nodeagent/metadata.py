@@ -1,6 +1,7 @@
 """Hostplane's record inside a domain's libvirt `<metadata>`: whose domain it is and what was in flight.
 
-The uid marks the domain as ours (a domain without it is never touched). The rest is intent
+The uid marks the domain as Hostplane's (a domain without it is never touched) and the cluster id
+says which cluster's (another cluster's domain is never touched). The rest is intent
 that must survive an agent restart: when a graceful stop began and why, crash-loop count, the
 generations the disk and the last boot satisfy, hashes of the applied config and seed.
 Built and parsed with ElementTree; never by string formatting.
@@ -39,6 +40,8 @@ class Meta:
     last_start_at: float | None = None
     # The balloon target last set: a guest without a balloon driver never reports reaching it.
     memory_target_mib: int | None = None
+    # The id of the cluster that created the domain: another cluster's agent never touches it.
+    cluster: str | None = None
 
     def with_(self, **changes: Any) -> Meta:
         return replace(self, **changes)

@@ -8,8 +8,10 @@ plans again until the plan is empty; time-driven steps (ACPI re-send, the destro
 crash-loop backoff, the paused-then-off timer) are found by `wake_after`.
 
 It must never plan a volume deletion while a desired entry exists (rebuild replaces the root
-disk, identity and seed kept), never shrink a disk, and never touch a domain that does not
-carry Hostplane metadata for this VPS.
+disk, identity and seed kept), never stop or delete anything without a tombstone for the
+domain's uid (a missing desired entry alone is not intent: an empty or wrong etcd must not
+destroy disks), never shrink a disk, and never touch a domain that does not carry Hostplane
+metadata for this VPS and this cluster.
 """
 
 from __future__ import annotations
@@ -206,7 +208,7 @@ class UpdateFilter(Action):
 
 @dataclass(frozen=True)
 class DeleteVolumes(Action):
-    """Root disk and seed. Only ever planned when the desired entry is gone."""
+    """Root disk and seed. Only ever planned for a tombstone of this uid (and no desired entry)."""
 
 
 @dataclass(frozen=True)
@@ -302,11 +304,15 @@ def _pause_expired(d: DomainSpec, a: Actual, now: float) -> bool:
             and now - a.paused_at >= d.shutdownAfterPausedSeconds)
 
 
-def plan(desired: DomainSpec | None, actual: Actual | None, *, now: float) -> list[Action]:
-    """The steps that move `actual` towards `desired`; empty when converged (or only waiting)."""
+def plan(desired: DomainSpec | None, actual: Actual | None, *, now: float, tombstoned: bool = False) -> list[Action]:
+    """The steps that move `actual` towards `desired`; empty when converged (or only waiting).
+
+    Without a desired entry, only a tombstone for this uid (`tombstoned`) deletes; otherwise the
+    domain is an orphan and nothing is planned for it.
+    """
     a = actual or Actual()
     if desired is None:
-        return _plan_delete(a, now)
+        return _plan_delete(a, now) if tombstoned else []
     d = desired
     if a.defined and not a.managed:
         return []
@@ -410,11 +416,12 @@ def _plan_off(d: DomainSpec, a: Actual, now: float, pending_restart: bool) -> li
     return [Start(d.restartGeneration, now, paused=d.power == "Paused")]
 
 
-def wake_after(desired: DomainSpec | None, actual: Actual | None, *, now: float) -> float | None:
+def wake_after(desired: DomainSpec | None, actual: Actual | None, *, now: float,
+               tombstoned: bool = False) -> float | None:
     """Seconds until a time-driven decision for this VPS may change (None: nothing pending)."""
     a = actual or Actual()
     times: list[float] = []
-    if a.stop_requested_at is not None and _active(a):
+    if a.stop_requested_at is not None and _active(a) and (desired is not None or tombstoned):
         times.append(a.stop_requested_at + a.grace_seconds)
         times.append((a.last_acpi_at or a.stop_requested_at) + ACPI_RESEND_SECONDS)
     if desired is not None:
@@ -431,9 +438,11 @@ def wake_after(desired: DomainSpec | None, actual: Actual | None, *, now: float)
     return max(0.05, min(future))
 
 
-def settled(desired: DomainSpec | None, actual: Actual | None) -> bool:
+def settled(desired: DomainSpec | None, actual: Actual | None, *, tombstoned: bool = False) -> bool:
     """With an empty plan: is that the end state, or only a wait (a stop under way, a crash backing off)?"""
     a = actual or Actual()
+    if desired is None and not tombstoned:
+        return True  # an orphan: nothing will happen to it
     if _active(a) and a.stop_requested_at is not None and a.stop_intent is not None:
         return False
     return not (desired is not None and a.defined and a.power == "crashed" and desired.power != "Stopped")

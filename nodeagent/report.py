@@ -83,16 +83,56 @@ def same_report(a: ObservedDomain | None, b: ObservedDomain | None) -> bool:
     return a.model_dump() == b.model_dump()
 
 
+def node_conditions(*, orphans: list[dict[str, str]], orphan_volumes: list[str], desired: int, managed: int,
+                    libvirt_error: str, warming: bool = False,
+                    stuck: tuple[str, float] | None = None) -> list[dict[str, str]]:
+    """The agent's own node conditions (carried in the heartbeat, folded into the Node's status)."""
+    out = [
+        {"type": "OrphanDomains", "status": "True" if orphans else "False",
+         "reason": "OrphanDomain" if orphans else "NoOrphans",
+         "message": (f"{len(orphans)} domain(s) of this cluster with neither desired entry nor tombstone, left "
+                     f"running: {', '.join(o['domain'] for o in orphans[:10])}; `hostplane node orphans NODE "
+                     "--purge` deletes them" if orphans else "")},
+        {"type": "OrphanVolumes", "status": "True" if orphan_volumes else "False",
+         "reason": "OrphanVolume" if orphan_volumes else "NoOrphans",
+         "message": (f"{len(orphan_volumes)} volume(s) without domain, desired entry or tombstone, kept: "
+                     f"{', '.join(orphan_volumes[:10])}" if orphan_volumes else "")},
+    ]
+    empty = desired == 0 and managed > 0
+    out.append({"type": "DesiredStateEmpty", "status": "True" if empty else "False",
+                "reason": "NoDesiredEntries" if empty else "DesiredStatePresent",
+                "message": (f"no desired entries while {managed} managed domain(s) exist: is --etcd right? "
+                            "They are left as they are; only tombstones delete" if empty else "")})
+    out.append({"type": "LibvirtReachable", "status": "False" if libvirt_error else "True",
+                "reason": "LibvirtError" if libvirt_error else "Connected", "message": libvirt_error})
+    out.append({"type": "LibvirtWarm", "status": "False" if warming else "True",
+                "reason": "Warming" if warming else "Warm",
+                "message": "connecting to libvirt and probing QEMU (a first start can take minutes); nothing is "
+                           "placed here until it is done" if warming else ""})
+    out.append({"type": "LibvirtResponsive", "status": "False" if stuck else "True",
+                "reason": "CallTimeout" if stuck else "Responsive",
+                "message": f"libvirt call '{stuck[0]}' has not returned for {stuck[1]:.0f} s" if stuck else ""})
+    return out
+
+
 def heartbeat(node: str, facts: Any, *, allocated: dict[str, int], libvirt_ok: bool, error: str,
-              now: datetime) -> dict[str, Any]:
-    """The node's heartbeat value: capacity from libvirt and what its managed domains use."""
+              now: datetime, orphans: list[dict[str, str]] | None = None, orphan_volumes: list[str] | None = None,
+              conditions: list[dict[str, str]] | None = None, warming: bool = False) -> dict[str, Any]:
+    """The node's heartbeat value: capacity from libvirt, what its managed domains use, orphans, conditions."""
     doc: dict[str, Any] = {"node": node, "time": now.astimezone(UTC).isoformat(), "libvirt": libvirt_ok}
     if facts is not None:
         doc["capacity"] = {"cpus": facts.cpus, "memoryMiB": facts.memory_mib,
                            "freeMemoryMiB": facts.free_memory_mib, "poolGiB": facts.pool_capacity_gib,
                            "poolAvailableGiB": facts.pool_available_gib}
-        doc["domains"] = {"managed": facts.managed, "unmanaged": facts.unmanaged}
+        doc["domains"] = {"managed": facts.managed, "unmanaged": facts.unmanaged,
+                          "foreign": getattr(facts, "foreign", 0)}
     doc["allocated"] = allocated
+    if warming:
+        doc["warming"] = True
+    doc["orphans"] = list(orphans or [])
+    doc["orphanVolumes"] = list(orphan_volumes or [])
+    if conditions:
+        doc["conditions"] = conditions
     if error:
         doc["error"] = error
     return doc

@@ -4,32 +4,42 @@ Every volume is created through libvirt's storage API (vol XML; a qcow2 overlay 
 in `<backingStore>`; growing uses virStorageVolResize or, for a running domain, blockResize), so
 the same code drives a real dir pool and the in-memory test driver. The test driver keeps no
 bytes and cannot upload or resize; there (`simulated`) contents are skipped and a grow re-creates
-the volume larger. Image bytes are fetched once per image (concurrent callers share the fetch),
-sha256-verified before they enter the pool, and uploaded as a read-only base.
+the volume larger. Image bytes are fetched once per image (concurrent callers share the fetch, and
+a failure, which backs off), only from sources the node's `ImagePolicy` allows, sha256-verified
+before they enter the pool, and uploaded as a read-only base.
 
 It must never delete a volume on its own initiative: deletions happen only when the agent's
-plan says so (the desired entry is gone) or for the orphan scan's volumes with no domain and no
-desired entry.
+plan says so (a tombstone for the volume's uid).
 """
 
 from __future__ import annotations
 
 import hashlib
+import http.client
 import logging
 import os
 import re
 import threading
 import time
-import urllib.request
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO
 
 import libvirt
 
+from nodeagent import images
 from nodeagent.domain_xml import root_volume_name, seed_volume_name
-from nodeagent.errors import ActionFailed, ChecksumMismatch, ImageError, StorageFull
+from nodeagent.errors import (
+    ActionFailed,
+    ChecksumMismatch,
+    ImageError,
+    ImageRefused,
+    ImageUnreachable,
+    PoolUnusable,
+    StorageFull,
+)
+from nodeagent.images import ImagePolicy
 from specs.domain import DomainImage
 
 log = logging.getLogger(__name__)
@@ -37,6 +47,8 @@ log = logging.getLogger(__name__)
 GiB = 1024**3
 _SAFE = re.compile(r"[^a-zA-Z0-9._-]")
 _CHUNK = 1 << 20
+IMAGE_RETRY_BASE = 10.0
+IMAGE_RETRY_CAP = 600.0
 
 
 @dataclass(frozen=True)
@@ -68,13 +80,17 @@ class Storage:
     """One agent's pool. Thread-safe: volume operations of different VPSs may run concurrently."""
 
     def __init__(self, conn: libvirt.virConnect, *, pool_name: str, pool_dir: Path, work_dir: Path,
-                 simulated: bool, min_free_bytes: int = 64 * 1024**2) -> None:
+                 simulated: bool, min_free_bytes: int = 64 * 1024**2,
+                 image_policy: ImagePolicy | None = None) -> None:
         self.conn = conn
         self.pool_name = pool_name
         self.pool_dir = pool_dir
         self.work_dir = work_dir
         self.simulated = simulated
         self.min_free_bytes = min_free_bytes
+        self.image_policy = image_policy or ImagePolicy.for_data_dir(pool_dir.parent)
+        # Per image base: (monotonic time of the next attempt, failures so far, the last error).
+        self._failures: dict[str, tuple[float, int, ImageError]] = {}
         self._fetch_locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
         self.pool = self._ensure_pool()
@@ -82,20 +98,32 @@ class Storage:
     # ------------------------------------------------------------------ pool
 
     def _ensure_pool(self) -> libvirt.virStoragePool:
+        """The pool at `pool_dir`: defined if missing; one defined elsewhere or damaged is refused, not reused."""
         try:
-            pool = self.conn.storagePoolLookupByName(self.pool_name)
-        except libvirt.libvirtError:
-            root = ET.Element("pool", type="dir")
-            ET.SubElement(root, "name").text = self.pool_name
-            target = ET.SubElement(root, "target")
-            ET.SubElement(target, "path").text = str(self.pool_dir)
-            pool = self.conn.storagePoolDefineXML(ET.tostring(root, encoding="unicode"), 0)
+            try:
+                pool = self.conn.storagePoolLookupByName(self.pool_name)
+            except libvirt.libvirtError as exc:
+                if exc.get_error_code() != libvirt.VIR_ERR_NO_STORAGE_POOL:
+                    raise
+                root = ET.Element("pool", type="dir")
+                ET.SubElement(root, "name").text = self.pool_name
+                target = ET.SubElement(root, "target")
+                ET.SubElement(target, "path").text = str(self.pool_dir)
+                pool = self.conn.storagePoolDefineXML(ET.tostring(root, encoding="unicode"), 0)
+                if not self.simulated:
+                    pool.build(0)
+            where = ET.fromstring(pool.XMLDesc(0)).findtext("target/path")
+            if where is None or os.path.realpath(where) != os.path.realpath(self.pool_dir):
+                raise PoolUnusable(f"storage pool {self.pool_name} is at {where}, not at this node's "
+                                   f"{self.pool_dir}: not reused; remove or rename that pool, or set the data dir")
+            if not pool.isActive():
+                pool.create(0)
             if not self.simulated:
-                pool.build(0)
-        if not pool.isActive():
-            pool.create(0)
-        if not self.simulated:
-            pool.setAutostart(1)
+                pool.setAutostart(1)
+        except libvirt.libvirtError as exc:
+            # A damaged pool ("pool has no config file", a missing directory) is the node's problem
+            # to report and the operator's to repair, not a reason to exit and restart in a loop.
+            raise PoolUnusable(f"storage pool {self.pool_name}: {exc.get_error_message()}") from exc
         return pool
 
     def reattach(self, conn: libvirt.virConnect) -> None:
@@ -163,59 +191,80 @@ class Storage:
         return BaseVolumes(disk, path(names.kernel), path(names.initrd))
 
     def ensure_image(self, image: DomainImage) -> None:
-        """Fetch, verify and upload the image's base (and kernel/initrd) once; later calls return at once."""
+        """Fetch, verify and upload the image's base (and kernel/initrd) once; later calls return at once.
+
+        Sources are checked against the node's image policy first. After a failure the image is not
+        fetched again until its backoff has passed (10 s doubling to 10 min): every VPS on the image
+        shares the one failure instead of each hammering the source.
+        """
         names = self.base_names(image)
         with self._locks_guard:
             lock = self._fetch_locks.setdefault(names.disk, threading.Lock())
         with lock:
-            self._ensure_file(names.disk, image.path or image.url, image.sha256, image.format, image.name)
-            if names.kernel and image.kernel:
-                self._ensure_file(names.kernel, image.kernel, None, "raw", image.name + " kernel")
-            if names.initrd and image.initrd:
-                self._ensure_file(names.initrd, image.initrd, None, "raw", image.name + " initrd")
+            failed = self._failures.get(names.disk)
+            now = time.monotonic()
+            if failed is not None and now < failed[0]:
+                raise type(failed[2])(f"{failed[2]}; next attempt in {failed[0] - now:.0f} s")
+            try:
+                if not image.sha256:
+                    raise ImageRefused(f"image {image.name}: no sha256; the node refuses unverified images")
+                self._ensure_file(names.disk, image.path, image.url, image.sha256, image.format, image.name)
+                if names.kernel and image.kernel:
+                    self._ensure_file(names.kernel, image.kernel, None, None, "raw", image.name + " kernel")
+                if names.initrd and image.initrd:
+                    self._ensure_file(names.initrd, image.initrd, None, None, "raw", image.name + " initrd")
+            except ImageError as exc:
+                count = (failed[1] if failed else 0) + 1
+                delay = min(IMAGE_RETRY_BASE * 2 ** (count - 1), IMAGE_RETRY_CAP)
+                self._failures[names.disk] = (time.monotonic() + delay, count, exc)
+                raise
+            self._failures.pop(names.disk, None)
 
-    def _ensure_file(self, vol_name: str, source: str | None, sha256: str | None, fmt: str, what: str) -> None:
+    def _ensure_file(self, vol_name: str, path: str | None, url: str | None, sha256: str | None, fmt: str,
+                     what: str) -> None:
         if self._lookup(vol_name) is not None:
             return
-        if not source:
+        if not path and not url:
             raise ImageError(f"image {what} has neither path nor url")
         self.work_dir.mkdir(parents=True, exist_ok=True)
         tmp = self.work_dir / f".{vol_name}.partial"
         try:
-            digest, size = self._fetch(source, tmp, what)
+            digest, size = self._fetch(path, url, tmp, what)
             if sha256 and digest != sha256.lower():
-                raise ChecksumMismatch(f"image {what}: sha256 is {digest}, expected {sha256}")
+                log.warning("image %s: sha256 is %s, expected %s", what, digest, sha256)
+                raise ChecksumMismatch(f"image {what}: the file's sha256 does not match the image's")
             self._need(size, f"image {what}")
             self._upload_new(vol_name, tmp, size, fmt)
         finally:
             tmp.unlink(missing_ok=True)
 
-    @staticmethod
-    def _fetch(source: str, dest: Path, what: str) -> tuple[str, int]:
-        """Copy or download to `dest`, hashing as the bytes pass; logs progress."""
+    def _fetch(self, path: str | None, url: str | None, dest: Path, what: str) -> tuple[str, int]:
+        """Copy or download to `dest` under the image policy, hashing as the bytes pass; logs progress."""
         h = hashlib.sha256()
         done = 0
         last_log = time.monotonic()
+        limit = self.image_policy.max_bytes
+        src: IO[bytes]
+        if path:
+            src, total = images.open_path(self.image_policy, path, what)
+        else:
+            assert url is not None
+            src, total = images.open_url(self.image_policy, url, what)
         try:
-            src: Any
-            if "://" in source and not source.startswith("file://"):
-                src = urllib.request.urlopen(source, timeout=30)
-                total = int(src.headers.get("Content-Length") or 0)
-            else:
-                path = source.removeprefix("file://")
-                src = open(path, "rb")  # noqa: SIM115 - closed by the with below
-                total = os.path.getsize(path)
             with src, open(dest, "wb") as out:
                 while chunk := src.read(_CHUNK):
+                    done += len(chunk)
+                    if done > limit:
+                        raise ImageRefused(f"image {what}: larger than the node's limit of {limit} bytes")
                     h.update(chunk)
                     out.write(chunk)
-                    done += len(chunk)
                     if time.monotonic() - last_log > 5:
                         last_log = time.monotonic()
                         pct = f"{100 * done // total}%" if total else f"{done // 1024**2} MiB"
                         log.info("image %s: %s fetched", what, pct)
-        except OSError as exc:
-            raise ImageError(f"image {what}: cannot read {source}: {exc}") from exc
+        except (OSError, http.client.HTTPException) as exc:
+            log.warning("image %s: reading %s failed: %s", what, images.redact(path or url or ""), exc)
+            raise ImageUnreachable(f"image {what}: reading the source failed ({type(exc).__name__})") from exc
         log.info("image %s: %d bytes fetched", what, done)
         return h.hexdigest(), done
 

@@ -47,6 +47,29 @@ def observed_key(node: str, vps: str, root: str = ROOT) -> str:
     return f"{observed_prefix(node, root)}{vps}"
 
 
+def tombstone_prefix(node: str, root: str = ROOT) -> str:
+    return f"{root}/nodes/{node}/tombstones/"
+
+
+def tombstone_key(node: str, uid: str, root: str = ROOT) -> str:
+    """The explicit order to delete one incarnation's domain and volumes; bound to its uid."""
+    return f"{tombstone_prefix(node, root)}{uid}"
+
+
+def purge_prefix(node: str, root: str = ROOT) -> str:
+    return f"{root}/purges/{node}/"
+
+
+def purge_key(node: str, uid: str, root: str = ROOT) -> str:
+    """An operator's request to delete the orphan domain `uid` on `node` (the controllers write its tombstone)."""
+    return f"{purge_prefix(node, root)}{uid}"
+
+
+def cluster_id_key(root: str = ROOT) -> str:
+    """The cluster's id, created once; stamped on every domain and pool so no other cluster touches them."""
+    return f"{root}/meta/cluster-id"
+
+
 def heartbeat_key(node: str, root: str = ROOT) -> str:
     return f"{root}/nodes/{node}/heartbeat"
 

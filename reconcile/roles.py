@@ -54,6 +54,7 @@ ROLES: dict[str, tuple[Grant, ...]] = {
         Grant("idempotency/", "readwrite", "first results of keyed requests (payments, orders)"),
         Grant("names/", "readwrite", "which customer first used a Subscription/VPS name (api.names)"),
         Grant("events/", "read", "events shown to customers and operators"),
+        Grant("purges/", "readwrite", "operators' requests to purge orphan domains (the controllers carry them out)"),
     ),
     "controllers": (
         Grant("specs/", "readwrite", "finalizers, garbage collection"),
@@ -65,14 +66,19 @@ ROLES: dict[str, tuple[Grant, ...]] = {
         Grant("idempotency/", "readwrite", "charge keys"),
         Grant("events/", "readwrite", "events"),
         Grant("election/", "readwrite", "leader election and its fence"),
+        Grant("meta/", "readwrite", "the cluster id, created on first start"),
+        Grant("purges/", "readwrite", "orphan purge requests, turned into tombstones"),
     ),
     "node": (
         Grant("nodes/{node}/desired/", "read", "its own domains' desired state"),
         Grant("nodes/{node}/observed/", "readwrite", "its own domains' observed state"),
         Grant("nodes/{node}/heartbeat", "readwrite", "its own heartbeat (lease-bound)"),
+        Grant("nodes/{node}/tombstones/", "readwrite", "orders to delete its domains; removed once carried out"),
+        Grant("meta/cluster-id", "read", "the cluster id stamped on its domains and pool"),
     ),
     "fleet": (
         Grant("nodes/", "readwrite", "simulated nodes of `up --simulate-nodes` and benchmarks"),
+        Grant("meta/cluster-id", "read", "the cluster id stamped on its domains and pools"),
     ),
     "operator": (
         Grant("/", "readwrite", "everything under the root (CLI commands that talk to etcd)"),

@@ -2,7 +2,8 @@
 
 The VPS resolver writes a `DomainSpec` under `/nodes/<node>/desired/<vps>`; the node's
 agent reads nothing else. It is self-contained: no customer, no price, no other node.
-The agent writes `ObservedDomain` under `/nodes/<node>/observed/<vps>`.
+The agent writes `ObservedDomain` under `/nodes/<node>/observed/<vps>`. A domain is deleted only
+for a `Tombstone` bound to its uid under `/nodes/<node>/tombstones/<uid>`.
 """
 
 from __future__ import annotations
@@ -105,11 +106,24 @@ class DomainSpec(Model):
     restartGeneration: int = 0
     shutdownGraceSeconds: int = Field(default=60, ge=0)
 
-
     @field_validator("userScript")
     @classmethod
     def _user_script(cls, v: str | None) -> str | None:
         return None if v is None else check_text(v, multiline=True)
+
+
+class Tombstone(Model):
+    """The explicit order to delete one VPS incarnation's domain and volumes on a node.
+
+    Written by the controllers' deletion path (or an operator's orphan purge) under
+    `/nodes/<node>/tombstones/<uid>`; the agent deletes a domain only for a tombstone whose uid
+    matches the domain's, then removes the tombstone.
+    """
+
+    vps: str
+    uid: str
+    reason: Literal["Deleted", "Moved", "Purged"] = "Deleted"
+    at: datetime | None = None
 
 
 class ObservedDomain(Model):

@@ -169,6 +169,12 @@ def load_documents(text: str, source: str = "<input>") -> list[Document]:
         if dups:
             errors.extend(SpecErrorDetail(source, ln, p, "duplicate key") for p, ln in dups)
             continue
+        longs = _long_integers(node)
+        if longs:
+            # Python refuses to convert an integer literal past 4,300 digits (a ValueError, not a YAML error).
+            errors.extend(SpecErrorDetail(source, ln, p, f"an integer of {n} digits is too long (at most "
+                                                         f"{MAX_INT_DIGITS})") for p, ln, n in longs)
+            continue
         data = _construct(node)
         if data is None:
             continue
@@ -215,6 +221,28 @@ def _duplicate_keys(node: yaml.Node, path: tuple[str | int, ...] = (),
     elif isinstance(node, yaml.SequenceNode):
         for i, v in enumerate(node.value):
             found.extend(_duplicate_keys(v, (*path, i), budget))
+    return found
+
+
+# No field of any kind holds an integer anywhere near this long.
+MAX_INT_DIGITS = 64
+_INT_TAG = "tag:yaml.org,2002:int"
+
+
+def _long_integers(node: yaml.Node, path: tuple[str | int, ...] = ()) -> list[tuple[str, int, int]]:
+    """(path, line, digits) of every integer scalar longer than MAX_INT_DIGITS (run after `_duplicate_keys`,
+    which bounds the document's size)."""
+    if isinstance(node, yaml.ScalarNode):
+        digits = len(str(node.value).replace("_", "").lstrip("+-"))
+        return [(_format_path(path), node.start_mark.line + 1, digits)] \
+            if node.tag == _INT_TAG and digits > MAX_INT_DIGITS else []
+    found: list[tuple[str, int, int]] = []
+    if isinstance(node, yaml.MappingNode):
+        for k, v in node.value:
+            found.extend(_long_integers(v, (*path, str(k.value))))
+    elif isinstance(node, yaml.SequenceNode):
+        for i, v in enumerate(node.value):
+            found.extend(_long_integers(v, (*path, i)))
     return found
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import urllib.parse
 from datetime import datetime
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -184,10 +185,20 @@ def _abs_path(value: str) -> str:
 
 def _url(value: str) -> str:
     check_text(value)
-    if not value.startswith(("http://", "https://", "file://")):
-        raise ValueError("url must be http://, https:// or file://")
+    if not value.startswith(("http://", "https://")):
+        raise ValueError("url must be http:// or https:// (a file on the node is a `path`)")
     if any(ch.isspace() for ch in value):
         raise ValueError("url must not contain whitespace")
+    try:
+        parts = urllib.parse.urlsplit(value)
+        parts.port  # noqa: B018 - raises ValueError for a bad port
+    except ValueError:
+        raise ValueError("url is not a valid URL") from None
+    if not parts.hostname:
+        raise ValueError("url must name a host")
+    if parts.username is not None or parts.password is not None:
+        # Images are readable by customers: a credential here would be published.
+        raise ValueError("url must not carry credentials")
     return value
 
 
@@ -197,17 +208,17 @@ Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 
 
 class ImageSource(Model):
+    """A file under the node's image directories (`path`) or an http(s) download (`url`), always with its sha256."""
+
     path: AbsPath | None = None
     url: URL | None = None
-    sha256: Sha256 | None = None
+    sha256: Sha256
     format: Literal["qcow2", "raw"] = "qcow2"
 
     @model_validator(mode="after")
     def _one_source(self) -> ImageSource:
         if (self.path is None) == (self.url is None):
             raise ValueError("exactly one of path or url is required")
-        if self.url is not None and self.sha256 is None:
-            raise ValueError("sha256 is required for a url source")
         return self
 
 
@@ -292,12 +303,21 @@ class NodeSpec(Model):
     network: NodeNetwork = Field(default_factory=NodeNetwork)
 
 
+class OrphanDomain(Model):
+    """A domain of this cluster on the node with neither a desired entry nor a tombstone: left alone."""
+
+    domain: str
+    vps: str
+    uid: str
+
+
 class NodeStatus(Model):
     state: Literal["Ready", "NotReady", "Unknown"] = "Unknown"
     lastHeartbeat: datetime | None = None
     allocated: dict[str, int] = Field(default_factory=dict)
     capacityObserved: dict[str, int] = Field(default_factory=dict)
     unmanagedDomains: int = 0
+    orphans: list[OrphanDomain] = Field(default_factory=list)
     conditions: list[Condition] = Field(default_factory=list)
 
 

@@ -18,6 +18,7 @@ the time until its Subscription.status reads Active is measured, one at a time.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import statistics
 import tempfile
@@ -182,7 +183,8 @@ def _servers(etcd: EtcdServer, tmp: Path) -> list[str]:
     store = etcd.store(root="/bench/servers/hostplane/v1")
     xml = tmp / "n1.xml"
     xml.write_text(NODE_XML)
-    disk = tmp / "base.raw"
+    disk = tmp / "agent" / "images" / "base.raw"  # the agent's image directory
+    disk.parent.mkdir(parents=True, exist_ok=True)
     disk.write_bytes(b"\0" * 4096)
     created = datetime.now(UTC) - timedelta(days=1)
     n = SERVER_SAMPLES
@@ -191,7 +193,8 @@ def _servers(etcd: EtcdServer, tmp: Path) -> list[str]:
     now = datetime.now(UTC)
     store.txn([], [
         Put(keys.spec_key(Image, "tiny", r), _doc("Image", "tiny", {
-            "os": "busybox", "version": "1", "source": {"path": str(disk), "format": "raw"}}, now)),
+            "os": "busybox", "version": "1", "source": {
+                "path": str(disk), "format": "raw", "sha256": hashlib.sha256(disk.read_bytes()).hexdigest()}}, now)),
         Put(keys.spec_key(IPPool, "p", r), _doc("IPPool", "p", {"cidr": "10.40.0.0/24", "gateway": "10.40.0.1"}, now)),
         Put(keys.spec_key(Node, "n1", r), _doc("Node", "n1", {
             "libvirtURI": f"test://{xml}", "capacity": {"vcpus": 64, "memoryMiB": 65536, "diskGiB": 1000}}, now)),

@@ -10,6 +10,7 @@ stopped by its PID. Loopback only.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -155,12 +156,14 @@ def run(nodes: int = 200, vps: int = 10_000, mass: int = 1_000, per_sub: int = 1
     watcher: DesiredWatcher | None = None
     rows: list[tuple[str, str]] = []
     try:
-        base = tmp / "base.raw"
+        base = tmp / "fleet" / "images" / "base.raw"  # under the fleet's image directory
+        base.parent.mkdir(parents=True, exist_ok=True)
         base.write_bytes(b"\0" * 4096)
         store.create(b.plan("s1", vcpus=1, memory=128, disk=1))
         store.create(b.customer())
         store.create(Image(metadata=ObjectMeta(name="tiny"), spec=ImageSpec(
-            os="busybox", version="1", source=ImageSource(path=str(base), format="raw"))))
+            os="busybox", version="1", source=ImageSource(path=str(base), format="raw",
+                                                     sha256=hashlib.sha256(base.read_bytes()).hexdigest()))))
         store.create(b.pool(cidr="10.64.0.0/16", gateway="10.64.0.1"))
         subs = vps // per_sub
         with ThreadPoolExecutor(8) as ex:

@@ -120,7 +120,8 @@ def _seed(url: str, token: str, store: Store) -> bool:
         post("plans", {"metadata": {"name": "small"}, "spec": {"vcpus": 1, "memoryMiB": 1024, "diskGiB": 25,
                                                                "price": {"amount": "4.49", "currency": "EUR"}}})
         post("images", {"metadata": {"name": "debian-12"}, "spec": {"os": "Debian", "version": "12",
-                                                                    "source": {"path": "/srv/debian-12.qcow2"}}})
+                                                                    "source": {"path": "/srv/debian-12.qcow2",
+                                                                               "sha256": "0" * 64}}})
         post("customers", {"metadata": {"name": "carol"}, "spec": {"email": "carol@example.com"}})
         for i in range(SERVERS):
             post("subscriptions", {"metadata": {"name": f"sub-{i}"}, "spec": {"customer": "carol", "plan": "small"}})

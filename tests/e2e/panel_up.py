@@ -59,7 +59,7 @@ class UpProcess:
     """`hostplane up --simulate-nodes N` on a free port; `.stop()` sends SIGTERM to its PID."""
 
     def __init__(self, data_dir: Path, *, nodes: int = 2, port: int | None = None,
-                 extra: tuple[str, ...] = ()) -> None:
+                 libvirt: str | None = "test:///default", extra: tuple[str, ...] = ()) -> None:
         self.port = port or free_port()
         self.env: dict[str, str] = {}
         self.base = f"https://127.0.0.1:{self.port}"
@@ -69,7 +69,7 @@ class UpProcess:
         env |= {"HOME": str(home), "XDG_CONFIG_HOME": str(data_dir / "cfg")}
         self.env = env
         self.proc = subprocess.Popen(
-            [*_hostplane(), "up", "--simulate-nodes", str(nodes), "--libvirt", "test:///default",
+            [*_hostplane(), "up", "--simulate-nodes", str(nodes), *(["--libvirt", libvirt] if libvirt else []),
              "--data-dir", str(data_dir / "var"), "--port", str(self.port), *extra],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT)
         self.output: list[str] = []

@@ -8,6 +8,7 @@ widths go to tests/e2e/artifacts/ (copies for the README live in docs/screenshot
 
 from __future__ import annotations
 
+import hashlib
 import os
 import signal
 import time
@@ -41,7 +42,8 @@ def _ok(r: httpx.Response) -> Any:
 def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     """`hostplane up` with two plans, an image and customers alice and bob (bob owns one server)."""
     tmp = tmp_path_factory.mktemp("panel")
-    disk = tmp / "debian-12.raw"
+    disk = tmp / "var" / "images" / "debian-12.raw"  # the image directory of `up --data-dir tmp/var`
+    disk.parent.mkdir(parents=True, exist_ok=True)
     disk.write_bytes(b"\0" * 4096)
     up = UpProcess(tmp)
     try:
@@ -53,7 +55,8 @@ def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
                     "vcpus": vcpus, "memoryMiB": mem, "diskGiB": gib,
                     "price": {"amount": amount, "currency": "EUR"}}}))
             _ok(api.post("/v1/images", json={"metadata": {"name": "debian-12"}, "spec": {
-                "os": "Debian", "version": "12", "source": {"path": str(disk), "format": "raw"}}}))
+                "os": "Debian", "version": "12", "source": {"path": str(disk), "format": "raw",
+                           "sha256": hashlib.sha256(disk.read_bytes()).hexdigest()}}}))
             _ok(api.post("/v1/ippools", json={"metadata": {"name": "public"}, "spec": {
                 "cidr": "192.0.2.0/24", "gateway": "192.0.2.1", "ipv6Prefix": "2001:db8::/64"}}))
             for who in ("alice", "bob"):

@@ -41,7 +41,8 @@ def panel(store: Store) -> Iterator[tuple[str, str]]:
         ok(api.post("/v1/plans", json={"metadata": {"name": "big"}, "spec": {
             "vcpus": 4, "memoryMiB": 8192, "diskGiB": 80, "price": {"amount": "40.32", "currency": "EUR"}}}))
         ok(api.post("/v1/images", json={"metadata": {"name": "debian-12"}, "spec": {
-            "os": "Debian", "version": "12", "source": {"path": "/srv/images/debian-12.raw", "format": "raw"}}}))
+            "os": "Debian", "version": "12", "source": {"path": "/srv/images/debian-12.raw", "format": "raw",
+                                                     "sha256": "0" * 64}}}))
         ok(api.post("/v1/customers", json={"metadata": {"name": "carol"}, "spec": {
             "email": "carol@example.com", "creditLimit": "10"}}))
         ok(api.put("/v1/customers/carol/password", json={"password": PASSWORD}))

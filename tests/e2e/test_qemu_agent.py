@@ -16,7 +16,7 @@ from nodeagent.agent import Agent
 from nodeagent.domain_xml import domain_name
 from reconcile import keys
 from reconcile.store import Store
-from specs.domain import DomainImage, DomainNetwork, DomainSpec, ObservedDomain
+from specs.domain import DomainImage, DomainNetwork, DomainSpec, ObservedDomain, Tombstone
 from tests.e2e.guest.build import GuestImage
 from tests.e2e.guest.session import Session
 from tests.helpers.wait import wait_for
@@ -190,6 +190,8 @@ def test_vps_lifecycle_on_qemu(harness: Harness) -> None:
 
     # delete: nothing left in libvirt or the pool
     h.store.kv_delete(keys.desired_key(h.node, "e2e-1", h.store.root))
+    h.store.kv_put(keys.tombstone_key(h.node, spec.uid, h.store.root),
+                   Tombstone(vps="e2e-1", uid=spec.uid).model_dump_json().encode())
     wait_for(lambda: h.observed() is None, timeout=60, interval=0.2, what="observed removed")
     assert name not in [d.name() for d in h.conn.listAllDomains(0)]
     pool = h.conn.storagePoolLookupByName(f"hp-{h.node}")

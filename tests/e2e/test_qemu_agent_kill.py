@@ -19,7 +19,7 @@ from nodeagent.domain_xml import domain_name, root_volume_name, seed_volume_name
 from reconcile import keys
 from reconcile.etcd_server import EtcdServer
 from reconcile.store import Store
-from specs.domain import DomainImage, DomainNetwork, DomainSpec, ObservedDomain
+from specs.domain import DomainImage, DomainNetwork, DomainSpec, ObservedDomain, Tombstone
 from tests.e2e.guest.build import GuestImage
 from tests.e2e.guest.session import Session
 from tests.helpers.wait import wait_for
@@ -166,6 +166,8 @@ def test_sigkill_at_random_points_then_restart_converges(
     # Deletion of the second VPS, interrupted at a random point; the first keeps its disk throughout.
     proc.kill()
     store.kv_delete(keys.desired_key(node, specs[1].vps, store.root))
+    store.kv_put(keys.tombstone_key(node, specs[1].uid, store.root),
+                 Tombstone(vps=specs[1].vps, uid=specs[1].uid).model_dump_json().encode())
     proc.start()
     proc.kill_mid_action(rng, "kill-1: ", most=2)
     proc.start()

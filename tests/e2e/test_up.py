@@ -109,6 +109,22 @@ def test_up_serves_writes_config_stops_within_10s_and_restarts_without_loss(tmp_
         again.stop()
 
 
+def test_an_explicit_libvirt_uri_that_does_not_answer_is_an_error_not_the_test_driver(tmp_path: Path) -> None:
+    """`up --libvirt URI` waits (with progress) and then stops with exit 2; it never runs on test:///default."""
+    import os
+
+    uri = f"qemu+unix:///system?socket={tmp_path}/no-libvirt.sock"
+    env = {**os.environ, "HOME": str(tmp_path), "XDG_CONFIG_HOME": str(tmp_path / "cfg"),
+           "HOSTPLANE_LIBVIRT_WAIT": "3"}
+    r = subprocess.run([*_hostplane(), "up", "--data-dir", str(tmp_path / "var"), "--port", str(free_port()),
+                        "--libvirt", uri], env=env, capture_output=True, text=True, timeout=60)
+    out = r.stdout + r.stderr
+    assert r.returncode == 2, out
+    assert "waiting for libvirt" in out and "not falling back to the test driver" in out
+    assert "test:///default" not in out.replace("not falling back to the test driver", "")
+    assert not (tmp_path / "var" / "etcd").exists()  # nothing was started
+
+
 def test_up_with_a_3_member_etcd_survives_killing_a_member(tmp_path: Path) -> None:
     """`up --etcd-members 3` runs three TLS etcd members; SIGKILL of one leaves the API reading and writing."""
     import os

@@ -35,7 +35,7 @@ def plan(name: str = "s1", vcpus: int = 1, memory: int = 512, disk: int = 10, **
 
 def image(name: str = "debian-12", min_disk: int = 1) -> Image:
     return Image(metadata=ObjectMeta(name=name), spec=ImageSpec(
-        os="debian", version="12", source=ImageSource(path="/var/lib/images/debian-12.qcow2"),
+        os="debian", version="12", source=ImageSource(path="/var/lib/images/debian-12.qcow2", sha256="0" * 64),
         minDiskGiB=min_disk))
 
 

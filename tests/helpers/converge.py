@@ -21,6 +21,7 @@ from controllers.booking import Booking
 from controllers.resolve import resolve
 from nodeagent.domain_xml import domain_name, read_sizes, root_volume_name, seed_volume_name
 from nodeagent.metadata import from_domain_xml
+from reconcile.cluster import ensure_cluster_id
 from reconcile.store import Store
 from specs.kinds import VPS, Customer, Image, Node, Plan, Subscription
 
@@ -49,9 +50,10 @@ def _volumes(conn: Any, pool_name: str) -> set[str]:
 
 
 def convergence_problems(store: Store, conns: Mapping[str, Any], *, now: datetime | None = None,
-                         pool_name: str = "hostplane") -> list[str]:
+                         pool_name: str | None = None) -> list[str]:
     """Every violation of invariants 1 and 2, as sentences; empty when converged."""
     now = now or datetime.now(UTC)
+    pool_name = pool_name or f"hostplane-{ensure_cluster_id(store)[:12]}"  # the agents' default pool
     problems: list[str] = []
     vpses = {v.name: v for v in store.list(VPS).items}
     subs = {s.name: s for s in store.list(Subscription).items}

@@ -36,7 +36,7 @@ BODIES: dict[str, dict[str, Any]] = {
     "plans": {"metadata": {"name": "p"}, "spec": {"vcpus": 1, "memoryMiB": 512, "diskGiB": 10, "description": "d",
                                                    "price": {"amount": "1.00", "currency": "EUR"}}},
     "images": {"metadata": {"name": "i"}, "spec": {"os": "debian", "version": "12", "cmdline": "console=ttyS0",
-                                                    "source": {"path": "/var/lib/images/d.qcow2"},
+                                                    "source": {"path": "/var/lib/images/d.qcow2", "sha256": "0" * 64},
                                                     "kernel": "/boot/vmlinuz"}},
     "customers": {"metadata": {"name": "c", "labels": {"tier": "gold"}},
                   "spec": {"email": "c@example.com", "displayName": "C", "currency": "EUR", "creditLimit": "0"}},

@@ -148,6 +148,11 @@ ROWS: dict[tuple[str, str], Row] = {
         "PUT", f"/v1/customers/{name_of('customers', o)}/password", OK if r in STAFF else 403,
         body={"password": "short"})],
     ("GET", "/v1/audit"): lambda r, o, e: [Case("GET", "/v1/audit", OK if r in STAFF else 403)],
+    # Orphan domains: staff list; admin and operator purge (an unknown uid: 422 after the access check).
+    ("GET", "/v1/nodes/{name}/orphans"): lambda r, o, e: [Case(
+        "GET", "/v1/nodes/n1/orphans", OK if r in STAFF else 403)] if o else [],
+    ("POST", "/v1/nodes/{name}/orphans/purge"): lambda r, o, e: [Case(
+        "POST", "/v1/nodes/n1/orphans/purge", OK if r in STAFF else 403, body={"uids": ["no-such-uid"]})] if o else [],
     # Billing: webhooks authenticate by signature, whatever the token (so: the same answer for all).
     ("POST", "/v1/webhooks/payments/{provider}"): lambda r, o, e: [Case(
         "POST", "/v1/webhooks/payments/webhook", 401, body={})],
@@ -163,6 +168,10 @@ ROWS: dict[tuple[str, str], Row] = {
         "GET", f"/v1/customers/{name_of('customers', o)}/statements/2026-01", ledger_read(r, o))],
     ("PUT", "/v1/billing/webhook-secrets/{provider}"): lambda r, o, e: [Case(
         "PUT", "/v1/billing/webhook-secrets/external", OK if r == "admin" else 403)],
+    # Node join authenticates by its one-time bootstrap token, whatever the bearer; this app has no join
+    # PKI, so both answer 404 (joining disabled) to every role alike.
+    ("GET", "/v1/join/ca"): lambda r, o, e: [Case("GET", "/v1/join/ca", 404)],
+    ("POST", "/v1/join"): lambda r, o, e: [Case("POST", "/v1/join", 404, body={})],
     # Open to everyone (metrics: from loopback).
     ("GET", "/healthz"): lambda r, o, e: [Case("GET", "/healthz", OK)],
     ("GET", "/readyz"): lambda r, o, e: [Case("GET", "/readyz", OK)],

@@ -152,6 +152,10 @@ def test_subscription_name_takeover_is_refused_at_every_step(env: Env) -> None:
     reasons = [e["reason"] for e in globex.get("/v1/events").json()["items"]]
     assert "AcmeHistory" not in reasons and "AcmeServerHistory" not in reasons
     assert globex.get("/v1/events", params={"kind": "Subscription", "name": "acme-old"}).json()["items"] == []
+    # Staff resizing the old server cannot change the plan of the subscription that now has its name.
+    resize = admin.post("/v1/vps/acme-old-1/actions/resize", json={"plan": "s2"})
+    assert problem(resize, 422)["errors"][0]["path"] == "plan"
+    assert env.store.get(Subscription, "acme-old").spec.plan == "s1"
     # The server is nobody's now, not even acme's (its subscription is gone): staff decide.
     problem(env.client("customer").get("/v1/vps/acme-old-1"), 404)
     assert env.store.get(VPS, "acme-old-1").spec.sshKeys == []
@@ -332,3 +336,56 @@ def test_a_customer_resuming_from_old_history_relists_instead_of_seeing_it(env: 
     store.create(builders.subscription("handed-over", "s1", "globex"))
     recent = read_stream(env.client("globex"), {"resourceVersion": since, "kinds": "subscriptions"}, 1.5)
     assert '"customer":"globex"' in recent and '"customer":"acme"' not in recent, recent
+
+
+def test_customer_events_are_one_scoped_query(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Events about 20 of globex's objects and 20 of acme's: globex gets its 20 from one etcd transaction."""
+    store = env.store
+    when = datetime.now(UTC) + timedelta(seconds=5)
+    for i in range(20):
+        for cust in ("globex", "acme"):
+            store.create(builders.subscription(f"{cust}-s{i}", "s1", cust))
+            record_event(store, "Subscription", f"{cust}-s{i}", f"{cust}-{i}", when)
+    assert env.client("globex").get("/v1/auth/whoami").status_code == 200  # the token is verified and cached
+    api_store = env.app.state.hostplane.store
+    calls: list[str] = []
+    for method in ("get", "list", "kv_get", "kv_range", "txn"):
+        real = getattr(api_store, method)
+        monkeypatch.setattr(api_store, method, lambda *a, _real=real, _m=method, **kw: (calls.append(_m),
+                                                                                         _real(*a, **kw))[1])
+    items = env.client("globex").get("/v1/events").json()["items"]
+    assert sorted(e["reason"] for e in items) == sorted(f"globex-{i}" for i in range(20))
+    assert calls == ["txn"], calls
+
+
+def test_parallel_logins_cannot_pass_the_session_cap_together(store: Store, tmp_path: Path) -> None:
+    """Six right passwords at once with room for two sessions: exactly two sessions, the others 429."""
+    with served(store, tmp_path, sessions_per_customer=2) as env:
+        set_password(store, "acme", "correct horse battery")
+        with ThreadPoolExecutor(6) as pool:
+            codes = list(pool.map(lambda n: login_from(env.url, f"127.0.0.{40 + n}", "correct horse battery"
+                                                       ).status_code, range(6)))
+        assert sorted(codes) == [200, 200, 429, 429, 429, 429], codes
+        assert len(store.kv_range(store.root + "/auth/session-index/acme/")[0]) == 2
+
+
+def test_a_recreated_customer_name_is_not_reachable_with_the_old_credentials(env: Env) -> None:
+    """A customer with subscriptions cannot be deleted (409); once deleted, its tokens and sessions end for good."""
+    admin = env.client("admin")
+    set_password(env.store, "globex", "correct horse battery")
+    login = httpx.post(f"{env.url}/v1/auth/login", timeout=10,
+                       json={"email": "globex@example.com", "password": "correct horse battery"})
+    assert login.status_code == 200
+    cookie = {SESSION_COOKIE: login.cookies[SESSION_COOKIE]}
+    assert "globex-sub" in problem(admin.delete("/v1/customers/globex"), 409)["detail"]
+    env.store.delete(VPS, "globex-web")
+    assert admin.delete("/v1/subscriptions/globex-sub").status_code == 204
+    assert admin.delete("/v1/customers/globex").status_code == 204
+    doc = {"metadata": {"name": "globex"}, "spec": {"email": "new-owner@example.com", "currency": "EUR"}}
+    assert admin.post("/v1/customers", json=doc).status_code == 201
+    wait_for(lambda: env.client("globex").get("/v1/customers/globex").status_code == 401, timeout=5,
+             what="the old token to stop working")
+    assert httpx.get(f"{env.url}/v1/customers/globex", cookies=cookie, timeout=10).status_code == 401
+    old_password = httpx.post(f"{env.url}/v1/auth/login", timeout=10,
+                              json={"email": "new-owner@example.com", "password": "correct horse battery"})
+    assert old_password.status_code == 401

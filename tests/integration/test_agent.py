@@ -5,10 +5,12 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import libvirt
 import pytest
@@ -17,10 +19,13 @@ from nodeagent import plan as P
 from nodeagent.agent import Agent
 from nodeagent.domain_xml import domain_name, root_volume_name, seed_volume_name
 from nodeagent.hypervisor import Hypervisor
+from nodeagent.images import ImagePolicy
 from nodeagent.main import Fleet, simulated_node_xml
 from reconcile import keys
+from reconcile.cluster import ensure_cluster_id
+from reconcile.etcd_server import EtcdServer
 from reconcile.store import Store
-from specs.domain import DomainImage, DomainNetwork, DomainSpec, ObservedDomain
+from specs.domain import DomainImage, DomainNetwork, DomainSpec, ObservedDomain, Tombstone
 from tests.helpers.wait import wait_for
 
 IMAGE_BYTES = b"QFI\xfb" + b"\0" * 4092
@@ -28,7 +33,8 @@ IMAGE_BYTES = b"QFI\xfb" + b"\0" * 4092
 
 @pytest.fixture
 def image(tmp_path: Path) -> DomainImage:
-    path = tmp_path / "tiny.qcow2"
+    path = tmp_path / "images" / "tiny.qcow2"  # the image directory the test nodes are given
+    path.parent.mkdir(exist_ok=True)
     path.write_bytes(IMAGE_BYTES)
     return DomainImage(name="tiny", path=str(path), sha256=hashlib.sha256(IMAGE_BYTES).hexdigest())
 
@@ -45,6 +51,7 @@ class Node:
 
     def start(self, **kw: object) -> Agent:
         kw.setdefault("resync", 2.0)
+        kw.setdefault("image_policy", ImagePolicy.for_data_dir(self.tmp / "agent", extra_dirs=(self.tmp / "images",)))
         kw.setdefault("debounce_seconds", 0.2)
         self.agent = Agent(self.store, self.name, self.uri, self.tmp / "agent", heartbeat_ttl=3, **kw)  # type: ignore[arg-type]
         return self.agent.start()
@@ -64,7 +71,23 @@ class Node:
         return self.store.kv_put(key, spec.model_dump_json().encode())
 
     def delete(self, vps: str) -> None:
+        """What the controllers' deletion path does: the desired entry goes, a tombstone for its uid comes."""
+        kv = self.store.kv_get(keys.desired_key(self.name, vps, self.store.root))
+        assert kv is not None
+        self.tombstone(DomainSpec.model_validate_json(kv.value))
+        self.drop_desired(vps)
+
+    def tombstone(self, spec: DomainSpec) -> None:
+        self.store.kv_put(keys.tombstone_key(self.name, spec.uid, self.store.root),
+                          Tombstone(vps=spec.vps, uid=spec.uid).model_dump_json().encode())
+
+    def drop_desired(self, vps: str) -> None:
+        """The desired entry vanishes without any deletion intent (a wiped prefix, a bad restore)."""
         self.store.kv_delete(keys.desired_key(self.name, vps, self.store.root))
+
+    def heartbeat(self) -> dict[str, object] | None:
+        kv = self.store.kv_get(keys.heartbeat_key(self.name, self.store.root))
+        return None if kv is None else dict(json.loads(kv.value))
 
     def observed(self, vps: str) -> ObservedDomain | None:
         kv = self.store.kv_get(keys.observed_key(self.name, vps, self.store.root))
@@ -119,7 +142,7 @@ def test_create_runs_and_reports(node: Node, image: DomainImage) -> None:
         kv = node.store.kv_get(keys.heartbeat_key("n1", node.store.root))
         assert kv is not None and kv.lease
         hb: dict[str, object] = json.loads(kv.value)
-        return hb if hb["domains"] == {"managed": 1, "unmanaged": 0} else None
+        return hb if hb["domains"] == {"managed": 1, "unmanaged": 0, "foreign": 0} else None
 
     hb = wait_for(heartbeat, what="heartbeat counting the domain")
     assert hb["capacity"]["cpus"] == 32 and hb["allocated"]["vcpus"] == 1  # type: ignore[index]
@@ -218,7 +241,7 @@ def test_rebuild_replaces_disk_keeps_identity(node: Node, image: DomainImage) ->
 
 
 def test_delete_removes_domain_volumes_and_report(node: Node, image: DomainImage) -> None:
-    """Removing the desired entry shuts the domain down, deletes its volumes, undefines it and its report."""
+    """A tombstone for the uid shuts the domain down, deletes volumes, domain, report and the tombstone."""
     node.start()
     spec = make_spec(image)
     node.wait("web-1", ready(node.put(spec)), "ready")
@@ -227,6 +250,20 @@ def test_delete_removes_domain_volumes_and_report(node: Node, image: DomainImage
     name = domain_name(spec.uid)
     assert name not in [d.name() for d in node.conn.listAllDomains()]
     assert not any(v.startswith(name) for v in node.volumes())
+    wait_for(lambda: node.store.kv_get(keys.tombstone_key("n1", spec.uid, node.store.root)) is None,
+             what="tombstone removed once carried out")
+
+
+def test_tombstone_of_another_uid_deletes_nothing(node: Node, image: DomainImage) -> None:
+    """A tombstone is bound to a uid: one naming another incarnation of the same VPS leaves the domain alone."""
+    node.start()
+    spec = make_spec(image)
+    node.wait("web-1", ready(node.put(spec)), "ready")
+    node.drop_desired("web-1")
+    node.tombstone(make_spec(image))  # same VPS name, another uid
+    time.sleep(2.5)  # beyond one resync period
+    assert node.domain(spec).isActive()
+    assert {root_volume_name(domain_name(spec.uid)), seed_volume_name(domain_name(spec.uid))} <= node.volumes()
 
 
 def test_unmanaged_same_name_left_alone(node: Node, image: DomainImage) -> None:
@@ -249,19 +286,31 @@ def test_unmanaged_same_name_left_alone(node: Node, image: DomainImage) -> None:
     foreign.undefine()
 
 
-def test_orphans_found_at_start_are_removed(node: Node, image: DomainImage) -> None:
-    """At start-up a managed domain with no desired entry, and a stray volume, are removed."""
-    agent = node.start()
+def test_orphan_is_left_running_and_reported_until_tombstoned(node: Node, image: DomainImage) -> None:
+    """A managed domain whose desired entry vanished (no tombstone) keeps running with its disks and is reported."""
+    node.start()
     spec = make_spec(image)
     node.wait("web-1", ready(node.put(spec)), "ready")
-    node.stop()
-    node.delete("web-1")
-    agent2 = node.start()
-    assert agent2 is not agent
-    assert agent2.hv.storage is not None
-    wait_for(lambda: domain_name(spec.uid) not in [d.name() for d in node.conn.listAllDomains()], what="orphan gone")
-    wait_for(lambda: not any(v.startswith("hp-") for v in node.volumes()), what="volumes gone")
-    assert node.observed("web-1") is None
+    node.drop_desired("web-1")
+    name = domain_name(spec.uid)
+
+    def reported() -> dict[str, object] | None:
+        hb = node.heartbeat()
+        return hb if hb is not None and hb.get("orphans") else None
+    hb = wait_for(reported, timeout=10, what="orphan in the heartbeat")
+    assert hb["orphans"] == [{"domain": name, "vps": "web-1", "uid": spec.uid}]
+    conds = {c["type"]: c for c in hb["conditions"]}  # type: ignore[attr-defined]
+    assert conds["OrphanDomains"]["status"] == "True" and name in conds["OrphanDomains"]["message"]
+    assert conds["DesiredStateEmpty"]["status"] == "True"
+    time.sleep(4.5)  # more than two resync periods
+    assert node.domain(spec).isActive()
+    assert {root_volume_name(name), seed_volume_name(name)} <= node.volumes()
+    # The operator's intent (a purge writes the same tombstone) removes it.
+    node.tombstone(spec)
+    wait_for(lambda: name not in [d.name() for d in node.conn.listAllDomains()], what="purged")
+    wait_for(lambda: not any(v.startswith(name) for v in node.volumes()), what="volumes gone")
+    wait_for(lambda: node.heartbeat() is not None and node.heartbeat()["orphans"] == [],  # type: ignore[index]
+             timeout=10, what="orphan list empty")
 
 
 def test_new_uid_replaces_stale_domain(node: Node, image: DomainImage) -> None:
@@ -270,6 +319,7 @@ def test_new_uid_replaces_stale_domain(node: Node, image: DomainImage) -> None:
     old = make_spec(image)
     node.wait("web-1", ready(node.put(old)), "ready")
     new = make_spec(image)
+    node.tombstone(old)  # the controllers' deletion of the old incarnation
     gen = node.put(new)
     node.wait("web-1", lambda o: o.uid == new.uid and ready(gen)(o), "new incarnation ready")
     wait_for(lambda: domain_name(old.uid) not in [d.name() for d in node.conn.listAllDomains()], what="stale gone")
@@ -308,7 +358,8 @@ def test_crash_at_any_step_then_restart_converges(store: Store, tmp_path: Path, 
     rng = random.Random(seed)
     n = Node(store, tmp_path)
     spec = make_spec(image)
-    hv = Hypervisor(n.uri, tmp_path / "agent")
+    hv = Hypervisor(n.uri, tmp_path / "agent",
+                    image_policy=ImagePolicy.for_data_dir(tmp_path / "agent", extra_dirs=(tmp_path / "images",)))
     hv.connect()
     # The dead agent's work: the create plan, then (for odd seeds) a delete, cut off at a random step.
     steps: list[tuple[P.Action, DomainSpec | None]] = []
@@ -320,7 +371,7 @@ def test_crash_at_any_step_then_restart_converges(store: Store, tmp_path: Path, 
         hv.execute(action, s, spec.uid, spec.vps, lambda k, m: None)
     want_deleted = seed % 2 == 1
     if want_deleted and cut == len(steps):
-        for action in P.plan(None, hv.read(spec.uid).actual, now=time.time())[: rng.randint(0, 2)]:
+        for action in P.plan(None, hv.read(spec.uid).actual, now=time.time(), tombstoned=True)[: rng.randint(0, 2)]:
             hv.execute(action, None, spec.uid, spec.vps, lambda k, m: None)
     if want_deleted:
         # The desired entry was removed while the agent was down; the observed key says whose it was.
@@ -328,6 +379,7 @@ def test_crash_at_any_step_then_restart_converges(store: Store, tmp_path: Path, 
         obs = report.observe(spec, hv.read(spec.uid, spec=spec).actual, vps="web-1", uid=spec.uid, generation=None,
                              converged=False, error=None, notes={}, previous=None, now=report.datetime.now(report.UTC))
         store.kv_put(keys.observed_key("n1", "web-1", store.root), obs.model_dump_json().encode())
+        n.tombstone(spec)
     else:
         n.put(spec)
     # The test driver is private to a connection: the restarted agent must reuse this one.
@@ -409,7 +461,9 @@ def test_image_from_url_fetched_once_for_concurrent_vps(node: Node, tmp_path: Pa
     try:
         url = f"http://127.0.0.1:{server.server_address[1]}/tiny.qcow2"
         image = DomainImage(name="tiny-url", url=url, sha256=hashlib.sha256(IMAGE_BYTES).hexdigest())
-        node.start(workers=2)
+        # The operator allows this loopback "mirror"; without that the download is refused (test_images).
+        node.start(workers=2, image_policy=ImagePolicy.for_data_dir(tmp_path / "agent",
+                                                                    allow_networks=["127.0.0.1/32"]))
         gens = {vps: node.put(make_spec(image, vps=vps)) for vps in ("a-1", "a-2")}
         for vps, gen in gens.items():
             node.wait(vps, ready(gen), f"{vps} ready")
@@ -446,7 +500,11 @@ def test_run_agent_entry_point_runs_until_stopped(etcd_session: object, tmp_path
     uri = simulated_node_xml(tmp_path / "node.xml")
     stop = threading.Event()
     t = threading.Thread(target=run_agent, kwargs={"etcd": conn, "node": node_name, "libvirt_uri": uri,
-                                                   "data_dir": tmp_path / "d", "stop": stop})
+                                                   "data_dir": tmp_path / "d", "stop": stop,
+                                                   "image_policy": ImagePolicy.for_data_dir(
+                                                       tmp_path / "d", extra_dirs=(tmp_path / "images",))})
+    with etcd_session.store() as s:  # type: ignore[attr-defined]
+        ensure_cluster_id(s)  # the controllers' job; a node's role may only read it
     t.start()
     with etcd_session.store() as s:  # type: ignore[attr-defined]
         try:
@@ -460,3 +518,177 @@ def test_run_agent_entry_point_runs_until_stopped(etcd_session: object, tmp_path
         assert not t.is_alive()
         assert s.kv_get(keys.heartbeat_key(node_name, s.root)) is None
         s.kv_delete(keys.node_prefix(node_name, s.root), prefix=True)
+
+
+# ------------------------------------------------------------------ data safety
+
+
+@pytest.fixture
+def shared_libvirt() -> Iterator[libvirt.virConnect]:
+    """test:///default keeps its domains while any connection is open: agents come and go on one hypervisor."""
+    conn = libvirt.open("test:///default")
+    yield conn
+    for dom in conn.listAllDomains():
+        if dom.name().startswith("hp-"):
+            if dom.isActive():
+                dom.destroy()
+            dom.undefine()
+    conn.close()
+
+
+def _five_running(store: Store, tmp_path: Path, image: DomainImage) -> tuple[list[DomainSpec], set[str]]:
+    """An agent of the cluster in `store` creates five running domains on test:///default, then stops."""
+    agent = Agent(store, "n1", "test:///default", tmp_path / "agent", heartbeat_ttl=3, resync=1.0,
+                  image_policy=ImagePolicy.for_data_dir(tmp_path / "agent", extra_dirs=(tmp_path / "images",)))
+    agent.start()
+    specs = [make_spec(image, vps=f"web-{i}", hostname=f"web-{i}",
+                       network=DomainNetwork(mac=f"52:54:00:00:00:1{i}")) for i in range(5)]
+    n = Node(store, tmp_path)
+    n.agent = agent
+    try:
+        for s in specs:
+            n.wait(s.vps, ready(n.put(s)), f"{s.vps} ready")
+        assert agent.hv.storage is not None
+        volumes = {v for v in agent.hv.storage.volume_names() if v.startswith("hp-")}
+    finally:
+        agent.stop()
+    assert len(volumes) == 10
+    return specs, volumes
+
+
+def _still_there(conn: libvirt.virConnect, pool: str, specs: list[DomainSpec], volumes: set[str]) -> None:
+    for s in specs:
+        assert conn.lookupByName(domain_name(s.uid)).isActive(), s.vps
+    assert volumes <= set(conn.storagePoolLookupByName(pool).listVolumes())
+
+
+def test_agent_on_an_empty_etcd_leaves_five_running_domains_and_their_disks(
+        store: Store, tmp_path: Path, image: DomainImage, shared_libvirt: libvirt.virConnect) -> None:
+    """Desired prefix wiped (same cluster): after 3 resync periods all 5 domains run with disks; reported as orphans."""
+    specs, volumes = _five_running(store, tmp_path, image)
+    store.kv_delete(keys.desired_prefix("n1", store.root), prefix=True)
+    agent = Agent(store, "n1", "test:///default", tmp_path / "agent", heartbeat_ttl=3, resync=1.0,
+                  image_policy=ImagePolicy.for_data_dir(tmp_path / "agent", extra_dirs=(tmp_path / "images",)))
+    agent.start()
+    try:
+        time.sleep(3.5)  # three resync periods and more
+        _still_there(shared_libvirt, agent.hv.pool_name, specs, volumes)
+        hb = json.loads(store.kv_get(keys.heartbeat_key("n1", store.root)).value)  # type: ignore[union-attr]
+        assert {o["uid"] for o in hb["orphans"]} == {s.uid for s in specs}
+        conds = {c["type"]: c["status"] for c in hb["conditions"]}
+        assert conds["DesiredStateEmpty"] == "True" and conds["OrphanDomains"] == "True"
+    finally:
+        agent.stop()
+
+
+def test_another_clusters_agent_never_touches_its_domains(
+        store: Store, tmp_path: Path, image: DomainImage, shared_libvirt: libvirt.virConnect,
+        etcd_session: EtcdServer) -> None:
+    """A second cluster (another key root, its own id) on the same libvirt neither lists nor deletes them."""
+    specs, volumes = _five_running(store, tmp_path, image)
+    first_pool = f"hostplane-{ensure_cluster_id(store)[:12]}"
+    other = etcd_session.store("root", root=store.root.replace("/hostplane/v1", "/other/hostplane/v1"))
+    agent = Agent(other, "n1", "test:///default", tmp_path / "other", heartbeat_ttl=3, resync=1.0)
+    agent.start()
+    try:
+        assert agent.cluster_id != ensure_cluster_id(store)
+        # Even a tombstone in the other cluster naming one of them (the same uid by mistake) deletes nothing.
+        other.kv_put(keys.tombstone_key("n1", specs[0].uid, other.root),
+                     Tombstone(vps=specs[0].vps, uid=specs[0].uid).model_dump_json().encode())
+        time.sleep(3.5)  # three resync periods and more
+        hb = json.loads(other.kv_get(keys.heartbeat_key("n1", other.root)).value)  # type: ignore[union-attr]
+        assert hb["orphans"] == [] and hb["domains"]["foreign"] == 5
+        _still_there(shared_libvirt, first_pool, specs, volumes)
+        assert agent.hv.pool_name != first_pool
+    finally:
+        agent.stop()
+        other.kv_delete(other.root.removesuffix("hostplane/v1"), prefix=True)
+        other.close()
+
+
+def test_a_pool_of_this_name_elsewhere_is_refused_not_reused(tmp_path: Path) -> None:
+    """A second data dir finding the pool name taken at the first one's path is refused, never silently reused."""
+    from nodeagent.errors import PoolUnusable
+    from nodeagent.storage import Storage
+
+    conn = libvirt.open(simulated_node_xml(tmp_path / "n.xml"))
+    try:
+        first = Storage(conn, pool_name="hp-shared", pool_dir=tmp_path / "a" / "pool", work_dir=tmp_path / "a",
+                        simulated=True)
+        assert first.pool.isActive()
+        with pytest.raises(PoolUnusable, match="not at this node's") as info:
+            Storage(conn, pool_name="hp-shared", pool_dir=tmp_path / "b" / "pool", work_dir=tmp_path / "b",
+                    simulated=True)
+        assert str(tmp_path / "a" / "pool") in str(info.value)
+    finally:
+        conn.close()
+
+
+def test_an_unusable_pool_is_a_heartbeat_error_not_an_exit(store: Store, tmp_path: Path) -> None:
+    """With the pool unusable the agent keeps running and beating, and the heartbeat says why."""
+    name = f"hp-x-{uuid.uuid4().hex[:6]}"
+    guard = libvirt.open("test:///default")
+    xml = f"<pool type='dir'><name>{name}</name><target><path>{tmp_path / 'other'}</path></target></pool>"
+    pool = guard.storagePoolDefineXML(xml, 0)
+    pool.create(0)
+    agent = Agent(store, "n1", "test:///default", tmp_path / "agent", heartbeat_ttl=3, resync=1.0, pool_name=name)
+    try:
+        agent.start()
+
+        def reported() -> dict[str, Any] | None:
+            kv = store.kv_get(keys.heartbeat_key("n1", store.root))
+            hb: dict[str, Any] | None = json.loads(kv.value) if kv is not None else None
+            return hb if hb is not None and "not at this node's" in hb.get("error", "") else None
+        hb = wait_for(reported, what="heartbeat naming the pool problem")
+        assert hb["libvirt"] is False
+        assert {c["type"]: c["status"] for c in hb["conditions"]}["LibvirtReachable"] == "False"
+        time.sleep(2)  # several beats and reconnect attempts later: still alive, still beating
+        assert store.kv_get(keys.heartbeat_key("n1", store.root)) is not None
+        assert agent.hv.storage is None
+    finally:
+        agent.stop()
+        pool.destroy()
+        pool.undefine()
+        guard.close()
+
+
+# ------------------------------------------------------------------ a slow libvirt
+
+
+def test_heartbeat_keeps_beating_while_libvirt_is_slow_and_says_so(store: Store, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A first connection that takes long (QEMU probing) shows as warming; a stuck call as LibvirtResponsive=False."""
+    n = Node(store, tmp_path)
+    agent = Agent(store, "n1", n.uri, tmp_path / "agent", heartbeat_ttl=3, resync=1.0)
+    agent.call_limit = 0.5
+    release = threading.Event()
+    real_connect = agent.hv._connect
+
+    def slow_connect() -> libvirt.virConnect:
+        release.wait(20)  # the probe of a fresh libvirtd
+        return real_connect()
+    monkeypatch.setattr(agent.hv, "_connect", slow_connect)
+    starter = threading.Thread(target=agent.start, daemon=True)
+    starter.start()
+    try:
+        def beat() -> dict[str, Any] | None:
+            kv = store.kv_get(keys.heartbeat_key("n1", store.root))
+            return json.loads(kv.value) if kv is not None else None
+        hb = wait_for(lambda: (h := beat()) is not None and h.get("warming") and h, what="a warming heartbeat")
+        conds = {c["type"]: c for c in hb["conditions"]}
+        assert conds["LibvirtWarm"]["status"] == "False"
+        hb = wait_for(lambda: (h := beat()) is not None
+                      and {c["type"]: c["status"] for c in h["conditions"]}.get("LibvirtResponsive") == "False" and h,
+                      what="the stuck call reported")
+        assert "connect" in {c["type"]: c for c in hb["conditions"]}["LibvirtResponsive"]["message"]
+        time.sleep(3.5)  # longer than the lease: the beat goes on while libvirt does not answer
+        assert beat() is not None
+        release.set()
+        starter.join(20)
+        hb = wait_for(lambda: (h := beat()) is not None and not h.get("warming")
+                      and {c["type"]: c["status"] for c in h["conditions"]}["LibvirtResponsive"] == "True" and h,
+                      what="warm and responsive")
+        assert hb["libvirt"] is True
+    finally:
+        release.set()
+        agent.stop()

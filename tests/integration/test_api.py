@@ -237,7 +237,8 @@ def test_watch_delivers_spec_and_status_and_resumes_from_id(api: httpx.Client, s
     api.post("/v1/plans", json=plan())
     store.put_status(Plan, "s1", {"seen": True})
     api.post("/v1/images", json={"kind": "Image", "metadata": {"name": "deb"},
-                                 "spec": {"os": "debian", "version": "12", "source": {"path": "/i/d.qcow2"}}})
+                                 "spec": {"os": "debian", "version": "12",
+                                          "source": {"path": "/i/d.qcow2", "sha256": "0" * 64}}})
     events = read_events(api, {"kinds": "plans", "resourceVersion": start}, 2)
     assert [(e["part"], e["type"], e["kind"], e["name"]) for e in events] == [
         ("spec", "PUT", "Plan", "s1"), ("status", "PUT", "Plan", "s1")]

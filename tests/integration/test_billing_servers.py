@@ -7,6 +7,7 @@ domain, its volumes and its addresses are gone.
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import time
 from collections.abc import Iterator
@@ -82,13 +83,16 @@ class World:
 
 @pytest.fixture
 def world(store: Store, tmp_path: Path) -> Iterator[World]:
-    disk = tmp_path / "base.raw"
+    disk = tmp_path / "n1" / "images" / "base.raw"  # the agent's image directory (data dir tmp/n1)
+    disk.parent.mkdir(parents=True, exist_ok=True)
     disk.write_bytes(b"\0" * 4096)
     make_plan(store, "small", "67.20")  # 10 cents an hour
     store.create(b.customer())
     store.create(b.pool(cidr="10.30.0.0/24", gateway="10.30.0.1"))
     store.create(Image(metadata=ObjectMeta(name="tiny"), spec=ImageSpec(
-        os="busybox", version="1", source=ImageSource(path=str(disk), format="raw"), minDiskGiB=1)))
+        os="busybox", version="1", source=ImageSource(path=str(disk), format="raw",
+                                                   sha256=hashlib.sha256(disk.read_bytes()).hexdigest()),
+        minDiskGiB=1)))
     store.create(b.node("n1", vcpus=8, memory=16384, disk=100))
     w = World(store, tmp_path)
     sub = b.subscription("web", plan_name="small")

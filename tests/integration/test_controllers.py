@@ -21,7 +21,7 @@ from reconcile.errors import Conflict, NotFound
 from reconcile.etcd_server import EtcdServer
 from reconcile.leader import LeaderElector
 from reconcile.store import Store, encode
-from specs.domain import DomainSpec, ObservedDomain
+from specs.domain import DomainSpec, ObservedDomain, Tombstone
 from specs.kinds import VPS, IPPool, Node, NodeStatus, Subscription, SubscriptionStatus
 from tests.helpers import builders as b
 from tests.helpers.wait import wait_for
@@ -39,6 +39,11 @@ def heartbeat(store: Store, node: str, ttl: int = 30) -> int:
 def desired(store: Store, node: str, vps: str) -> DomainSpec | None:
     kv = store.kv_get(keys.desired_key(node, vps, store.root))
     return DomainSpec.model_validate_json(kv.value) if kv else None
+
+
+def tombstone(store: Store, node: str, uid: str) -> Tombstone | None:
+    kv = store.kv_get(keys.tombstone_key(node, uid, store.root))
+    return Tombstone.model_validate_json(kv.value) if kv else None
 
 
 def observe(store: Store, node: str, spec: DomainSpec, power: str | None = None, **kw: object) -> None:
@@ -163,10 +168,14 @@ def test_terminated_past_retention_is_deleted_and_released(store: Store, manager
     store.put_status(Subscription, "sub-1", SubscriptionStatus(
         state="Terminated", terminatedAt=datetime.now(UTC) - timedelta(days=8)))
     wait_for(lambda: desired(store, "n1", "web-1") is None, what="desired removed")
-    wait_for(lambda: phase(store, "web-1") == "Terminating", what="Terminating")
+    assert tombstone(store, "n1", spec.uid) is not None
+    # If the manager had not yet seen the observed entry it releases at once: the VPS may already be
+    # gone when we look. Either way, what must hold is deletion plus the address released.
+    wait_for(lambda: phase(store, "web-1") == "Terminating"
+             or store.kv_get(keys.spec_key(VPS, "web-1", store.root)) is None, what="Terminating or already gone")
     store.kv_delete(keys.observed_key("n1", "web-1", store.root))
     wait_for(lambda: store.kv_get(keys.spec_key(VPS, "web-1", store.root)) is None, what="VPS gone")
-    assert store.kv_range(layout.alloc_prefix(store.root))[0] == []
+    wait_for(lambda: store.kv_range(layout.alloc_prefix(store.root))[0] == [], what="address released")
 
 
 def test_deletion_waits_for_the_node_then_releases(store: Store, manager: Manager) -> None:
@@ -179,6 +188,9 @@ def test_deletion_waits_for_the_node_then_releases(store: Store, manager: Manage
     wait_for(lambda: phase(store, "web-1") == "Running", what="Running")
     store.delete(VPS, "web-1")
     wait_for(lambda: desired(store, "n1", "web-1") is None, what="desired removed")
+    # The agent's only reason to delete a disk: a tombstone bound to the uid, written with the removal.
+    tomb = tombstone(store, "n1", spec.uid)
+    assert tomb is not None and tomb.vps == "web-1" and tomb.reason == "Deleted"
     wait_for(lambda: phase(store, "web-1") == "Terminating", what="Terminating")
     assert store.kv_get(layout.booking_key("web-1", store.root)) is not None
     observe(store, "n1", spec, power="Absent")
@@ -223,6 +235,58 @@ def test_node_lifecycle_notready_unknown_and_back(store: Store, manager: Manager
     heartbeat(store, "n1")
     wait_for(lambda: phase(store, "web-1") == "Running", what="Running again")
     wait_for(lambda: store.get(Node, "n1").status.state == "Ready", what="Ready")  # type: ignore[union-attr]
+
+
+def test_orphans_in_the_heartbeat_become_node_status_condition_and_event(store: Store, manager: Manager) -> None:
+    """An agent's orphan list reaches the Node's status and condition, with one OrphanDomain warning each."""
+    seed(store)
+    manager.start()
+    orphan = {"domain": "hp-0a1b", "vps": "old-1", "uid": "0a1b"}
+    cond = {"type": "OrphanDomains", "status": "True", "reason": "OrphanDomain", "message": "1 domain(s) ... hp-0a1b"}
+    store.kv_put(keys.heartbeat_key("n1", store.root), json.dumps(
+        {"time": datetime.now(UTC).isoformat(), "orphans": [orphan], "conditions": [cond]}).encode(),
+        lease=store.grant_lease(30))
+
+    def status() -> NodeStatus | None:
+        st = store.get(Node, "n1").status
+        return st if st is not None and st.orphans else None
+    st = wait_for(status, what="orphans in the node status")
+    assert [o.model_dump() for o in st.orphans] == [orphan]
+    assert any(c.type == "OrphanDomains" and c.status == "True" for c in st.conditions)
+    wait_for(lambda: [e for e in read_events(store, "Node", "n1") if e["reason"] == "OrphanDomain"],
+             what="OrphanDomain event")
+
+
+def test_purge_writes_tombstones_only_for_listed_orphans_and_only_for_staff(store: Store, manager: Manager) -> None:
+    """A purge request becomes a tombstone per reported orphan; non-staff are refused; a wanted-again uid is skipped."""
+    from api.auth import Principal
+    from api.errors import Forbidden, Invalid
+    from api.orphans import purge
+
+    seed(store)
+    heartbeat(store, "n1")
+    manager.start()
+    spec = wait_for(lambda: desired(store, "n1", "web-1"), what="desired entry")
+    orphans = [{"domain": "hp-0a1b", "vps": "old-1", "uid": "0a1b"},
+               {"domain": f"hp-{spec.uid}", "vps": "web-1", "uid": spec.uid}]  # stale report: wanted again
+    store.kv_put(keys.heartbeat_key("n1", store.root), json.dumps(
+        {"time": datetime.now(UTC).isoformat(), "orphans": orphans}).encode(), lease=store.grant_lease(30))
+    wait_for(lambda: len((store.get(Node, "n1").status or NodeStatus()).orphans) == 2, what="orphans listed")
+    for role in ("customer", "gitops", "billing-webhook"):
+        with pytest.raises(Forbidden):
+            purge(store, Principal("t", role, customer="acme" if role == "customer" else None), "n1", None)
+    assert tombstone(store, "n1", "0a1b") is None
+    admin = Principal("t", "admin")
+    with pytest.raises(Invalid):
+        purge(store, admin, "n1", {"uids": ["not-an-orphan"]})
+    assert purge(store, admin, "n1", None) == {"node": "n1", "requested": ["0a1b", spec.uid]}
+    t = wait_for(lambda: tombstone(store, "n1", "0a1b"), what="tombstone of the purged orphan")
+    assert t.reason == "Purged" and t.vps == "old-1"
+    wait_for(lambda: store.kv_range(keys.purge_prefix("n1", store.root))[0] == [], what="requests carried out")
+    assert tombstone(store, "n1", spec.uid) is None  # desired again: never tombstoned
+    assert desired(store, "n1", "web-1") is not None
+    wait_for(lambda: {"OrphanPurged", "PurgeSkipped"} <= {e["reason"] for e in read_events(store, "Node", "n1")},
+             what="purge events")
 
 
 def test_unschedulable_then_capacity_arrives(store: Store, manager: Manager) -> None:
@@ -390,3 +454,20 @@ def test_two_racing_managers_never_overbook(store: Store) -> None:
     finally:
         one.stop()
         two.stop()
+
+
+def test_a_server_bound_to_a_gone_subscription_is_not_resolved_with_its_namesake(store: Store,
+                                                                                  manager: Manager) -> None:
+    """A VPS bound by uid to a deleted Subscription gets SubscriptionNotFound, not the new one's plan (issue 13)."""
+    seed(store, vps=0)
+    heartbeat(store, "n1")
+    sub = store.get(Subscription, "sub-1")
+    store.create(b.vps("web-1", subscriptionUID=sub.metadata.uid))
+    store.create(b.vps("orphan", subscriptionUID="uid-of-a-deleted-subscription"))
+    manager.start()
+    wait_for(lambda: desired(store, "n1", "web-1"), what="the bound server resolved")
+    wait_for(lambda: "SubscriptionNotFound" in reasons(store, "orphan"), what="SubscriptionNotFound")
+    assert desired(store, "n1", "orphan") is None
+    message = next(c.message for c in store.get(VPS, "orphan").status.conditions  # type: ignore[union-attr]
+                   if c.reason == "SubscriptionNotFound")
+    assert "created anew" in message

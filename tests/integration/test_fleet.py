@@ -8,6 +8,7 @@ DESIGN.md invariants 1 and 2 (`assert_converged`).
 
 from __future__ import annotations
 
+import hashlib
 import os
 import signal
 import subprocess
@@ -22,6 +23,7 @@ import pytest
 import nodeagent.agent as agent_mod
 from controllers import layout
 from controllers.main import ControllerProcess
+from nodeagent.images import ImagePolicy
 from reconcile.etcd_server import EtcdServer
 from reconcile.store import Store
 from specs.kinds import VPS, Image, ImageSource, ImageSpec, Node, Subscription, SubscriptionStatus
@@ -45,7 +47,9 @@ class Fleet:
         xml = self.tmp / f"{node}.xml"
         xml.write_text(NODE_XML)
         agent = agent_mod.Agent(self.store, node, f"test://{xml}", self.tmp / node, resync=5.0,
-                                heartbeat_ttl=3, debounce_seconds=0.2)
+                                heartbeat_ttl=3, debounce_seconds=0.2,
+                                image_policy=ImagePolicy.for_data_dir(self.tmp / node,
+                                                                      extra_dirs=(self.tmp / "images",)))
         agent.start()
         self.agents[node] = agent
 
@@ -97,13 +101,16 @@ def test_fleet_converges_through_changes_leader_kill_and_agent_restart(
         etcd: EtcdServer, fleet: Fleet, tmp_path: Path) -> None:
     """30 VPS on 3 agent-run nodes converge through resize, suspension, deletion, a leader kill and an agent restart."""
     store = fleet.store
-    disk = tmp_path / "base.qcow2"
+    disk = tmp_path / "images" / "base.qcow2"  # the agents' image directory
+    disk.parent.mkdir(exist_ok=True)
     disk.write_bytes(b"\0" * 4096)
     for obj in (b.plan("s1", vcpus=1, memory=128, disk=1), b.plan("s2", vcpus=2, memory=256, disk=2), b.customer(),
                 b.pool(cidr="10.20.0.0/24", gateway="10.20.0.1", ipv6="2001:db8:20::/64")):
         store.create(obj)
     store.create(Image(metadata=ObjectMeta(name="tiny"), spec=ImageSpec(
-        os="busybox", version="1", source=ImageSource(path=str(disk), format="raw"), minDiskGiB=1)))
+        os="busybox", version="1", source=ImageSource(path=str(disk), format="raw",
+                                                   sha256=hashlib.sha256(disk.read_bytes()).hexdigest()),
+        minDiskGiB=1)))
     for n in NODES:
         store.create(b.node(n, vcpus=16, memory=32768, disk=500))
         fleet.start_agent(n)

@@ -57,7 +57,8 @@ def _object(kind: str, name: str, public: bool) -> Plan | Image:
         spec = {"vcpus": 1, "memoryMiB": 512, "diskGiB": 10, "price": {"amount": "4.99", "currency": "EUR"},
                 "public": public}
     else:
-        spec = {"os": "debian", "version": "12", "source": {"path": f"/var/lib/images/{name}.qcow2"}}
+        spec = {"os": "debian", "version": "12",
+                "source": {"path": f"/var/lib/images/{name}.qcow2", "sha256": "0" * 64}}
     obj = validate_object({"kind": kind, "metadata": {"name": name}, "spec": spec}, "test")
     assert isinstance(obj, Plan | Image)
     return obj

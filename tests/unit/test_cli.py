@@ -21,6 +21,7 @@ from api.watch import render_events
 from reconcile import errors as store_errors
 from reconcile.store import WatchEvent
 from specs import Plan, SpecError, load_documents
+from tests.helpers import builders
 
 PLAN_YAML = """\
 kind: Plan
@@ -229,3 +230,12 @@ def test_parse_body_content_types() -> None:
                        (b"a: 1\n---\nb: 2\n", "application/yaml"), (b"  ", "application/json")):
         with pytest.raises(BadRequest):
             parse_body(raw, ctype)
+
+
+def test_a_vps_bound_by_the_server_is_not_drift() -> None:
+    """The API's spec.subscriptionUID on the live VPS is neither drift nor in a diff against a file without it."""
+    desired = ap.with_source(builders.vps("web", "sub"), "g")
+    live = desired.model_copy(update={"spec": desired.spec.model_copy(update={"subscriptionUID": "u-1"})})
+    assert ap.is_unchanged(live, desired) and ap.diff_text(live, desired) == ""
+    moved = desired.model_copy(update={"spec": desired.spec.model_copy(update={"subscription": "other"})})
+    assert "subscription: other" in ap.diff_text(live, moved) and "subscriptionUID" not in ap.diff_text(live, moved)

@@ -108,14 +108,14 @@ def apply(a: Actual, action: P.Action, d: DomainSpec | None, *, guest_acpi: bool
 NOW_CELL = [NOW]
 
 
-def run_to_convergence(d: DomainSpec | None, a: Actual, *, guest_acpi: bool = True,
+def run_to_convergence(d: DomainSpec | None, a: Actual, *, guest_acpi: bool = True, tombstoned: bool = False,
                        rounds: int = 300) -> tuple[Actual, float]:
     now = NOW
     for _ in range(rounds):
         NOW_CELL[0] = now
-        actions = plan(d, a, now=now)
+        actions = plan(d, a, now=now, tombstoned=tombstoned)
         if not actions:
-            wait = wake_after(d, a, now=now)
+            wait = wake_after(d, a, now=now, tombstoned=tombstoned)
             if wait is None:
                 return a, now
             now += wait
@@ -231,13 +231,26 @@ def test_rebuild_stops_then_recreates_disk_and_boots() -> None:
 
 
 def test_delete_stops_then_removes_volumes_then_domain() -> None:
-    """With the desired entry gone, the domain is shut down, its volumes deleted, then undefined."""
+    """With a tombstone for its uid, the domain is shut down, its volumes deleted, then undefined."""
     a = converged_actual(spec())
-    assert plan(None, a, now=NOW) == [P.RequestShutdown("delete", first=True, grace_seconds=60.0)]
+    assert plan(None, a, now=NOW, tombstoned=True) == [P.RequestShutdown("delete", first=True, grace_seconds=60.0)]
     off = replace(a, power="shutoff")
-    assert plan(None, off, now=NOW) == [P.DeleteVolumes(), P.Undefine()]
-    assert plan(None, Actual(disk_gib=3), now=NOW) == [P.DeleteVolumes()]
-    assert plan(None, None, now=NOW) == []
+    assert plan(None, off, now=NOW, tombstoned=True) == [P.DeleteVolumes(), P.Undefine()]
+    assert plan(None, Actual(disk_gib=3), now=NOW, tombstoned=True) == [P.DeleteVolumes()]
+    assert plan(None, None, now=NOW, tombstoned=True) == []
+
+
+def test_missing_desired_entry_without_tombstone_is_an_orphan_left_alone() -> None:
+    """No desired entry and no tombstone (an empty or wrong etcd): nothing is stopped or deleted."""
+    a = converged_actual(spec())
+    assert plan(None, a, now=NOW) == []
+    assert plan(None, replace(a, power="shutoff"), now=NOW) == []
+    assert plan(None, Actual(disk_gib=3, seed_present=True), now=NOW) == []
+    # Even a delete already under way (its tombstone since withdrawn) goes no further.
+    stopping = replace(a, stop_intent="delete", stop_requested_at=NOW - 600, last_acpi_at=NOW - 600)
+    assert plan(None, stopping, now=NOW) == []
+    assert wake_after(None, stopping, now=NOW) is None
+    assert P.settled(None, a)
 
 
 def test_unmanaged_domain_is_never_touched() -> None:
@@ -328,9 +341,17 @@ def test_property_safety(d: DomainSpec, a: Actual) -> None:
 @settings(max_examples=200, deadline=None)
 @given(actuals(), st.booleans())
 def test_property_delete_leaves_nothing(a: Actual, acpi: bool) -> None:
-    """With the desired entry gone, a managed domain and its volumes are removed entirely."""
-    final, _ = run_to_convergence(None, a, guest_acpi=acpi)
+    """With a tombstone for its uid, a managed domain and its volumes are removed entirely."""
+    final, _ = run_to_convergence(None, a, guest_acpi=acpi, tombstoned=True)
     assert not final.defined and final.disk_gib is None and not final.seed_present
+
+
+@settings(max_examples=200, deadline=None)
+@given(actuals(), st.floats(0, 10_000, allow_nan=False))
+def test_property_never_delete_without_tombstone(a: Actual, later: float) -> None:
+    """Without a desired entry and without a tombstone, no state at any time gets a single action."""
+    assert plan(None, a, now=NOW + later) == []
+    assert wake_after(None, a, now=NOW + later) is None
 
 
 @settings(max_examples=100, deadline=None)

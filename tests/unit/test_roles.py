@@ -26,15 +26,16 @@ names = st.from_regex(r"\A[a-z0-9]([a-z0-9-]{0,20}[a-z0-9])?\Z")
 
 @given(names, names)
 def test_node_role_reaches_only_its_own_node(a: str, b: str) -> None:
-    """For any two node names, node-a's permissions cover no key of node b (unless a == b)."""
+    """For any two node names, node-a's permissions cover no key of node b (a != b); the cluster id is read-only."""
     root = "/hostplane/v1"
     for p in roles.permissions(f"node-{a}", root):
-        if p.key == root + "/":
+        if p.key in (root + "/", root + "/meta/cluster-id"):
+            # The revision probe and the cluster id: single keys, read only, no node's data.
             assert not p.prefix and p.access == "read"
             continue
         assert p.key.startswith(f"{root}/nodes/{a}/")
         if a != b:
-            for rel in ("desired/x", "observed/x", "heartbeat"):
+            for rel in ("desired/x", "observed/x", "heartbeat", "tombstones/x"):
                 assert not f"{root}/nodes/{b}/{rel}".startswith(p.key), (p, b)
 
 

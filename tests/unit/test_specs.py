@@ -96,7 +96,7 @@ abs_paths = st.lists(dns_labels, min_size=1, max_size=4).map(lambda p: "/" + "/"
 @st.composite
 def images(draw: st.DrawFn) -> dict[str, Any]:
     if draw(st.booleans()):
-        source = drop_none({"path": draw(abs_paths), "sha256": draw(optional(hex64))})
+        source = {"path": draw(abs_paths), "sha256": draw(hex64)}
     else:
         source = {"url": "https://images.example.com" + draw(abs_paths), "sha256": draw(hex64)}
     source["format"] = draw(st.sampled_from(["qcow2", "raw"]))

@@ -145,3 +145,11 @@ def test_error_in_a_json_array_names_the_elements_line() -> None:
     text = "[\n  " + ok + ",\n  " + ok.replace('"a"', '"b"').replace('"spec"', '\n   "spec"').replace(
         '"vcpus": 1', '"vcpus": 0') + "\n]"
     assert errors(text, "plans.json") == ["plans.json:4: spec.vcpus: must be > 0"]
+
+
+def test_an_integer_past_python_s_conversion_limit_is_a_spec_error_with_line_and_path() -> None:
+    """A 5,000-digit integer in a file is reported with file, line and field (it was a bare ValueError)."""
+    text = "apiVersion: hostplane.io/v1\nkind: Plan\nmetadata: {name: p}\nspec:\n  vcpus: " + "9" * 5000 + "\n"
+    with pytest.raises(SpecError) as info:
+        load_documents(text, "plans.yaml")
+    assert str(info.value).startswith("plans.yaml:5: spec.vcpus: an integer of 5000 digits is too long")

@@ -111,15 +111,32 @@ def image(**source: Any) -> dict[str, Any]:
     {"url": "https://x/a b", "sha256": "0" * 64}, {"url": "https://x/y", "sha256": "0" * 64 + "\n"},
     {"url": "https://x/y", "sha256": "A" * 64}, {}, {"path": "/a", "url": "https://x/y", "sha256": "0" * 64},
     {"path": "/" + "a" * 5000},
+    # Every source needs its sha256; only http(s); never credentials (customers read Images).
+    {"path": "/var/lib/hostplane/images/d.qcow2"},
+    {"url": "file:///etc/shadow", "sha256": "0" * 64},
+    {"url": "https://user:secret@mirror.example/d.qcow2", "sha256": "0" * 64},
+    {"url": "https://token@mirror.example/d.qcow2", "sha256": "0" * 64},
+    {"url": "https:///no-host", "sha256": "0" * 64},
+    {"url": "http://mirror.example:99999/d", "sha256": "0" * 64},
 ])
 def test_bad_image_sources_are_refused(source: dict[str, Any]) -> None:
-    """Image sources: exactly one of an absolute path without '..' or an http(s)/file URL with a sha256."""
+    """Image sources: exactly one of an absolute path without '..' or an http(s) URL, always with a sha256."""
     refused(Image, image(**source))
+
+
+@pytest.mark.parametrize(("source", "field"), [
+    ({"path": "/var/lib/hostplane/images/d.qcow2"}, "spec.source.sha256"),
+    ({"url": "file:///etc/shadow", "sha256": "0" * 64}, "spec.source.url"),
+    ({"url": "https://u:p@mirror.example/d", "sha256": "0" * 64}, "spec.source.url"),
+])
+def test_image_source_errors_name_the_field(source: dict[str, Any], field: str) -> None:
+    """A missing sha256 or a refused URL is reported at its own field."""
+    assert field in refused(Image, image(**source))
 
 
 def test_image_error_names_the_source_field() -> None:
     """A bad image path is reported at spec.source.path, not at the whole source."""
-    assert "spec.source.path" in refused(Image, image(path="rel"))
+    assert "spec.source.path" in refused(Image, image(path="rel", sha256="0" * 64))
 
 
 def pool(**spec: Any) -> dict[str, Any]:

@@ -151,6 +151,22 @@ def test_node_ready_notready_unknown() -> None:
     assert next(c for c in lost.conditions if c.type == "Ready").reason == "HeartbeatExpired"
 
 
+def test_a_warming_node_is_not_ready_until_libvirt_is_warm() -> None:
+    """While the agent probes QEMU its node is NotReady (LibvirtWarming), then Ready; agent conditions are folded in."""
+    n = b.node()
+    warm_cond = {"type": "LibvirtWarm", "status": "False", "reason": "Warming", "message": "probing"}
+    warming = node_status(n, previous=None, heartbeat={"time": NOW.isoformat(), "warming": True,
+                                                       "conditions": [warm_cond]},
+                          allocation=NodeAllocation(), now=NOW)
+    assert warming.state == "NotReady"
+    assert next(c for c in warming.conditions if c.type == "Ready").reason == "LibvirtWarming"
+    assert next(c for c in warming.conditions if c.type == "LibvirtWarm").status == "False"
+    warm = node_status(n, previous=warming, heartbeat={"time": NOW.isoformat(),
+                                                       "conditions": [warm_cond | {"status": "True"}]},
+                       allocation=NodeAllocation(), now=NOW)
+    assert warm.state == "Ready" and next(c for c in warm.conditions if c.type == "LibvirtWarm").status == "True"
+
+
 def test_cordon_and_drain_conditions() -> None:
     """schedulable: false reads Cordoned; the drain annotation reads Drained."""
     cordoned = node_status(b.node(schedulable=False), previous=None, heartbeat={}, allocation=NodeAllocation(),
