@@ -17,6 +17,7 @@ Everything runs in temp dirs and namespaces the benchmark creates; everything st
 
 from __future__ import annotations
 
+import hashlib
 import statistics
 import subprocess
 import sys
@@ -31,6 +32,7 @@ import libvirt
 from nodeagent import domain_xml, netfilter
 from nodeagent.domain_xml import domain_name
 from nodeagent.hypervisor import Hypervisor
+from nodeagent.images import ImagePolicy
 from nodeagent.main import simulated_node_xml
 from specs.domain import DomainNetwork, DomainSpec, IPAssignment
 from tests.e2e.guest.build import build
@@ -65,7 +67,8 @@ def _specs(image_path: Path, mode: str | None) -> list[DomainSpec]:
         out.append(DomainSpec.model_validate({
             "vps": f"bench-{i}", "uid": f"b{uuid.uuid4().hex[:10]}", "vcpus": 1, "memoryMiB": 128, "diskGiB": 1,
             "maxVcpus": 1, "maxMemoryMiB": 128, "hostname": f"bench-{i}",
-            "image": {"name": "tiny", "path": str(image_path), "format": "raw"},
+            "image": {"name": "tiny", "path": str(image_path), "format": "raw",
+                      "sha256": hashlib.sha256(image_path.read_bytes()).hexdigest()},
             "network": DomainNetwork.model_validate(net),
         }))
     return out
@@ -76,7 +79,8 @@ def _creation_round(tmp: Path, mode: str | None) -> float:
     if not image.exists():
         image.write_bytes(b"\0" * 4096)
     work = Path(tempfile.mkdtemp(dir=tmp))
-    hv = Hypervisor(simulated_node_xml(work / "node.xml"), work)
+    hv = Hypervisor(simulated_node_xml(work / "node.xml"), work,
+                    image_policy=ImagePolicy.for_data_dir(work, extra_dirs=[tmp]))
     hv.connect()
     specs = _specs(image, mode)
     t0 = time.perf_counter()
