@@ -137,6 +137,15 @@ def vlan_commands(tap: str, current: list[tuple[int, frozenset[str]]], vid: int)
     return cmds
 
 
+def _active(conn: libvirt.virConnect, name: str) -> bool:
+    try:
+        return bool(conn.lookupByName(name).isActive())
+    except libvirt.libvirtError as exc:
+        if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+            return False
+        raise
+
+
 def port_vlan(spec: DomainSpec) -> tuple[str, str, int] | None:
     """(bridge, tap, VLAN) when this entry's tap must be put on a VLAN."""
     net = spec.network
@@ -219,10 +228,15 @@ class HostNetwork:
             owner = ET.fromstring(b.XMLDesc(0)).findtext("owner/name") or ""
             bindings[b.portDev()] = owner
             handles[b.portDev()] = b
-        gone = netfilter.orphan_bindings(bindings, running)
-        for dev in gone:
+        removed = []
+        for dev in netfilter.orphan_bindings(bindings, running):
+            # `running` may be older than a domain that started since: ask again right before deleting,
+            # so a guest that just came up never loses its filter.
+            if _active(conn, bindings[dev]):
+                continue
             handles[dev].delete()
-        return gone
+            removed.append(dev)
+        return removed
 
     # ------------------------------------------------------------- NAT network
 
