@@ -8,6 +8,8 @@ layer and planner drive libvirt exactly as the node agent does (no etcd needed h
 
 from __future__ import annotations
 
+import stat
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -133,6 +135,18 @@ def test_own_address_works(guests: Guests) -> None:
     xml = guests.lab.open().lookupByName(domain_name(guests.a.uid)).XMLDesc(0)
     assert f"<target dev='{netfilter.tap_name(guests.a.uid, 'bridge')}'/>" in xml
     assert f"filterref filter='{netfilter.FILTER_NAME}'" in xml
+
+
+def test_no_console_listens_on_tcp(guests: Guests) -> None:
+    """No QEMU of the node listens on TCP (VNC 5900+ was open on 127.0.0.1); VNC is a socket in a 0700 directory."""
+    listening = sh("ss", "-ltnpH", netns=guests.lab.host).stdout
+    assert "qemu" not in listening, listening
+    code = "import socket; socket.create_connection(('127.0.0.1', 5900), timeout=2)"
+    assert sh(sys.executable, "-c", code, netns=guests.lab.host, check=False).returncode != 0
+    for spec in (guests.a, guests.b):
+        sock = guests.hv.consoles_dir / f"{domain_name(spec.uid)}.vnc"
+        assert stat.S_ISSOCK(sock.stat().st_mode)
+    assert stat.S_IMODE(guests.hv.consoles_dir.stat().st_mode) == 0o700
 
 
 def test_spoofed_addresses_and_gratuitous_arp_never_reach_the_router(guests: Guests) -> None:
