@@ -26,10 +26,12 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import subprocess
 import xml.etree.ElementTree as ET
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 import libvirt
 
@@ -40,6 +42,7 @@ from specs.domain import DomainSpec
 log = logging.getLogger(__name__)
 
 GUARD_CHAIN = "HOSTPLANE-GUARD"
+LIBVIRT_STATE_DIR = "/var/lib/libvirt"
 NAT_BRIDGE_MATCH = "hpnat+"
 BRIDGE_TAP_MATCH = netfilter.TAP_PREFIX["bridge"] + "+"
 
@@ -176,6 +179,8 @@ class HostNetwork:
             if defined or repaired:
                 log.info("node network: filters defined %s, guard repaired %s", defined, repaired)
             self.ready = True
+        if not simulated and any(domain_xml.nat_network_of(s) is not None for s in filtered):
+            self._libvirt_network_dirs()
         for spec in filtered:
             v4 = spec.network.ipv4
             if domain_xml.nat_network_of(spec) is not None:
@@ -194,6 +199,15 @@ class HostNetwork:
             if vlan is not None and domain_xml.domain_name(spec.uid) in running:
                 self.ensure_port_vlan(*vlan)
         return self.remove_orphan_bindings(conn, running)
+
+    def _libvirt_network_dirs(self) -> None:
+        """libvirt's network driver writes per-network files under /var/lib/libvirt/dnsmasq/ even with no
+        dnsmasq running; without Debian's dnsmasq-base nothing creates it and every start on a network fails.
+        Only for the local daemon as root (a daemon in another namespace has its own view of the files)."""
+        base = Path(LIBVIRT_STATE_DIR)
+        if self.netns is None and os.geteuid() == 0 and base.is_dir() and not (base / "dnsmasq").exists():
+            (base / "dnsmasq").mkdir(mode=0o755)
+            log.info("node network: created %s/dnsmasq for libvirt's network driver", base)
 
     def _run(self, *cmd: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         prefix = ["ip", "netns", "exec", self.netns] if self.netns else []

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import xml.etree.ElementTree as ET
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -314,3 +315,17 @@ UNTAGGED = hostnet.UNTAGGED_PVID
 def test_tap_ends_in_exactly_its_vlan(current: list[tuple[int, frozenset[str]]], expected: list[list[str]]) -> None:
     """A tap leaves every other VLAN and is an untagged member of its own; nothing is done when it already is."""
     assert hostnet.vlan_commands("hpbx", current, 120) == expected
+
+
+def test_libvirt_network_dir_created_for_the_local_daemon_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """As root next to its libvirtd the agent creates libvirt's dnsmasq directory; for a namespaced daemon never."""
+    monkeypatch.setattr(hostnet, "LIBVIRT_STATE_DIR", str(tmp_path))
+    monkeypatch.setattr(hostnet.os, "geteuid", lambda: 0)
+    hostnet.HostNetwork(netns="elsewhere")._libvirt_network_dirs()
+    assert not (tmp_path / "dnsmasq").exists()
+    hostnet.HostNetwork()._libvirt_network_dirs()
+    assert (tmp_path / "dnsmasq").is_dir()
+    monkeypatch.setattr(hostnet.os, "geteuid", lambda: 1000)
+    (tmp_path / "dnsmasq").rmdir()
+    hostnet.HostNetwork()._libvirt_network_dirs()
+    assert not (tmp_path / "dnsmasq").exists()
