@@ -24,7 +24,8 @@ from api.auth import Principal
 from api.deps import Caller, State, parse_body, read_limited
 from api.errors import Forbidden, Invalid, refuse_unknown_fields
 from reconcile.errors import Conflict, NotFound
-from reconcile.store import Rider, Store
+from reconcile.etcd import Rider
+from reconcile.objects import Store
 from specs.kinds import VPS, Image, Plan, Subscription
 
 router = APIRouter(prefix="/v1", tags=["actions"])

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from api.errors import Invalid
 from reconcile.errors import NotFound
-from reconcile.store import Store
+from reconcile.objects import Store
 from specs.kinds import Plan, Resource, Subscription
 
 

@@ -33,7 +33,8 @@ from api.deps import PRINCIPAL_SCOPE_KEY, Caller, State
 from api.errors import BadRequest
 from reconcile.aio import AsyncStore
 from reconcile.errors import StoreError
-from reconcile.store import ModIs, Put, Rider, Store
+from reconcile.etcd import ModIs, Put, Rider
+from reconcile.objects import Store
 
 log = logging.getLogger(__name__)
 

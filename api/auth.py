@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from reconcile.errors import AlreadyExists
-from reconcile.store import Store
+from reconcile.objects import Store
 
 ADMIN_TOKEN_FILE = "admin-token"
 _PREFIX = "hpt"

@@ -35,7 +35,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from reconcile.store import Store, Watch, WatchEvent, decode
+from reconcile.etcd import Watch, WatchEvent, decode
+from reconcile.objects import Store
 from specs import KINDS, Resource
 
 # Socket writes per second the fan-out may cause under sustained change (each costs tens of

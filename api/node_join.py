@@ -37,8 +37,9 @@ from starlette.concurrency import run_in_threadpool
 from api.deps import Body, State
 from api.errors import ApiError, BadRequest, Invalid, Unauthorized
 from reconcile.errors import AlreadyExists
+from reconcile.etcd import Delete, ModIs
+from reconcile.objects import Store
 from reconcile.pki import PKIError, identity_for
-from reconcile.store import Delete, ModIs, Store
 from specs.kinds import Node
 
 router = APIRouter(prefix="/v1", tags=["nodes"])

@@ -30,7 +30,8 @@ from api.objects import render
 from controllers import ledger
 from reconcile import keys
 from reconcile.errors import AlreadyExists, Conflict, NotFound
-from reconcile.store import Get, ModIs, Put, Store, UnchangedSince, decode, encode
+from reconcile.etcd import Get, ModIs, Put, UnchangedSince, decode, encode
+from reconcile.objects import Store
 from specs.io import validate_object
 from specs.kinds import VPS, Customer, Image, Plan, Resource, Subscription, SubscriptionStatus
 from specs.meta import API_VERSION

@@ -24,7 +24,8 @@ from api.auth import Principal
 from api.deps import Caller, State, parse_body, read_limited
 from api.errors import Forbidden, Invalid, refuse_unknown_fields
 from reconcile import keys
-from reconcile.store import Put, Store, encode
+from reconcile.etcd import Put, encode
+from reconcile.objects import Store
 from specs.domain import Tombstone
 from specs.kinds import Node
 

@@ -20,7 +20,7 @@ from api.deps import AppState
 from controllers import ledger
 from reconcile import keys
 from reconcile.errors import AlreadyExists, Conflict, NotFound
-from reconcile.store import KV, Get, Put, decode
+from reconcile.etcd import KV, Get, Put, decode
 from specs import VPS, Customer, Resource, Subscription
 from specs.meta import API_VERSION
 

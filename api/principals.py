@@ -33,7 +33,8 @@ from api.deps import CSRF_HEADER, AppState, Body, Caller, State
 from api.errors import BadRequest, Invalid, TooManyRequests, Unauthorized
 from api.sessions import SESSION_COOKIE, PasswordError, Sessions, TooManySessions, check_login, set_password
 from reconcile.errors import NotFound
-from reconcile.store import Store, Watch, WatchEvent
+from reconcile.etcd import Watch, WatchEvent
+from reconcile.objects import Store
 from specs.kinds import Customer
 
 router = APIRouter(prefix="/v1", tags=["principals"])

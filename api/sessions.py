@@ -26,7 +26,8 @@ from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatc
 
 from api.auth import Principal
 from reconcile.errors import NotFound
-from reconcile.store import Delete, Put, Store, UnchangedSince
+from reconcile.etcd import Delete, Put, UnchangedSince
+from reconcile.objects import Store
 from specs.kinds import Customer
 
 SESSION_COOKIE = "hostplane_session"

@@ -36,7 +36,7 @@ from api.deps import AppState, Caller, State, authenticate_async, limit_key
 from api.errors import ApiError, BadRequest, Forbidden, TooManyRequests, UnknownKind
 from api.hub import Audience, Feed, Owners, frames, translate
 from api.ratelimit import Slot
-from reconcile.store import WatchEvent
+from reconcile.etcd import WatchEvent
 from specs import KINDS, Resource, kind_for
 
 router = APIRouter(prefix="/v1", tags=["watch"])

@@ -34,8 +34,9 @@ from controllers.events import EventRecorder
 from reconcile import keys
 from reconcile.controller import Controller, Result
 from reconcile.errors import Conflict, NotFound
+from reconcile.etcd import Compare, CreatedAt, Exists, Get, ModIs, Put
 from reconcile.informer import Informer
-from reconcile.store import Compare, CreatedAt, Exists, Get, ModIs, Put, Store
+from reconcile.objects import Store
 from specs.kinds import VPS, Customer, Plan, Subscription, SubscriptionStatus
 from specs.money import format_minor, to_minor
 

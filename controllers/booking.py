@@ -22,7 +22,8 @@ from controllers import layout
 from controllers.ipam import IPAllocation
 from controllers.schedule import Resources
 from reconcile.errors import Conflict
-from reconcile.store import Compare, Delete, ModIs, Op, Put, Store, TxnResult
+from reconcile.etcd import Compare, Delete, ModIs, Op, Put, TxnResult
+from reconcile.objects import Store
 
 Fence = Callable[[], Sequence[Compare]]
 

@@ -31,7 +31,8 @@ from typing import Any
 
 from controllers import ledger
 from reconcile import keys
-from reconcile.store import Compare, ModIs, Op, Put, Store
+from reconcile.etcd import Compare, ModIs, Op, Put
+from reconcile.objects import Store
 from specs.kinds import Plan, Subscription
 from specs.money import format_minor
 

@@ -36,7 +36,8 @@ from typing import Any, Literal
 
 from reconcile import keys
 from reconcile.errors import NotFound
-from reconcile.store import Compare, CreatedAt, Delete, Get, ModIs, Op, Put, Store
+from reconcile.etcd import Compare, CreatedAt, Delete, Get, ModIs, Op, Put
+from reconcile.objects import Store
 from specs.kinds import Customer
 from specs.money import CURRENCY_EXPONENT, format_minor, to_minor
 

@@ -19,8 +19,9 @@ from controllers import layout
 from controllers.manager import Manager, Settings, utcnow
 from reconcile.cluster import ensure_cluster_id
 from reconcile.connection import EtcdConnection
+from reconcile.etcd import Compare
 from reconcile.leader import LeaderElector
-from reconcile.store import Compare, Store
+from reconcile.objects import Store
 
 log = logging.getLogger(__name__)
 

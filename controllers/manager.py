@@ -39,8 +39,9 @@ from controllers.status import NodeState, Problem, events_for, vps_status
 from reconcile import keys
 from reconcile.controller import Controller, Result
 from reconcile.errors import Conflict
+from reconcile.etcd import Compare, Delete, ModIs, Op, Put, encode
 from reconcile.informer import Informer
-from reconcile.store import Compare, Delete, ModIs, Op, Put, Store, encode
+from reconcile.objects import Store
 from specs.domain import DomainSpec, ObservedDomain, Tombstone
 from specs.kinds import (
     VPS,

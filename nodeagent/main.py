@@ -18,7 +18,7 @@ from nodeagent.agent import Agent
 from nodeagent.images import ImagePolicy
 from reconcile.connection import EtcdConnection
 from reconcile.controller import Controller, Result
-from reconcile.store import Store
+from reconcile.objects import Store
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,8 @@ from collections.abc import Callable
 
 from reconcile import keys
 from reconcile.errors import StoreError
-from reconcile.store import Delete, Get, ModIs, Put, Store, Watch, WatchEvent
+from reconcile.etcd import Delete, Get, ModIs, Put, Watch, WatchEvent
+from reconcile.objects import Store
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ Paths are relative to the key root (`/hostplane/v1`); one ending in "/" is a pre
 else one key. `{node}` is the node's name for a `node-<name>` identity. etcd compares ranges,
 not patterns: "every node's desired/" cannot be expressed, so the controllers get `nodes/`.
 
-Pure: no etcd here. `reconcile.store.Store.apply_role` writes a role into etcd.
+Pure: no etcd here. `reconcile.etcd.Etcd.apply_role` writes a role into etcd.
 """
 
 from __future__ import annotations

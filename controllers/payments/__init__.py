@@ -27,7 +27,7 @@ from importlib.metadata import entry_points
 from typing import Any, Literal, Protocol
 
 from controllers import ledger
-from reconcile.store import Store
+from reconcile.objects import Store
 from specs.money import CURRENCY_EXPONENT
 
 GROUP = "hostplane.payments"

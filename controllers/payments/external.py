@@ -21,7 +21,8 @@ from controllers.payments import InvalidPayment, WebhookRequest, parse_json
 from controllers.payments.webhook import verify
 from reconcile import keys
 from reconcile.errors import Conflict, NotFound
-from reconcile.store import CreatedAt, Get, ModIs, Put, Store
+from reconcile.etcd import CreatedAt, Get, ModIs, Put
+from reconcile.objects import Store
 from specs.kinds import Subscription, SubscriptionStatus, SuspendReason
 
 STATES = {"active": "Active", "suspended": "Suspended", "terminated": "Terminated"}

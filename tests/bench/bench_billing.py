@@ -37,8 +37,9 @@ from controllers.billing_controller import BillingController
 from controllers.charging import Charger
 from controllers.payments.webhook import sign
 from reconcile import keys
+from reconcile.etcd import ModIs, Put
 from reconcile.etcd_server import EtcdServer
-from reconcile.store import ModIs, Put, Store
+from reconcile.objects import Store
 from specs.kinds import VPS, Customer, Image, IPPool, Node, Plan, Subscription
 
 CUSTOMERS = 2000

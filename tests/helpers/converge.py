@@ -22,7 +22,7 @@ from controllers.resolve import resolve
 from nodeagent.domain_xml import domain_name, read_sizes, root_volume_name, seed_volume_name
 from nodeagent.metadata import from_domain_xml
 from reconcile.cluster import ensure_cluster_id
-from reconcile.store import Store
+from reconcile.objects import Store
 from specs.kinds import VPS, Customer, Image, Node, Plan, Subscription
 
 _POWER = {libvirt.VIR_DOMAIN_RUNNING: "Running", libvirt.VIR_DOMAIN_PAUSED: "Paused",

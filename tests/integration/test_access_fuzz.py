@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from reconcile.store import Store
+from reconcile.objects import Store
 from specs.kinds import VPS
 from tests.helpers.access_env import Env, served
 

@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from api.audit import audit_prefix
-from reconcile.store import Store
+from reconcile.objects import Store
 from tests.helpers.access_env import ED25519, Env, served
 
 PAYLOADS = [

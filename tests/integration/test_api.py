@@ -15,7 +15,7 @@ import pytest
 
 from api.auth import ADMIN_TOKEN_FILE, create_token, ensure_admin_token, token_key
 from api.server import create_app, serving
-from reconcile.store import Store
+from reconcile.objects import Store
 from specs import Plan
 
 PLAN: dict[str, Any] = {

@@ -13,7 +13,7 @@ from click.testing import CliRunner, Result
 
 from api.audit import audit_prefix
 from api.cli import main
-from reconcile.store import Store
+from reconcile.objects import Store
 from specs.kinds import VPS, Subscription
 from tests.helpers.access_env import Env, served
 

@@ -11,7 +11,8 @@ from controllers import ledger
 from controllers.billing_controller import BillingController, outbox_prefix
 from controllers.events import read_events
 from reconcile.errors import NotFound
-from reconcile.store import ModIs, Store
+from reconcile.etcd import ModIs
+from reconcile.objects import Store
 from specs.kinds import VPS, Subscription
 from tests.integration.test_billing_ledger import assert_adds_up, make_customer, make_plan, make_sub, pay
 

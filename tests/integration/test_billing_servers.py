@@ -24,7 +24,7 @@ from controllers.main import ControllerProcess
 from controllers.manager import Settings
 from nodeagent import domain_xml
 from reconcile.errors import NotFound
-from reconcile.store import Store
+from reconcile.objects import Store
 from specs.kinds import VPS, Image, ImageSource, ImageSpec, Subscription
 from specs.meta import ObjectMeta
 from tests.helpers import builders as b

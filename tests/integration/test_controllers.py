@@ -18,9 +18,10 @@ from controllers.events import read_events
 from controllers.manager import Manager, Settings
 from reconcile import keys
 from reconcile.errors import Conflict, NotFound
+from reconcile.etcd import encode
 from reconcile.etcd_server import EtcdServer
 from reconcile.leader import LeaderElector
-from reconcile.store import Store, encode
+from reconcile.objects import Store
 from specs.domain import DomainSpec, ObservedDomain, Tombstone
 from specs.kinds import VPS, IPPool, Node, NodeStatus, Subscription, SubscriptionStatus
 from tests.helpers import builders as b

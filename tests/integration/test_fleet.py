@@ -25,7 +25,7 @@ from controllers import layout
 from controllers.main import ControllerProcess
 from nodeagent.images import ImagePolicy
 from reconcile.etcd_server import EtcdServer
-from reconcile.store import Store
+from reconcile.objects import Store
 from specs.kinds import VPS, Image, ImageSource, ImageSpec, Node, Subscription, SubscriptionStatus
 from specs.meta import ObjectMeta
 from tests.helpers import builders as b
