@@ -30,10 +30,10 @@ from api.objects import render
 from controllers import ledger
 from reconcile import keys
 from reconcile.errors import AlreadyExists, Conflict, NotFound
-from reconcile.etcd import Get, ModIs, Put, UnchangedSince, decode, encode
-from reconcile.objects import Store
+from reconcile.etcd import Get, ModIs, UnchangedSince, decode
+from reconcile.objects import Store, with_new_meta
 from specs.io import validate_object
-from specs.kinds import VPS, Customer, Image, Plan, Resource, Subscription, SubscriptionStatus
+from specs.kinds import VPS, Customer, Image, Plan, Subscription, SubscriptionStatus
 from specs.meta import API_VERSION
 from specs.money import format_minor, to_minor
 
@@ -46,17 +46,6 @@ ORDER_ATTEMPTS = 5
 
 def _invalid(path: str, message: str) -> Invalid:
     return Invalid(f"{path}: {message}", [{"path": path, "message": message}])
-
-
-def _new_meta(name: str, now: datetime) -> dict[str, Any]:
-    return {"name": name, "uid": secrets.token_hex(16), "generation": 1,
-            "creationTimestamp": now.isoformat().replace("+00:00", "Z")}
-
-
-def _doc(obj: Resource) -> dict[str, Any]:
-    data: dict[str, Any] = obj.model_dump(mode="json", exclude={"status"}, exclude_none=True)
-    data["metadata"].pop("resourceVersion", None)
-    return data
 
 
 def place_order(store: Store, caller: Principal, body: Any, *, now: datetime,
@@ -97,9 +86,9 @@ def place_order(store: Store, caller: Principal, body: Any, *, now: datetime,
         raise _invalid("plan", f"plan {plan.name!r} is priced in {plan.spec.price.currency}; the customer pays in "
                                f"{currency}")
     name = body.get("name") or f"{customer_name[:50]}-{secrets.token_hex(3)}"
-    sub = validate_object({"apiVersion": API_VERSION, "kind": "Subscription", "metadata": _new_meta(name, now),
-                           "spec": {"customer": customer_name, "plan": plan.name}}, "order")
-    vps = validate_object({"apiVersion": API_VERSION, "kind": "VPS", "metadata": _new_meta(name, now),
+    sub = with_new_meta(validate_object({"apiVersion": API_VERSION, "kind": "Subscription", "metadata": {"name": name},
+                                         "spec": {"customer": customer_name, "plan": plan.name}}, "order"), now)
+    vps = validate_object({"apiVersion": API_VERSION, "kind": "VPS", "metadata": {"name": name},
                            "spec": {"subscription": name, "subscriptionUID": sub.metadata.uid, "image": image.name,
                                     "hostname": body["hostname"], "sshKeys": body.get("sshKeys") or []}}, "order")
     if servers_named and servers_named(name):
@@ -119,20 +108,21 @@ def place_order(store: Store, caller: Principal, body: Any, *, now: datetime,
                 f"{format_minor(first, currency)} {currency}); add funds first")
         # The decision holds only if nothing it read changed: no subscription written since the read
         # (another order of this customer, racing), the same balance, the same credit limit.
-        res = store.txn([ModIs(skey, 0), ModIs(vkey, 0), claim_compare,
-                         UnchangedSince(keys.spec_prefix(Subscription, store.root), snap.revision),
-                         ModIs(ledger.account_key(customer_name, store.root), snap.account_revision),
-                         ModIs(keys.spec_key(Customer, customer_name, store.root), snap.customer_revision)],
-                        [Put(skey, encode(_doc(sub))), Put(vkey, encode(_doc(vps))), claim],
-                        [Get(skey), Get(vkey)])
+        batch = store.batch()
+        written_sub, written_vps = batch.create(sub, now=now), batch.create(vps, now=now)
+        batch.require(claim_compare,
+                      UnchangedSince(keys.spec_prefix(Subscription, store.root), snap.revision),
+                      ModIs(ledger.account_key(customer_name, store.root), snap.account_revision),
+                      ModIs(keys.spec_key(Customer, customer_name, store.root), snap.customer_revision))
+        batch.ops.append(claim)
+        res = batch.commit(failure=[Get(skey), Get(vkey)])
         if res.succeeded:
+            sub, vps = written_sub, written_vps
             break
         if res.gets[0] or res.gets[1]:
             raise AlreadyExists(f"a subscription or server named {name!r} already exists")
     else:
         raise Conflict("the customer's subscriptions kept changing while this order was checked; retry")
-    for obj in (sub, vps):
-        obj.metadata.resourceVersion = str(res.revision)
     return {"subscription": render(sub), "vps": render(vps),
             "firstPeriod": {"amount": format_minor(first, currency), "currency": currency, "amountMinor": first},
             "resourceVersion": str(res.revision)}

@@ -16,7 +16,7 @@ from __future__ import annotations
 import threading
 import uuid
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
@@ -39,6 +39,7 @@ from reconcile.etcd import (
     Etcd,
     Get,
     ModIs,
+    Op,
     Operation,
     Put,
     Rider,
@@ -98,6 +99,116 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+def spec_document(obj: Resource) -> dict[str, Any]:
+    """An object's stored document: metadata and spec, without status or resourceVersion."""
+    data = obj.model_dump(mode="json", exclude={"status"}, exclude_none=True)
+    data["metadata"].pop("resourceVersion", None)
+    return data
+
+
+def encode_spec(obj: Resource) -> bytes:
+    """The one byte form of an object's stored document (every writer of a spec key uses it)."""
+    return _encode_doc(spec_document(obj))
+
+
+def encode_status(status: Any) -> bytes:
+    """The one byte form of a status value (a model or its JSON document)."""
+    if hasattr(status, "model_dump"):
+        status = status.model_dump(mode="json", exclude_none=True)
+    return encode(status)
+
+
+def encode_value(value: Any) -> bytes:
+    """The byte form of a typed value kept under a non-object key (desired domain, tombstone)."""
+    return encode(value.model_dump(mode="json", exclude_none=True))
+
+
+def with_new_meta(obj: R, now: datetime | None = None) -> R:
+    """`obj` as a new object: uid, generation 1 and creationTimestamp set, no status or versions."""
+    meta = obj.metadata.model_copy(update={
+        "uid": obj.metadata.uid or str(uuid.uuid4()),
+        "generation": 1,
+        "creationTimestamp": obj.metadata.creationTimestamp or now or _now(),
+        "deletionTimestamp": None,
+        "resourceVersion": None,
+    })
+    return obj.model_copy(update={"metadata": meta, "status": None})
+
+
+class Batch:
+    """Several object creates and writes, with compares, committed in one etcd transaction.
+
+    Build it with `store.batch()`, add compares (`require`, `expect`), object writes (`create`,
+    `put_spec`, `put_status`, `remove`) and writes of other keys (`put`, `delete`), then
+    `commit(fence)`. Objects are encoded by this module's one encoder; `create` applies the
+    metadata defaults of a new object and compares that its name is free. Follow-ups added with
+    `after` run with the revision once the transaction succeeded.
+    """
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.compares: list[Compare] = []
+        self.ops: list[Op] = []
+        self.after: list[Callable[[int], None]] = []
+        self._created: list[tuple[str, bytes, Resource]] = []
+
+    def require(self, *compares: Compare) -> Batch:
+        self.compares.extend(compares)
+        return self
+
+    def expect(self, obj: Resource) -> Batch:
+        """Compare: the object's spec is still at its `metadata.resourceVersion` (absent: 0)."""
+        key = keys.spec_key(type(obj), obj.name, self.store.root)
+        self.compares.append(ModIs(key, int(obj.metadata.resourceVersion or 0)))
+        return self
+
+    def create(self, obj: R, *, now: datetime | None = None) -> R:
+        """Create `obj` (its name must be free) with new metadata; returns the object as written."""
+        new = with_new_meta(obj, now)
+        key = keys.spec_key(type(new), new.name, self.store.root)
+        value = encode_spec(new)
+        self.compares.append(ModIs(key, 0))
+        self.ops.append(Put(key, value))
+        self._created.append((key, value, new))
+        return new
+
+    def put_spec(self, obj: Resource) -> Batch:
+        """Write the object's metadata and spec as they are (guard it with `expect`)."""
+        self.ops.append(Put(keys.spec_key(type(obj), obj.name, self.store.root), encode_spec(obj)))
+        return self
+
+    def put_status(self, cls: type[Resource], name: str, status: Any) -> Batch:
+        self.ops.append(Put(keys.status_key(cls, name, self.store.root), encode_status(status)))
+        return self
+
+    def remove(self, cls: type[Resource], name: str) -> Batch:
+        """Delete the object's spec and status."""
+        root = self.store.root
+        self.ops.extend([Delete(keys.spec_key(cls, name, root)), Delete(keys.status_key(cls, name, root))])
+        return self
+
+    def put(self, key: str, value: bytes, lease: int | None = None) -> Batch:
+        self.ops.append(Put(key, value, lease))
+        return self
+
+    def delete(self, key: str) -> Batch:
+        self.ops.append(Delete(key))
+        return self
+
+    def commit(self, fence: Sequence[Compare] = (), failure: Sequence[Op] = ()) -> TxnResult:
+        """One transaction: every compare (and `fence`) holds → every write; else `failure`'s reads.
+
+        Created objects get the transaction's revision as `resourceVersion`; `after` follow-ups run."""
+        res = self.store.txn([*fence, *self.compares], self.ops, failure)
+        if res.succeeded:
+            for key, value, obj in self._created:
+                obj.metadata.resourceVersion = str(res.revision)
+                self.store._remember(key, res.revision, value)
+            for fn in self.after:
+                fn(res.revision)
+        return res
+
+
 
 class Store(Etcd):
     """Typed objects in etcd. Thread-safe; one per process is plenty."""
@@ -118,10 +229,9 @@ class Store(Etcd):
         self._seen_bytes = 0
         self._seen_lock = threading.Lock()
 
-    def _doc(self, obj: Resource) -> dict[str, Any]:
-        data = obj.model_dump(mode="json", exclude={"status"}, exclude_none=True)
-        data["metadata"].pop("resourceVersion", None)
-        return data
+    @staticmethod
+    def _doc(obj: Resource) -> dict[str, Any]:
+        return spec_document(obj)
 
     # The spec value is JSON written by this store from a validated model; parsing it with
     # pydantic's JSON validator in one step is several times cheaper than json.loads + validate.
@@ -230,14 +340,8 @@ class Store(Etcd):
 
     def _create_op(self, obj: R, rider: Rider | None = None) -> Operation[R]:
         cls = type(obj)
-        meta = obj.metadata.model_copy(update={
-            "uid": obj.metadata.uid or str(uuid.uuid4()),
-            "generation": 1,
-            "creationTimestamp": obj.metadata.creationTimestamp or _now(),
-            "deletionTimestamp": None,
-            "resourceVersion": None,
-        })
-        new = obj.model_copy(update={"metadata": meta, "status": None})
+        new = with_new_meta(obj)
+        meta = new.metadata
         key = keys.spec_key(cls, new.name, self.root)
         doc = self._doc(new)
         value = _encode_doc(doc)
@@ -389,15 +493,17 @@ class Store(Etcd):
         yield from self._remove_op(cls, name, rv)
         return None
 
+    def batch(self) -> Batch:
+        """A new `Batch` of object writes for one transaction."""
+        return Batch(self)
+
     def put_status(self, cls: type[Resource], name: str, status: Any) -> bool:
         """Write an object's status if the object exists and the status differs.
 
         Returns True if written, False if unchanged. NotFound if the object does not exist.
         """
-        if hasattr(status, "model_dump"):
-            status = status.model_dump(mode="json", exclude_none=True)
         skey, tkey = keys.spec_key(cls, name, self.root), keys.status_key(cls, name, self.root)
-        value = encode(status)
+        value = encode_status(status)
         res = self.txn([ValueIs(tkey, value)], [], [Get(skey)])
         if res.succeeded:
             return False
