@@ -39,9 +39,9 @@ from controllers.status import NodeState, Problem, events_for, vps_status
 from reconcile import keys
 from reconcile.controller import Controller, Result
 from reconcile.errors import Conflict
-from reconcile.etcd import Compare, Delete, ModIs, Op, Put, encode
+from reconcile.etcd import Compare, Delete, ModIs, Op, Put
 from reconcile.informer import Informer
-from reconcile.objects import Store
+from reconcile.objects import Batch, Store, encode_spec, encode_status, encode_value
 from specs.domain import DomainSpec, ObservedDomain, Tombstone
 from specs.kinds import (
     VPS,
@@ -108,16 +108,12 @@ def _only_finalizer_added(old: VPS, new: VPS) -> bool:
 
 
 def _status_doc(status: Any) -> bytes:
-    return encode(status.model_dump(mode="json", exclude_none=True))
+    return encode_status(status)
 
 
-@dataclass
-class _Batch:
+class _Batch(Batch):
     """One reconcile's writes: compares and ops for one transaction, follow-ups given its revision."""
 
-    compares: list[Compare] = field(default_factory=list)
-    ops: list[Op] = field(default_factory=list)
-    after: list[Callable[[int], None]] = field(default_factory=list)
     touches_book: bool = False
 
 
@@ -341,15 +337,13 @@ class Manager:
             for fn in batch.after:
                 fn(0)
             return None
-        res = self.store.txn([*self.fence(), *batch.compares], batch.ops)
+        res = batch.commit(self.fence())
         if not res.succeeded:
             if batch.touches_book and not self._spec_moved(batch):
                 # Only the book can have been stale: re-read it (a changed spec is the usual cause
                 # of a lost race, and needs no reload).
                 self.book.load()
             raise Conflict(f"{what}: changed underneath or no longer leading; deciding again")
-        for fn in batch.after:
-            fn(res.revision)
         return res.revision
 
     def _spec_moved(self, batch: _Batch) -> bool:
@@ -359,17 +353,10 @@ class Manager:
         kv = self.store.kv_get(guard.key)
         return (kv.mod_revision if kv else 0) != guard.revision
 
-    @staticmethod
-    def _spec_doc(vps: VPS) -> bytes:
-        doc = vps.model_dump(mode="json", exclude={"status"}, exclude_none=True)
-        doc["metadata"].pop("resourceVersion", None)
-        return encode(doc)
-
     def _write_meta(self, vps: VPS, **changes: Any) -> VPS:
         new = vps.model_copy(update={"metadata": vps.metadata.model_copy(update=changes)})
-        key = keys.spec_key(VPS, vps.name, self.root)
-        rev = self._txn([ModIs(key, int(vps.metadata.resourceVersion or 0))], [Put(key, self._spec_doc(new))],
-                        f"VPS {vps.name}")
+        batch = _Batch(self.store).expect(vps).put_spec(new)
+        rev = self._txn(batch.compares, batch.ops, f"VPS {vps.name}")
         return new.model_copy(update={"metadata": new.metadata.model_copy(update={"resourceVersion": str(rev)})})
 
     def _desired_ops(self, batch: _Batch, node: str, vps: str, desired: DomainSpec | None,
@@ -384,17 +371,16 @@ class Manager:
             batch.ops.append(Delete(key))
             if current is not None:
                 tomb = Tombstone(vps=vps, uid=current.uid, reason=reason, at=self.clock())
-                batch.ops.append(Put(keys.tombstone_key(node, current.uid, self.root),
-                                     encode(tomb.model_dump(mode="json", exclude_none=True))))
+                batch.put(keys.tombstone_key(node, current.uid, self.root), encode_value(tomb))
         else:
             batch.compares.append(ModIs(key, rev))
-            batch.ops.append(Put(key, encode(desired.model_dump(mode="json", exclude_none=True))))
+            batch.put(key, encode_value(desired))
             # Wanted here again (moved back): an older order to delete this incarnation is void.
             batch.ops.append(Delete(keys.tombstone_key(node, desired.uid, self.root)))
         batch.after.append(lambda r: self._desired.__setitem__(key, (desired, r)))
 
     def _write_desired(self, node: str, vps: str, desired: DomainSpec | None) -> None:
-        batch = _Batch()
+        batch = _Batch(self.store)
         self._desired_ops(batch, node, vps, desired)
         self._commit(batch, f"desired {node}/{vps}")
 
@@ -412,8 +398,7 @@ class Manager:
         batch.after.append(done)
 
     def _write_status(self, vps: VPS, status: VPSStatus) -> None:
-        batch = _Batch(compares=[ModIs(keys.spec_key(VPS, vps.name, self.root),
-                                       int(vps.metadata.resourceVersion or 0))])
+        batch = _Batch(self.store).expect(vps)
         self._status_ops(batch, vps, status)
         self._commit(batch, f"VPS {vps.name} status")
 
@@ -428,8 +413,7 @@ class Manager:
             return self._finalize(vps, now)
         # Everything this reconcile decides is written in one transaction, guarded by the
         # spec's resourceVersion: a VPS changed meanwhile is decided again, never half-written.
-        skey = keys.spec_key(VPS, name, self.root)
-        batch = _Batch(compares=[ModIs(skey, int(vps.metadata.resourceVersion or 0))])
+        batch = _Batch(self.store).expect(vps)
         spec_changed = False
         if layout.FINALIZER not in vps.metadata.finalizers:
             vps = vps.model_copy(update={"metadata": vps.metadata.model_copy(
@@ -500,7 +484,7 @@ class Manager:
                     # Terminated and past retention: delete the VPS; the finalizer frees the rest.
                     vps = vps.model_copy(update={"metadata": vps.metadata.model_copy(
                         update={"deletionTimestamp": now})})
-                    batch.ops.append(Put(skey, self._spec_doc(vps)))
+                    batch.put_spec(vps)
                     batch.after.append(lambda _r: self.events.record(
                         "VPS", name, "Normal", "Terminated", "subscription terminated and retention passed: deleting"))
                     self._commit(batch, f"VPS {name}")
@@ -523,7 +507,7 @@ class Manager:
                 node_state=self.node_state(node_name) if node_name else None,
                 problem=problem, observed_generation=generation, now=now)
             if spec_changed:
-                batch.ops.append(Put(skey, self._spec_doc(vps)))
+                batch.put_spec(vps)
             self._status_ops(batch, vps, status)
             self._commit(batch, f"VPS {name}")
         return result
@@ -593,10 +577,8 @@ class Manager:
         remaining = [f for f in vps.metadata.finalizers if f != layout.FINALIZER]
         if not remaining:
             return compares, [Delete(skey), Delete(tkey)]
-        doc = vps.model_copy(update={"metadata": vps.metadata.model_copy(update={"finalizers": remaining})}
-                             ).model_dump(mode="json", exclude={"status"}, exclude_none=True)
-        doc["metadata"].pop("resourceVersion", None)
-        return compares, [Put(skey, encode(doc))]
+        kept = vps.model_copy(update={"metadata": vps.metadata.model_copy(update={"finalizers": remaining})})
+        return compares, [Put(skey, encode_spec(kept))]
 
     def _finalize(self, vps: VPS, now: datetime) -> Result | None:
         if layout.FINALIZER not in vps.metadata.finalizers:
@@ -668,8 +650,8 @@ class Manager:
                 continue
             tomb = req.model_copy(update={"reason": "Purged"})
             self._txn([ModIs(keys.desired_key(node, req.vps, self.root), rev)],
-                      [Put(keys.tombstone_key(node, req.uid, self.root),
-                           encode(tomb.model_dump(mode="json", exclude_none=True))), Delete(pkey)], f"purge {key}")
+                      [Put(keys.tombstone_key(node, req.uid, self.root), encode_value(tomb)), Delete(pkey)],
+                      f"purge {key}")
             self.events.record("Node", node, "Warning", "OrphanPurged",
                                f"orphan domain of VPS {req.vps} (uid {req.uid}): deletion ordered by an operator")
 
@@ -686,9 +668,8 @@ class Manager:
         value = _status_doc(st)
         if self._node_status.get(name) == value or (prev is not None and _status_doc(prev) == value):
             return None
-        skey = keys.spec_key(Node, name, self.root)
-        self._txn([ModIs(skey, int(node.metadata.resourceVersion or 0))],
-                  [Put(keys.status_key(Node, name, self.root), value)], f"Node {name} status")
+        batch = _Batch(self.store).expect(node).put_status(Node, name, st)
+        self._txn(batch.compares, batch.ops, f"Node {name} status")
         self._node_status[name] = value
         if prev is None or prev.state != st.state:
             self.events.record("Node", name, "Normal" if st.state == "Ready" else "Warning",
@@ -716,11 +697,10 @@ class Manager:
                   "conditions": [{"type": "Exhausted", "status": "True" if free == 0 else "False",
                                   "reason": "PoolFull" if free == 0 else "AddressesFree",
                                   "message": f"{free} IPv4 address(es) free"}]}
-        value = encode(status)
+        value = encode_status(status)
         if self._pool_status.get(name) == value:
             return None
-        skey = keys.spec_key(IPPool, name, self.root)
-        self._txn([ModIs(skey, int(pool.metadata.resourceVersion or 0))],
-                  [Put(keys.status_key(IPPool, name, self.root), value)], f"IPPool {name} status")
+        batch = _Batch(self.store).expect(pool).put_status(IPPool, name, status)
+        self._txn(batch.compares, batch.ops, f"IPPool {name} status")
         self._pool_status[name] = value
         return None

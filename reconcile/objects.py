@@ -19,7 +19,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Self, TypeVar
 
 import pydantic_core
 from pydantic import TypeAdapter, ValidationError
@@ -152,11 +152,11 @@ class Batch:
         self.after: list[Callable[[int], None]] = []
         self._created: list[tuple[str, bytes, Resource]] = []
 
-    def require(self, *compares: Compare) -> Batch:
+    def require(self, *compares: Compare) -> Self:
         self.compares.extend(compares)
         return self
 
-    def expect(self, obj: Resource) -> Batch:
+    def expect(self, obj: Resource) -> Self:
         """Compare: the object's spec is still at its `metadata.resourceVersion` (absent: 0)."""
         key = keys.spec_key(type(obj), obj.name, self.store.root)
         self.compares.append(ModIs(key, int(obj.metadata.resourceVersion or 0)))
@@ -172,26 +172,26 @@ class Batch:
         self._created.append((key, value, new))
         return new
 
-    def put_spec(self, obj: Resource) -> Batch:
+    def put_spec(self, obj: Resource) -> Self:
         """Write the object's metadata and spec as they are (guard it with `expect`)."""
         self.ops.append(Put(keys.spec_key(type(obj), obj.name, self.store.root), encode_spec(obj)))
         return self
 
-    def put_status(self, cls: type[Resource], name: str, status: Any) -> Batch:
+    def put_status(self, cls: type[Resource], name: str, status: Any) -> Self:
         self.ops.append(Put(keys.status_key(cls, name, self.store.root), encode_status(status)))
         return self
 
-    def remove(self, cls: type[Resource], name: str) -> Batch:
+    def remove(self, cls: type[Resource], name: str) -> Self:
         """Delete the object's spec and status."""
         root = self.store.root
         self.ops.extend([Delete(keys.spec_key(cls, name, root)), Delete(keys.status_key(cls, name, root))])
         return self
 
-    def put(self, key: str, value: bytes, lease: int | None = None) -> Batch:
+    def put(self, key: str, value: bytes, lease: int | None = None) -> Self:
         self.ops.append(Put(key, value, lease))
         return self
 
-    def delete(self, key: str) -> Batch:
+    def delete(self, key: str) -> Self:
         self.ops.append(Delete(key))
         return self
 
