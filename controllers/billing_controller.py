@@ -36,13 +36,13 @@ from reconcile.controller import Controller, Result
 from reconcile.errors import Conflict, NotFound
 from reconcile.etcd import Compare, CreatedAt, Exists, Get, ModIs, Put
 from reconcile.informer import Informer
+from reconcile.leader import Fence, fence_compares
 from reconcile.objects import Store
 from specs.kinds import VPS, Customer, Plan, Subscription, SubscriptionStatus
 from specs.money import format_minor, to_minor
 
 log = logging.getLogger(__name__)
 
-FenceFn = Callable[[], "Compare | Sequence[Compare]"]
 Clock = Callable[[], datetime]
 
 _MESSAGES = {
@@ -63,13 +63,6 @@ def outbox_key(customer: str, sub: str, warning_key: str, root: str) -> str:
     return f"{outbox_prefix(root)}{customer}/{sub}.{warning_key}"
 
 
-def _fences(fence: FenceFn | None) -> list[Compare]:
-    if fence is None:
-        return []
-    got = fence()
-    return list(got) if isinstance(got, list | tuple) else [got]  # type: ignore[list-item]
-
-
 @dataclass
 class SyncReport:
     customer: str
@@ -84,7 +77,7 @@ class SyncReport:
 class BillingController:
     """Reconciles customers; use `sync_customer` directly (tests) or `start()` for the watch loop."""
 
-    def __init__(self, store: Store, *, clock: Clock, fence: FenceFn | None = None,
+    def __init__(self, store: Store, *, clock: Clock, fence: Fence | None = None,
                  defaults: Policy = DEFAULT_POLICY, interval: float = 300.0, workers: int = 2,
                  recorder: EventRecorder | None = None) -> None:
         self.store = store
@@ -157,7 +150,7 @@ class BillingController:
         report.errors += charged.errors
         month = f"{now.astimezone(UTC):%Y-%m}"
         if self._rolled.get(customer) != month:
-            ledger.roll_up(self.store, customer, now=now, guard=_fences(self.fence))
+            ledger.roll_up(self.store, customer, now=now, guard=fence_compares(self.fence))
             self._rolled[customer] = month
         account = ledger.read_account(self.store, customer)
         if account.revision == 0 and cust.status is None:
@@ -165,7 +158,7 @@ class BillingController:
             body = json.dumps({"balance": zero, "balanceMinor": 0, "state": "Active"}, sort_keys=True).encode()
             tkey = keys.status_key(Customer, customer, self.store.root)
             self.store.txn([ModIs(tkey, 0), Exists(keys.spec_key(Customer, customer, self.store.root)),
-                            *_fences(self.fence)], [Put(tkey, body)])
+                            *fence_compares(self.fence)], [Put(tkey, body)])
         credit = to_minor(cust.spec.creditLimit, cust.spec.currency)
         wakes: list[datetime] = []
         for sub in subs:
@@ -227,7 +220,7 @@ class BillingController:
             raise ledger.GuardFailed(f"status of {sub.name} changed meanwhile")
         value = self.store_encode(status)
         out = self.store.txn([CreatedAt(skey, res.gets[0][0].create_revision),
-                              ModIs(tkey, current.mod_revision if current else 0), *guard, *_fences(self.fence)],
+                              ModIs(tkey, current.mod_revision if current else 0), *guard, *fence_compares(self.fence)],
                              [Put(tkey, value)])
         if not out.succeeded:
             raise ledger.GuardFailed(f"status of {sub.name} changed meanwhile (or no longer leading)")
@@ -244,14 +237,14 @@ class BillingController:
                 "deadline": w.deadline.isoformat() if w.deadline else None,
                 "subject": f"[{sub.name}] {w.kind}", "body": message, "queuedAt": now.isoformat()}
         key = outbox_key(cust.name, sub.name, ledger.safe_key(w.key), self.store.root)
-        res = self.store.txn([ModIs(key, 0), *_fences(self.fence)],
+        res = self.store.txn([ModIs(key, 0), *fence_compares(self.fence)],
                              [Put(key, json.dumps(body, sort_keys=True).encode())])
         if res.succeeded:
             self.events.record("Subscription", sub.name, "Warning", w.kind, message)
         return res.succeeded
 
     def _delete_vps(self, sub: Subscription) -> list[str]:
-        _fences(self.fence)  # raises when no longer leading
+        fence_compares(self.fence)  # raises when no longer leading
         deleted = []
         for vps in self.store.list(VPS).items:
             if not vps.bound_to(sub) or vps.metadata.deletionTimestamp is not None:
@@ -332,7 +325,7 @@ class BillingController:
         return self.controller.idle
 
 
-def start_billing(store: Store, *, clock: Clock, fence: FenceFn | None = None, interval: float = 300.0,
+def start_billing(store: Store, *, clock: Clock, fence: Fence | None = None, interval: float = 300.0,
                   defaults: Policy = DEFAULT_POLICY) -> BillingController:
     """Start the billing controller on `store`; the returned handle's `.stop()` stops it.
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 from pydantic import BaseModel, ConfigDict
 
@@ -23,9 +23,8 @@ from controllers.ipam import IPAllocation
 from controllers.schedule import Resources
 from reconcile.errors import Conflict
 from reconcile.etcd import Compare, Delete, ModIs, Op, Put, TxnResult
+from reconcile.leader import Fence, fence_compares
 from reconcile.objects import Store
-
-Fence = Callable[[], Sequence[Compare]]
 
 
 class Booking(BaseModel):
@@ -155,7 +154,7 @@ class Book:
     # ------------------------------------------------------------ writing
 
     def _commit(self, compares: list[Compare], ops: list[Op]) -> TxnResult:
-        res = self.store.txn([*self.fence(), *compares], ops)
+        res = self.store.txn([*fence_compares(self.fence), *compares], ops)
         if not res.succeeded:
             self.load()
             raise Conflict("the allocation book changed underneath; decide again")

@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -32,6 +32,7 @@ from typing import Any
 from controllers import ledger
 from reconcile import keys
 from reconcile.etcd import Compare, ModIs, Op, Put
+from reconcile.leader import Fence, fence_compares
 from reconcile.objects import Store
 from specs.kinds import Plan, Subscription
 from specs.money import format_minor
@@ -44,7 +45,6 @@ BATCH = 30
 
 log = logging.getLogger(__name__)
 
-Fence = Callable[[], "Compare | Sequence[Compare]"]
 
 
 # ------------------------------------------------------------------ pure arithmetic
@@ -222,10 +222,7 @@ class Charger:
             return self._lease
 
     def _guard(self) -> list[Compare]:
-        if self.fence is None:
-            return []
-        got = self.fence()
-        return list(got) if isinstance(got, list | tuple) else [got]  # type: ignore[list-item]
+        return fence_compares(self.fence)
 
     def charge_customer(self, customer: str, subs: Iterable[Subscription], plans: dict[str, Plan],
                         cursors: dict[str, Cursor], now: datetime, *, attempts: int = 4,

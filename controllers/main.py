@@ -20,12 +20,11 @@ from controllers.manager import Manager, Settings, utcnow
 from reconcile.cluster import ensure_cluster_id
 from reconcile.connection import EtcdConnection
 from reconcile.etcd import Compare
-from reconcile.leader import LeaderElector
+from reconcile.leader import Fence, LeaderElector
 from reconcile.objects import Store
 
 log = logging.getLogger(__name__)
 
-Fence = Callable[[], Sequence[Compare]]
 
 
 class Addon(Protocol):

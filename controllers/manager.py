@@ -41,6 +41,7 @@ from reconcile.controller import Controller, Result
 from reconcile.errors import Conflict
 from reconcile.etcd import Compare, Delete, ModIs, Op, Put
 from reconcile.informer import Informer
+from reconcile.leader import Fence, fence_compares
 from reconcile.objects import Batch, Store, encode_spec, encode_status, encode_value
 from specs.domain import DomainSpec, ObservedDomain, Tombstone
 from specs.kinds import (
@@ -60,7 +61,6 @@ from specs.kinds import (
 log = logging.getLogger(__name__)
 
 R = TypeVar("R", bound=Resource)
-Fence = Callable[[], Sequence[Compare]]
 NodeEntry = DomainSpec | ObservedDomain | dict[str, Any] | bytes
 TombstoneReason = Literal["Deleted", "Moved", "Purged"]
 # A burst of bookings on a node updates its status once, not once per booking.
@@ -326,7 +326,7 @@ class Manager:
     # ------------------------------------------------------------ writes (fenced)
 
     def _txn(self, compares: Sequence[Compare], ops: Sequence[Op], what: str) -> int:
-        res = self.store.txn([*self.fence(), *compares], ops)
+        res = self.store.txn([*fence_compares(self.fence), *compares], ops)
         if not res.succeeded:
             raise Conflict(f"{what}: changed underneath or no longer leading; deciding again")
         return res.revision
@@ -337,7 +337,7 @@ class Manager:
             for fn in batch.after:
                 fn(0)
             return None
-        res = batch.commit(self.fence())
+        res = batch.commit(fence_compares(self.fence))
         if not res.succeeded:
             if batch.touches_book and not self._spec_moved(batch):
                 # Only the book can have been stale: re-read it (a changed spec is the usual cause
