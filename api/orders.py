@@ -112,7 +112,7 @@ def place_order(store: Store, caller: Principal, body: Any, *, now: datetime,
         written_sub, written_vps = batch.create(sub, now=now), batch.create(vps, now=now)
         batch.require(claim_compare,
                       UnchangedSince(keys.spec_prefix(Subscription, store.root), snap.revision),
-                      ModIs(ledger.account_key(customer_name, store.root), snap.account_revision),
+                      ModIs(keys.account_key(customer_name, store.root), snap.account_revision),
                       ModIs(keys.spec_key(Customer, customer_name, store.root), snap.customer_revision))
         batch.ops.append(claim)
         res = batch.commit(failure=[Get(skey), Get(vkey)])
@@ -154,7 +154,7 @@ def _read_commitments(store: Store, customer: str, currency: str) -> Commitments
     root = store.root
     res = store.txn([], [Get(keys.spec_prefix(Subscription, root), True), Get(keys.status_prefix(Subscription, root),
                                                                                True),
-                         Get(keys.spec_prefix(Plan, root), True), Get(ledger.account_key(customer, root)),
+                         Get(keys.spec_prefix(Plan, root), True), Get(keys.account_key(customer, root)),
                          Get(keys.spec_key(Customer, customer, root))])
     if not res.gets[4]:
         raise _invalid("customer", f"no customer {customer!r}")

@@ -36,6 +36,7 @@ from reconcile.controller import Controller, Result
 from reconcile.errors import Conflict, NotFound
 from reconcile.etcd import Compare, CreatedAt, Exists, Get, ModIs, Put
 from reconcile.informer import Informer
+from reconcile.keys import outbox_key, outbox_prefix
 from reconcile.leader import Fence, fence_compares
 from reconcile.objects import Store
 from specs.kinds import VPS, Customer, Plan, Subscription, SubscriptionStatus
@@ -53,14 +54,6 @@ _MESSAGES = {
     "Terminated": "Your subscription is terminated; its server and disks will be deleted at {deadline}.",
     "DeletionSoon": "Your server and its disks will be deleted at {deadline}.",
 }
-
-
-def outbox_prefix(root: str) -> str:
-    return f"{root}/billing/outbox/"
-
-
-def outbox_key(customer: str, sub: str, warning_key: str, root: str) -> str:
-    return f"{outbox_prefix(root)}{customer}/{sub}.{warning_key}"
 
 
 @dataclass
@@ -142,7 +135,7 @@ class BillingController:
         cursor_guard: dict[str, list[Compare]] = {}
         for s in subs:
             cur = charging.read_cursor(self.store, s.name)
-            key = charging.cursor_key(s.name, self.store.root)
+            key = keys.cursor_key(s.name, self.store.root)
             cursor_guard[s.name] = [ModIs(key, cur.revision if cur is not None else 0)]
             if cur is not None and cur.through - timedelta(hours=1) > now:
                 now = cur.through - timedelta(hours=1)
@@ -277,7 +270,7 @@ class BillingController:
         r = self.store.root
         self._subs = Informer(self.store, keys.spec_prefix(Subscription, r),
                               decode=lambda _n, raw: str(json.loads(raw)["spec"]["customer"]))
-        self._accounts = Informer(self.store, ledger.accounts_prefix(r), decode=lambda _n, raw: raw)
+        self._accounts = Informer(self.store, keys.accounts_prefix(r), decode=lambda _n, raw: raw)
         self._customers = Informer(self.store, keys.spec_prefix(Customer, r), decode=lambda _n, raw: raw)
         q = self.controller.queue
 

@@ -32,6 +32,7 @@ from typing import Any
 from controllers import ledger
 from reconcile import keys
 from reconcile.etcd import Compare, ModIs, Op, Put
+from reconcile.keys import cursor_key, cursors_prefix
 from reconcile.leader import Fence, fence_compares
 from reconcile.objects import Store
 from specs.kinds import Plan, Subscription
@@ -164,14 +165,6 @@ def plan_charge(sub: Subscription, plan: Plan, cursor: Cursor | None, now: datet
 
 
 # ------------------------------------------------------------------ I/O
-
-
-def cursor_key(sub: str, root: str) -> str:
-    return f"{cursors_prefix(root)}{sub}"
-
-
-def cursors_prefix(root: str) -> str:
-    return f"{root}/billing/charged/"
 
 
 def read_cursors(store: Store) -> dict[str, Cursor]:

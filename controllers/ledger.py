@@ -37,6 +37,7 @@ from typing import Any, Literal
 from reconcile import keys
 from reconcile.errors import NotFound
 from reconcile.etcd import Compare, CreatedAt, Delete, Get, ModIs, Op, Put
+from reconcile.keys import account_key, entry_key, statement_key, statements_prefix
 from reconcile.objects import Store
 from specs.kinds import Customer
 from specs.money import CURRENCY_EXPONENT, format_minor, to_minor
@@ -76,26 +77,6 @@ class GuardFailed(LedgerError):
 
 
 # ------------------------------------------------------------------ keys
-
-
-def account_key(customer: str, root: str) -> str:
-    return f"{root}/billing/accounts/{customer}"
-
-
-def accounts_prefix(root: str) -> str:
-    return f"{root}/billing/accounts/"
-
-
-def entry_key(customer: str, seq: int, root: str) -> str:
-    return f"{keys.ledger_prefix(customer, root)}{seq:012d}"
-
-
-def statement_key(customer: str, month: str, root: str) -> str:
-    return f"{statements_prefix(customer, root)}{month}"
-
-
-def statements_prefix(customer: str, root: str) -> str:
-    return f"{root}/billing/statements/{customer}/"
 
 
 def safe_key(key: str) -> str:

@@ -145,7 +145,7 @@ class Manager:
         self.node_status_inf: Informer[NodeStatus] = Informer(
             store, keys.status_prefix(Node, r), decode=lambda _n, raw: NodeStatus.model_validate_json(raw))
         self.pool_inf: Informer[IPPool] = Informer(store, keys.spec_prefix(IPPool, r), decode=_spec_decoder(IPPool))
-        self.nodes_inf: Informer[NodeEntry] = Informer(store, f"{r}/nodes/", decode=_node_entry)
+        self.nodes_inf: Informer[NodeEntry] = Informer(store, keys.nodes_prefix(r), decode=_node_entry)
         # Operators' orphan purges, "<node>/<uid>": carried out by the node controller as tombstones.
         self.purge_inf: Informer[Tombstone] = Informer(
             store, f"{r}/purges/", decode=lambda _n, raw: Tombstone.model_validate_json(raw))
@@ -303,17 +303,17 @@ class Manager:
     def node_state(self, node: str) -> NodeState:
         if self.node_inf.get(node) is None:
             return "Missing"
-        hb = self.nodes_inf.get(f"{node}/heartbeat")
+        hb = self.nodes_inf.get(keys.node_entry(node, "heartbeat"))
         return "Ready" if hb is not None and not (isinstance(hb, dict) and warming(hb)) else "NotReady"
 
     def _observed(self, node: str, vps: str) -> ObservedDomain | None:
-        entry = self.nodes_inf.get(f"{node}/observed/{vps}")
+        entry = self.nodes_inf.get(keys.node_entry(node, "observed", vps))
         return entry if isinstance(entry, ObservedDomain) else None
 
     def _current_desired(self, node: str, vps: str) -> tuple[DomainSpec | None, int]:
         key = keys.desired_key(node, vps, self.root)
-        entry = self.nodes_inf.get(f"{node}/desired/{vps}")
-        rev = self.nodes_inf.mod_revision(f"{node}/desired/{vps}") or 0
+        entry = self.nodes_inf.get(keys.node_entry(node, "desired", vps))
+        rev = self.nodes_inf.mod_revision(keys.node_entry(node, "desired", vps)) or 0
         mine = self._desired.get(key)
         if mine is not None and mine[1] > self.nodes_inf.revision:
             return mine  # the informer has not seen our own latest write yet
@@ -347,7 +347,8 @@ class Manager:
         return res.revision
 
     def _spec_moved(self, batch: _Batch) -> bool:
-        guard = next((c for c in batch.compares if isinstance(c, ModIs) and "/specs/" in c.key), None)
+        specs = keys.specs_prefix(self.root)
+        guard = next((c for c in batch.compares if isinstance(c, ModIs) and c.key.startswith(specs)), None)
         if guard is None:
             return False
         kv = self.store.kv_get(guard.key)
@@ -661,7 +662,7 @@ class Manager:
         if node is None:
             self._enqueue_on_node(name)
             return None
-        hb = self.nodes_inf.get(f"{name}/heartbeat")
+        hb = self.nodes_inf.get(keys.node_entry(name, "heartbeat"))
         prev = self.node_status_inf.get(name)
         st = node_status(node, previous=prev, heartbeat=hb if isinstance(hb, dict) else None,
                          allocation=self.book.node_allocation(name), now=self.clock())

@@ -390,7 +390,7 @@ class Etcd:
     # ----------------------------------------------------------- raw keys
 
     def revision(self) -> int:
-        _, rev = self._range(self.root + "/", prefix=False, limit=1, keys_only=True)
+        _, rev = self._range(keys.root_prefix(self.root), prefix=False, limit=1, keys_only=True)
         return rev
 
     def kv_get(self, key: str) -> KV | None:

@@ -17,6 +17,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from reconcile import keys
+
 Access = Literal["read", "write", "readwrite"]
 
 
@@ -111,11 +113,11 @@ def permissions(identity: str, root: str) -> list[Permission]:
     out = []
     for g in grants(identity):
         if g.path == "":
-            out.append(Permission(root + "/", False, g.access))
+            out.append(Permission(keys.root_prefix(root), False, g.access))
         elif g.path == "/":
-            out.append(Permission(root + "/", True, g.access))
+            out.append(Permission(keys.root_prefix(root), True, g.access))
         else:
-            out.append(Permission(f"{root}/{g.path}", g.path.endswith("/") or g.path == "s", g.access))
+            out.append(Permission(keys.under(root, g.path), g.path.endswith("/") or g.path == "s", g.access))
     return out
 
 

@@ -27,6 +27,7 @@ from importlib.metadata import entry_points
 from typing import Any, Literal, Protocol
 
 from controllers import ledger
+from reconcile.keys import webhook_secret_key as secret_key
 from reconcile.objects import Store
 from specs.money import CURRENCY_EXPONENT
 
@@ -149,10 +150,6 @@ def answer(applied: ledger.Applied) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------ webhook secrets
-
-
-def secret_key(provider_name: str, root: str) -> str:
-    return f"{root}/billing/webhook-secrets/{provider_name}"
 
 
 def webhook_secret(store: Store, provider_name: str) -> bytes | None:

@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from api.audit import audit_prefix
+from reconcile.keys import audit_prefix
 from reconcile.objects import Store
 from tests.helpers.access_env import ED25519, Env, served
 

@@ -13,8 +13,9 @@ from typing import Any
 import httpx
 import pytest
 
-from api.auth import ADMIN_TOKEN_FILE, create_token, ensure_admin_token, token_key
+from api.auth import ADMIN_TOKEN_FILE, create_token, ensure_admin_token
 from api.server import create_app, serving
+from reconcile.keys import token_key
 from reconcile.objects import Store
 from specs import Plan
 
