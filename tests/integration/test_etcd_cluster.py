@@ -266,3 +266,21 @@ def test_fleet_converges_with_least_privilege_identities_through_an_etcd_leader_
             a.stop()  # type: ignore[attr-defined]
         for s in (api, ctl, admin, *node_stores):
             s.close()
+
+
+def test_cluster_restart_on_its_ports_keeps_data_and_pki(tmp_path: Path) -> None:
+    """A stopped cluster started again on the same ports and data (as `up` does) has its data and the same CA."""
+    first = EtcdCluster(tmp_path / "c", 3).start()
+    try:
+        ports = [(m.client_port, m.peer_port) for m in first.members]
+        first.admin().kv_put(f"{ROOT}/alloc/kept", b"1")
+        ca = first.pki.ca_cert.read_bytes()
+    finally:
+        first.stop()
+    again = EtcdCluster(tmp_path / "c", 3, ports=ports).start()
+    try:
+        kv = again.admin().kv_get(f"{ROOT}/alloc/kept")
+        assert kv is not None and kv.value == b"1"
+        assert again.pki.ca_cert.read_bytes() == ca
+    finally:
+        again.stop()
