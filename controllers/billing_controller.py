@@ -38,7 +38,7 @@ from reconcile.etcd import Compare, CreatedAt, Exists, Get, ModIs, Put
 from reconcile.informer import Informer
 from reconcile.keys import outbox_key, outbox_prefix
 from reconcile.leader import Fence, fence_compares
-from reconcile.objects import Store
+from reconcile.objects import Store, encode_status
 from specs.kinds import VPS, Customer, Plan, Subscription, SubscriptionStatus
 from specs.money import format_minor, to_minor
 
@@ -211,17 +211,12 @@ class BillingController:
         if stored != sub.status:
             # Written by someone else since we read it: decide again on the next pass.
             raise ledger.GuardFailed(f"status of {sub.name} changed meanwhile")
-        value = self.store_encode(status)
+        value = encode_status(status)
         out = self.store.txn([CreatedAt(skey, res.gets[0][0].create_revision),
                               ModIs(tkey, current.mod_revision if current else 0), *guard, *fence_compares(self.fence)],
                              [Put(tkey, value)])
         if not out.succeeded:
             raise ledger.GuardFailed(f"status of {sub.name} changed meanwhile (or no longer leading)")
-
-    @staticmethod
-    def store_encode(status: SubscriptionStatus) -> bytes:
-        data = status.model_dump(mode="json", exclude_none=True)
-        return json.dumps(data, separators=(",", ":"), sort_keys=True).encode()
 
     def _queue_warning(self, cust: Customer, sub: Subscription, w: Warning, now: datetime) -> bool:
         deadline = f"{w.deadline:%Y-%m-%d %H:%M} UTC" if w.deadline is not None else "an operator's decision"

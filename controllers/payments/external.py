@@ -22,7 +22,7 @@ from controllers.payments.webhook import verify
 from reconcile import keys
 from reconcile.errors import Conflict, NotFound
 from reconcile.etcd import CreatedAt, Get, ModIs, Put
-from reconcile.objects import Store
+from reconcile.objects import Store, encode_status
 from specs.kinds import Subscription, SubscriptionStatus, SuspendReason
 
 STATES = {"active": "Active", "suspended": "Suspended", "terminated": "Terminated"}
@@ -97,8 +97,7 @@ def apply_state(store: Store, ev: ExternalState, *, now: datetime) -> tuple[dict
         new = _next(current, ev, now)
         answer = {"event": ev.event_id, "subscription": ev.subscription, "state": new.state,
                   "suspendReason": new.suspendReason, "time": now.isoformat(), "fingerprint": fingerprint}
-        value = json.dumps(new.model_dump(mode="json", exclude_none=True), separators=(",", ":"),
-                           sort_keys=True).encode()
+        value = encode_status(new)
         out = store.txn([ModIs(idem, 0), CreatedAt(skey, res.gets[1][0].create_revision),
                          ModIs(tkey, res.gets[2][0].mod_revision if res.gets[2] else 0)],
                         [Put(tkey, value), Put(idem, json.dumps(answer, sort_keys=True).encode())])
