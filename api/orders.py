@@ -27,7 +27,7 @@ from api.auth import Principal
 from api.deps import Body, Caller, State
 from api.errors import Forbidden, Invalid, PaymentRequired, refuse_unknown_fields
 from api.objects import render
-from controllers import ledger
+from controllers import billing
 from reconcile import keys
 from reconcile.errors import AlreadyExists, Conflict, NotFound
 from reconcile.etcd import Get, ModIs, UnchangedSince, decode
@@ -173,7 +173,7 @@ def _read_commitments(store: Store, customer: str, currency: str) -> Commitments
         if plan.spec.price.currency == currency:
             prices[plan.name] = to_minor(plan.spec.price.amount, currency)
     acct = res.gets[3][0] if res.gets[3] else None
-    balance = ledger.Account.from_bytes(acct.value, acct.mod_revision).balanceMinor if acct is not None else 0
+    balance = billing.Account.from_bytes(acct.value, acct.mod_revision).balanceMinor if acct is not None else 0
     return Commitments(res.revision, balance, to_minor(cust.spec.creditLimit, currency),
                        monthly_commitment(subs, prices, customer), acct.mod_revision if acct is not None else 0,
                        res.gets[4][0].mod_revision)

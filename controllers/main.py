@@ -39,7 +39,7 @@ class Addon(Protocol):
 # each gets the store and the fence its writes must carry.
 AddonFactory = Callable[[Store, Fence], Addon]
 def _billing(store: Store, fence: Fence) -> Addon:
-    from controllers.billing_controller import BillingController
+    from controllers.billing import BillingController
 
     return BillingController(store, clock=utcnow, fence=fence)
 

@@ -22,7 +22,7 @@ import pytest
 from api.ratelimit import LoginThrottle
 from api.sessions import SESSION_COOKIE, set_password
 from controllers import events, payments
-from controllers.payments.webhook import sign
+from controllers.billing.payments.webhook import sign
 from reconcile.etcd_server import EtcdServer
 from reconcile.objects import Store
 from specs.kinds import VPS, Subscription

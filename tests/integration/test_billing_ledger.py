@@ -7,8 +7,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from controllers import ledger
-from controllers.charging import Charger, read_cursor
+from controllers.billing import ledger
+from controllers.billing.charging import Charger, read_cursor
 from reconcile import keys
 from reconcile.etcd import ModIs
 from reconcile.objects import Store

@@ -7,8 +7,8 @@ import threading
 import time
 from datetime import UTC, datetime, timedelta
 
-from controllers import ledger
-from controllers.billing_controller import BillingController
+from controllers.billing import ledger
+from controllers.billing.controller import BillingController
 from controllers.events import read_events
 from reconcile.errors import NotFound
 from reconcile.etcd import ModIs

@@ -18,7 +18,7 @@ import libvirt
 import pytest
 
 import nodeagent.agent as agent_mod
-from controllers.billing_controller import BillingController
+from controllers.billing.controller import BillingController
 from controllers.main import ControllerProcess
 from controllers.manager import Settings
 from nodeagent import domain_xml

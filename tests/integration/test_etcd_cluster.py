@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from controllers import ledger
+from controllers.billing import ledger
 from reconcile.errors import StoreError
 from reconcile.etcd_cluster import EtcdCluster
 from reconcile.objects import Store

@@ -27,9 +27,16 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from controllers import charging, ledger
-from controllers.billing import DEFAULT_POLICY, BillingDecision, BillingFacts, Policy, Warning, effective_policy
-from controllers.billing import next_billing_state as decide
+from controllers.billing import charging, ledger
+from controllers.billing.lifecycle import (
+    DEFAULT_POLICY,
+    BillingDecision,
+    BillingFacts,
+    Policy,
+    Warning,
+    effective_policy,
+)
+from controllers.billing.lifecycle import next_billing_state as decide
 from controllers.events import EventRecorder
 from reconcile import keys
 from reconcile.controller import Controller, Result

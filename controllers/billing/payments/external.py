@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, get_args
 
-from controllers.ledger import safe_key
-from controllers.payments import InvalidPayment, WebhookRequest, parse_json
-from controllers.payments.webhook import verify
+from controllers.billing.ledger import safe_key
+from controllers.billing.payments import InvalidPayment, WebhookRequest, parse_json
+from controllers.billing.payments.webhook import verify
 from reconcile import keys
 from reconcile.errors import Conflict, NotFound
 from reconcile.etcd import CreatedAt, Get, ModIs, Put

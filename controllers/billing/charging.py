@@ -29,7 +29,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from controllers import ledger
+from controllers.billing import ledger
 from reconcile import keys
 from reconcile.etcd import Compare, ModIs, Op, Put
 from reconcile.keys import cursor_key, cursors_prefix
