@@ -29,11 +29,12 @@ from datetime import UTC, datetime
 from typing import Any, Literal, TypeVar
 
 from controllers import layout
+from controllers.billing import Policy as BillingPolicy
 from controllers.booking import Book, Booking
 from controllers.events import EventRecorder
 from controllers.ipam import IPAllocation, allocate, free_count4, offset_of, pick_mac
 from controllers.nodes import drained, node_status, parse_heartbeat, schedulable, warming
-from controllers.resolve import BillingDefaults, next_change, resolve
+from controllers.resolve import next_change, resolve
 from controllers.schedule import NodeView, Policy, Resources, schedule
 from controllers.status import NodeState, Problem, events_for, vps_status
 from reconcile import keys
@@ -75,7 +76,7 @@ def utcnow() -> datetime:
 class Settings:
     policy: Policy = "spread"
     workers: int = 8
-    billing: BillingDefaults = field(default_factory=BillingDefaults)
+    billing: BillingPolicy = field(default_factory=BillingPolicy)
     pending_retry_seconds: float = 30.0
     terminating_recheck_seconds: float = 30.0
     resync_seconds: float = 300.0

@@ -28,7 +28,15 @@ from controllers.billing.ledger import (
     statement,
     statements,
 )
-from controllers.billing.lifecycle import DEFAULT_POLICY, Policy, effective_policy, next_billing_state
+from controllers.billing.lifecycle import (
+    DEFAULT_POLICY,
+    Policy,
+    ServerPower,
+    effective_policy,
+    next_billing_state,
+    policy_for,
+    power_for,
+)
 from controllers.billing.payments import (
     BadSignature,
     InvalidPayment,
@@ -62,6 +70,7 @@ __all__ = [
     "PaymentRejected",
     "Policy",
     "Replayed",
+    "ServerPower",
     "UnknownCustomer",
     "WebhookRequest",
     "answer",
@@ -70,6 +79,8 @@ __all__ = [
     "entries",
     "next_billing_state",
     "parse_state",
+    "policy_for",
+    "power_for",
     "provider",
     "read_account",
     "record_payment",
