@@ -37,6 +37,7 @@ from controllers.billing.lifecycle import (
     effective_policy,
 )
 from controllers.billing.lifecycle import next_billing_state as decide
+from controllers.billing.status import customer_status_put, subscription_status_put
 from controllers.events import EventRecorder
 from reconcile import keys
 from reconcile.controller import Controller, Result
@@ -45,9 +46,9 @@ from reconcile.etcd import Compare, CreatedAt, Exists, Get, ModIs, Put
 from reconcile.informer import Informer
 from reconcile.keys import outbox_key, outbox_prefix
 from reconcile.leader import Fence, fence_compares
-from reconcile.objects import Store, encode_status
+from reconcile.objects import Store
 from specs.kinds import VPS, Customer, Plan, Subscription, SubscriptionStatus
-from specs.money import format_minor, to_minor
+from specs.money import to_minor
 
 log = logging.getLogger(__name__)
 
@@ -154,11 +155,10 @@ class BillingController:
             self._rolled[customer] = month
         account = ledger.read_account(self.store, customer)
         if account.revision == 0 and cust.status is None:
-            zero = format_minor(0, cust.spec.currency)
-            body = json.dumps({"balance": zero, "balanceMinor": 0, "state": "Active"}, sort_keys=True).encode()
             tkey = keys.status_key(Customer, customer, self.store.root)
             self.store.txn([ModIs(tkey, 0), Exists(keys.spec_key(Customer, customer, self.store.root)),
-                            *fence_compares(self.fence)], [Put(tkey, body)])
+                            *fence_compares(self.fence)],
+                           [customer_status_put(cust, 0, cust.spec.currency, self.store.root)])
         credit = to_minor(cust.spec.creditLimit, cust.spec.currency)
         wakes: list[datetime] = []
         for sub in subs:
@@ -218,10 +218,9 @@ class BillingController:
         if stored != sub.status:
             # Written by someone else since we read it: decide again on the next pass.
             raise ledger.GuardFailed(f"status of {sub.name} changed meanwhile")
-        value = encode_status(status)
         out = self.store.txn([CreatedAt(skey, res.gets[0][0].create_revision),
                               ModIs(tkey, current.mod_revision if current else 0), *guard, *fence_compares(self.fence)],
-                             [Put(tkey, value)])
+                             [subscription_status_put(sub.name, status, r)])
         if not out.succeeded:
             raise ledger.GuardFailed(f"status of {sub.name} changed meanwhile (or no longer leading)")
 

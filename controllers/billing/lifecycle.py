@@ -75,6 +75,11 @@ def effective_policy(plan: BillingPolicy | None, customer: BillingPolicy | None,
     return Policy(grace, suspend, retention, shutdown, defaults.warn_before)
 
 
+def customer_state(balance_minor: int, credit_minor: int) -> Literal["Active", "Overdue"]:
+    """A customer's billing state for a balance: Overdue once the balance is below minus the credit limit."""
+    return "Overdue" if balance_minor < -credit_minor else "Active"
+
+
 def policy_for(plan: Plan, customer: Customer | None, defaults: Policy = DEFAULT_POLICY) -> Policy:
     """The policy of one subscription: its plan's and its customer's overrides over `defaults`."""
     return effective_policy(plan.spec.billing, customer.spec.billing if customer is not None else None, defaults)

@@ -19,10 +19,11 @@ from typing import Any, get_args
 from controllers.billing.ledger import safe_key
 from controllers.billing.payments import InvalidPayment, WebhookRequest, parse_json
 from controllers.billing.payments.webhook import verify
+from controllers.billing.status import subscription_status_put
 from reconcile import keys
 from reconcile.errors import Conflict, NotFound
 from reconcile.etcd import CreatedAt, Get, ModIs, Put
-from reconcile.objects import Store, encode_status
+from reconcile.objects import Store
 from specs.kinds import Subscription, SubscriptionStatus, SuspendReason
 
 STATES = {"active": "Active", "suspended": "Suspended", "terminated": "Terminated"}
@@ -97,10 +98,10 @@ def apply_state(store: Store, ev: ExternalState, *, now: datetime) -> tuple[dict
         new = _next(current, ev, now)
         answer = {"event": ev.event_id, "subscription": ev.subscription, "state": new.state,
                   "suspendReason": new.suspendReason, "time": now.isoformat(), "fingerprint": fingerprint}
-        value = encode_status(new)
         out = store.txn([ModIs(idem, 0), CreatedAt(skey, res.gets[1][0].create_revision),
                          ModIs(tkey, res.gets[2][0].mod_revision if res.gets[2] else 0)],
-                        [Put(tkey, value), Put(idem, json.dumps(answer, sort_keys=True).encode())])
+                        [subscription_status_put(ev.subscription, new, r),
+                         Put(idem, json.dumps(answer, sort_keys=True).encode())])
         if out.succeeded:
             return _public(answer), False
     raise Conflict(f"subscription {ev.subscription!r} kept changing; retry")
