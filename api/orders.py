@@ -32,6 +32,7 @@ from reconcile import keys
 from reconcile.errors import AlreadyExists, Conflict, NotFound
 from reconcile.etcd import Get, ModIs, UnchangedSince, decode
 from reconcile.objects import Store, with_new_meta
+from specs import rules
 from specs.io import validate_object
 from specs.kinds import VPS, Customer, Image, Plan, Subscription, SubscriptionStatus
 from specs.meta import API_VERSION
@@ -78,9 +79,8 @@ def place_order(store: Store, caller: Principal, body: Any, *, now: datetime,
     if caller.role == "customer" and not plan.spec.public:
         raise _invalid("plan", f"no plan {body['plan']!r}")
     image = _named(store, Image, body["image"], "image")
-    if plan.spec.diskGiB < image.spec.minDiskGiB:
-        raise _invalid("image", f"image {image.name!r} needs a disk of {image.spec.minDiskGiB} GiB; plan "
-                                f"{plan.name!r} has {plan.spec.diskGiB} GiB")
+    if (problem := rules.min_disk_problem(plan, image)) is not None:
+        raise _invalid("image", problem)
     currency = cust.spec.currency
     if plan.spec.price.currency != currency:
         raise _invalid("plan", f"plan {plan.name!r} is priced in {plan.spec.price.currency}; the customer pays in "

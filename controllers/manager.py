@@ -44,6 +44,7 @@ from reconcile.etcd import Compare, Delete, ModIs, Op, Put
 from reconcile.informer import Informer
 from reconcile.leader import Fence, fence_compares
 from reconcile.objects import Batch, Store, encode_spec, encode_status, encode_value
+from specs import rules
 from specs.domain import DomainSpec, ObservedDomain, Tombstone
 from specs.kinds import (
     VPS,
@@ -445,7 +446,7 @@ class Manager:
         booking = self.book.get(name)
         size: Resources | None = None
         if problem is None and plan is not None and image is not None:
-            size = Resources(plan.spec.vcpus, plan.spec.memoryMiB, max(plan.spec.diskGiB, image.spec.minDiskGiB))
+            size = Resources(plan.spec.vcpus, plan.spec.memoryMiB, rules.disk_gib(plan, image))
         placing = size is not None and (booking is None or booking.resources != size)
         with self.book.lock if placing else contextlib.nullcontext():
             if size is not None and booking is None:

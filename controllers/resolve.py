@@ -24,6 +24,7 @@ from datetime import datetime
 
 from controllers.billing import DEFAULT_POLICY, Policy, power_for
 from controllers.ipam import IPAllocation, mac_candidates
+from specs import rules
 from specs.domain import BandwidthLimit, DesiredPower, DomainImage, DomainNetwork, DomainSpec, IPAssignment
 from specs.kinds import VPS, Customer, Image, MaxResize, NodeNetwork, Plan, Subscription
 
@@ -95,7 +96,7 @@ def resolve(
         uid=vps.metadata.uid or "",
         vcpus=plan.spec.vcpus,
         memoryMiB=plan.spec.memoryMiB,
-        diskGiB=max(plan.spec.diskGiB, image.spec.minDiskGiB),
+        diskGiB=rules.disk_gib(plan, image),
         maxVcpus=max(ceiling.vcpus, plan.spec.vcpus),
         maxMemoryMiB=max(ceiling.memoryMiB, plan.spec.memoryMiB),
         power=power,
