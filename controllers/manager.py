@@ -33,10 +33,10 @@ from controllers.billing import Policy as BillingPolicy
 from controllers.booking import Book, Booking
 from controllers.events import EventRecorder
 from controllers.ipam import IPAllocation, allocate, free_count4, offset_of, pick_mac
-from controllers.nodes import drained, node_status, parse_heartbeat, schedulable, warming
-from controllers.resolve import next_change, resolve
+from controllers.nodes import node_status, parse_heartbeat, schedulable, warming
 from controllers.schedule import NodeView, Policy, Resources, schedule
 from controllers.status import NodeState, Problem, events_for, vps_status
+from controllers.vps_decision import VPSDecision, VPSSnapshot, decide_vps, requirements
 from reconcile import keys
 from reconcile.controller import Controller, Result
 from reconcile.errors import Conflict
@@ -44,7 +44,6 @@ from reconcile.etcd import Compare, Delete, ModIs, Op, Put
 from reconcile.informer import Informer
 from reconcile.leader import Fence, fence_compares
 from reconcile.objects import Batch, Store, encode_spec, encode_status, encode_value
-from specs import rules
 from specs.domain import DomainSpec, ObservedDomain, Tombstone
 from specs.kinds import (
     VPS,
@@ -408,6 +407,7 @@ class Manager:
     # ------------------------------------------------------------ VPS
 
     def reconcile_vps(self, name: str) -> Result | None:
+        """Read a snapshot, decide purely (`controllers.vps_decision.decide_vps`), commit once."""
         now = self.clock()
         vps = self._with_rv(self.vps_inf, name)
         if vps is None:
@@ -417,103 +417,82 @@ class Manager:
         # Everything this reconcile decides is written in one transaction, guarded by the
         # spec's resourceVersion: a VPS changed meanwhile is decided again, never half-written.
         batch = _Batch(self.store).expect(vps)
-        spec_changed = False
-        if layout.FINALIZER not in vps.metadata.finalizers:
+        add_finalizer = layout.FINALIZER not in vps.metadata.finalizers
+        if add_finalizer:
             vps = vps.model_copy(update={"metadata": vps.metadata.model_copy(
                 update={"finalizers": [*vps.metadata.finalizers, layout.FINALIZER]})})
-            spec_changed = True
-
-        problem: Problem | None = None
         sub = self._subscription(vps.spec.subscription)
+        reused = False
         if sub is not None and not vps.bound_to(sub):
             # The Subscription this server was created under is gone; one of the same name now is
             # someone else's: never resolve the server with its plan, billing or customer.
-            sub = None
+            sub, reused = None, True
+        elif sub is None:
+            reused = self.sub_inf.get(vps.spec.subscription) is not None
         plan = self.plan_inf.get(sub.spec.plan) if sub is not None else None
         image = self.image_inf.get(vps.spec.image)
         customer = self.customer_inf.get(sub.spec.customer) if sub is not None else None
-        if sub is None:
-            problem = Problem("Resolved", "SubscriptionNotFound",
-                              f"subscription {vps.spec.subscription!r} does not exist"
-                              + ("" if self.sub_inf.get(vps.spec.subscription) is None
-                                 else " (one of that name was created anew; this server is not part of it)"))
-        elif plan is None:
-            problem = Problem("Resolved", "PlanNotFound", f"plan {sub.spec.plan!r} does not exist")
-        elif image is None:
-            problem = Problem("Resolved", "ImageNotFound", f"image {vps.spec.image!r} does not exist")
-
-        result: Result | None = None
+        _, size = requirements(vps, sub, plan, image, reused)
         booking = self.book.get(name)
-        size: Resources | None = None
-        if problem is None and plan is not None and image is not None:
-            size = Resources(plan.spec.vcpus, plan.spec.memoryMiB, rules.disk_gib(plan, image))
         placing = size is not None and (booking is None or booking.resources != size)
         with self.book.lock if placing else contextlib.nullcontext():
+            placement_problem: Problem | None = None
             if size is not None and booking is None:
-                booking, problem = self._place(vps, size, batch)
-            elif size is not None and booking is not None and booking.resources != size:
-                nb, compares, ops = self.book.resize_ops(name, size)
-                batch.compares.extend(compares)
-                batch.ops.extend(ops)
-                batch.touches_book = True
-
-                def resized(rev: int, nb: Booking = nb) -> None:
-                    self.book.resized(nb, rev)
-                    self.node_ctl.queue.add_after(nb.node, NODE_STATUS_BATCH_SECONDS)
-                batch.after.append(resized)
-                booking = nb
-            with self._lock:
-                if problem is not None and problem.condition == "Scheduled":
-                    self._pending.add(name)
-                else:
-                    self._pending.discard(name)
-
-            desired: DomainSpec | None = None
-            generation = (self._previous_status(name) or VPSStatus()).observedGeneration
-            if booking is not None:
-                desired, _ = self._current_desired(booking.node, name)
-                for other in self._desired_nodes.get(name, set()) - {booking.node}:
-                    self._desired_ops(batch, other, name, None, reason="Moved")
-            if booking is not None and problem is None and sub is not None and plan is not None and image is not None:
-                node = self.node_inf.get(booking.node)
-                try:
-                    fresh = resolve(vps, sub, plan, image, booking.ips, now, mac=booking.mac, customer=customer,
-                                    max_resize=node.spec.maxResize if node is not None else None,
-                                    node_network=node.spec.network if node is not None else None,
-                                    drained=drained(node), defaults=self.settings.billing)
-                except ValueError as exc:
-                    problem, fresh = Problem("Resolved", "InvalidSpec", str(exc)), desired
-                if fresh is None and problem is None:
-                    # Terminated and past retention: delete the VPS; the finalizer frees the rest.
-                    vps = vps.model_copy(update={"metadata": vps.metadata.model_copy(
-                        update={"deletionTimestamp": now})})
-                    batch.put_spec(vps)
-                    batch.after.append(lambda _r: self.events.record(
-                        "VPS", name, "Normal", "Terminated", "subscription terminated and retention passed: deleting"))
-                    self._commit(batch, f"VPS {name}")
-                    return None
-                if problem is None:
-                    self._desired_ops(batch, booking.node, name, fresh)
-                    desired = fresh
-                    generation = vps.metadata.generation
-                    nxt = next_change(vps, sub, plan, customer, now, self.settings.billing)
-                    if nxt is not None:
-                        result = Result(requeue_after=max((nxt - now).total_seconds(), 0.0) + 0.05)
-            elif problem is not None and problem.condition == "Scheduled":
-                result = Result(requeue_after=self.settings.pending_retry_seconds)
-
+                # Placement is the pure scheduler and IPAM on the book's state, under its lock.
+                booking, placement_problem = self._place(vps, size, batch)
             node_name = booking.node if booking is not None else None
-            status = vps_status(
-                vps, previous=self._previous_status(name), node=node_name,
-                ips=booking.ips if booking is not None else None, desired=desired,
+            snap = VPSSnapshot(
+                vps=vps, subscription=sub, plan=plan, image=image, customer=customer, booking=booking,
+                placement_problem=placement_problem, sub_name_reused=reused, add_finalizer=add_finalizer,
+                node=self.node_inf.get(node_name) if node_name else None,
+                desired=self._current_desired(node_name, name)[0] if node_name else None,
+                other_desired_nodes=frozenset(self._desired_nodes.get(name, set())),
                 observed=self._observed(node_name, name) if node_name else None,
                 node_state=self.node_state(node_name) if node_name else None,
-                problem=problem, observed_generation=generation, now=now)
-            if spec_changed:
-                batch.put_spec(vps)
-            self._status_ops(batch, vps, status)
+                previous_status=self._previous_status(name), billing=self.settings.billing,
+                pending_retry_seconds=self.settings.pending_retry_seconds)
+            decision = decide_vps(snap, now)
+            return self._commit_vps(vps, snap.booking, decision, batch, now)
+
+    def _commit_vps(self, vps: VPS, booking: Booking | None, d: VPSDecision, batch: _Batch,
+                    now: datetime) -> Result | None:
+        """Apply one VPS decision: every write in `batch`'s one fenced transaction, then the follow-ups."""
+        name = vps.name
+        if d.resize is not None:
+            nb, compares, ops = self.book.resize_ops(name, d.resize)
+            batch.compares.extend(compares)
+            batch.ops.extend(ops)
+            batch.touches_book = True
+
+            def resized(rev: int, nb: Booking = nb) -> None:
+                self.book.resized(nb, rev)
+                self.node_ctl.queue.add_after(nb.node, NODE_STATUS_BATCH_SECONDS)
+            batch.after.append(resized)
+        with self._lock:
+            if d.pending:
+                self._pending.add(name)
+            else:
+                self._pending.discard(name)
+        for other in d.remove_from:
+            self._desired_ops(batch, other, name, None, reason="Moved")
+        for type_, reason, message in d.events:
+            def record(_rev: int, t: str = type_, r: str = reason, m: str = message) -> None:
+                self.events.record("VPS", name, t, r, m)
+            batch.after.append(record)
+        if d.delete:
+            batch.put_spec(vps.model_copy(update={"metadata": vps.metadata.model_copy(
+                update={"deletionTimestamp": now})}))
             self._commit(batch, f"VPS {name}")
-        return result
+            return None
+        if d.write_desired:
+            assert booking is not None
+            self._desired_ops(batch, booking.node, name, d.desired)
+        if d.add_finalizer:
+            batch.put_spec(vps)
+        if d.status is not None:
+            self._status_ops(batch, vps, d.status)
+        self._commit(batch, f"VPS {name}")
+        return Result(requeue_after=d.requeue_after) if d.requeue_after is not None else None
 
     def _node_views(self) -> list[NodeView]:
         views = []
