@@ -31,12 +31,11 @@ from controllers.billing import charging, ledger
 from controllers.billing.lifecycle import (
     DEFAULT_POLICY,
     BillingDecision,
-    BillingFacts,
     Policy,
     Warning,
-    effective_policy,
+    decide_subscription,
+    needs_status_write,
 )
-from controllers.billing.lifecycle import next_billing_state as decide
 from controllers.billing.status import customer_status_put, subscription_status_put
 from controllers.events import EventRecorder
 from reconcile import keys
@@ -48,7 +47,6 @@ from reconcile.keys import outbox_key, outbox_prefix
 from reconcile.leader import Fence, fence_compares
 from reconcile.objects import Store
 from specs.kinds import VPS, Customer, Plan, Subscription, SubscriptionStatus
-from specs.money import to_minor
 
 log = logging.getLogger(__name__)
 
@@ -159,11 +157,10 @@ class BillingController:
             self.store.txn([ModIs(tkey, 0), Exists(keys.spec_key(Customer, customer, self.store.root)),
                             *fence_compares(self.fence)],
                            [customer_status_put(cust, 0, cust.spec.currency, self.store.root)])
-        credit = to_minor(cust.spec.creditLimit, cust.spec.currency)
         wakes: list[datetime] = []
         for sub in subs:
             try:
-                decision = self._sync_sub(cust, sub, plans.get(sub.spec.plan), account.balanceMinor, credit, now,
+                decision = self._sync_sub(cust, sub, plans.get(sub.spec.plan), account.balanceMinor, now,
                                           report, cursor_guard.get(sub.name, []))
             except ledger.LedgerError as exc:
                 report.errors.append(f"{sub.name}: {exc}")
@@ -186,15 +183,11 @@ class BillingController:
             out[s.name] = [ModIs(keys.status_key(Subscription, s.name, r), rev)]
         return out
 
-    def _sync_sub(self, cust: Customer, sub: Subscription, plan: Plan | None, balance: int, credit: int,
+    def _sync_sub(self, cust: Customer, sub: Subscription, plan: Plan | None, balance: int,
                   now: datetime, report: SyncReport, guard: Sequence[Compare] = ()) -> BillingDecision:
-        policy = effective_policy(plan.spec.billing if plan else None, cust.spec.billing, self.defaults)
-        holds = [h for h in (sub.spec.suspendHoldUntil, cust.spec.suspendHoldUntil) if h is not None]
-        facts = BillingFacts(balance_minor=balance, credit_limit_minor=credit, operator_suspend=sub.spec.suspend,
-                             hold_until=max(holds) if holds else None, cancelled=sub.spec.cancelled,
-                             external=sub.spec.billingMode == "external")
-        decision = decide(sub.status, facts, policy, now)
-        if decision.status != (sub.status or SubscriptionStatus()) or sub.status is None:
+        decision = decide_subscription(cust, sub, plan, balance, now, self.defaults)
+        # Commit the decision: the status (guarded), then the warnings it owes and the deletion.
+        if needs_status_write(sub, decision):
             self._write_status(sub, decision.status, guard)
             if len(decision.path) > 1:
                 report.transitions.append((sub.name, decision.path))

@@ -28,6 +28,7 @@ from specs.kinds import (
     SubscriptionStatus,
     SuspendReason,
 )
+from specs.money import to_minor
 
 WarningKind = Literal["Overdue", "SuspensionSoon", "Suspended", "TerminationSoon", "Terminated", "DeletionSoon"]
 
@@ -303,3 +304,24 @@ __all__ = [
     "DEFAULT_POLICY", "LEGAL", "BillingDecision", "BillingFacts", "Policy", "Warning",
     "effective_policy", "next_billing_state",
 ]
+
+
+def decide_subscription(customer: Customer, sub: Subscription, plan: Plan | None, balance_minor: int, now: datetime,
+                        defaults: Policy = DEFAULT_POLICY) -> BillingDecision:
+    """The billing controller's decision for one subscription, from what it read (a snapshot). Pure.
+
+    The facts (balance against the credit limit, the latest hold, operator suspension, cancellation,
+    external billing) and the policy (plan and customer overrides over `defaults`) feed
+    `next_billing_state`; the controller commits the decision (status, warnings, deletion)."""
+    policy = effective_policy(plan.spec.billing if plan else None, customer.spec.billing, defaults)
+    holds = [h for h in (sub.spec.suspendHoldUntil, customer.spec.suspendHoldUntil) if h is not None]
+    facts = BillingFacts(balance_minor=balance_minor,
+                         credit_limit_minor=to_minor(customer.spec.creditLimit, customer.spec.currency),
+                         operator_suspend=sub.spec.suspend, hold_until=max(holds) if holds else None,
+                         cancelled=sub.spec.cancelled, external=sub.spec.billingMode == "external")
+    return next_billing_state(sub.status, facts, policy, now)
+
+
+def needs_status_write(sub: Subscription, decision: BillingDecision) -> bool:
+    """Whether the decision changes the stored status (a subscription without one always gets one)."""
+    return sub.status is None or decision.status != sub.status
