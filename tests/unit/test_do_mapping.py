@@ -19,7 +19,7 @@ POWERS = ("Running", "Stopped", "Paused", "ShuttingDown", "Crashed", "Absent", "
 
 def server(phase: str = "Running", uid: str = "u-1") -> VPS:
     vps = builders.vps("web", uid=uid)
-    return vps.model_copy(update={"status": VPSStatus(phase=phase, node="n1")})  # type: ignore[arg-type]
+    return vps.model_copy(update={"status": VPSStatus(phase=phase, node="n1")})
 
 
 def seen(uid: str = "u-1", **kw: Any) -> ObservedDomain:
@@ -34,7 +34,7 @@ def action(**target: Any) -> dict[str, Any]:
 
 def test_each_action_completes_on_its_own_observation() -> None:
     """power, generations and sizes: in-progress until the observation shows the target, then completed."""
-    cases = [({"power": "Stopped"}, {"power": "Running"}, {"power": "Stopped"}),
+    cases: list[tuple[dict[str, Any], dict[str, Any], dict[str, Any]]] = [({"power": "Stopped"}, {"power": "Running"}, {"power": "Stopped"}),
              ({"power": "Running", "restartGeneration": 2}, {"restartGeneration": 1}, {"restartGeneration": 2}),
              ({"power": "Running", "rebuildGeneration": 1}, {}, {"rebuildGeneration": 3}),
              ({"vcpus": 2, "memoryMiB": 1024, "diskGiB": 20}, {"vcpus": 2, "memoryMiB": 1024},
