@@ -34,7 +34,8 @@ def action(**target: Any) -> dict[str, Any]:
 
 def test_each_action_completes_on_its_own_observation() -> None:
     """power, generations and sizes: in-progress until the observation shows the target, then completed."""
-    cases: list[tuple[dict[str, Any], dict[str, Any], dict[str, Any]]] = [({"power": "Stopped"}, {"power": "Running"}, {"power": "Stopped"}),
+    Case = tuple[dict[str, Any], dict[str, Any], dict[str, Any]]
+    cases: list[Case] = [({"power": "Stopped"}, {"power": "Running"}, {"power": "Stopped"}),
              ({"power": "Running", "restartGeneration": 2}, {"restartGeneration": 1}, {"restartGeneration": 2}),
              ({"power": "Running", "rebuildGeneration": 1}, {}, {"rebuildGeneration": 3}),
              ({"vcpus": 2, "memoryMiB": 1024, "diskGiB": 20}, {"vcpus": 2, "memoryMiB": 1024},
