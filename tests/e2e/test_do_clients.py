@@ -17,6 +17,7 @@ import pytest
 
 from tests.e2e.panel_up import UpProcess
 from tests.helpers.access_env import ED25519
+from tests.helpers.do_contract import check_contract
 from tests.helpers.wait import wait_for
 
 pydo = pytest.importorskip("pydo")
@@ -66,10 +67,10 @@ def _client(system: dict[str, Any], token: str | None = None) -> Any:
 
 
 def _wait_action(client: Any, action_id: int) -> dict[str, Any]:
-    def done() -> dict[str, Any] | None:
+    def done() -> dict[str, Any]:
         action: dict[str, Any] = client.actions.get(action_id)["action"]
         assert action["status"] != "errored", action
-        return action if action["status"] == "completed" else None
+        return action if action["status"] == "completed" else {}
     return wait_for(done, timeout=90, interval=0.5, what=f"action {action_id} to complete")
 
 
@@ -88,8 +89,16 @@ def test_pydo_droplet_lifecycle(system: dict[str, Any]) -> None:
     assert droplet["networks"]["v4"][0]["ip_address"].startswith("192.0.2.")
     assert [d["id"] for d in client.droplets.list(tag_name="life", per_page=200)["droplets"]] == [droplet_id]
 
+    checked = httpx.Client(base_url=system["up"].base + "/v2", verify=system["up"].verify(), timeout=10,
+                           headers={"Authorization": f"Bearer {system['token']}"},
+                           event_hooks={"response": [check_contract]})
+
     def act(body: dict[str, Any]) -> None:
-        _wait_action(client, client.droplet_actions.post(droplet_id, body=body)["action"]["id"])
+        action_id = client.droplet_actions.post(droplet_id, body=body)["action"]["id"]
+        _wait_action(client, action_id)
+        # The same answers, read again and checked against DigitalOcean's schema (statuses off, completed …).
+        checked.get(f"/droplets/{droplet_id}")
+        checked.get(f"/droplets/{droplet_id}/actions/{action_id}")
 
     act({"type": "power_off"})
     assert client.droplets.get(droplet_id)["droplet"]["status"] == "off"
@@ -101,6 +110,8 @@ def test_pydo_droplet_lifecycle(system: dict[str, Any]) -> None:
     assert client.droplets.get(droplet_id)["droplet"]["image"]["slug"] == "debian-13"
     act({"type": "rename", "name": "renamed.example.com"})
     assert client.droplets.get(droplet_id)["droplet"]["name"] == "renamed.example.com"
+    checked.get("/actions", params={"per_page": 200})
+    checked.close()
     client.droplets.destroy(droplet_id)
     assert client.droplets.get(droplet_id)["id"] == "not_found"  # pydo hands a 404's body back
 
@@ -138,11 +149,12 @@ def test_python_digitalocean_lifecycle(system: dict[str, Any], monkeypatch: pyte
     assert droplet.status == "active" and droplet.ip_address.startswith("192.0.2.")
     mine = digitalocean.Manager(token=token).get_all_droplets(tag_name="old")
     assert [d.id for d in mine] == [droplet.id]
-    for step in (lambda: droplet.power_off(return_dict=False),
-                 lambda: droplet.resize("large", disk=True, return_dict=False),
-                 lambda: droplet.power_on(return_dict=False)):
-        action = step()
-        assert action.wait(update_every_seconds=0.5), action.status
+    action = droplet.power_off(return_dict=False)
+    assert action.wait(update_every_seconds=0.5), action.status
+    action = droplet.resize("large", disk=True, return_dict=False)
+    assert action.wait(update_every_seconds=0.5), action.status
+    action = droplet.power_on(return_dict=False)
+    assert action.wait(update_every_seconds=0.5), action.status
     droplet.load()
     assert droplet.size_slug == "large" and droplet.status == "active"
     droplet.destroy()

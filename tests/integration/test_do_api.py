@@ -8,35 +8,12 @@ from typing import Any
 
 import httpx
 import pytest
-from openapi_core import Config, OpenAPI
-from openapi_core.testing import MockRequest, MockResponse
 
 from reconcile import keys
 from reconcile.store import Store
 from specs.kinds import VPS, Subscription
 from tests.helpers.access_env import ED25519, Env, served
-
-SPEC = Path(__file__).resolve().parents[1] / "contracts" / "digitalocean" / "specification" / \
-    "DigitalOcean-public.v2.yaml"
-_OPENAPI: list[OpenAPI] = []
-
-
-def do_spec() -> OpenAPI:
-    if not _OPENAPI:
-        _OPENAPI.append(OpenAPI.from_file_path(str(SPEC), config=Config(spec_validator_cls=None)))
-    return _OPENAPI[0]
-
-
-def check_contract(resp: httpx.Response) -> None:
-    """Validate one /v2 answer (status, headers, body) against DigitalOcean's description of that operation."""
-    resp.read()
-    path = resp.request.url.path.rstrip("/")
-    req = MockRequest("https://api.digitalocean.com", resp.request.method.lower(), path,
-                      args=dict(resp.request.url.params), headers={"Authorization": "Bearer x"})
-    ctype = resp.headers.get("content-type", "application/json").split(";")[0] if resp.content else None
-    mock = MockResponse(resp.content, status_code=resp.status_code, headers=dict(resp.headers),
-                        content_type=ctype or "application/json")
-    do_spec().validate_response(req, mock)
+from tests.helpers.do_contract import check_contract
 
 
 class DO:
