@@ -22,6 +22,7 @@ from reconcile.errors import Conflict
 from reconcile.store import KV, Get, ModIs, Put, Store
 
 ATTEMPTS = 10
+BATCH = 40  # ids per transaction: 3 operations each, under etcd's default of 128 per transaction
 
 
 def _load(kv: KV) -> dict[str, Any]:
@@ -85,14 +86,17 @@ def droplet(store: Store, customer: str, droplet_id: int) -> dict[str, Any] | No
 
 def add_droplets(store: Store, customer: str, servers: list[tuple[str, str]], *, tags: list[str] | None = None,
                  region: str | None = None) -> dict[str, int]:
-    """Ids for servers (name, uid) of `customer` that have none yet; returns uid -> id for all of them."""
+    """Ids for servers (name, uid) of `customer` that have none yet; returns uid -> id for all of them.
+
+    Known ids come from one range read of the customer's records; new ones are written BATCH at a
+    time (etcd caps the operations of one transaction)."""
     for _ in range(ATTEMPTS):
-        have = ids_by_uid(store, [uid for _, uid in servers])
+        have = {rec["uid"]: i for i, rec in droplets(store, customer).items()}
         missing = [(n, u) for n, u in servers if u not in have]
         if not missing:
             return have
 
-        def puts(ids: list[int], m: list[tuple[str, str]] = missing) -> tuple[list[Any], list[Put]]:
+        def puts(ids: list[int], m: list[tuple[str, str]]) -> tuple[list[Any], list[Put]]:
             compares = [ModIs(keys.do_id_key(u, store.root), 0) for _, u in m]
             out = []
             for (name, uid), i in zip(m, ids, strict=True):
@@ -102,10 +106,12 @@ def add_droplets(store: Store, customer: str, servers: list[tuple[str, str]], *,
             return compares, out
 
         try:
-            allocate(store, len(missing), puts)
+            for at in range(0, len(missing), BATCH):
+                chunk = missing[at:at + BATCH]
+                allocate(store, len(chunk), lambda ids, c=chunk: puts(ids, c))
         except Conflict:
             continue
-    return ids_by_uid(store, [uid for _, uid in servers])
+    return {rec["uid"]: i for i, rec in droplets(store, customer).items()}
 
 
 def forget_droplet(store: Store, customer: str, droplet_id: int, uid: str) -> None:

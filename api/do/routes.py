@@ -179,7 +179,8 @@ def _render_droplets(store: Store, customer: str, servers: list[tuple[int, VPS]]
 def _all_droplets(store: Store, customer: str) -> tuple[list[tuple[int, VPS]], dict[str, Subscription]]:
     mine, subs = _my_servers(store, customer)
     ids = records.add_droplets(store, customer, [(v.name, v.metadata.uid or "") for v in mine])
-    return sorted(((ids[v.metadata.uid or ""], v) for v in mine), key=lambda t: t[0]), subs
+    return sorted(((ids[v.metadata.uid or ""], v) for v in mine if (v.metadata.uid or "") in ids),
+                  key=lambda t: t[0]), subs
 
 
 # ------------------------------------------------------------------ actions
