@@ -252,12 +252,12 @@ def _plan_by_slug(store: Store, slug: Any) -> Plan:
 
 def droplet_action(store: Store, caller: Principal, droplet_id: str, body: Any) -> dict[str, Any]:
     customer = _customer(caller)
+    rec, vps = _droplet_vps(store, customer, droplet_id)  # first: someone else's droplet is 404 whatever the body
     if not isinstance(body, dict) or not isinstance(body.get("type"), str):
         raise _invalid("type: an action type is required")
     type_ = body["type"]
     if type_ not in ACTION_TYPES:
         raise _invalid(f"type: {type_!r} is not supported here; supported: {', '.join(ACTION_TYPES)}")
-    rec, vps = _droplet_vps(store, customer, droplet_id)
     n = int(droplet_id)
     for kv, doc in records.actions(store, customer):
         if doc.get("resource_id") == n and doc.get("status") == "in-progress" \
@@ -361,12 +361,17 @@ def create_droplets(store: Store, state: AppState, caller: Principal, body: Any,
 
 
 def destroy(store: Store, customer: str, vps: VPS) -> None:
-    """The owner's explicit delete: its subscription is cancelled, then the VPS deleted (disks go with it)."""
+    """The owner's explicit delete: the VPS is deleted (its disks go with it) and its subscription cancelled,
+    unless another live server of the customer is still on that subscription."""
     try:
         sub = store.get(Subscription, vps.spec.subscription)
     except NotFound:
         sub = None
-    if sub is not None and vps.bound_to(sub) and sub.spec.customer == customer and not sub.spec.cancelled:
+    shared = sub is not None and any(
+        v.name != vps.name and v.metadata.deletionTimestamp is None and v.bound_to(sub)
+        for v in store.list(VPS).items)
+    if sub is not None and vps.bound_to(sub) and sub.spec.customer == customer and not sub.spec.cancelled \
+            and not shared:
         store.update(sub.model_copy(update={"spec": sub.spec.model_copy(update={"cancelled": True})}))
     store.delete(VPS, vps.name)
 
