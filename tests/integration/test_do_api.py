@@ -138,3 +138,15 @@ def test_operator_tokens_are_refused(env: Env) -> None:
     """The /v2 API serves customer tokens only: an admin token gets 403 forbidden."""
     r = httpx.get(env.url + "/v2/droplets", headers={"Authorization": f"Bearer {env.tokens['admin']}"})
     assert r.status_code == 403 and r.json()["id"] == "forbidden"
+
+
+def test_rate_limit_headers_count_down_and_429_in_digitalocean_shape(store: Store, tmp_path: Path) -> None:
+    """ratelimit-remaining falls with each request of the token; past the burst: 429 too_many_requests."""
+    with served(store, tmp_path, rate_per_principal=0.5, burst_per_principal=3) as env:
+        do = env.client("customer")
+        seen = [do.get("/v2/sizes") for _ in range(4)]
+        assert [r.status_code for r in seen] == [200, 200, 200, 429]
+        assert [int(r.headers["ratelimit-remaining"]) for r in seen[:3]] == [2, 1, 0]
+        assert all(r.headers["ratelimit-limit"] == "3" for r in seen)
+        assert seen[3].json()["id"] == "too_many_requests" and int(seen[3].headers["retry-after"]) >= 1
+        assert int(seen[3].headers["ratelimit-reset"]) > int(seen[0].headers["ratelimit-reset"]) - 5
