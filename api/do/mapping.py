@@ -185,17 +185,21 @@ class Progress:
     reason: str = ""
 
 
-def action_progress(action: dict[str, Any], vps: VPS | None, observed: ObservedDomain | None) -> Progress:
+ERROR_GRACE_SECONDS = 300
+
+
+def action_progress(action: dict[str, Any], vps: VPS | None, observed: ObservedDomain | None,
+                    now: datetime | None = None) -> Progress:
     """Where a droplet action stands, from the VPS and its node's latest observation. Pure.
 
     `action["target"]` holds what the observation must show: `power`, `restartGeneration`,
     `rebuildGeneration`, or `vcpus`/`memoryMiB`/`diskGiB`. An action with no target (rename) was
-    complete when it was recorded."""
+    complete when it was recorded. The agent retries what fails (an image still downloading, a
+    busy libvirt): its error makes the action errored only once it has lasted ERROR_GRACE_SECONDS
+    past the action's start (`now` given), or at once when the domain crashed."""
     if vps is None or vps.metadata.uid != action.get("uid") or vps.metadata.deletionTimestamp is not None:
         return Progress("errored", "the droplet was destroyed")
     status = vps.status
-    if status is not None and status.phase == "Failed":
-        return Progress("errored", status.message or "the server failed")
     target: dict[str, Any] = action.get("target") or {}
     if not target:
         return Progress("completed")
@@ -203,8 +207,8 @@ def action_progress(action: dict[str, Any], vps: VPS | None, observed: ObservedD
         return Progress("errored", status.message or "the server is suspended")
     if observed is None or observed.uid != vps.metadata.uid:
         return Progress("in-progress")
-    if observed.lastError and observed.power in ("Crashed", "Absent"):
-        return Progress("errored", observed.lastError)
+    if observed.power == "Crashed":
+        return Progress("errored", observed.lastError or "the server crashed")
     checks = [
         ("power", observed.power == target.get("power")),
         ("restartGeneration", observed.restartGeneration >= int(target.get("restartGeneration", 0))),
@@ -215,4 +219,17 @@ def action_progress(action: dict[str, Any], vps: VPS | None, observed: ObservedD
     ]
     if all(ok for field, ok in checks if field in target):
         return Progress("completed")
+    started = _parse_time(action.get("started_at"))
+    if observed.lastError and now is not None and started is not None \
+            and (now - started).total_seconds() > ERROR_GRACE_SECONDS:
+        return Progress("errored", observed.lastError)
     return Progress("in-progress")
+
+
+def _parse_time(value: Any) -> datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None

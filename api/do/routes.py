@@ -201,7 +201,7 @@ def _decide(store: Store, customer: str, kv: Any, doc: dict[str, Any]) -> dict[s
         vps: VPS | None = store.get(VPS, doc["vps"])
     except NotFound:
         vps = None
-    progress = mapping.action_progress(doc, vps, _observed(store, vps) if vps is not None else None)
+    progress = mapping.action_progress(doc, vps, _observed(store, vps) if vps is not None else None, _now())
     if progress.status == "in-progress":
         return doc
     decided = {**doc, "status": progress.status, "completed_at": mapping.iso(_now()), "error": progress.reason}
@@ -210,9 +210,12 @@ def _decide(store: Store, customer: str, kv: Any, doc: dict[str, Any]) -> dict[s
 
 
 def _action_doc(doc: dict[str, Any]) -> dict[str, Any]:
-    return {"id": doc["id"], "status": doc["status"], "type": doc["type"], "started_at": doc["started_at"],
-            "completed_at": doc.get("completed_at"), "resource_id": doc.get("resource_id"),
-            "resource_type": doc.get("resource_type", "droplet"), "region_slug": doc.get("region_slug")}
+    out = {"id": doc["id"], "status": doc["status"], "type": doc["type"], "started_at": doc["started_at"],
+           "completed_at": doc.get("completed_at"), "resource_id": doc.get("resource_id"),
+           "resource_type": doc.get("resource_type", "droplet"), "region_slug": doc.get("region_slug")}
+    if doc["status"] == "errored":
+        out["error_message"] = doc.get("error") or "failed"  # not in DigitalOcean's object; clients ignore it
+    return out
 
 
 def _region_slug(store: Store, vps: VPS, rec: dict[str, Any]) -> str | None:

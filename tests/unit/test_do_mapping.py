@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+from datetime import UTC, datetime
 from typing import Any
 
 from hypothesis import given
@@ -46,9 +47,14 @@ def test_each_action_completes_on_its_own_observation() -> None:
 
 
 def test_failures_error_with_reason() -> None:
-    """A failed server, a crashed domain, a destroyed or replaced server: errored, with why."""
-    failed = server("Failed").model_copy(update={"status": VPSStatus(phase="Failed", message="disk full")})
-    assert mapping.action_progress(action(power="Running"), failed, None) == mapping.Progress("errored", "disk full")
+    """An error lasting past the grace, a crashed domain, a destroyed or replaced server: errored, with why."""
+    started = {"started_at": "2026-01-01T00:00:00Z"}
+    failing = seen(power="Absent", lastError="image: not downloaded")
+    early, late = datetime(2026, 1, 1, 0, 1, tzinfo=UTC), datetime(2026, 1, 1, 0, 6, tzinfo=UTC)
+    assert mapping.action_progress({**action(power="Running"), **started}, server(), failing, early).status \
+        == "in-progress"  # the agent retries: not final yet
+    assert mapping.action_progress({**action(power="Running"), **started}, server(), failing, late) == \
+        mapping.Progress("errored", "image: not downloaded")
     crashed = seen(power="Crashed", lastError="qemu died")
     assert mapping.action_progress(action(power="Running"), server(), crashed).reason == "qemu died"
     assert mapping.action_progress(action(power="Running"), None, None).status == "errored"
