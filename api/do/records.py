@@ -85,16 +85,18 @@ def droplet(store: Store, customer: str, droplet_id: int) -> dict[str, Any] | No
 
 
 def add_droplets(store: Store, customer: str, servers: list[tuple[str, str]], *, tags: list[str] | None = None,
-                 region: str | None = None) -> dict[str, int]:
-    """Ids for servers (name, uid) of `customer` that have none yet; returns uid -> id for all of them.
+                 region: str | None = None) -> dict[int, dict[str, Any]]:
+    """Ids for servers (name, uid) of `customer` that have none yet; returns all the customer's records
+    (id -> {"vps", "uid", "tags", "region"}), as `droplets` does.
 
     Known ids come from one range read of the customer's records; new ones are written BATCH at a
     time (etcd caps the operations of one transaction)."""
     for _ in range(ATTEMPTS):
-        have = {rec["uid"]: i for i, rec in droplets(store, customer).items()}
+        recs = droplets(store, customer)
+        have = {rec["uid"] for rec in recs.values()}
         missing = [(n, u) for n, u in servers if u not in have]
         if not missing:
-            return have
+            return recs
 
         def puts(ids: list[int], m: list[tuple[str, str]]) -> tuple[list[Any], list[Put]]:
             compares = [ModIs(keys.do_id_key(u, store.root), 0) for _, u in m]
@@ -111,7 +113,7 @@ def add_droplets(store: Store, customer: str, servers: list[tuple[str, str]], *,
                 allocate(store, len(chunk), lambda ids, c=chunk: puts(ids, c))
         except Conflict:
             continue
-    return {rec["uid"]: i for i, rec in droplets(store, customer).items()}
+    return droplets(store, customer)
 
 
 def forget_droplet(store: Store, customer: str, droplet_id: int, uid: str) -> None:

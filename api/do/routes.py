@@ -169,18 +169,26 @@ def _droplet_vps(store: Store, customer: str, droplet_id: Any) -> tuple[dict[str
 
 
 def _render_droplets(store: Store, customer: str, servers: list[tuple[int, VPS]],
-                     subs: dict[str, Subscription]) -> list[dict[str, Any]]:
+                     subs: dict[str, Subscription], recs: dict[int, dict[str, Any]] | None = None
+                     ) -> list[dict[str, Any]]:
     ctx = _context(store, customer, subs)
-    recs = records.droplets(store, customer)
+    recs = recs if recs is not None else records.droplets(store, customer)
     return [mapping.droplet(v, i, recs.get(i, {}).get("tags") or [], recs.get(i, {}).get("region"), ctx)
             for i, v in servers]
 
 
-def _all_droplets(store: Store, customer: str) -> tuple[list[tuple[int, VPS]], dict[str, Subscription]]:
+def _ids(recs: dict[int, dict[str, Any]]) -> dict[str, int]:
+    return {rec["uid"]: i for i, rec in recs.items()}
+
+
+def _all_droplets(store: Store, customer: str
+                  ) -> tuple[list[tuple[int, VPS]], dict[str, Subscription], dict[int, dict[str, Any]]]:
+    """The customer's live servers with their droplet ids (allocated if missing), by id; subscriptions; records."""
     mine, subs = _my_servers(store, customer)
-    ids = records.add_droplets(store, customer, [(v.name, v.metadata.uid or "") for v in mine])
+    recs = records.add_droplets(store, customer, [(v.name, v.metadata.uid or "") for v in mine])
+    ids = _ids(recs)
     return sorted(((ids[v.metadata.uid or ""], v) for v in mine if (v.metadata.uid or "") in ids),
-                  key=lambda t: t[0]), subs
+                  key=lambda t: t[0]), subs, recs
 
 
 # ------------------------------------------------------------------ actions
@@ -350,8 +358,8 @@ def create_droplets(store: Store, state: AppState, caller: Principal, body: Any,
                           servers_named=hub.servers_of_subscription if hub is not None else None,
                           node_selector=selector)
         vps = store.get(VPS, out["vps"]["metadata"]["name"])
-        ids = records.add_droplets(store, customer, [(vps.name, vps.metadata.uid or "")], tags=list(tags),
-                                   region=str(region) if region else None)
+        ids = _ids(records.add_droplets(store, customer, [(vps.name, vps.metadata.uid or "")], tags=list(tags),
+                                        region=str(region) if region else None))
         droplet_id = ids[vps.metadata.uid or ""]
         made.append((droplet_id, vps))
         rec = records.droplet(store, customer, droplet_id) or {}
@@ -526,16 +534,16 @@ def build_app(state: AppState) -> FastAPI:
     @get("/droplets")
     def list_droplets(request: Request, caller: Caller) -> dict[str, Any]:
         customer = _customer(caller)
-        servers, subs = _all_droplets(store, customer)
+        servers, subs, recs = _all_droplets(store, customer)
         tag, name = request.query_params.get("tag_name"), request.query_params.get("name")
         if tag or name:
-            recs = records.droplets(store, customer)
             servers = [(i, v) for i, v in servers
                        if (not tag or tag in (recs.get(i, {}).get("tags") or []))
                        and (not name or v.spec.hostname == name)]
         page, per_page = _page_params(request)
         window = servers[(page - 1) * per_page: page * per_page]
-        rendered = dict(zip((i for i, _ in window), _render_droplets(store, customer, window, subs), strict=True))
+        rendered = dict(zip((i for i, _ in window), _render_droplets(store, customer, window, subs, recs),
+                            strict=True))
         return _paged(request, "droplets", servers, lambda t: rendered[t[0]])
 
     @route("/droplets", "POST")
@@ -550,8 +558,8 @@ def build_app(state: AppState) -> FastAPI:
         tag = request.query_params.get("tag_name")
         if not tag:
             raise _invalid("tag_name: required")
-        recs = records.droplets(store, customer)
-        for i, vps in _all_droplets(store, customer)[0]:
+        servers, _, recs = _all_droplets(store, customer)
+        for i, vps in servers:
             if tag in (recs.get(i, {}).get("tags") or []):
                 destroy(store, customer, vps)
         return Response(status_code=204)
