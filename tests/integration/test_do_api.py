@@ -150,3 +150,19 @@ def test_rate_limit_headers_count_down_and_429_in_digitalocean_shape(store: Stor
         assert all(r.headers["ratelimit-limit"] == "3" for r in seen)
         assert seen[3].json()["id"] == "too_many_requests" and int(seen[3].headers["retry-after"]) >= 1
         assert int(seen[3].headers["ratelimit-reset"]) > int(seen[0].headers["ratelimit-reset"]) - 5
+
+
+def test_v2_mutations_are_audited(env: Env, store: Store) -> None:
+    """A key added and a droplet destroyed through /v2 are in the audit log with the customer; reads are not."""
+    from tests.integration.test_audit import records
+
+    do = DO(env, "customer")
+    before = len(records(store))
+    do.post("/account/keys", json={"name": "k", "public_key": ED25519})
+    droplet = do.get("/droplets").json()["droplets"][0]["id"]
+    do.delete(f"/droplets/{droplet}")
+    httpx.delete(f"{env.url}/v2/droplets/{droplet}", headers={"Authorization": "Bearer nope"})  # 401: not kept
+    seen = [(r["actor"]["role"], r["actor"].get("customer"), r["method"], r["path"], r["status"])
+            for r in records(store)[before:]]
+    assert seen == [("customer", "acme", "POST", "/v2/account/keys", 201),
+                    ("customer", "acme", "DELETE", f"/v2/droplets/{droplet}", 204)]
