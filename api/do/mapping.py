@@ -129,6 +129,8 @@ def droplet(vps: VPS, droplet_id: int, tags: list[str], requested_region: str | 
     slug = (region_of(node) if node is not None else None) or requested_region or (ctx.regions[0] if ctx.regions
                                                                                   else "local")
     img = ctx.images.get(vps.spec.image)
+    # The address pool is the droplet's network: its uid stands for DigitalOcean's VPC id.
+    pool = ctx.pools.get(vps.status.ips.pool or "") if vps.status is not None else None
     size_doc = size(plan, ctx.regions) if plan is not None else None
     return {
         "id": droplet_id, "name": vps.spec.hostname,
@@ -141,6 +143,7 @@ def droplet(vps: VPS, droplet_id: int, tags: list[str], requested_region: str | 
         "networks": networks(vps, ctx.pools),
         "region": region(slug, [n for n in ctx.nodes.values() if region_of(n) == slug], ctx.sizes),
         "tags": tags,
+        **({"vpc_uuid": pool.metadata.uid} if pool is not None and pool.metadata.uid else {}),
     }
 
 

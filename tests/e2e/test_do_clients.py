@@ -87,6 +87,7 @@ def test_pydo_droplet_lifecycle(system: dict[str, Any]) -> None:
     droplet = client.droplets.get(droplet_id)["droplet"]
     assert droplet["status"] == "active" and droplet["region"]["slug"] == "sim"
     assert droplet["networks"]["v4"][0]["ip_address"].startswith("192.0.2.")
+    assert droplet["networks"]["v4"][0]["gateway"] == "192.0.2.1" and droplet["vpc_uuid"]  # the pool's uid
     assert [d["id"] for d in client.droplets.list(tag_name="life", per_page=200)["droplets"]] == [droplet_id]
 
     checked = httpx.Client(base_url=system["up"].base + "/v2", verify=system["up"].verify(), timeout=10,
