@@ -66,12 +66,12 @@ def _client(system: dict[str, Any], token: str | None = None) -> Any:
                        connection_verify=system["ca"], retry_total=0)
 
 
-def _wait_action(client: Any, action_id: int) -> dict[str, Any]:
+def _wait_action(client: Any, action_id: int, timeout: float = 90) -> dict[str, Any]:
     def done() -> dict[str, Any]:
         action: dict[str, Any] = client.actions.get(action_id)["action"]
         assert action["status"] != "errored", action
         return action if action["status"] == "completed" else {}
-    return wait_for(done, timeout=90, interval=0.5, what=f"action {action_id} to complete")
+    return wait_for(done, timeout=timeout, interval=0.5, what=f"action {action_id} to complete")
 
 
 def test_pydo_droplet_lifecycle(system: dict[str, Any]) -> None:
