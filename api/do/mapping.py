@@ -36,6 +36,20 @@ DISTRIBUTIONS = {"arch": "Arch Linux", "centos": "CentOS", "coreos": "CoreOS", "
 ActionStatus = Literal["in-progress", "completed", "errored"]
 
 
+def page_numbers(total: int, page: int, per_page: int) -> tuple[slice, dict[str, int]]:
+    """The slice of the items on `page` and the page numbers DigitalOcean links to: first and prev
+    after page 1, next and last before the last page (an empty list has one, empty, page). Pure."""
+    last = max(1, -(-total // per_page))
+    pages: dict[str, int] = {}
+    if page > 1:
+        pages["first"] = 1
+        pages["prev"] = min(page - 1, last)
+    if page < last:
+        pages["next"] = page + 1
+        pages["last"] = last
+    return slice((page - 1) * per_page, page * per_page), pages
+
+
 def iso(ts: datetime | None) -> str | None:
     """DigitalOcean's timestamp form: UTC, seconds, a Z."""
     if ts is None:

@@ -91,21 +91,9 @@ def _page_params(request: Request) -> tuple[int, int]:
 
 def _paged(request: Request, name: str, items: list[Any], render: Callable[[Any], Any]) -> dict[str, Any]:
     page, per_page = _page_params(request)
-    total = len(items)
-    last = max(1, math.ceil(total / per_page))
-    chunk = items[(page - 1) * per_page: page * per_page]
-
-    def url(n: int) -> str:
-        return str(request.url.include_query_params(page=n, per_page=per_page))
-
-    pages: dict[str, str] = {}
-    if page > 1:
-        pages["first"] = url(1)
-        pages["prev"] = url(min(page - 1, last))
-    if page < last:
-        pages["next"] = url(page + 1)
-        pages["last"] = url(last)
-    return {name: [render(i) for i in chunk], "links": {"pages": pages}, "meta": {"total": total}}
+    window, numbers = mapping.page_numbers(len(items), page, per_page)
+    pages = {rel: str(request.url.include_query_params(page=n, per_page=per_page)) for rel, n in numbers.items()}
+    return {name: [render(i) for i in items[window]], "links": {"pages": pages}, "meta": {"total": len(items)}}
 
 
 def _origin(request: Request) -> str:
@@ -541,7 +529,7 @@ def build_app(state: AppState) -> FastAPI:
                        if (not tag or tag in (recs.get(i, {}).get("tags") or []))
                        and (not name or v.spec.hostname == name)]
         page, per_page = _page_params(request)
-        window = servers[(page - 1) * per_page: page * per_page]
+        window = servers[mapping.page_numbers(len(servers), page, per_page)[0]]
         rendered = dict(zip((i for i, _ in window), _render_droplets(store, customer, window, subs, recs),
                             strict=True))
         return _paged(request, "droplets", servers, lambda t: rendered[t[0]])

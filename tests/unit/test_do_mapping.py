@@ -105,3 +105,22 @@ def test_droplet_status_from_phase() -> None:
     for phase, want in (("Pending", "new"), ("Provisioning", "new"), ("Running", "active"), ("Resizing", "active"),
                         ("Stopped", "off"), ("Suspended", "off"), ("Terminating", "archive")):
         assert mapping.droplet_status(server(phase)) == want, phase
+
+
+@given(total=st.integers(0, 1000), per_page=st.integers(1, 200))
+def test_pages_cover_every_item_once_and_link_the_way_digitalocean_does(total: int, per_page: int) -> None:
+    """Property: following next from page 1 visits every item once; first/prev only after page 1, next/last
+    only before the last page; the last page's link names the page that holds the last item."""
+    items = list(range(total))
+    seen: list[int] = []
+    page, visits = 1, 0
+    while True:
+        window, links = mapping.page_numbers(total, page, per_page)
+        seen.extend(items[window])
+        visits += 1
+        assert ("first" in links) == ("prev" in links) == (page > 1)
+        if "next" not in links:
+            break
+        assert links["last"] == max(1, -(-total // per_page)) and links["next"] == page + 1
+        page = links["next"]
+    assert seen == items and visits == max(1, -(-total // per_page))
