@@ -453,6 +453,9 @@ def _ensure_network_state_dir(say: Any) -> None:
         with contextlib.suppress(OSError):
             d.mkdir(mode=0o755)
             say(f"created {d} (libvirt's NAT networks need it; the dnsmasq-base package makes it)")
+    if shutil.which("dnsmasq") is None and not Path("/usr/sbin/dnsmasq").exists():
+        say("warning: dnsmasq is not installed (package dnsmasq-base; `make up` installs it). libvirt 9 "
+            "crashes at start while a NAT network is active without it: a restarted libvirtd will not come up.")
 
 
 def _closed_ancestor(path: Path) -> Path | None:
