@@ -142,10 +142,13 @@ def build(spec: DomainSpec, meta: Meta, boot: Boot, *, uuid: str | None = None) 
 
 
 def nat_network_of(spec: DomainSpec) -> tuple[str, str] | None:
-    """(network, bridge) of the isolated NAT network an isolated-nat entry needs: its pool gateway's."""
-    v4 = spec.network.ipv4
-    if spec.network.mode != "isolated-nat" or v4 is None or v4.gateway is None:
+    """(network, bridge) of the isolated network an isolated-nat entry needs: its pool gateway's NAT
+    network, or the address-less isolated one while it has no IPv4 with a gateway."""
+    if spec.network.mode != "isolated-nat":
         return None
+    v4 = spec.network.ipv4
+    if v4 is None or v4.gateway is None:
+        return netfilter.NO_ADDRESS_NETWORK
     return netfilter.nat_network(v4.gateway, v4.prefixLength)
 
 
@@ -168,8 +171,7 @@ def _interface(dev: ET.Element, spec: DomainSpec, boot: Boot) -> ET.Element:
         _sub(nic, "source", bridge=net.bridge or "")
     else:
         nat = nat_network_of(spec)
-        if nat is None:
-            raise ValueError("mode isolated-nat needs an IPv4 address with a gateway")
+        assert nat is not None
         nic = _sub(dev, "interface", type="network")
         _sub(nic, "source", network=nat[0])
     if mode in netfilter.TAP_PREFIX:

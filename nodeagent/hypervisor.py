@@ -370,8 +370,12 @@ class Hypervisor:
 
     def network_housekeeping(self, specs: list[DomainSpec]) -> list[str]:
         """At a resync: repair filters, guard, NAT networks and VLANs; delete bindings of stopped taps."""
-        running = [dom.name() for dom, meta in self.all_domains() if meta is not None and dom.isActive()]
-        return self.hostnet.housekeeping(self._conn(), specs, running, simulated=self.simulated)
+        managed = [(dom, meta) for dom, meta in self.all_domains() if meta is not None]
+        running = [dom.name() for dom, _ in managed if dom.isActive()]
+        # Only entries whose domain exists: an entry stuck before its define changes nothing on the host.
+        defined = {meta.uid for _, meta in managed}
+        return self.hostnet.housekeeping(self._conn(), [s for s in specs if s.uid in defined], running,
+                                         simulated=self.simulated)
 
     def _read_filter(self, dom: libvirt.virDomain, xml: str, spec: DomainSpec | None) -> netfilter.Params | None:
         if spec is None:
