@@ -392,7 +392,7 @@ def run_up(data_dir: Path, port: int = 8080, libvirt_uri: str | None = None,
 TEST_GUEST = "test-guest"
 
 
-def test_guest_image(img: Any) -> Image:
+def registered_test_guest(img: Any) -> Image:
     """The Image `up` registers for the guest built at `img` (an `api.testguest.GuestImage`)."""
     return Image(
         metadata=ObjectMeta(name=TEST_GUEST, labels={"family": "test", "hostplane.io/made-by": "up"}),
@@ -427,7 +427,7 @@ def prepare_test_guest(data_dir: Path, etcd: EtcdServer | EtcdCluster, say: Any,
                 "stay Pending. A distribution image works too (examples/images.yaml)")
             return
     img = GuestImage(**json.loads(manifest.read_text()))
-    want = test_guest_image(img)
+    want = registered_test_guest(img)
     try:
         with etcd.store("api") as store:
             try:
