@@ -286,6 +286,10 @@ class Etcd:
             endpoints=endpoints_objs, timeout=timeout, failover=True
         )
         self._closed = False
+        self._init_layer()
+
+    def _init_layer(self) -> None:
+        """State of a layer built on the transport (`reconcile.objects.Store`'s cache); none here."""
 
     def close(self) -> None:
         self._closed = True

@@ -25,7 +25,6 @@ import pydantic_core
 from pydantic import TypeAdapter, ValidationError
 
 from reconcile import keys
-from reconcile.connection import EtcdConnection
 from reconcile.errors import (
     Conflict,
     NotFound,
@@ -213,15 +212,7 @@ class Batch:
 class Store(Etcd):
     """Typed objects in etcd. Thread-safe; one per process is plenty."""
 
-    def __init__(
-        self,
-        conn: EtcdConnection,
-        *,
-        root: str = keys.ROOT,
-        timeout: float = 5.0,
-        retry_seconds: float = 10.0,
-    ) -> None:
-        super().__init__(conn, root=root, timeout=timeout, retry_seconds=retry_seconds)
+    def _init_layer(self) -> None:
         # Spec values this store last read or wrote, by key: (mod_revision, bytes). It lets
         # `update` of an object read through this store skip re-reading it; the write still
         # compares both the revision and the bytes, so a stale entry can only cost a retry.
