@@ -34,7 +34,7 @@ from controllers.booking import Book, Booking
 from controllers.events import EventRecorder
 from controllers.ipam import IPAllocation, allocate, free_count4, offset_of, pick_mac
 from controllers.nodes import node_status, parse_heartbeat, schedulable, warming
-from controllers.schedule import NodeView, Policy, Resources, schedule
+from controllers.schedule import NodeView, PlacementPolicy, Resources, schedule
 from controllers.status import NodeState, Problem, events_for, vps_status
 from controllers.vps_decision import VPSDecision, VPSSnapshot, decide_vps, requirements
 from reconcile import keys
@@ -74,7 +74,7 @@ def utcnow() -> datetime:
 
 @dataclass(frozen=True)
 class Settings:
-    policy: Policy = "spread"
+    policy: PlacementPolicy = "spread"
     workers: int = 8
     billing: BillingPolicy = field(default_factory=BillingPolicy)
     pending_retry_seconds: float = 30.0
