@@ -21,7 +21,8 @@ import pytest
 
 from api.ratelimit import LoginThrottle
 from api.sessions import SESSION_COOKIE, set_password
-from controllers import events, payments
+from controllers import events
+from controllers.billing import payments
 from controllers.billing.payments.webhook import sign
 from reconcile.etcd_server import EtcdServer
 from reconcile.objects import Store
