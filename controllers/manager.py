@@ -108,10 +108,6 @@ def _only_finalizer_added(old: VPS, new: VPS) -> bool:
     return bool(old.spec == new.spec and same_meta)
 
 
-def _status_doc(status: Any) -> bytes:
-    return encode_status(status)
-
-
 class _Batch(Batch):
     """One reconcile's writes: compares and ops for one transaction, follow-ups given its revision."""
 
@@ -387,9 +383,9 @@ class Manager:
         self._commit(batch, f"desired {node}/{vps}")
 
     def _status_ops(self, batch: _Batch, vps: VPS, status: VPSStatus) -> None:
-        value = _status_doc(status)
+        value = encode_status(status)
         prev = self._previous_status(vps.name)
-        if prev is not None and _status_doc(prev) == value:
+        if prev is not None and encode_status(prev) == value:
             return
         batch.ops.append(Put(keys.status_key(VPS, vps.name, self.root), value))
 
@@ -647,8 +643,8 @@ class Manager:
         prev = self.node_status_inf.get(name)
         st = node_status(node, previous=prev, heartbeat=hb if isinstance(hb, dict) else None,
                          allocation=self.book.node_allocation(name), now=self.clock())
-        value = _status_doc(st)
-        if self._node_status.get(name) == value or (prev is not None and _status_doc(prev) == value):
+        value = encode_status(st)
+        if self._node_status.get(name) == value or (prev is not None and encode_status(prev) == value):
             return None
         batch = _Batch(self.store).expect(node).put_status(Node, name, st)
         self._txn(batch.compares, batch.ops, f"Node {name} status")
