@@ -24,7 +24,7 @@ from reconcile import keys
 from reconcile.errors import Conflict
 from reconcile.etcd import Compare, Delete, ModIs, Op, Put, TxnResult
 from reconcile.leader import Fence, fence_compares
-from reconcile.objects import Store
+from reconcile.objects import Store, encode_value
 
 
 class Booking(BaseModel):
@@ -64,8 +64,7 @@ class NodeAllocation(BaseModel):
 
 
 def _enc(model: BaseModel) -> bytes:
-    return json.dumps(model.model_dump(mode="json", exclude_none=True), separators=(",", ":"),
-                      sort_keys=True).encode()
+    return encode_value(model)
 
 
 def _addresses(b: Booking) -> list[tuple[str, str]]:
