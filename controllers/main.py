@@ -16,7 +16,7 @@ from datetime import datetime
 from typing import Protocol
 
 from controllers import layout
-from controllers.manager import Manager, Settings, utcnow
+from controllers.manager import Manager, ManagerSettings, utcnow
 from reconcile.cluster import ensure_cluster_id
 from reconcile.connection import EtcdConnection
 from reconcile.etcd import Compare
@@ -51,7 +51,7 @@ class ControllerProcess:
     """A leader-elected manager on a store; `start()`, then `stop()`. Used by run_controllers and tests."""
 
     def __init__(self, store: Store, *, identity: str, ttl: int = 15, retry_period: float = 2.0,
-                 settings: Settings | None = None, clock: Callable[[], datetime] = utcnow,
+                 settings: ManagerSettings | None = None, clock: Callable[[], datetime] = utcnow,
                  addons: Sequence[AddonFactory] = ()) -> None:
         self.store = store
         self.addon_factories = list(addons)

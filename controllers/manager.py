@@ -35,7 +35,7 @@ from controllers.events import EventRecorder
 from controllers.ipam import IPAllocation, allocate, free_count4, offset_of, pick_mac
 from controllers.nodes import node_status, parse_heartbeat, schedulable, warming
 from controllers.schedule import NodeView, PlacementPolicy, Resources, schedule
-from controllers.status import NodeState, Problem, events_for, vps_status
+from controllers.status import NodeState, VPSProblem, events_for, vps_status
 from controllers.vps_decision import VPSDecision, VPSSnapshot, decide_vps, requirements
 from reconcile import keys
 from reconcile.controller import Controller, Result
@@ -73,7 +73,7 @@ def utcnow() -> datetime:
 
 
 @dataclass(frozen=True)
-class Settings:
+class ManagerSettings:
     policy: PlacementPolicy = "spread"
     workers: int = 8
     billing: BillingPolicy = field(default_factory=BillingPolicy)
@@ -116,12 +116,12 @@ class _Batch(Batch):
 
 class Manager:
     def __init__(self, store: Store, *, fence: Fence = lambda: (), clock: Callable[[], datetime] = utcnow,
-                 settings: Settings | None = None) -> None:
+                 settings: ManagerSettings | None = None) -> None:
         self.store = store
         self.root = store.root
         self.fence = fence
         self.clock = clock
-        self.settings = settings or Settings()
+        self.settings = settings or ManagerSettings()
         self.book = Book(store, fence=fence)
         self.events = EventRecorder(store, clock=clock, limit=self.settings.event_limit)
         r = self.root
@@ -432,7 +432,7 @@ class Manager:
         booking = self.book.get(name)
         placing = size is not None and (booking is None or booking.resources != size)
         with self.book.lock if placing else contextlib.nullcontext():
-            placement_problem: Problem | None = None
+            placement_problem: VPSProblem | None = None
             if size is not None and booking is None:
                 # Placement is the pure scheduler and IPAM on the book's state, under its lock.
                 booking, placement_problem = self._place(vps, size, batch)
@@ -500,13 +500,13 @@ class Manager:
                 ready=self.node_state(name) == "Ready", schedulable=schedulable(node)))
         return views
 
-    def _place(self, vps: VPS, size: Resources, batch: _Batch) -> tuple[Booking | None, Problem | None]:
+    def _place(self, vps: VPS, size: Resources, batch: _Batch) -> tuple[Booking | None, VPSProblem | None]:
         """Decide a node, addresses and a MAC (book lock held); add the booking to the batch."""
         uid = vps.metadata.uid or vps.name
         pools = list(self.pool_inf.items().values())
         views = self._node_views()
         excluded: list[str] = []
-        last: Problem | None = None
+        last: VPSProblem | None = None
         while True:
             decision = schedule(size, [v for v in views if v.name not in excluded],
                                 node_selector=vps.spec.nodeSelector, pinned=vps.spec.node,
@@ -514,7 +514,7 @@ class Manager:
             if decision.node is None:
                 if last is not None and decision.reason in ("NoMatchingNode", "NodeNotFound"):
                     return None, last  # every placeable node lacked addresses
-                return None, Problem("Scheduled", decision.reason or "Unschedulable", decision.message)
+                return None, VPSProblem("Scheduled", decision.reason or "Unschedulable", decision.message)
             node = self.node_inf.get(decision.node)
             assert node is not None
             ips: IPAllocation | None = None
@@ -522,7 +522,7 @@ class Manager:
                 addr = allocate(pools, node.metadata.labels, self.book.used_addresses(),
                                 cursors=self.book.cursors)
                 if addr.allocation is None:
-                    last = Problem("Scheduled", addr.reason, addr.message)
+                    last = VPSProblem("Scheduled", addr.reason, addr.message)
                     excluded.append(decision.node)
                     continue
                 ips = addr.allocation

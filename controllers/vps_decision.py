@@ -19,7 +19,7 @@ from controllers.booking import Booking
 from controllers.nodes import drained
 from controllers.resolve import next_change, resolve
 from controllers.schedule import Resources
-from controllers.status import NodeState, Problem, vps_status
+from controllers.status import NodeState, VPSProblem, vps_status
 from specs import rules
 from specs.domain import DomainSpec, ObservedDomain
 from specs.kinds import VPS, Customer, Image, Node, Plan, Subscription, VPSStatus
@@ -29,17 +29,17 @@ REQUEUE_SLACK_SECONDS = 0.05
 
 
 def requirements(vps: VPS, sub: Subscription | None, plan: Plan | None, image: Image | None,
-                 sub_name_reused: bool = False) -> tuple[Problem | None, Resources | None]:
+                 sub_name_reused: bool = False) -> tuple[VPSProblem | None, Resources | None]:
     """What keeps the VPS from being resolved (which problem to report), else the size it needs."""
     if sub is None:
-        return Problem("Resolved", "SubscriptionNotFound",
+        return VPSProblem("Resolved", "SubscriptionNotFound",
                        f"subscription {vps.spec.subscription!r} does not exist"
                        + (" (one of that name was created anew; this server is not part of it)"
                           if sub_name_reused else "")), None
     if plan is None:
-        return Problem("Resolved", "PlanNotFound", f"plan {sub.spec.plan!r} does not exist"), None
+        return VPSProblem("Resolved", "PlanNotFound", f"plan {sub.spec.plan!r} does not exist"), None
     if image is None:
-        return Problem("Resolved", "ImageNotFound", f"image {vps.spec.image!r} does not exist"), None
+        return VPSProblem("Resolved", "ImageNotFound", f"image {vps.spec.image!r} does not exist"), None
     return None, Resources(plan.spec.vcpus, plan.spec.memoryMiB, rules.disk_gib(plan, image))
 
 
@@ -53,7 +53,7 @@ class VPSSnapshot:
     image: Image | None
     customer: Customer | None
     booking: Booking | None  # the booking after this reconcile's placement (placed in the read phase)
-    placement_problem: Problem | None = None  # why the read phase could not place it
+    placement_problem: VPSProblem | None = None  # why the read phase could not place it
     sub_name_reused: bool = False  # a Subscription of the name exists but is someone else's
     add_finalizer: bool = False
     node: Node | None = None  # the booking's node
@@ -79,7 +79,7 @@ class VPSDecision:
     status: VPSStatus | None = None
     pending: bool = False  # waiting for capacity or addresses
     requeue_after: float | None = None
-    problem: Problem | None = None
+    problem: VPSProblem | None = None
     events: tuple[tuple[str, str, str], ...] = field(default=())  # (type, reason, message)
 
 
@@ -107,7 +107,7 @@ def decide_vps(s: VPSSnapshot, now: datetime) -> VPSDecision:
                             node_network=node.spec.network if node is not None else None,
                             drained=drained(node), defaults=s.billing)
         except ValueError as exc:
-            problem, fresh = Problem("Resolved", "InvalidSpec", str(exc)), desired
+            problem, fresh = VPSProblem("Resolved", "InvalidSpec", str(exc)), desired
         if fresh is None and problem is None:
             return VPSDecision(add_finalizer=s.add_finalizer, resize=resize, remove_from=remove_from, delete=True,
                                events=(("Normal", "Terminated",

@@ -20,7 +20,7 @@ import pytest
 import nodeagent.agent as agent_mod
 from controllers.billing.controller import BillingController
 from controllers.main import ControllerProcess
-from controllers.manager import Settings
+from controllers.manager import ManagerSettings
 from nodeagent import domain_xml
 from reconcile import keys
 from reconcile.errors import NotFound
@@ -59,7 +59,7 @@ class World:
         self.agent = agent_mod.Agent(store, "n1", f"test://{xml}", tmp / "n1", resync=1.0, heartbeat_ttl=3,
                                      debounce_seconds=0.2)
         self.controllers = ControllerProcess(store, identity="ctl", retry_period=0.2, clock=self.clock,
-                                             settings=Settings(resync_seconds=0.5))
+                                             settings=ManagerSettings(resync_seconds=0.5))
         self.billing = BillingController(store, clock=self.clock, interval=0.5,
                                          fence=lambda: self.controllers.elector.fence())
 

@@ -15,7 +15,7 @@ import pytest
 from controllers import layout
 from controllers.booking import Book, Booking
 from controllers.events import read_events
-from controllers.manager import Manager, Settings
+from controllers.manager import Manager, ManagerSettings
 from reconcile import keys
 from reconcile.errors import Conflict, NotFound
 from reconcile.etcd import encode
@@ -27,7 +27,7 @@ from specs.kinds import VPS, IPPool, Node, NodeStatus, Subscription, Subscriptio
 from tests.helpers import builders as b
 from tests.helpers.wait import wait_for
 
-FAST = Settings(workers=2, pending_retry_seconds=0.5, terminating_recheck_seconds=0.5)
+FAST = ManagerSettings(workers=2, pending_retry_seconds=0.5, terminating_recheck_seconds=0.5)
 
 
 def heartbeat(store: Store, node: str, ttl: int = 30) -> int:

@@ -11,14 +11,14 @@ from hypothesis import strategies as st
 
 from controllers.booking import Booking
 from controllers.schedule import Resources
-from controllers.status import Problem
+from controllers.status import VPSProblem
 from controllers.vps_decision import VPSDecision, VPSSnapshot, decide_vps
 from tests.helpers import builders as b
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 BOOKED = Booking(vps="web-1", uid="uid-web-1", node="n1", vcpus=1, memoryMiB=512, diskGiB=10,
                  mac="52:54:00:00:00:01")
-FULL = Problem("Scheduled", "Unschedulable", "no node has room")
+FULL = VPSProblem("Scheduled", "Unschedulable", "no node has room")
 
 
 def snap(**changes: object) -> VPSSnapshot:
