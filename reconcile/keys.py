@@ -97,3 +97,12 @@ def last_segment(key: str) -> str:
 def name_claim_key(name: str, root: str = ROOT) -> str:
     """Who first used a Subscription/VPS name (api.names): kept after the objects are deleted."""
     return f"{root}/names/{name}"
+
+
+def console_ticket_prefix(root: str = ROOT) -> str:
+    return f"{root}/consoles/"
+
+
+def console_ticket_key(digest: str, root: str = ROOT) -> str:
+    """A one-time console ticket, stored under the sha256 of its secret (never the secret); lease-bound."""
+    return f"{console_ticket_prefix(root)}{digest}"
