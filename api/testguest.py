@@ -63,6 +63,8 @@ for d in /dev/vd?; do
   [ -b "$d" ] && echo "hostplane-guest: disk $d $(cat /sys/block/${d#/dev/}/size) sectors"
 done
 echo "hostplane-guest: ready"
+# A shell on the serial console, for `hostplane vps console` and the console tests.
+setsid sh -c 'exec sh -i </dev/ttyS0 >/dev/ttyS0 2>&1' &
 # The ACPI power button arrives as an input event; any event on it means power off.
 for e in /sys/class/input/event*; do
   if grep -q "Power Button" "$e/device/name" 2>/dev/null; then
