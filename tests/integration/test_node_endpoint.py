@@ -96,9 +96,9 @@ def test_another_nodes_certificate_is_refused(endpoint: Endpoint, pki: PKI) -> N
 
 def test_no_client_certificate_no_connection(endpoint: Endpoint, pki: PKI) -> None:
     """Without a client certificate the TLS layer refuses (not merely an HTTP 403 after it)."""
-    with pytest.raises((ssl.SSLError, ConnectionError, ConnectionClosed, InvalidMessage)):
-        with connect(f"wss://{endpoint.address}/console/web-1/serial", ssl=client_context(pki, None)) as ws:
-            ws.recv(timeout=2)
+    with pytest.raises((ssl.SSLError, ConnectionError, ConnectionClosed, InvalidMessage)), \
+            connect(f"wss://{endpoint.address}/console/web-1/serial", ssl=client_context(pki, None)) as ws:
+        ws.recv(timeout=2)
 
 
 def test_a_certificate_of_another_ca_is_refused(endpoint: Endpoint, pki: PKI, tmp_path: Path) -> None:
@@ -108,16 +108,16 @@ def test_a_certificate_of_another_ca_is_refused(endpoint: Endpoint, pki: PKI, tm
     pair = other.issue("api")
     ctx = ssl.create_default_context(cafile=str(pki.ca_cert))
     ctx.load_cert_chain(str(pair.cert), str(pair.key))
-    with pytest.raises((ssl.SSLError, ConnectionError, ConnectionClosed, InvalidMessage)):
-        with connect(f"wss://{endpoint.address}/console/web-1/serial", ssl=ctx) as ws:
-            ws.recv(timeout=2)
+    with pytest.raises((ssl.SSLError, ConnectionError, ConnectionClosed, InvalidMessage)), \
+            connect(f"wss://{endpoint.address}/console/web-1/serial", ssl=ctx) as ws:
+        ws.recv(timeout=2)
 
 
 def test_unknown_console_closes_with_the_reason(endpoint: Endpoint, pki: PKI) -> None:
     """A VPS not on this node: the stream closes with 4404 and says why."""
-    with connect(f"wss://{endpoint.address}/console/other/serial", ssl=client_context(pki, "api")) as ws:
-        with pytest.raises(ConnectionClosed) as err:
-            ws.recv(timeout=5)
+    with connect(f"wss://{endpoint.address}/console/other/serial", ssl=client_context(pki, "api")) as ws, \
+            pytest.raises(ConnectionClosed) as err:
+        ws.recv(timeout=5)
     assert err.value.rcvd is not None and err.value.rcvd.code == 4404
     assert "not on this node" in err.value.rcvd.reason
 
@@ -127,8 +127,7 @@ def test_a_new_session_takes_over_the_serial_console(endpoint: Endpoint, pki: PK
     url = f"wss://{endpoint.address}/console/web-1/serial"
     with connect(url, ssl=client_context(pki, "api")) as first:
         first.send(b"x")
-        with connect(url, ssl=client_context(pki, "api")):
-            with pytest.raises(ConnectionClosed) as err:
-                while True:
-                    first.recv(timeout=5)
+        with connect(url, ssl=client_context(pki, "api")), pytest.raises(ConnectionClosed) as err:
+            while True:
+                first.recv(timeout=5)
     assert err.value.rcvd is not None and err.value.rcvd.code == 4409
