@@ -50,7 +50,8 @@ class Boot:
     # For entries without a network mode: "user" (user-mode NIC) or a libvirt network name.
     network: str = "user"
     guest_agent: bool = True
-    # The VNC socket's path (None: no graphics device at all).
+    # The VNC socket's path (None: no graphics device at all; "": a path libvirt chooses in its own
+    # per-domain directory, which the hypervisor's QEMU user can always write).
     graphics_socket: str | None = None
 
 
@@ -134,9 +135,11 @@ def build(spec: DomainSpec, meta: Meta, boot: Boot, *, uuid: str | None = None) 
     if boot.guest_agent:
         chan = _sub(dev, "channel", type="unix")
         _sub(chan, "target", type="virtio", name="org.qemu.guest_agent.0")
-    if boot.graphics_socket:
+    if boot.graphics_socket is not None:
         gfx = _sub(dev, "graphics", type="vnc")
-        _sub(gfx, "listen", type="socket", socket=boot.graphics_socket)
+        listen = _sub(gfx, "listen", type="socket")
+        if boot.graphics_socket:
+            listen.set("socket", boot.graphics_socket)
     _sub(dev, "memballoon", model="virtio")
     return ET.tostring(dom, encoding="unicode")
 

@@ -350,7 +350,9 @@ class Hypervisor:
             kernel=base.kernel if base else None, initrd=base.initrd if base else None,
             arch="i686" if self.simulated else "x86_64", machine=None if self.simulated else "pc",
             network=self.network, guest_agent=not self.simulated,
-            graphics_socket=str(self.consoles_dir / f"{name}.vnc"),
+            # libvirt's own per-domain directory: QEMU may run as another user than the agent
+            # (system libvirt), which could not create a socket in the agent's 0700 directory.
+            graphics_socket="",
         )
 
     # ------------------------------------------------------------- networking
