@@ -331,9 +331,13 @@ def run_up(data_dir: Path, port: int = 8080, libvirt_uri: str | None = None,
         children.append(Child("controllers", _hostplane_argv(
             "controllers", *etcd.args("controllers"), "--identity", f"up-{os.getpid()}"),
             logs / "controllers.log"))
+        # The agent's console endpoint: loopback, mutual TLS with the node's own server certificate.
+        node_cert = etcd.pki.node_server("local")
         children.append(Child("agent", _hostplane_argv(
             "agent", *etcd.args("node-local"), "--node", "local", "--libvirt", uri,
-            "--data-dir", str(data_dir / "agent"), "--image-dir", str(data_dir / "images")), logs / "agent.log"))
+            "--data-dir", str(data_dir / "agent"), "--image-dir", str(data_dir / "images"),
+            "--endpoint", f"127.0.0.1:{free_port('127.0.0.1')}", "--endpoint-cert", str(node_cert.cert),
+            "--endpoint-key", str(node_cert.key)), logs / "agent.log"))
         if simulate_nodes:
             children.append(Child("fleet", [
                 sys.executable, "-m", "api.up", *etcd.args("fleet"), "--nodes", str(simulate_nodes),

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -131,6 +133,18 @@ def test_serial_console_through_the_api(console: Console) -> None:
 
     r = console.env.client("globex").post("/v1/vps/acme-web/console", json={"kind": "serial"})
     assert r.status_code == 404, r.text
+
+    # The CLI attaches the same console in a terminal; Ctrl-] leaves with exit code 0.
+    cli = subprocess.Popen([sys.executable, "-m", "api.cli", "--server", console.env.url, "--token",
+                            console.env.tokens["customer"], "vps", "console", "acme-web"],
+                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert cli.stdin is not None
+    cli.stdin.write(b"\recho hp-$((5*5))-cli\r")
+    cli.stdin.flush()
+    time.sleep(4)
+    out, err = cli.communicate(b"\x1d", timeout=30)
+    assert cli.returncode == 0, err
+    assert b"hp-25-cli" in out
 
     # Revoking the customer's token closes its open console within a second.
     with console.open(console.ticket()) as ws:
