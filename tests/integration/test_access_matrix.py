@@ -130,6 +130,10 @@ ROWS: dict[tuple[str, str], Row] = {
         # An unknown plan: allowed callers get 422 after the access check.
         "POST", f"/v1/vps/{name_of('vps', o)}/actions/resize", object_write(r, "vps", o, patchable=True),
         body={"plan": "no-such-plan"})],
+    ("POST", "/v1/vps/{name}/console"): lambda r, o, e: [Case(
+        # The servers are on no node: allowed callers get 409 after the access check; no ticket is stored.
+        "POST", f"/v1/vps/{name_of('vps', o)}/console", object_write(r, "vps", o, patchable=True),
+        body={"kind": "serial"})],
     ("POST", "/v1/orders"): lambda r, o, e: [Case(
         # Nobody has funds: allowed callers get 402 (or 422), nothing is created.
         "POST", "/v1/orders", (OK if o else 404) if r == "customer" else OK if r in STAFF else 403,
