@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import libvirt
 import pytest
 from websockets.exceptions import ConnectionClosed
@@ -18,6 +19,7 @@ from websockets.sync.client import ClientConnection, connect
 
 from api.auth import parse_token, revoke_token
 from api.console import ConsoleTLS
+from api.sessions import SESSION_COOKIE, set_password
 from nodeagent.agent import Agent
 from nodeagent.domain_xml import domain_name
 from nodeagent.endpoint import EndpointConfig
@@ -162,3 +164,61 @@ def test_serial_console_through_the_api(console: Console) -> None:
                                                                               suspendReason="nonpayment"))
     r = console.env.client("admin").post("/v1/vps/acme-web/console", json={"kind": "serial"})
     assert r.status_code == 409 and "suspended" in r.json()["detail"], r.text
+
+
+SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
+
+# Whether noVNC's canvas shows anything but one flat colour (the guest's screen was drawn).
+CANVAS_DRAWN = """() => {
+  const c = document.querySelector('.console-screen canvas');
+  if (!c || !c.width || !c.height) return false;
+  const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+  for (let i = 4; i < d.length; i += 4) {
+    if (d[i] !== d[0] || d[i + 1] !== d[1] || d[i + 2] !== d[2]) return true;
+  }
+  return false;
+}"""
+
+
+def test_panel_serial_and_graphical_console(console: Console) -> None:
+    """In headless Chromium the customer's panel types into the serial console (xterm.js) at 375 px and
+    noVNC draws the guest's screen (a non-blank canvas) at desktop width."""
+    from tests.e2e.panel_up import browser
+
+    set_password(console.env.store, "acme", "console password")
+    r = httpx.post(f"{console.env.url}/v1/auth/login", json={"email": "acme@example.com",
+                                                             "password": "console password"}, timeout=10)
+    assert r.status_code == 200, r.text
+    cookie = {"name": SESSION_COOKIE, "value": r.cookies[SESSION_COOKIE], "url": console.env.url}
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    with browser() as b:
+        phone = b.new_context(viewport={"width": 375, "height": 812})
+        phone.add_cookies([cookie])
+        page = phone.new_page()
+        errors: list[str] = []
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.goto(f"{console.env.url}/servers/acme-web/console")
+        page.wait_for_selector(".xterm-screen", timeout=20_000)
+        page.wait_for_selector("text=Connected", timeout=20_000)
+        page.click(".xterm-screen")
+        page.keyboard.type("echo hp-$((7*6))-web")
+        page.keyboard.press("Enter")
+        page.wait_for_function("() => document.querySelector('.xterm-rows').textContent.includes('hp-42-web')",
+                               timeout=30_000)
+        # The terminal's theme applies although the CSP refuses inline <style> (views/console.js).
+        color = page.evaluate("() => getComputedStyle(document.querySelector('.xterm-rows')).color")
+        assert color not in ("rgb(0, 0, 0)", ""), color
+        page.screenshot(path=str(SCREENSHOTS / "console-serial-375.png"))
+        assert page.evaluate("() => document.documentElement.scrollWidth") <= 375 + 1
+        phone.close()
+
+        desk = b.new_context(viewport={"width": 1280, "height": 860})
+        desk.add_cookies([cookie])
+        page = desk.new_page()
+        page.goto(f"{console.env.url}/servers/acme-web/console?kind=vnc")
+        page.wait_for_selector(".console-screen canvas", timeout=20_000)
+        page.wait_for_function(CANVAS_DRAWN, timeout=30_000)
+        page.screenshot(path=str(SCREENSHOTS / "console-vnc-desktop.png"))
+        desk.close()
+    # Only xterm's own <style> elements are refused by the CSP (their text is applied as CSSOM sheets).
+    assert all("inline style" in e for e in errors if "Content Security Policy" in e), errors

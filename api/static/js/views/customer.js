@@ -296,6 +296,8 @@ export function serverView(container, ctx) {
         btn('start', 'Start', simple('start', 'Start', 'Starting…', 'Running'), { tone: 'primary', disabled: running || suspended }),
         btn('stop', 'Stop', simple('stop', 'Stop', 'Stopping…', 'Stopped'), { disabled: !running }),
         btn('reboot', 'Reboot', simple('reboot', 'Reboot', 'Rebooting…', 'reboot'), { disabled: !running || suspended }),
+        btn('console', 'Console', () => ctx.navigate(`${operator ? '/ops/servers' : '/servers'}/${encodeURIComponent(name)}/console`),
+          { disabled: suspended }),
         btn('resize', 'Resize…', () => plan && resizeDialog(live, vps, plan), { disabled: !plan }),
         btn('rebuild', 'Rebuild…', () => rebuildDialog(live, vps), { tone: 'danger-outline' }),
         btn('delete', 'Delete…', () => deleteDialog(live, vps, operator, () => ctx.navigate(back)), {
