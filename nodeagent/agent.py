@@ -35,6 +35,7 @@ from nodeagent.errors import AgentError, HypervisorUnavailable
 from nodeagent.events import ensure_event_loop
 from nodeagent.hypervisor import Hypervisor, Observation
 from nodeagent.images import ImagePolicy
+from nodeagent.sampler import Sampler
 from reconcile import keys
 from reconcile.cluster import await_cluster_id
 from reconcile.controller import Controller, Result
@@ -70,7 +71,7 @@ class Agent:
                  workers: int = 2, heartbeat_ttl: int = 10, debounce_seconds: float = 2.0,
                  pool_name: str | None = None, network: str = "user", netns: str | None = None,
                  enqueue: Callable[[str, float], None] | None = None, image_policy: ImagePolicy | None = None,
-                 endpoint: EndpointConfig | None = None) -> None:
+                 endpoint: EndpointConfig | None = None, stats_interval: float = 10.0) -> None:
         self.store = store
         self.node = node
         self.data_dir = data_dir
@@ -126,7 +127,10 @@ class Agent:
         self.call_limit = LIBVIRT_CALL_LIMIT
         self._warned_user_mode = False
         # The node's TLS endpoint (consoles, metrics) for the API; its address goes into the heartbeat.
-        self.endpoint = Endpoint(endpoint, resolve=self.console_target) if endpoint is not None else None
+        # Load figures for Prometheus: one bulk-stats call per interval, served by the endpoint at /metrics.
+        self.sampler = Sampler(self.hv, node, self.domain_names, facts=lambda: self._facts, interval=stats_interval)
+        self.endpoint = Endpoint(endpoint, resolve=self.console_target,
+                                 metrics=self.sampler.text) if endpoint is not None else None
 
     # ------------------------------------------------------------ lifecycle
 
@@ -144,6 +148,7 @@ class Agent:
         self.tombstones.add_handler(self._on_tombstone)
         if self.endpoint is not None:
             self.endpoint.start()
+            self.sampler.start()
         if self._own_controller:
             # Beat before touching libvirt: a first connection can take minutes (QEMU probing), and
             # the node must say "warming" meanwhile, not vanish.
@@ -174,6 +179,7 @@ class Agent:
         if self._hb_thread is not None:
             self._hb_thread.join(10)
         if self.endpoint is not None:
+            self.sampler.stop()
             self.endpoint.stop()
         self._deregister_events()
         if self._lease is not None:
@@ -473,6 +479,10 @@ class Agent:
             self.store.kv_delete(keys.observed_key(self.node, vps, self.store.root))
 
     # ------------------------------------------------------------ consoles
+
+    def domain_names(self) -> dict[str, str]:
+        """Domain name -> VPS of this node's desired entries (what the sampler labels)."""
+        return {domain_name(spec.uid): vps for vps, spec in self.informer.items().items()}
 
     def console_target(self, vps: str, kind: str) -> str:
         """The PTY or VNC socket of `vps`'s running domain on this node (for the endpoint). Blocking."""
