@@ -514,9 +514,12 @@ _data_dir = click.option("--data-dir", type=click.Path(path_type=Path), default=
               help="a TLS-terminating proxy (IP or CIDR, repeatable) whose X-Forwarded-Proto/-For are believed")
 @click.option("--join-pki", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="PKI directory (ca.crt, ca.key) to sign joining nodes' certificates with; joins are off without it")
+@click.option("--prometheus", "prometheus_url", metavar="URL", default=None,
+              help="the Prometheus that scrapes the node endpoints (load graphs; /v1/.../metrics is 503 without it)")
 @_data_dir
 def api_cmd(etcd: EtcdConnection, host: str, port: int, tls_cert: Path | None, tls_key: Path | None,
-            trusted_proxies: tuple[str, ...], join_pki: Path | None, data_dir: Path) -> None:
+            trusted_proxies: tuple[str, ...], join_pki: Path | None, prometheus_url: str | None,
+            data_dir: Path) -> None:
     """Run the HTTP(S) API (until SIGTERM/SIGINT)."""
     from api.server import TLSFiles, run_api
 
@@ -528,7 +531,7 @@ def api_cmd(etcd: EtcdConnection, host: str, port: int, tls_cert: Path | None, t
 
     run_api(etcd=etcd, host=host, port=port, data_dir=data_dir, stop=None, tls=tls,
             trusted_proxies=[p for part in trusted_proxies for p in part.split(",") if p],
-            join_pki=PKI(join_pki) if join_pki is not None else None)
+            join_pki=PKI(join_pki) if join_pki is not None else None, prometheus_url=prometheus_url)
 
 
 @main.command("agent")

@@ -72,6 +72,7 @@ class AppState:
     hub: WatchHub | None = None
     join_pki: PKI | None = None  # the CA that signs joining nodes' certificates (api.node_join)
     console_tls: ConsoleTLS | None = None  # the API's client certificate for node endpoints (api.console)
+    prometheus_url: str | None = None  # where load series are read (api.metrics_routes)
 
 
 async def app_state(request: Request) -> AppState:
