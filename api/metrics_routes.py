@@ -59,8 +59,8 @@ async def _series(state: Any, queries: dict[str, str], rng: prometheus.Range) ->
 @router.get("/vps/{name}/metrics", summary="a server's CPU, memory, disk and network series (owner and staff)")
 async def vps_metrics(name: str, state: State, caller: Caller,
                       range_: str = Query("1h", alias="range")) -> dict[str, Any]:
+    vps = await run_in_threadpool(_visible_vps, state.store, caller, name)  # before anything else: 404 first
     rng = _range(range_)
-    vps = await run_in_threadpool(_visible_vps, state.store, caller, name)
     series = await _series(state, prometheus.vps_queries(vps.name, rng.window), rng)
     return {"vps": vps.name, "range": range_, "stepSeconds": rng.step, "series": series}
 
@@ -70,7 +70,7 @@ async def node_metrics(name: str, state: State, caller: Caller,
                        range_: str = Query("1h", alias="range")) -> dict[str, Any]:
     if caller.role not in access.STAFF:
         raise Forbidden(f"role {caller.role!r} may not read node metrics")
-    rng = _range(range_)
     node = await run_in_threadpool(state.store.get, Node, name)
+    rng = _range(range_)
     series = await _series(state, prometheus.node_queries(node.name, rng.window), rng)
     return {"node": node.name, "range": range_, "stepSeconds": rng.step, "series": series}

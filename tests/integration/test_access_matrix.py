@@ -134,6 +134,11 @@ ROWS: dict[tuple[str, str], Row] = {
         # The servers are on no node: allowed callers get 409 after the access check; no ticket is stored.
         "POST", f"/v1/vps/{name_of('vps', o)}/console", object_write(r, "vps", o, patchable=True),
         body={"kind": "serial"})],
+    # An unknown range: allowed callers get 422 after the access check.
+    ("GET", "/v1/vps/{name}/metrics"): lambda r, o, e: [Case(
+        "GET", f"/v1/vps/{name_of('vps', o)}/metrics", object_read(r, "vps", o), params={"range": "2h"})],
+    ("GET", "/v1/nodes/{name}/metrics"): lambda r, o, e: [Case(
+        "GET", "/v1/nodes/n1/metrics", OK if r in STAFF else 403, params={"range": "2h"})],
     ("POST", "/v1/orders"): lambda r, o, e: [Case(
         # Nobody has funds: allowed callers get 402 (or 422), nothing is created.
         "POST", "/v1/orders", (OK if o else 404) if r == "customer" else OK if r in STAFF else 403,
