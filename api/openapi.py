@@ -75,6 +75,9 @@ SCHEMAS: dict[str, dict[str, Any]] = {
                           "stepSeconds": _INT, "series": {"type": "object", "additionalProperties": {
                               "type": "array", "items": {"type": "array", "items": {"type": "number"}}}}},
                          ["range", "stepSeconds", "series"]),
+    "Traffic": _obj({"vps": _STR, "month": _STR, "rxBytes": _INT, "txBytes": _INT, "totalBytes": _INT,
+                     "includedBytes": {"type": ["integer", "null"]}, "overageBytes": _INT},
+                    ["vps", "month", "rxBytes", "txBytes", "totalBytes", "overageBytes"]),
     "ConsoleRequest": _obj({"kind": {"type": "string", "enum": ["serial", "vnc"], "default": "serial"}}),
     "ConsoleTicket": _obj({"vps": _STR, "kind": _STR, "ticket": _STR, "expiresInSeconds": _INT, "url": _STR},
                           ["vps", "kind", "ticket", "expiresInSeconds", "url"]),
@@ -158,6 +161,8 @@ def _operations() -> dict[tuple[str, str], tuple[dict[str, Any] | None, dict[str
         ("get", "/v1/vps/{name}/metrics"): (None, {"200": _json(_ref("MetricSeries"), "[unix seconds, value] "
                                                                 "points per series: cpuPercent, memoryBytes, disk and "
                                                                 "network per second")}),
+        ("get", "/v1/vps/{name}/traffic"): (None, {"200": _json(_ref("Traffic"), "Bytes of the month, counter "
+                                                                "resets included; overage is not charged yet")}),
         ("get", "/v1/nodes/{name}/metrics"): (None, {"200": _json(_ref("MetricSeries"), "cpuPercent, memory and "
                                                                   "pool use of the node")}),
         ("post", "/v1/orders"): (_body(_ref("OrderRequest")), {"201": _json(_ref("OrderResult"), "Ordered"),

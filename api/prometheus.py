@@ -159,3 +159,19 @@ class PrometheusProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(5)
+
+
+def traffic_queries(vps: str) -> dict[str, str]:
+    """The raw byte counters of one VPS, one series per node it ran on (for `api.traffic`). Pure."""
+    sel = f'{{vps="{_label(vps)}"}}'
+    return {"rx": f"hostplane_vps_network_receive_bytes_total{sel}",
+            "tx": f"hostplane_vps_network_transmit_bytes_total{sel}"}
+
+
+async def series_values(client: httpx.AsyncClient, base: str, promql: str, start: float, end: float,
+                        step: int) -> list[list[float]]:
+    """The values of every series `promql` returns over [start, end] (each oldest first)."""
+    r = await client.get(f"{base.rstrip('/')}/api/v1/query_range",
+                         params={"query": promql, "start": f"{start:.3f}", "end": f"{end:.3f}", "step": str(step)})
+    r.raise_for_status()
+    return [[float(v) for _, v in s["values"]] for s in r.json().get("data", {}).get("result", [])]

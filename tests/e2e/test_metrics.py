@@ -127,6 +127,9 @@ def test_busy_and_idle_guests_and_scoping(rig: Rig) -> None:
     assert rig.env.client("globex").get("/v1/vps/acme-web/metrics").status_code == 404
     assert rig.env.client("customer").get("/v1/vps/globex-web/metrics").status_code == 404
     assert rig.env.client("customer").get("/v1/vps/acme-web/metrics", params={"range": "2h"}).status_code == 422
+    month = rig.env.client("customer").get("/v1/vps/acme-web/traffic")
+    assert month.status_code == 200 and month.json()["rxBytes"] >= 0, month.text
+    assert rig.env.client("globex").get("/v1/vps/acme-web/traffic").status_code == 404
 
     rig.agent.stop()
     rig.agent = rig.make_agent()  # type: ignore[operator]

@@ -137,6 +137,8 @@ ROWS: dict[tuple[str, str], Row] = {
     # An unknown range: allowed callers get 422 after the access check.
     ("GET", "/v1/vps/{name}/metrics"): lambda r, o, e: [Case(
         "GET", f"/v1/vps/{name_of('vps', o)}/metrics", object_read(r, "vps", o), params={"range": "2h"})],
+    ("GET", "/v1/vps/{name}/traffic"): lambda r, o, e: [Case(
+        "GET", f"/v1/vps/{name_of('vps', o)}/traffic", object_read(r, "vps", o), params={"month": "1999-13"})],
     ("GET", "/v1/nodes/{name}/metrics"): lambda r, o, e: [Case(
         "GET", "/v1/nodes/n1/metrics", OK if r in STAFF else 403, params={"range": "2h"})],
     ("POST", "/v1/orders"): lambda r, o, e: [Case(
