@@ -9,11 +9,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import libvirt
 import pytest
 
 from api import prometheus
 from api.console import ConsoleTLS
+from api.sessions import SESSION_COOKIE, set_password
 from nodeagent.agent import Agent
 from nodeagent.domain_xml import domain_name
 from nodeagent.endpoint import EndpointConfig
@@ -24,7 +26,7 @@ from specs.domain import DomainImage, DomainNetwork, DomainSpec
 from specs.kinds import VPS, VPSStatus
 from tests.e2e.guest.build import GuestImage
 from tests.e2e.guest.session import Session, make_workdir, qemu_session
-from tests.helpers import access_env
+from tests.helpers import access_env, builders
 from tests.helpers.wait import wait_for
 
 pytestmark = pytest.mark.qemu
@@ -61,6 +63,7 @@ def rig(store: Store, etcd_session: EtcdServer, qemu: Session, guest_image: Gues
     server = pki.node_server(node)
     api_pair = pki.issue("api")
     port = free_port("127.0.0.1")
+    store.create(builders.node(node))
     endpoint = EndpointConfig("127.0.0.1", port, cert=server.cert, key=server.key, ca=pki.ca_cert)
 
     def make_agent() -> Agent:
@@ -139,3 +142,51 @@ def test_busy_and_idle_guests_and_scoping(rig: Rig) -> None:
     assert max(series) <= 110, series  # the counters are libvirt's: no jump across the restart
     assert series[-1] > 50, series
     print(f"busy guest > 50 % after {busy_after:.1f} s")
+    panel_graphs(rig)
+
+
+SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
+HAS_DATA = "(sel) => { const el = document.querySelector(sel); return !!el && Number(el.dataset.points) > 1 " \
+           "&& !!el.querySelector('canvas'); }"
+
+
+def panel_graphs(rig: Rig) -> None:
+    """The panel draws the server's graphs with data at 375 px and desktop width, and the operator's customer
+    page shows each server's CPU beside its node's (screenshots into docs/screenshots/)."""
+    from tests.e2e.panel_up import browser
+
+    set_password(rig.env.store, "acme", "graphs password")
+    r = httpx.post(f"{rig.env.url}/v1/auth/login", json={"email": "acme@example.com", "password": "graphs password"},
+                   timeout=10)
+    assert r.status_code == 200, r.text
+    cookie = {"name": SESSION_COOKIE, "value": r.cookies[SESSION_COOKIE], "url": rig.env.url}
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    with browser() as b:
+        for label, viewport in (("375", {"width": 375, "height": 1400}), ("desktop", {"width": 1280, "height": 1300})):
+            ctx = b.new_context(viewport=viewport)
+            ctx.add_cookies([cookie])
+            page = ctx.new_page()
+            page.goto(f"{rig.env.url}/servers/acme-web")
+            for chart in ("cpu", "memory", "disk", "network"):
+                page.wait_for_function(HAS_DATA, arg=f'[data-chart="{chart}"]', timeout=30_000)
+            page.wait_for_selector('[data-key="traffic"]:has-text("Traffic in")', timeout=10_000)
+            page.locator(".load").scroll_into_view_if_needed()
+            page.screenshot(path=str(SCREENSHOTS / f"graphs-{label}.png"), full_page=True)
+            if label == "375":
+                assert page.evaluate("() => document.documentElement.scrollWidth") <= 376
+            ctx.close()
+        ops = b.new_context(viewport={"width": 1280, "height": 1100})
+        ops.add_init_script(f"sessionStorage.setItem('hostplane.token', {rig.env.tokens['admin']!r})")
+        page = ops.new_page()
+        logs: list[str] = []
+        page.on("console", lambda m: logs.append(f"{m.type}: {m.text}"))
+        page.goto(f"{rig.env.url}/ops/customers/acme")
+        try:
+            page.wait_for_function(HAS_DATA, arg='[data-chart="vps-acme-web"]', timeout=30_000)
+        except Exception:
+            page.screenshot(path="/tmp/console-ops-fail.png", full_page=True)
+            raise AssertionError(f"{logs}\n{page.inner_html('#app')[-3000:]}") from None
+        page.wait_for_function(HAS_DATA, arg=f'[data-chart="node-{rig.agent.node}"]', timeout=30_000)
+        page.locator(".load").scroll_into_view_if_needed()
+        page.screenshot(path=str(SCREENSHOTS / "ops-customer-load.png"), full_page=True)
+        ops.close()

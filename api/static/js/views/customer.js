@@ -3,6 +3,7 @@
 
 import { h, render } from '../dom.js';
 import * as api from '../api.js';
+import { loadCard } from './graphs.js';
 import {
   alertBox, badge, busy, dialog, field, fromMinor, mib, money, moneyMinor, pageHeader, planSummary, price,
   subState, table, toMinor, toast, when,
@@ -241,8 +242,9 @@ export function serverView(container, ctx) {
   const actions = h('section', { class: 'card', 'aria-labelledby': 'ac-h' });
   const events = h('section', { class: 'card', 'aria-labelledby': 'ev-h' });
   const error = h('div');
+  const load = loadCard(name);
   container.append(h('a', { href: back, class: 'back' }, operator ? '← All servers' : '← My servers'),
-    pageHeader(name), error, h('div', { class: 'grid2' }, status, actions), events);
+    pageHeader(name), error, h('div', { class: 'grid2' }, status, actions), load.el, events);
   let seen = false;
 
   const paint = () => {
@@ -327,7 +329,7 @@ export function serverView(container, ctx) {
   loadEvents();
   const off = live.on((kinds) => { paint(); if (kinds.has('VPS')) eventsSoon(); });
   const tick = setInterval(paint, 5000);
-  return { destroy: () => { off(); clearInterval(tick); clearTimeout(timer); } };
+  return { destroy: () => { off(); clearInterval(tick); clearTimeout(timer); load.destroy(); } };
 }
 
 // ------------------------------------------------------------------ order
