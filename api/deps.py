@@ -51,10 +51,6 @@ class Settings:
     # Requests per second per token or session (admin tokens are not limited); <= 0: no limit.
     rate_per_principal: float = 50.0
     burst_per_principal: float = 200.0
-    # Open watch streams per principal (one API process; admin tokens are not capped); <= 0: no cap.
-    streams_per_principal: int = 32
-    # Live panel sessions per customer (all API processes: counted in etcd); <= 0: no cap.
-    sessions_per_customer: int = 20
     cookie_secure: bool | None = None  # None: Secure when the request came over https
 
 
@@ -68,6 +64,7 @@ class AppState:
     sessions: Sessions | None = None
     buckets: TokenBuckets = field(default_factory=lambda: TokenBuckets(0, 1))
     login_throttle: LoginThrottle = field(default_factory=LoginThrottle)
+    # Open watch streams per principal in this process (admin tokens are not capped); per_key <= 0: no cap.
     streams: StreamSlots = field(default_factory=lambda: StreamSlots(0))
     hub: WatchHub | None = None
     join_pki: PKI | None = None  # the CA that signs joining nodes' certificates (api.node_join)

@@ -37,7 +37,7 @@ from api.node_join import JoinRefused, create_node_token, delete_node_tokens, to
 from reconcile import keys, roles
 from reconcile.connection import EtcdConnection
 from reconcile.errors import StoreError
-from reconcile.pki import PKI, ca_hash, identity_for, new_key_and_csr, write_private
+from reconcile.pki import PKI, PKIError, ca_hash, identity_for, new_key_and_csr, write_private
 from reconcile.store import Store
 
 
@@ -89,7 +89,7 @@ def token_create(name: str, ttl: int, server: str, data_dir: Path, etcd: str | N
     """Make node NAME's etcd identity and print a one-time token (shown once)."""
     try:
         identity = identity_for("node", name)
-    except ValueError as exc:
+    except PKIError as exc:
         _fail(str(exc))
     with _root_store(data_dir, etcd) as store:
         try:
@@ -110,7 +110,7 @@ def revoke(name: str, data_dir: Path, etcd: str | None) -> None:
     """Delete node NAME's etcd user and role (its certificate reaches nothing from now) and its tokens."""
     try:
         identity = identity_for("node", name)
-    except ValueError as exc:
+    except PKIError as exc:
         _fail(str(exc))
     with _root_store(data_dir, etcd) as store:
         try:

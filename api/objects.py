@@ -11,14 +11,13 @@ else's) and may patch only a few fields. This module must never write a status k
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime
 from typing import Any, TypeVar
 
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from api import access, audit, names
+from api import access, audit, ownership
 from api.admission import admit_update, needs_store
 from api.auth import Principal, revoke_customer_tokens
 from api.deps import AppState, Body, Caller, State
@@ -26,9 +25,9 @@ from api.errors import BadRequest, Forbidden, Invalid, UnknownKind
 from api.merge_patch import merge_patch
 from api.sessions import end_customer_sessions
 from reconcile import keys
-from reconcile.errors import AlreadyExists, Conflict, NotFound
+from reconcile.errors import AlreadyExists, Conflict
 from reconcile.selector import parse_selector
-from reconcile.store import KV, Get, Put, Rider, decode
+from reconcile.store import Rider, decode
 from specs import VPS, Customer, Plan, Resource, Subscription, kind_for
 from specs.io import validate_object
 from specs.meta import API_VERSION
@@ -132,7 +131,7 @@ def list_events(state: State, caller: Caller, kind: str | None = None, name: str
     elif not access.readable_kinds(caller):
         raise Forbidden(f"role {caller.role!r} may not read events")
     if caller.role == "customer":
-        return _customer_events(state, caller, prefix, kind and resolve_kind(kind).KIND, name)
+        return ownership.customer_events(state, caller, prefix, kind and resolve_kind(kind).KIND, name)
     seen: dict[tuple[str, str], bool] = {}
     kvs, rev = state.store.kv_range(prefix)
     items: list[dict[str, Any]] = []
@@ -150,69 +149,6 @@ def list_events(state: State, caller: Caller, kind: str | None = None, name: str
             items.append({"kind": parts[0], "name": parts[1], **ev})
     return JSONResponse({"apiVersion": API_VERSION, "kind": "EventList",
                          "metadata": {"resourceVersion": str(rev)}, "items": items})
-
-
-# An event recorded up to this long before its object's creationTimestamp (another host's clock)
-# is still the object's; older ones are about an earlier object of the same name.
-EVENT_CLOCK_SKEW_US = 1_000_000
-
-
-def _customer_events(state: AppState, caller: Principal, prefix: str, kind: str | None,
-                     name: str | None) -> JSONResponse:
-    """A customer's events, read in one transaction: its Customer, every Subscription and VPS spec, and
-    the events under `prefix`, at one revision. An event is shown only about an object the customer
-    owns now and only from that object's creation on: events about an earlier object that had the
-    same name (another customer's) stay hidden."""
-    root = state.store.root
-    res = state.store.txn([], [Get(keys.spec_key(Customer, caller.customer or "", root)),
-                               Get(keys.spec_prefix(Subscription, root), True),
-                               Get(keys.spec_prefix(VPS, root), True), Get(prefix, True)])
-    owned = _owned_since(caller.customer or "", res.gets[0], res.gets[1], res.gets[2])
-    if kind and name and (kind, name) not in owned:
-        raise access.not_found(kind, name)
-    base = keys.events_prefix(root)
-    items: list[dict[str, Any]] = []
-    for kv in res.gets[3]:
-        parts = kv.key[len(base):].split("/")
-        since = owned.get((parts[0], parts[1])) if len(parts) == 3 else None
-        if since is None or (name is not None and parts[1] != name) or not parts[2].isdigit() \
-                or int(parts[2]) + EVENT_CLOCK_SKEW_US < since:
-            continue
-        try:
-            ev = decode(kv.value)
-        except ValueError:
-            continue
-        if isinstance(ev, dict):
-            items.append({"kind": parts[0], "name": parts[1], **ev})
-    return JSONResponse({"apiVersion": API_VERSION, "kind": "EventList",
-                         "metadata": {"resourceVersion": str(res.revision)}, "items": items})
-
-
-def _owned_since(customer: str, cust: list[KV], subs: list[KV], servers: list[KV]) -> dict[tuple[str, str], int]:
-    """(kind, name) -> creation time (microseconds) of each object `customer` owns, from raw specs. Pure."""
-    def created(doc: dict[str, Any]) -> int:
-        raw = doc.get("metadata", {}).get("creationTimestamp")
-        try:
-            return int(datetime.fromisoformat(str(raw)).timestamp() * 1e6) if raw else 0
-        except ValueError:
-            return 0
-
-    out: dict[tuple[str, str], int] = {}
-    for kv in cust:
-        out[(Customer.KIND, customer)] = created(decode(kv.value))
-    sub_uid: dict[str, str] = {}
-    for kv in subs:
-        doc = decode(kv.value)
-        if doc.get("spec", {}).get("customer") == customer:
-            sub_uid[doc["metadata"]["name"]] = str(doc["metadata"].get("uid") or "")
-            out[(Subscription.KIND, doc["metadata"]["name"])] = created(doc)
-    for kv in servers:
-        doc = decode(kv.value)
-        spec = doc.get("spec", {})
-        bound = spec.get("subscriptionUID")
-        if spec.get("subscription") in sub_uid and (bound is None or bound == sub_uid[spec["subscription"]]):
-            out[(VPS.KIND, doc["metadata"]["name"])] = created(doc)
-    return out
 
 
 @router.get("/{kind}", summary="List objects of a kind, optionally by label selector")
@@ -240,10 +176,12 @@ async def create_object(kind: str, body: Body, state: State, caller: Caller, req
     # Identity and timestamps are the server's to assign.
     meta = obj.metadata.model_copy(update={"uid": None, "creationTimestamp": None, "resourceVersion": None})
     access.require_billing_fields(caller, None, obj)
-    obj = await _bind(state, None, obj)
+    if isinstance(obj, Customer):
+        await ownership.refuse_kept_ledger(state, obj.name)
+    obj = await ownership.bind(state, None, obj)
     try:
         ride = audit.rider(request.scope, 201, state.store.root)
-        claim = await _claim(state, obj)
+        claim = await ownership.claim(state, obj)
         if claim is not None:
             ride = ride or Rider([])
             ride.puts.append(claim)
@@ -277,7 +215,7 @@ async def replace_object(kind: str, name: str, body: Body, state: State, caller:
         # saw the object at that version, spares the read).
         current = await state.astore.get_spec_at(cls, name, obj.metadata.resourceVersion)
         access.require_billing_fields(caller, current, obj)
-        obj = await _bind(state, current, obj)
+        obj = await ownership.bind(state, current, obj)
         await admitted(state, current, obj)
         update: dict[str, Any] = {"resourceVersion": obj.metadata.resourceVersion or current.metadata.resourceVersion}
         if keep_finalizers:
@@ -305,7 +243,7 @@ async def patch_object(kind: str, name: str, body: Body, state: State, caller: C
         doc.pop("status", None)
         obj = object_from_body(merge_patch(doc, patch), cls, name=name)
         access.require_billing_fields(caller, current, obj)
-        obj = await _bind(state, current, obj)
+        obj = await ownership.bind(state, current, obj)
         await admitted(state, current, obj)
         try:
             return await _updated(state, request, obj)
@@ -323,9 +261,9 @@ async def delete_object(kind: str, name: str, state: State, caller: Caller,
     cls = resolve_kind(kind)
     await _require_write(state, caller, cls, name, "delete")
     if cls is Subscription:
-        await _refuse_if_servers(state, name)
+        await ownership.refuse_if_servers(state, name)
     elif cls is Customer:
-        await _refuse_if_subscriptions(state, name)
+        await ownership.refuse_if_subscriptions(state, name)
     marked = await state.astore.delete(cls, name, resource_version=resourceVersion)
     if marked is not None:
         return object_response(marked, 202)
@@ -356,54 +294,3 @@ async def _require_write(state: AppState, caller: Principal, cls: type[Resource]
         return
     access.deny_unreadable_kind(caller, cls, name)
     await checked(state, caller, access.require_write, await state.astore.get(cls, name), verb)
-
-
-async def _bind(state: AppState, current: Resource | None, new: Resource) -> Resource:
-    """A VPS as it is written: bound to the uid of its Subscription (the server decides, never the body).
-
-    Kept while the server stays under the same Subscription name; set afresh when it moves to
-    another one (None while that one does not exist yet: ownership then follows the name)."""
-    if not isinstance(new, VPS):
-        return new
-    uid: str | None
-    if isinstance(current, VPS) and current.spec.subscription == new.spec.subscription \
-            and current.spec.subscriptionUID is not None:
-        uid = current.spec.subscriptionUID
-    else:
-        try:
-            uid = (await state.astore.get(Subscription, new.spec.subscription)).metadata.uid
-        except NotFound:
-            uid = None
-    if uid == new.spec.subscriptionUID:
-        return new
-    return new.model_copy(update={"spec": new.spec.model_copy(update={"subscriptionUID": uid})})
-
-
-async def _claim(state: AppState, obj: Resource) -> Put | None:
-    """The name claim a staff create of a Subscription or VPS records for its customer (api.names)."""
-    if isinstance(obj, Subscription):
-        return names.claim_put(state.store.root, obj.name, obj.spec.customer)
-    if isinstance(obj, VPS):
-        try:
-            sub = await state.astore.get(Subscription, obj.spec.subscription)
-        except NotFound:
-            return None
-        return names.claim_put(state.store.root, obj.name, sub.spec.customer) if obj.bound_to(sub) else None
-    return None
-
-
-async def _refuse_if_subscriptions(state: AppState, name: str) -> None:
-    """409 naming the subscriptions customer `name` still has (they would pass to a namesake)."""
-    subs = sorted(s.name for s in (await state.astore.list(Subscription)).items if s.spec.customer == name)
-    if subs:
-        shown = ", ".join(subs[:10]) + (f" and {len(subs) - 10} more" if len(subs) > 10 else "")
-        raise Conflict(f"customer {name!r} still has subscriptions ({shown}); delete them first")
-
-
-async def _refuse_if_servers(state: AppState, name: str) -> None:
-    """409 naming the servers that still belong to Subscription `name`: deleting it would leave them
-    ownerless (and, before uids bound them, let whoever reused the name take them over)."""
-    servers = sorted(v.name for v in (await state.astore.list(VPS)).items if v.spec.subscription == name)
-    if servers:
-        shown = ", ".join(servers[:10]) + (f" and {len(servers) - 10} more" if len(servers) > 10 else "")
-        raise Conflict(f"subscription {name!r} still has servers ({shown}); delete them first")

@@ -113,14 +113,15 @@ def create_app(store: Store, *, max_body_bytes: int = 1024 * 1024, heartbeat_sec
     """Build the API over `store`. The caller owns the store and closes it.
 
     No CORS headers are ever sent: browsers keep other origins out, and the panel is served
-    from this same origin. `watch_flush_seconds`: under sustained change, SSE streams are
+    from this same origin. `streams_per_principal`: open /v1/watch streams per non-admin principal
+    in this process; `sessions_per_customer`: live panel sessions per customer (counted in etcd);
+    0 disables either. `watch_flush_seconds`: under sustained change, SSE streams are
     written at least this often (each write carrying every event since the last); api.hub
     writes more often when there are few streams and the loop is not busy.
     """
     settings = Settings(max_body_bytes=max_body_bytes, heartbeat_seconds=heartbeat_seconds,
                         open_metrics_on_loopback=open_metrics_on_loopback, rate_per_principal=rate_per_principal,
-                        burst_per_principal=burst_per_principal, cookie_secure=cookie_secure,
-                        streams_per_principal=streams_per_principal, sessions_per_customer=sessions_per_customer)
+                        burst_per_principal=burst_per_principal, cookie_secure=cookie_secure)
     astore = AsyncStore(store)
     state = AppState(store=store, astore=astore, verifier=TokenVerifier(store, cache_seconds=token_cache_seconds),
                      settings=settings,

@@ -30,7 +30,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 # Modules the init loads, in dependency order resolved from modules.dep at build time.
-WANTED = ["virtio_pci", "virtio_blk", "isofs", "button", "evdev", "virtio_balloon"]
+WANTED = ["virtio_pci", "virtio_blk", "isofs", "button", "evdev", "virtio_balloon", "virtio_net", "af_packet",
+          "ipv6"]
 CMDLINE = "console=ttyS0 panic=-1 quiet loglevel=3"
 
 INIT = r"""#!/bin/busybox sh
@@ -59,6 +60,35 @@ if [ -f /seed/meta-data ]; then
 else
   echo "hostplane-guest: no cidata seed found"
 fi
+ip link set lo up
+if [ -f /seed/network-config ] && ip link show eth0 >/dev/null 2>&1; then
+  # Static addresses are ours at once: no duplicate address detection to wait for.
+  echo 0 > /proc/sys/net/ipv6/conf/eth0/accept_dad 2>/dev/null
+  ip link set eth0 up
+  addrs=$(sed -n '/"addresses"/,/\]/p' /seed/network-config | grep -o '"[0-9a-fA-F.:]*/[0-9]*"' | tr -d '"')
+  for a in $addrs; do ip addr add "$a" dev eth0; done
+  for g in $(grep -o '"via": "[^"]*"' /seed/network-config | cut -d'"' -f4); do
+    case "$g" in *:*) ip -6 route add default via "$g" dev eth0 ;; *) ip route add default via "$g" dev eth0 ;; esac
+  done
+  echo "hostplane-guest: net eth0 $(cat /sys/class/net/eth0/address) $(echo $addrs)"
+fi
+if [ -f /seed/user-data ]; then
+  if head -n 1 /seed/user-data | grep -q '^#!'; then
+    cp /seed/user-data /tmp/user-script
+  else
+    awk '/^Content-Type: text\/x-shellscript/ {s=1; h=1; next}
+         s && h && /^$/ {h=0; next}
+         s && !h && /^--/ {exit}
+         s && !h {print}' /seed/user-data > /tmp/user-script
+  fi
+  if [ -s /tmp/user-script ]; then
+    echo "hostplane-guest: running user-data script"
+    (sh /tmp/user-script 2>&1; echo "exit $?") | while IFS= read -r line; do echo "hostplane-script: $line"; done &
+  fi
+fi
+# A shell on the serial console (a PTY only the hypervisor's owner can open): tests drive the guest here.
+stty -F /dev/ttyS0 -echo 2>/dev/null
+setsid sh -c 'exec sh </dev/ttyS0 >/dev/ttyS0 2>&1' &
 for d in /dev/vd?; do
   [ -b "$d" ] && echo "hostplane-guest: disk $d $(cat /sys/block/${d#/dev/}/size) sectors"
 done
@@ -173,7 +203,7 @@ def build(root: Path | None = None) -> GuestImage:
         deps = subprocess.run(["apt-cache", "depends", "linux-image-cloud-amd64"], check=True,
                               capture_output=True, text=True).stdout
         kpkg = next(w.split()[-1] for w in deps.splitlines() if "Depends:" in w and "linux-image-" in w)
-        _download([kpkg, "busybox-static"], t)
+        _download([kpkg, "busybox-static", "radvd", "libc6"], t)
         for deb in t.glob("*.deb"):
             subprocess.run(["dpkg-deb", "-x", str(deb), str(t / "x")], check=True)
         x = t / "x"
@@ -181,10 +211,15 @@ def build(root: Path | None = None) -> GuestImage:
         moddir = next((x / "lib" / "modules").iterdir())
         mods = _module_order(moddir)
         entries: list[tuple[str, int, bytes]] = []
-        for d in ("bin", "dev", "proc", "sys", "seed", "lib", "lib/modules", "tmp"):
+        for d in ("bin", "dev", "proc", "sys", "seed", "lib", "lib/modules", "tmp", "etc", "run", "var",
+                  "var/run", "lib64", "lib/x86_64-linux-gnu"):
             entries.append((d, 0o040755, b""))
         entries.append(("bin/busybox", 0o100755, (x / "bin" / "busybox").read_bytes()))
         entries.append(("bin/sh", 0o120777, b"busybox"))
+        entries.append(("bin/radvd", 0o100755, (x / "usr" / "sbin" / "radvd").read_bytes()))
+        libc = x / "lib" / "x86_64-linux-gnu"
+        entries.append(("lib/x86_64-linux-gnu/libc.so.6", 0o100755, (libc / "libc.so.6").read_bytes()))
+        entries.append(("lib64/ld-linux-x86-64.so.2", 0o100755, (libc / "ld-linux-x86-64.so.2").read_bytes()))
         entries.append(("init", 0o100755, INIT.encode()))
         entries.append(("modules.order", 0o100644, "\n".join(n for n, _ in mods).encode() + b"\n"))
         for name, path in mods:

@@ -80,6 +80,7 @@ def _ensure_libvirt(uri: str, logs: Path, say: Any, *, explicit: bool = False,
     virtlogd = shutil.which("virtlogd") or "/usr/sbin/virtlogd"
     started: list[Child] = []
     if uri in ("qemu:///session", "qemu:///system") and os.geteuid() == 0 and Path(libvirtd).exists():
+        _ensure_network_state_dir(say)
         if Path(virtlogd).exists() and not Path("/run/libvirt/virtlogd-sock").exists():
             started.append(Child("virtlogd", [virtlogd], logs / "virtlogd.log"))
         started.append(Child("libvirtd", [libvirtd], logs / "libvirtd.log"))
@@ -99,6 +100,10 @@ def _ensure_libvirt(uri: str, logs: Path, say: Any, *, explicit: bool = False,
                 say(f"waiting for libvirt at {uri} ({said - began:.0f} s of {max(wait, 30.0):.0f} s) ...")
             time.sleep(0.5)
         for c in started:
+            if not c.alive():
+                with contextlib.suppress(OSError, IndexError):
+                    last = c.log_path.read_text(errors="replace").strip().splitlines()[-1]
+                    say(f"{c.name} exited: {last}")
             c.terminate()
             c.wait_or_kill(time.monotonic() + 5)
     elif explicit:
@@ -460,6 +465,18 @@ def prepare_test_guest(data_dir: Path, etcd: EtcdServer | EtcdCluster, say: Any,
     say(f"test guest ready: Image {TEST_GUEST} ({root})")
 
 
+def _ensure_network_state_dir(say: Any) -> None:
+    """libvirt's network driver keeps each NAT network's MAC list in /var/lib/libvirt/dnsmasq/, which
+    the dnsmasq-base package creates; without it every guest on an isolated-nat network fails to
+    start ("Failed to create file .../dnsmasq/...macs.new"). `make up` installs the package; a
+    machine without it gets the (empty) directory here."""
+    d = Path("/var/lib/libvirt/dnsmasq")
+    if d.parent.is_dir() and not d.exists():
+        with contextlib.suppress(OSError):
+            d.mkdir(mode=0o755)
+            say(f"created {d} (libvirt's NAT networks need it; the dnsmasq-base package makes it)")
+
+
 def _closed_ancestor(path: Path) -> Path | None:
     """The first directory on the way to `path` that other users cannot search (o+x), if any."""
     for d in [*reversed(path.parents), path]:
@@ -541,8 +558,9 @@ def run_down(data_dir: Path, *, purge: bool, out: Any = None) -> int:
     try:
         uri, daemons = _ensure_libvirt(uri, data_dir / "logs", say, explicit=True,
                                        wait=float(os.environ.get("HOSTPLANE_LIBVIRT_WAIT", LIBVIRT_WAIT)))
-    except UpError as exc:
-        say(f"error: {exc}")
+    except UpError:
+        say(f"error: libvirt at {uri} (where this instance ran) does not answer; start it and run "
+            f"`hostplane down` again. Nothing was changed.")
         return 2
     try:
         from nodeagent.leftovers import cluster_domains, purge_cluster

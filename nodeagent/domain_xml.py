@@ -50,8 +50,7 @@ class Boot:
     # For entries without a network mode: "user" (user-mode NIC) or a libvirt network name.
     network: str = "user"
     guest_agent: bool = True
-    # The VNC socket's path (None: no graphics device at all; "": a path libvirt chooses in its own
-    # per-domain directory, which the hypervisor's QEMU user can always write).
+    # The VNC socket's path (None: no graphics device at all).
     graphics_socket: str | None = None
 
 
@@ -135,20 +134,21 @@ def build(spec: DomainSpec, meta: Meta, boot: Boot, *, uuid: str | None = None) 
     if boot.guest_agent:
         chan = _sub(dev, "channel", type="unix")
         _sub(chan, "target", type="virtio", name="org.qemu.guest_agent.0")
-    if boot.graphics_socket is not None:
+    if boot.graphics_socket:
         gfx = _sub(dev, "graphics", type="vnc")
-        listen = _sub(gfx, "listen", type="socket")
-        if boot.graphics_socket:
-            listen.set("socket", boot.graphics_socket)
+        _sub(gfx, "listen", type="socket", socket=boot.graphics_socket)
     _sub(dev, "memballoon", model="virtio")
     return ET.tostring(dom, encoding="unicode")
 
 
 def nat_network_of(spec: DomainSpec) -> tuple[str, str] | None:
-    """(network, bridge) of the isolated NAT network an isolated-nat entry needs: its pool gateway's."""
-    v4 = spec.network.ipv4
-    if spec.network.mode != "isolated-nat" or v4 is None or v4.gateway is None:
+    """(network, bridge) of the isolated network an isolated-nat entry needs: its pool gateway's NAT
+    network, or the address-less isolated one while it has no IPv4 with a gateway."""
+    if spec.network.mode != "isolated-nat":
         return None
+    v4 = spec.network.ipv4
+    if v4 is None or v4.gateway is None:
+        return netfilter.NO_ADDRESS_NETWORK
     return netfilter.nat_network(v4.gateway, v4.prefixLength)
 
 
@@ -171,8 +171,7 @@ def _interface(dev: ET.Element, spec: DomainSpec, boot: Boot) -> ET.Element:
         _sub(nic, "source", bridge=net.bridge or "")
     else:
         nat = nat_network_of(spec)
-        if nat is None:
-            raise ValueError("mode isolated-nat needs an IPv4 address with a gateway")
+        assert nat is not None
         nic = _sub(dev, "interface", type="network")
         _sub(nic, "source", network=nat[0])
     if mode in netfilter.TAP_PREFIX:

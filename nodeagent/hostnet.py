@@ -26,10 +26,12 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import subprocess
 import xml.etree.ElementTree as ET
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 import libvirt
 
@@ -40,6 +42,7 @@ from specs.domain import DomainSpec
 log = logging.getLogger(__name__)
 
 GUARD_CHAIN = "HOSTPLANE-GUARD"
+LIBVIRT_STATE_DIR = "/var/lib/libvirt"
 NAT_BRIDGE_MATCH = "hpnat+"
 BRIDGE_TAP_MATCH = netfilter.TAP_PREFIX["bridge"] + "+"
 
@@ -58,18 +61,21 @@ GUARD_RULES: dict[str, list[str]] = {
 }
 
 
-def nat_network_xml(name: str, bridge: str, gateway: str, prefix: int) -> str:
+def nat_network_xml(name: str, bridge: str, gateway: str | None, prefix: int | None) -> str:
     """An isolated NAT network: the pool gateway on the host bridge, NAT out, ports isolated from each other.
 
     No DNS or DHCP server (no dnsmasq on the host for guests to talk to): the seed configures them.
+    Without a gateway: no address on the host and no forwarding at all (`NO_ADDRESS_NETWORK`).
     """
     net = ET.Element("network")
     ET.SubElement(net, "name").text = name
-    ET.SubElement(net, "forward", {"mode": "nat"})
+    if gateway is not None:
+        ET.SubElement(net, "forward", {"mode": "nat"})
     ET.SubElement(net, "bridge", {"name": bridge, "stp": "off", "delay": "0"})
     ET.SubElement(net, "port", {"isolated": "yes"})
     ET.SubElement(net, "dns", {"enable": "no"})
-    ET.SubElement(net, "ip", {"address": gateway, "prefix": str(prefix)})
+    if gateway is not None and prefix is not None:
+        ET.SubElement(net, "ip", {"address": gateway, "prefix": str(prefix)})
     return ET.tostring(net, encoding="unicode")
 
 
@@ -134,6 +140,15 @@ def vlan_commands(tap: str, current: list[tuple[int, frozenset[str]]], vid: int)
     return cmds
 
 
+def _active(conn: libvirt.virConnect, name: str) -> bool:
+    try:
+        return bool(conn.lookupByName(name).isActive())
+    except libvirt.libvirtError as exc:
+        if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+            return False
+        raise
+
+
 def port_vlan(spec: DomainSpec) -> tuple[str, str, int] | None:
     """(bridge, tap, VLAN) when this entry's tap must be put on a VLAN."""
     net = spec.network
@@ -164,10 +179,14 @@ class HostNetwork:
             if defined or repaired:
                 log.info("node network: filters defined %s, guard repaired %s", defined, repaired)
             self.ready = True
+        if not simulated and any(domain_xml.nat_network_of(s) is not None for s in filtered):
+            self._libvirt_network_dirs()
         for spec in filtered:
             v4 = spec.network.ipv4
-            if domain_xml.nat_network_of(spec) is not None and v4 is not None and v4.gateway is not None:
-                self.ensure_nat_network(conn, v4.gateway, v4.prefixLength)
+            if domain_xml.nat_network_of(spec) is not None:
+                has_gw = v4 is not None and v4.gateway is not None
+                self.ensure_nat_network(conn, v4.gateway if has_gw and v4 else None,
+                                        v4.prefixLength if has_gw and v4 else None)
 
     def housekeeping(self, conn: libvirt.virConnect, specs: list[DomainSpec], running: list[str], *,
                      simulated: bool) -> list[str]:
@@ -180,6 +199,15 @@ class HostNetwork:
             if vlan is not None and domain_xml.domain_name(spec.uid) in running:
                 self.ensure_port_vlan(*vlan)
         return self.remove_orphan_bindings(conn, running)
+
+    def _libvirt_network_dirs(self) -> None:
+        """libvirt's network driver writes per-network files under /var/lib/libvirt/dnsmasq/ even with no
+        dnsmasq running; without Debian's dnsmasq-base nothing creates it and every start on a network fails.
+        Only for the local daemon as root (a daemon in another namespace has its own view of the files)."""
+        base = Path(LIBVIRT_STATE_DIR)
+        if self.netns is None and os.geteuid() == 0 and base.is_dir() and not (base / "dnsmasq").exists():
+            (base / "dnsmasq").mkdir(mode=0o755)
+            log.info("node network: created %s/dnsmasq for libvirt's network driver", base)
 
     def _run(self, *cmd: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         prefix = ["ip", "netns", "exec", self.netns] if self.netns else []
@@ -214,15 +242,20 @@ class HostNetwork:
             owner = ET.fromstring(b.XMLDesc(0)).findtext("owner/name") or ""
             bindings[b.portDev()] = owner
             handles[b.portDev()] = b
-        gone = netfilter.orphan_bindings(bindings, running)
-        for dev in gone:
+        removed = []
+        for dev in netfilter.orphan_bindings(bindings, running):
+            # `running` may be older than a domain that started since: ask again right before deleting,
+            # so a guest that just came up never loses its filter.
+            if _active(conn, bindings[dev]):
+                continue
             handles[dev].delete()
-        return gone
+            removed.append(dev)
+        return removed
 
     # ------------------------------------------------------------- NAT network
 
     @staticmethod
-    def ensure_nat_network(conn: libvirt.virConnect, gateway: str, prefix: int) -> str:
+    def ensure_nat_network(conn: libvirt.virConnect, gateway: str | None, prefix: int | None) -> str:
         """The isolated NAT network for `gateway/prefix`, defined, active and autostarted; returns its name."""
         name, bridge = netfilter.nat_network(gateway, prefix)
         try:

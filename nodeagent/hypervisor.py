@@ -196,7 +196,16 @@ class Hypervisor:
             # The hypervisor daemon may run as another user (a session daemon): let it write serial logs.
             st = pool_dir.stat()
             os.chown(self.logs_dir, st.st_uid, st.st_gid)
-            os.chown(self.consoles_dir, st.st_uid, st.st_gid)
+            uid, gid = st.st_uid, st.st_gid
+            if uid == 0:
+                # A system daemon builds the pool as root but runs QEMU as its own user (Debian:
+                # libvirt-qemu), which creates the graphics sockets itself.
+                with contextlib.suppress(KeyError):
+                    import pwd
+
+                    qemu = pwd.getpwnam("libvirt-qemu")
+                    uid, gid = qemu.pw_uid, qemu.pw_gid
+            os.chown(self.consoles_dir, uid, gid)
         self.conn = conn
         self.hostnet.ready = False
         return conn
@@ -350,9 +359,7 @@ class Hypervisor:
             kernel=base.kernel if base else None, initrd=base.initrd if base else None,
             arch="i686" if self.simulated else "x86_64", machine=None if self.simulated else "pc",
             network=self.network, guest_agent=not self.simulated,
-            # libvirt's own per-domain directory: QEMU may run as another user than the agent
-            # (system libvirt), which could not create a socket in the agent's 0700 directory.
-            graphics_socket="",
+            graphics_socket=str(self.consoles_dir / f"{name}.vnc"),
         )
 
     # ------------------------------------------------------------- networking
@@ -363,8 +370,12 @@ class Hypervisor:
 
     def network_housekeeping(self, specs: list[DomainSpec]) -> list[str]:
         """At a resync: repair filters, guard, NAT networks and VLANs; delete bindings of stopped taps."""
-        running = [dom.name() for dom, meta in self.all_domains() if meta is not None and dom.isActive()]
-        return self.hostnet.housekeeping(self._conn(), specs, running, simulated=self.simulated)
+        managed = [(dom, meta) for dom, meta in self.all_domains() if meta is not None]
+        running = [dom.name() for dom, _ in managed if dom.isActive()]
+        # Only entries whose domain exists: an entry stuck before its define changes nothing on the host.
+        defined = {meta.uid for _, meta in managed}
+        return self.hostnet.housekeeping(self._conn(), [s for s in specs if s.uid in defined], running,
+                                         simulated=self.simulated)
 
     def _read_filter(self, dom: libvirt.virDomain, xml: str, spec: DomainSpec | None) -> netfilter.Params | None:
         if spec is None:

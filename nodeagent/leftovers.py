@@ -9,6 +9,7 @@ reach another instance's guests or anything Hostplane did not create.
 from __future__ import annotations
 
 import contextlib
+import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 
 import libvirt
@@ -53,8 +54,30 @@ def cluster_domains(uri: str, cluster_id: str) -> list[Leftover]:
         conn.close()
 
 
+def _drop_idle_nat_networks(conn: libvirt.virConnect) -> list[str]:
+    """Hostplane's isolated NAT networks no defined domain uses any more (an agent re-creates one
+    when it needs it): left active they outlive the instance, and libvirt re-loads them at every start."""
+    used: set[str] = set()
+    for dom in conn.listAllDomains(0):
+        with contextlib.suppress(libvirt.libvirtError):
+            root = ET.fromstring(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
+            used |= {s.get("network", "") for s in root.iterfind("devices/interface/source")}
+    dropped = []
+    for net in conn.listAllNetworks(0):
+        name = net.name()
+        if not name.startswith("hostplane-nat-") or name in used:
+            continue
+        with contextlib.suppress(libvirt.libvirtError):
+            if net.isActive():
+                net.destroy()
+            net.undefine()
+            dropped.append(name)
+    return dropped
+
+
 def purge_cluster(uri: str, cluster_id: str, pool_name: str | None = None) -> tuple[list[str], list[str]]:
-    """Destroy and undefine the cluster's domains, then delete its pool's volumes and the pool.
+    """Destroy and undefine the cluster's domains, drop NAT networks no domain uses any more, then
+    delete the pool's volumes and the pool.
 
     Returns (domains, volumes) removed. Only domains whose metadata names `cluster_id` are touched.
     """
@@ -73,6 +96,7 @@ def purge_cluster(uri: str, cluster_id: str, pool_name: str | None = None) -> tu
                 dom.destroy()
             dom.undefine()
             domains.append(dom.name())
+        _drop_idle_nat_networks(conn)
         try:
             pool = conn.storagePoolLookupByName(pool_name or default_pool_name(cluster_id))
         except libvirt.libvirtError:

@@ -173,8 +173,17 @@ def tap_name(uid: str, mode: str) -> str:
     return TAP_PREFIX[mode] + hashlib.sha256(uid.encode()).hexdigest()[:12]
 
 
-def nat_network(gateway: str, prefix: int) -> tuple[str, str]:
-    """The libvirt network and bridge name of the isolated NAT network whose gateway is `gateway/prefix`."""
+# The network of isolated-nat NICs without a booked IPv4 (no IP pool yet): no address, no NAT, ports isolated.
+NO_ADDRESS_NETWORK = ("hostplane-isolated", "hpnat0")
+
+
+def nat_network(gateway: str | None, prefix: int | None) -> tuple[str, str]:
+    """The libvirt network and bridge name of the isolated NAT network whose gateway is `gateway/prefix`.
+
+    Without a gateway: `NO_ADDRESS_NETWORK`, on which a guest reaches nothing at all.
+    """
+    if gateway is None or prefix is None:
+        return NO_ADDRESS_NETWORK
     digest = hashlib.sha256(f"{gateway}/{prefix}".encode()).hexdigest()[:8]
     return f"hostplane-nat-{digest}", f"hpnat{digest}"
 

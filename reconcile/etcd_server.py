@@ -132,6 +132,11 @@ class EtcdServer:
         return Store(self.connection(identity, root=root), root=root, timeout=timeout,
                      retry_seconds=retry_seconds)
 
+    def remove_identity(self, identity: str) -> None:
+        """Delete `identity`'s etcd user and role (its certificate then reaches nothing)."""
+        self.admin().remove_identity(identity)
+        self._roles_applied = {(i, r) for i, r in self._roles_applied if i != identity}
+
     def args(self, identity: str, *, root: str = keys.ROOT) -> list[str]:
         """`--etcd --etcd-ca --etcd-cert --etcd-key` flags for a child process running as `identity`."""
         return self.connection(identity, root=root).args()

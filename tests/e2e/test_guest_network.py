@@ -8,13 +8,15 @@ layer and planner drive libvirt exactly as the node agent does (no etcd needed h
 
 from __future__ import annotations
 
+import stat
+import sys
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import libvirt
 import pytest
 
 from nodeagent import netfilter
@@ -135,6 +137,18 @@ def test_own_address_works(guests: Guests) -> None:
     assert f"filterref filter='{netfilter.FILTER_NAME}'" in xml
 
 
+def test_no_console_listens_on_tcp(guests: Guests) -> None:
+    """No QEMU of the node listens on TCP (VNC 5900+ was open on 127.0.0.1); VNC is a socket in a 0700 directory."""
+    listening = sh("ss", "-ltnpH", netns=guests.lab.host).stdout
+    assert "qemu" not in listening, listening
+    code = "import socket; socket.create_connection(('127.0.0.1', 5900), timeout=2)"
+    assert sh(sys.executable, "-c", code, netns=guests.lab.host, check=False).returncode != 0
+    for spec in (guests.a, guests.b):
+        sock = guests.hv.consoles_dir / f"{domain_name(spec.uid)}.vnc"
+        assert stat.S_ISSOCK(sock.stat().st_mode)
+    assert stat.S_IMODE(guests.hv.consoles_dir.stat().st_mode) == 0o700
+
+
 def test_spoofed_addresses_and_gratuitous_arp_never_reach_the_router(guests: Guests) -> None:
     """A using B's IP or a random pool IP, and A's gratuitous ARP for B's IP, do not leave the host bridge."""
     guests.con_b.run(f"ping -c 1 -W 2 {ROUTER4}")  # the router learns B's real MAC
@@ -245,18 +259,27 @@ def test_extra_ip_added_works_without_reboot_and_released_stops(guests: Guests) 
 
 
 def test_orphan_binding_removed_and_filter_definitions_repaired(guests: Guests) -> None:
-    """Resync deletes nothing of running guests, redefines a tampered Hostplane filter, and keeps the guard."""
+    """Resync redefines a tampered filter and deletes the binding of a tap whose domain is gone, never a live one."""
     conn = guests.lab.open()
     f = conn.nwfilterLookupByName("hostplane-ipv6")
     conn.nwfilterDefineXML(f.XMLDesc(0).replace("type='134'", "type='135'"))
-    removed = guests.hv.network_housekeeping([guests.a, guests.b])
-    assert removed == []
+    dead = "hpbdeadbeef0001"
+    sh("ip", "tuntap", "add", "dev", dead, "mode", "tap", netns=guests.lab.host)
+    sh("ip", "link", "set", dead, "master", BRIDGE, "up", netns=guests.lab.host)
+    conn.nwfilterBindingCreateXML(
+        f"<filterbinding><owner><name>hp-gone</name><uuid>{uuid.uuid4()}</uuid></owner>"
+        f"<portdev name='{dead}'/><mac address='52:54:00:de:ad:99'/>"
+        f"<filterref filter='{netfilter.FILTER_NAME}'><parameter name='MAC' value='52:54:00:de:ad:99'/>"
+        f"<parameter name='IP' value='203.0.113.199'/><parameter name='IPV6' value='fe80::1'/>"
+        "</filterref></filterbinding>", 0)
+    ours = {netfilter.tap_name(s.uid, "bridge") for s in (guests.a, guests.b)}
+    # A stale view that thinks nothing runs: running guests' bindings survive the re-check.
+    assert guests.hv.hostnet.remove_orphan_bindings(conn, running=[]) == [dead]
+    assert ours <= {b.portDev() for b in conn.listAllNWFilterBindings(0)}
+    assert guests.hv.network_housekeeping([guests.a, guests.b]) == []
     assert "type='134'" in conn.nwfilterLookupByName("hostplane-ipv6").XMLDesc(0)
-    bound = {b.portDev() for b in conn.listAllNWFilterBindings(0)}
-    assert {netfilter.tap_name(s.uid, "bridge") for s in (guests.a, guests.b)} <= bound
     assert guests.hv.hostnet.ensure_guard() == []
-    with pytest.raises(libvirt.libvirtError):
-        conn.lookupByName("no-such-domain")
+    sh("ip", "link", "del", dead, netns=guests.lab.host)
 
 
 def a_on_vlan(guests: Guests, vid: int) -> DomainSpec:

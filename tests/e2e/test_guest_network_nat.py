@@ -98,3 +98,14 @@ def test_nat_guests_cannot_reach_each_other(nat: NatGuests) -> None:
     out = nat.con_c.run(f"nc -w 2 {D4} 7000 </dev/null | grep -q guest-d && echo REACHED-D || echo NOT-D\n"
                         f"ping -c 1 -W 2 {D4} >/dev/null && echo PING-D || echo NO-PING-D")
     assert "NOT-D" in out and "NO-PING-D" in out, out
+
+
+def test_address_less_isolated_network_builds_on_real_libvirt(nat: NatGuests) -> None:
+    """An isolated-nat entry without IPv4 gets `hostplane-isolated`: active, isolated ports, no address, no NAT."""
+    name = nat.hv.hostnet.ensure_nat_network(nat.lab.open(), None, None)
+    assert name == netfilter.NO_ADDRESS_NETWORK[0]
+    net = nat.lab.open().networkLookupByName(name)
+    assert net.isActive()
+    bridge = netfilter.NO_ADDRESS_NETWORK[1]
+    assert "inet" not in sh("ip", "-br", "addr", "show", "dev", bridge, netns=nat.lab.host).stdout.split(bridge, 1)[1]
+    assert "<forward" not in net.XMLDesc(0) and "isolated='yes'" in net.XMLDesc(0)

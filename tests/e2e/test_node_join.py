@@ -3,6 +3,7 @@ machine); replayed, expired, forged tokens and a wrong CA are refused leaving no
 
 from __future__ import annotations
 
+import functools
 import subprocess
 import sys
 import time
@@ -19,6 +20,7 @@ from api.node_join import create_node_token
 from api.server import TLSFiles, create_app, serving
 from nodeagent.main import simulated_node_xml
 from reconcile import keys
+from reconcile.cluster import ensure_cluster_id
 from reconcile.connection import EtcdConnection
 from reconcile.errors import PermissionDenied
 from reconcile.etcd_server import EtcdServer
@@ -34,6 +36,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def control(etcd: EtcdServer) -> Iterator[dict[str, Any]]:
     """The control plane: etcd (TLS, RBAC) and an HTTPS API that may sign joining nodes' certificates."""
     api_store = etcd.store("api")
+    ensure_cluster_id(etcd.admin())  # what the controllers or `up` do first; agents wait for it
     pair = etcd.pki.server()
     with serving(create_app(api_store, join_pki=etcd.pki), tls=TLSFiles(pair.cert, pair.key)) as url:
         yield {"url": url, "data": etcd.data_dir.parent, "etcd": etcd, "pin": ca_hash(etcd.pki.ca_cert.read_bytes())}
@@ -86,9 +89,12 @@ def test_two_hosts_join_and_run_their_agents(control: dict[str, Any], tmp_path: 
             assert {f.name: f.stat().st_mode & 0o777 for f in (host / "pki").iterdir()} == {
                 "ca.crt": 0o600, f"node-{name}.crt": 0o600, f"node-{name}.key": 0o600}
             procs.append(agent(host, name))
+
+        def beating(name: str) -> bool:
+            return admin.kv_get(keys.heartbeat_key(name)) is not None
+
         for name in hosts:
-            wait_for(lambda name=name: admin.kv_get(keys.heartbeat_key(name)) is not None, timeout=30,
-                     what=f"{name}'s heartbeat")
+            wait_for(functools.partial(beating, name), timeout=30, what=f"{name}'s heartbeat")
         with Store(EtcdConnection.from_file(hosts["hv1"] / "etcd.toml"), retry_seconds=0) as hv1:
             with pytest.raises(PermissionDenied):
                 hv1.kv_get(keys.desired_key("hv2", "x"))
@@ -139,3 +145,30 @@ def test_revoke_makes_the_node_certificate_useless_at_once(control: dict[str, An
         with pytest.raises(PermissionDenied):
             node.kv_put(keys.observed_key("hv6", "v"), b"{}")
         assert time.monotonic() - t0 < 5
+
+
+def test_join_without_no_start_becomes_the_agent(control: dict[str, Any], tmp_path: Path) -> None:
+    """`hostplane node join` (default --start) turns into the node's agent: its heartbeat appears; SIGTERM stops it."""
+    host = tmp_path / "host"
+    tok = make_token(control, "hv8")
+    uri = simulated_node_xml(tmp_path / "host-node.xml")
+    with (tmp_path / "join.log").open("wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "api.cli", "node", "join", "--server", control["url"],
+                                 "--token", tok, "--ca-hash", control["pin"], "--data-dir", str(host),
+                                 "--libvirt", uri], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        admin = control["etcd"].admin()
+        wait_for(lambda: admin.kv_get(keys.heartbeat_key("hv8")) is not None, timeout=40,
+                 what="the joined agent's heartbeat")
+    finally:
+        proc.terminate()
+        assert proc.wait(20) == 0, (tmp_path / "join.log").read_text()[-2000:]
+
+
+def test_bad_node_names_and_missing_pki_exit_2(control: dict[str, Any], tmp_path: Path) -> None:
+    """A node name outside the scheme, or no PKI in --data-dir, is one line on stderr and exit 2."""
+    for args in (["node", "token", "create", "Bad_Name", "--data-dir", str(control["data"])],
+                 ["node", "revoke", "../x", "--data-dir", str(control["data"])],
+                 ["node", "token", "create", "hv9", "--data-dir", str(tmp_path / "empty")]):
+        out = cli(*args)
+        assert out.exit_code == 2 and out.output.startswith("error: "), (args, out.output)

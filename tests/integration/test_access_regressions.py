@@ -382,10 +382,21 @@ def test_a_recreated_customer_name_is_not_reachable_with_the_old_credentials(env
     assert admin.delete("/v1/subscriptions/globex-sub").status_code == 204
     assert admin.delete("/v1/customers/globex").status_code == 204
     doc = {"metadata": {"name": "globex"}, "spec": {"email": "new-owner@example.com", "currency": "EUR"}}
-    assert admin.post("/v1/customers", json=doc).status_code == 201
+    assert admin.post("/v1/customers", json=doc).status_code == 201  # globex never paid: no ledger kept
     wait_for(lambda: env.client("globex").get("/v1/customers/globex").status_code == 401, timeout=5,
              what="the old token to stop working")
     assert httpx.get(f"{env.url}/v1/customers/globex", cookies=cookie, timeout=10).status_code == 401
     old_password = httpx.post(f"{env.url}/v1/auth/login", timeout=10,
                               json={"email": "new-owner@example.com", "password": "correct horse battery"})
     assert old_password.status_code == 401
+
+
+def test_a_new_customer_cannot_inherit_an_earlier_namesakes_ledger(env: Env) -> None:
+    """acme paid 30.00, then was deleted; a new customer named acme would start with that balance: 409."""
+    pay(env, "acme", "30.00", "p-kept")
+    admin = env.client("admin")
+    env.store.delete(VPS, "acme-web")
+    assert admin.delete("/v1/subscriptions/acme-sub").status_code == 204
+    assert admin.delete("/v1/customers/acme").status_code == 204
+    doc = {"metadata": {"name": "acme"}, "spec": {"email": "someone-else@example.com", "currency": "EUR"}}
+    assert "ledger" in problem(admin.post("/v1/customers", json=doc), 409)["detail"]

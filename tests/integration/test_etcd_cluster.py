@@ -186,3 +186,75 @@ def test_leader_election_holds_through_member_kills(cluster: EtcdCluster) -> Non
     assert not wrong, f"decisions by a process not holding the election key: {wrong[:5]}"
     for s in stores:
         s.close()
+
+
+@pytest.mark.timeout(300)
+def test_fleet_converges_with_least_privilege_identities_through_an_etcd_leader_kill(
+        cluster: EtcdCluster, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Controllers and two agents, each its own etcd identity, converge VPS churn across a kill -9 of etcd's leader."""
+    import nodeagent.agent as agent_mod
+    from controllers.main import ControllerProcess
+    from specs.kinds import VPS, Image, ImageSource, ImageSpec
+    from specs.meta import ObjectMeta
+    from tests.helpers import builders as b
+    from tests.helpers.converge import assert_converged, convergence_problems
+    from tests.helpers.wait import wait_for
+    from tests.integration.test_fleet import NODE_XML
+
+    api = cluster.store("api", retry_seconds=30.0, timeout=2.0)
+    ctl = cluster.store("controllers", retry_seconds=30.0, timeout=2.0)
+    disk = tmp_path / "base.raw"
+    disk.write_bytes(b"\0" * 4096)
+    for obj in (b.plan("s1", vcpus=1, memory=128, disk=1), b.customer(),
+                b.pool(cidr="10.30.0.0/24", gateway="10.30.0.1")):
+        api.create(obj)
+    api.create(Image(metadata=ObjectMeta(name="tiny"), spec=ImageSpec(
+        os="busybox", version="1", source=ImageSource(path=str(disk), format="raw"), minDiskGiB=1)))
+    agents: dict[str, object] = {}
+    node_stores: list[Store] = []
+    for n in ("c1", "c2"):
+        api.create(b.node(n, vcpus=16, memory=32768, disk=500))
+        xml = tmp_path / f"{n}.xml"
+        xml.write_text(NODE_XML)
+        s = cluster.store(f"node-{n}", retry_seconds=30.0, timeout=2.0)
+        node_stores.append(s)
+        agent = agent_mod.Agent(s, n, f"test://{xml}", tmp_path / n, resync=5.0, heartbeat_ttl=5,
+                                debounce_seconds=0.2)
+        agent.start()
+        agents[n] = agent
+    for k in range(3):
+        api.create(b.subscription(f"sub-{k}", plan_name="s1"))
+    proc = ControllerProcess(ctl, identity="mgr", ttl=5, retry_period=0.5).start()
+
+    def conns() -> dict[str, object]:
+        return {n: a.hv.conn for n, a in agents.items()}  # type: ignore[attr-defined]
+
+    # The checks read everything (bookings too); the processes do not. A store of the test's own:
+    # a member's admin store closes with its member.
+    admin = cluster.store("root", retry_seconds=30.0, timeout=2.0)
+
+    def running() -> bool:
+        phases = [v.status.phase if v.status else "" for v in admin.list(VPS).items]
+        return not convergence_problems(admin, conns()) and all(p == "Running" for p in phases)
+
+    try:
+        for i in range(8):
+            api.create(b.vps(f"vm-{i}", sub=f"sub-{i % 3}", image_name="tiny", uid=None))
+        wait_for(running, timeout=90, what="8 VPS running")
+        cluster.kill(cluster.leader())
+        for i in range(3):
+            api.delete(VPS, f"vm-{i}")
+        for i in range(8, 11):
+            api.create(b.vps(f"vm-{i}", sub=f"sub-{i % 3}", image_name="tiny", uid=None))
+        wait_for(lambda: len(admin.list(VPS).items) == 8 and running(), timeout=120,
+                 what="converged after churn through the etcd leader's death")
+        assert_converged(admin, conns())
+        texts = [r.getMessage() + (f" {r.exc_info[1]!r}" if r.exc_info else "") for r in caplog.records]
+        denied = [t for t in texts if "permission denied" in t.lower()]
+        assert not denied, f"a process was refused by its role: {denied[:3]}"
+    finally:
+        proc.stop()
+        for a in agents.values():
+            a.stop()  # type: ignore[attr-defined]
+        for s in (api, ctl, admin, *node_stores):
+            s.close()

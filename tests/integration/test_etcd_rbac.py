@@ -34,7 +34,8 @@ KEYS = [
     "nodes/a/heartbeat", "nodes/b/desired/v", "nodes/b/observed/v", "nodes/b/heartbeat",
     "ledger/c/000000000001", "auth/tokens/t", "auth/sessions/s", "audit/20260101T000000.000000Z-x",
     "billing/accounts/c", "idempotency/charge/k", "events/VPS/v/1", "election/controllers",
-    "alloc/vps/v", "alloc/nodes/a",
+    "alloc/vps/v", "alloc/nodes/a", "meta/cluster-id", "purges/a/u", "nodes/a/tombstones/u",
+    "nodes/b/tombstones/u", "names/vps/x",
 ]
 
 
@@ -195,7 +196,7 @@ def test_revoked_identity_reaches_nothing(etcd_session: EtcdServer, root: str) -
     s = etcd_session.store(name, root=root, retry_seconds=0)
     try:
         s.kv_put(f"{root}/nodes/{name[5:]}/observed/v", b"{}")
-        etcd_session.admin().remove_identity(name)
+        etcd_session.remove_identity(name)
         with pytest.raises(PermissionDenied):
             s.kv_put(f"{root}/nodes/{name[5:]}/observed/v", b"{}")
     finally:

@@ -79,12 +79,3 @@ def test_direct_kernel_boot_when_image_has_kernel() -> None:
     boot = domain_xml.Boot("qemu", "/r", "/s", kernel="/pool/k", initrd="/pool/i")
     root = ET.fromstring(domain_xml.build(s, Meta(vps="web-1", uid="3f2a"), boot))
     assert root.findtext("os/kernel") == "/pool/k" and root.findtext("os/cmdline") == "console=ttyS0"
-
-
-def test_empty_graphics_socket_lets_libvirt_choose_the_path() -> None:
-    """graphics_socket "" gives a VNC device on a UNIX socket whose path libvirt picks (no TCP listener)."""
-    boot = dataclasses.replace(BOOT, graphics_socket="")
-    root = ET.fromstring(domain_xml.build(spec(), Meta(vps="web-1", uid="3f2a"), boot))
-    listens = root.findall("devices/graphics/listen")
-    assert [(x.get("type"), x.get("socket")) for x in listens] == [("socket", None)]
-    assert root.find("devices/graphics").get("port") is None  # type: ignore[union-attr]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import xml.etree.ElementTree as ET
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -99,10 +100,14 @@ def test_isolated_nat_nic_joins_its_gateways_network() -> None:
     assert n.find("filterref").get("filter") == netfilter.FILTER_NAME  # type: ignore[union-attr]
 
 
-def test_isolated_nat_without_gateway_is_refused() -> None:
-    """An isolated-nat entry without an IPv4 gateway cannot be placed on a NAT network: an error, not user-mode."""
-    with pytest.raises(ValueError, match="isolated-nat"):
-        nic(spec(network=net("isolated-nat", ipv4=None)))
+def test_isolated_nat_without_address_gets_the_address_less_network() -> None:
+    """An isolated-nat entry with no IPv4 yet (no IP pool) is on an isolated network without address or NAT."""
+    n = nic(spec(network=net("isolated-nat", ipv4=None)))
+    assert n.find("source").get("network") == netfilter.NO_ADDRESS_NETWORK[0]  # type: ignore[union-attr]
+    assert n.find("filterref") is not None
+    root = ET.fromstring(hostnet.nat_network_xml(*netfilter.NO_ADDRESS_NETWORK, None, None))
+    assert root.find("forward") is None and root.find("ip") is None
+    assert root.find("port").get("isolated") == "yes"  # type: ignore[union-attr]
 
 
 def test_user_mode_nic_is_user_without_filter() -> None:
@@ -310,3 +315,17 @@ UNTAGGED = hostnet.UNTAGGED_PVID
 def test_tap_ends_in_exactly_its_vlan(current: list[tuple[int, frozenset[str]]], expected: list[list[str]]) -> None:
     """A tap leaves every other VLAN and is an untagged member of its own; nothing is done when it already is."""
     assert hostnet.vlan_commands("hpbx", current, 120) == expected
+
+
+def test_libvirt_network_dir_created_for_the_local_daemon_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """As root next to its libvirtd the agent creates libvirt's dnsmasq directory; for a namespaced daemon never."""
+    monkeypatch.setattr(hostnet, "LIBVIRT_STATE_DIR", str(tmp_path))
+    monkeypatch.setattr(hostnet.os, "geteuid", lambda: 0)
+    hostnet.HostNetwork(netns="elsewhere")._libvirt_network_dirs()
+    assert not (tmp_path / "dnsmasq").exists()
+    hostnet.HostNetwork()._libvirt_network_dirs()
+    assert (tmp_path / "dnsmasq").is_dir()
+    monkeypatch.setattr(hostnet.os, "geteuid", lambda: 1000)
+    (tmp_path / "dnsmasq").rmdir()
+    hostnet.HostNetwork()._libvirt_network_dirs()
+    assert not (tmp_path / "dnsmasq").exists()
