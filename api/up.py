@@ -414,7 +414,7 @@ def run_up(data_dir: Path, port: int = 8080, libvirt_uri: str | None = None,
 TEST_GUEST = "test-guest"
 
 
-def test_guest_image(img: Any) -> Image:
+def registered_test_guest(img: Any) -> Image:
     """The Image `up` registers for the guest built at `img` (an `api.testguest.GuestImage`)."""
     return Image(
         metadata=ObjectMeta(name=TEST_GUEST, labels={"family": "test", "hostplane.io/made-by": "up"}),
@@ -449,7 +449,7 @@ def prepare_test_guest(data_dir: Path, etcd: EtcdServer | EtcdCluster, say: Any,
                 "stay Pending. A distribution image works too (examples/images.yaml)")
             return
     img = GuestImage(**json.loads(manifest.read_text()))
-    want = test_guest_image(img)
+    want = registered_test_guest(img)
     try:
         with etcd.store("api") as store:
             try:
@@ -475,6 +475,9 @@ def _ensure_network_state_dir(say: Any) -> None:
         with contextlib.suppress(OSError):
             d.mkdir(mode=0o755)
             say(f"created {d} (libvirt's NAT networks need it; the dnsmasq-base package makes it)")
+    if shutil.which("dnsmasq") is None and not Path("/usr/sbin/dnsmasq").exists():
+        say("warning: dnsmasq is not installed (package dnsmasq-base; `make up` installs it). libvirt 9 "
+            "crashes at start while a NAT network is active without it: a restarted libvirtd will not come up.")
 
 
 def _closed_ancestor(path: Path) -> Path | None:

@@ -394,6 +394,10 @@ class Agent:
             # One without a tombstone is an orphan: reported by the scan, never touched here.
             for uid in sorted(uids - ({spec.uid} if spec else set())):
                 if not self.tombstoned(uid):
+                    gone = self.hv.read(uid).actual if self.hv.alive() else None
+                    if gone is not None and not gone.defined and gone.disk_gib is None and not gone.seed_present:
+                        with self._lock:  # nothing of it is left: nothing to report or keep
+                            self._uids.get(vps, set()).discard(uid)
                     continue
                 stale, _done, w = self._converge(None, uid, vps, tombstoned=True)
                 if not stale.actual.defined and stale.actual.disk_gib is None and not stale.actual.seed_present:
