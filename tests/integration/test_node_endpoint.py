@@ -83,7 +83,7 @@ def test_api_identity_relays_the_serial_console_both_ways(endpoint: Endpoint, pk
         os.write(guest.master, b"hi from the guest\r\n")
         got = b""
         while b"hi from the guest" not in got:
-            msg = ws.recv(timeout=5)
+            msg = ws.recv(timeout=20)
             got += msg if isinstance(msg, bytes) else msg.encode()
 
 
@@ -129,5 +129,5 @@ def test_a_new_session_takes_over_the_serial_console(endpoint: Endpoint, pki: PK
         first.send(b"x")
         with connect(url, ssl=client_context(pki, "api")), pytest.raises(ConnectionClosed) as err:
             while True:
-                first.recv(timeout=5)
+                first.recv(timeout=20)
     assert err.value.rcvd is not None and err.value.rcvd.code == 4409
