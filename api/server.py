@@ -48,6 +48,7 @@ from api import (
 from api.audit import AuditMiddleware, AuditWriter
 from api.auth import TokenVerifier, ensure_admin_token
 from api.deps import AppState, Settings, State, authenticate
+from api.do.routes import build_app as build_do_app
 from api.errors import PROBLEM_JSON, ApiError, Forbidden, Problem, problem_for
 from api.hub import WatchHub
 from api.metrics import ApiMetrics, MetricsMiddleware
@@ -197,6 +198,7 @@ def create_app(store: Store, *, max_body_bytes: int = 1024 * 1024, heartbeat_sec
         app.include_router(router)
     app.include_router(objects.router)
     app.include_router(billing_routes.router)
+    app.mount("/v2", build_do_app(state))  # the DigitalOcean-compatible API (api/do, docs/adr/012)
     app.openapi = lambda: build_openapi(app)  # type: ignore[method-assign]  # bodies, answers, errors: api.openapi
     return app
 
