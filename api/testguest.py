@@ -93,18 +93,6 @@ for d in /dev/vd?; do
   [ -b "$d" ] && echo "hostplane-guest: disk $d $(cat /sys/block/${d#/dev/}/size) sectors"
 done
 echo "hostplane-guest: ready"
-# A `#!` script in the user-data (the text/x-shellscript part cloud-init would run): run it in the
-# background, each output line prefixed `hostplane-script:` on the serial console.
-if [ -f /seed/user-data ]; then
-  awk 'p==2 && /^--hostplane-/ {exit} p==2 {print} p==1 && /^$/ {p=2} /^Content-Type: text\/x-shellscript/ {p=1}' \
-    /seed/user-data > /tmp/user-script
-  if [ -s /tmp/user-script ]; then
-    chmod +x /tmp/user-script
-    (/tmp/user-script 2>&1 | sed 's/^/hostplane-script: /' > /dev/ttyS0) &
-  fi
-fi
-# A shell on the serial console, for `hostplane vps console` and the console tests.
-setsid sh -c 'exec sh -i </dev/ttyS0 >/dev/ttyS0 2>&1' &
 # The ACPI power button arrives as an input event; any event on it means power off.
 for e in /sys/class/input/event*; do
   if grep -q "Power Button" "$e/device/name" 2>/dev/null; then
