@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from api import prometheus
 from reconcile.cluster import ensure_cluster_id
 from reconcile.errors import AlreadyExists, NotFound, StoreError
 from reconcile.etcd_cluster import EtcdCluster
@@ -329,16 +330,37 @@ def run_up(data_dir: Path, port: int = 8080, libvirt_uri: str | None = None,
         (data_dir / "up.pid").write_text(f"{os.getpid()}\n")
 
         logs = data_dir / "logs"
+        # Prometheus (Debian `prometheus`) keeps the load series: own data dir, loopback, stopped with up.
+        agent_port = free_port("127.0.0.1")
+        prometheus_url = None
+        if prometheus.available():
+            prom_dir = data_dir / "prometheus"
+            prom_dir.mkdir(parents=True, exist_ok=True)
+            api_pair = etcd.pki.issue("api")
+            (prom_dir / "prometheus.yml").write_text(prometheus.config(
+                agents=[f"127.0.0.1:{agent_port}"], api=f"127.0.0.1:{port}", ca=etcd.pki.ca_cert,
+                cert=api_pair.cert, key=api_pair.key))
+            prom_port = free_port("127.0.0.1")
+            prometheus_url = f"http://127.0.0.1:{prom_port}"
+            children.append(Child("prometheus", prometheus.argv(prom_dir / "prometheus.yml", prom_dir / "data",
+                                                                prom_port), logs / "prometheus.log"))
+        else:
+            say("note: Prometheus is not installed (Debian package `prometheus`): no load graphs")
         children.append(Child("api", _hostplane_argv(
             "api", *etcd.args("api"), "--host", "127.0.0.1", "--port", str(port),
             "--tls-cert", str(server_cert.cert), "--tls-key", str(server_cert.key), "--join-pki", str(etcd.pki.dir),
-            "--data-dir", str(data_dir)), logs / "api.log"))
+            "--data-dir", str(data_dir), *(["--prometheus", prometheus_url] if prometheus_url else [])),
+            logs / "api.log"))
         children.append(Child("controllers", _hostplane_argv(
             "controllers", *etcd.args("controllers"), "--identity", f"up-{os.getpid()}"),
             logs / "controllers.log"))
+        # The agent's console endpoint: loopback, mutual TLS with the node's own server certificate.
+        node_cert = etcd.pki.node_server("local")
         children.append(Child("agent", _hostplane_argv(
             "agent", *etcd.args("node-local"), "--node", "local", "--libvirt", uri,
-            "--data-dir", str(data_dir / "agent"), "--image-dir", str(data_dir / "images")), logs / "agent.log"))
+            "--data-dir", str(data_dir / "agent"), "--image-dir", str(data_dir / "images"),
+            "--endpoint", f"127.0.0.1:{agent_port}", "--endpoint-cert", str(node_cert.cert),
+            "--endpoint-key", str(node_cert.key)), logs / "agent.log"))
         if simulate_nodes:
             children.append(Child("fleet", [
                 sys.executable, "-m", "api.up", *etcd.args("fleet"), "--nodes", str(simulate_nodes),

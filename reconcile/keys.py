@@ -300,3 +300,12 @@ def do_action_prefix(customer: str, root: str = ROOT) -> str:
 
 def do_action_key(customer: str, action_id: int, root: str = ROOT) -> str:
     return f"{do_action_prefix(customer, root)}{action_id:012d}"
+
+
+def console_ticket_prefix(root: str = ROOT) -> str:
+    return f"{root}/consoles/"
+
+
+def console_ticket_key(digest: str, root: str = ROOT) -> str:
+    """A one-time console ticket, stored under the sha256 of its secret (never the secret); lease-bound."""
+    return f"{console_ticket_prefix(root)}{digest}"
