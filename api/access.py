@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 from api.auth import Principal
 from api.errors import Forbidden
 from reconcile.errors import NotFound
-from reconcile.store import Store
+from reconcile.objects import Store
 from specs.kinds import VPS, Customer, Image, IPPool, Node, Plan, Resource, Subscription
 
 R = TypeVar("R", bound=Resource)

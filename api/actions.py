@@ -24,7 +24,9 @@ from api.auth import Principal
 from api.deps import Caller, State, parse_body, read_limited
 from api.errors import Forbidden, Invalid, refuse_unknown_fields
 from reconcile.errors import Conflict, NotFound
-from reconcile.store import Rider, Store
+from reconcile.etcd import Rider
+from reconcile.objects import Store
+from specs import rules
 from specs.kinds import VPS, Image, Plan, Subscription
 
 router = APIRouter(prefix="/v1", tags=["actions"])
@@ -128,12 +130,8 @@ def _resize(store: Store, caller: Principal, vps: VPS, plan_name: Any, rider: Ri
         old = store.get(Plan, sub.spec.plan)
     except NotFound:
         old = None
-    if old is not None and new.spec.diskGiB < old.spec.diskGiB:
-        raise _invalid("plan", f"plan {new.name!r} has a smaller disk ({new.spec.diskGiB} GiB) than the current "
-                               f"plan {old.name!r} ({old.spec.diskGiB} GiB); disks never shrink")
-    if old is not None and new.spec.price.currency != old.spec.price.currency:
-        raise _invalid("plan", f"plan {new.name!r} is priced in {new.spec.price.currency}, not "
-                               f"{old.spec.price.currency}")
+    if old is not None and (problem := rules.plan_change_problem(old, new)) is not None:
+        raise _invalid("plan", problem)
     return store.update(sub.model_copy(update={"spec": sub.spec.model_copy(update={"plan": new.name})}), rider=rider)
 
 

@@ -3,7 +3,8 @@
 Disks never shrink (no provider supports it, and a smaller desired disk than the real one
 is a state the node agent must refuse forever). So the API refuses, with the field path:
 
-* a Subscription moving to a plan with a smaller disk than its current plan's;
+* a Subscription moving to a plan with a smaller disk than its current plan's, or priced in
+  another currency (`specs.rules.plan_change_problem`, the rule the resize action uses too);
 * a Plan whose disk is reduced while any Subscription uses it.
 
 This module reads the store and raises `Invalid`; it must never write.
@@ -13,7 +14,8 @@ from __future__ import annotations
 
 from api.errors import Invalid
 from reconcile.errors import NotFound
-from reconcile.store import Store
+from reconcile.objects import Store
+from specs import rules
 from specs.kinds import Plan, Resource, Subscription
 
 
@@ -39,10 +41,10 @@ def admit_update(store: Store, current: Resource, new: Resource) -> None:
         return
     if isinstance(new, Subscription) and isinstance(current, Subscription):
         old_plan, new_plan = _plan(store, current.spec.plan), _plan(store, new.spec.plan)
-        if old_plan is not None and new_plan is not None and new_plan.spec.diskGiB < old_plan.spec.diskGiB:
-            message = (f"plan {new_plan.name!r} has a {new_plan.spec.diskGiB} GiB disk, smaller than the "
-                       f"{old_plan.spec.diskGiB} GiB of plan {old_plan.name!r}; disks never shrink")
-            raise Invalid(f"spec.plan: {message}", [{"path": "spec.plan", "message": message}])
+        if old_plan is not None and new_plan is not None:
+            message = rules.plan_change_problem(old_plan, new_plan)
+            if message is not None:
+                raise Invalid(f"spec.plan: {message}", [{"path": "spec.plan", "message": message}])
     if isinstance(new, Plan) and isinstance(current, Plan):
         users = sorted(s.name for s in store.list(Subscription).items if s.spec.plan == new.name)
         if users:

@@ -31,9 +31,12 @@ from api import access
 from api.auth import Principal
 from api.deps import PRINCIPAL_SCOPE_KEY, Caller, State
 from api.errors import BadRequest
+from reconcile import keys
 from reconcile.aio import AsyncStore
 from reconcile.errors import StoreError
-from reconcile.store import ModIs, Put, Rider, Store
+from reconcile.etcd import ModIs, Put, Rider
+from reconcile.keys import audit_prefix
+from reconcile.objects import Store
 
 log = logging.getLogger(__name__)
 
@@ -44,12 +47,8 @@ _PROCESS = f"{os.getpid():x}{secrets.token_hex(2)}"
 _SEQ = itertools.count()
 
 
-def audit_prefix(root: str) -> str:
-    return f"{root}/audit/"
-
-
 def record_key(root: str, when: datetime) -> str:
-    return f"{audit_prefix(root)}{when.strftime('%Y%m%dT%H%M%S.%fZ')}-{_PROCESS}-{next(_SEQ):08d}"
+    return keys.audit_key(root, f"{when.strftime('%Y%m%dT%H%M%S.%fZ')}-{_PROCESS}-{next(_SEQ):08d}")
 
 
 def actor_of(principal: Principal | None) -> dict[str, Any]:

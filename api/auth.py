@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from reconcile.errors import AlreadyExists
-from reconcile.store import Store
+from reconcile.keys import token_key, tokens_prefix
+from reconcile.objects import Store
 
 ADMIN_TOKEN_FILE = "admin-token"
 _PREFIX = "hpt"
@@ -50,14 +51,6 @@ class Principal:
     customer: str | None = None
     name: str = ""
     via: str = "token"  # "token" or "session": a session must send the CSRF header on writes
-
-
-def tokens_prefix(root: str) -> str:
-    return f"{root}/auth/tokens/"
-
-
-def token_key(root: str, token_id: str) -> str:
-    return tokens_prefix(root) + token_id
 
 
 def _digest(salt: str, secret: str) -> str:

@@ -26,9 +26,7 @@ from api import access
 from api.auth import Principal
 from api.deps import Body, Caller, State, read_limited
 from api.errors import BadRequest, Forbidden, Invalid, Unauthorized, refuse_unknown_fields
-from controllers import ledger, payments
-from controllers.payments import external
-from controllers.payments.manual import ManualProvider
+from controllers import billing
 from reconcile.errors import Conflict, NotFound
 from specs.kinds import Customer
 from specs.money import format_minor
@@ -54,13 +52,13 @@ def _translate() -> Iterator[None]:
     """The one place where billing errors become HTTP problems."""
     try:
         yield
-    except (payments.BadSignature, payments.Replayed) as exc:
+    except (billing.BadSignature, billing.Replayed) as exc:
         raise Unauthorized(str(exc)) from None
-    except (payments.InvalidPayment, ledger.InvalidEntry) as exc:
+    except (billing.InvalidPayment, billing.InvalidEntry) as exc:
         raise Invalid(str(exc), [{"path": exc.field, "message": str(exc).split(": ", 1)[-1]}]) from None
-    except ledger.UnknownCustomer as exc:
+    except billing.UnknownCustomer as exc:
         raise NotFound(str(exc)) from None
-    except (ledger.KeyReused, ledger.GuardFailed) as exc:
+    except (billing.KeyReused, billing.GuardFailed) as exc:
         raise Conflict(str(exc)) from None
 
 
@@ -75,22 +73,22 @@ def _customer(state: State, name: str) -> Customer:
 
 @router.post("/webhooks/payments/{provider}", summary="A payment provider's signed callback")
 def payment_webhook(provider: str, request: Request, state: State, body: RawBody) -> dict[str, Any]:
-    prov = payments.provider(provider)
+    prov = billing.provider(provider)
     if prov is None or not prov.accepts_webhooks:
         raise NotFound(f"no payment provider {provider!r} takes webhooks")
     with _translate():
-        secret = payments.webhook_secret(state.store, provider)
-        notice = prov.parse(payments.WebhookRequest(dict(request.headers), body), secret=secret, now=_now(request))
-        return payments.answer(payments.record_payment(state.store, notice, now=_now(request)))
+        secret = billing.webhook_secret(state.store, provider)
+        notice = prov.parse(billing.WebhookRequest(dict(request.headers), body), secret=secret, now=_now(request))
+        return billing.answer(billing.record_payment(state.store, notice, now=_now(request)))
 
 
 @router.post("/webhooks/external-billing", summary="An external billing system sets a subscription's state")
 def external_billing_webhook(request: Request, state: State, body: RawBody) -> dict[str, Any]:
     with _translate():
-        secret = payments.webhook_secret(state.store, "external")
-        ev = external.parse_state(payments.WebhookRequest(dict(request.headers), body), secret=secret,
+        secret = billing.webhook_secret(state.store, "external")
+        ev = billing.parse_state(billing.WebhookRequest(dict(request.headers), body), secret=secret,
                                   now=_now(request))
-        answer, _ = external.apply_state(state.store, ev, now=_now(request))
+        answer, _ = billing.apply_state(state.store, ev, now=_now(request))
         return answer
 
 
@@ -103,17 +101,17 @@ def manual_payment(name: str, request: Request, state: State, caller: Caller, bo
     refuse_unknown_fields(body, {"amount", "currency", "reference", "type", "description"})
     with _translate():
         cust = _customer(state, name)
-        prov = payments.provider("manual")
-        assert isinstance(prov, ManualProvider)
+        prov = billing.provider("manual")
+        assert isinstance(prov, billing.ManualProvider)
         amount = body.get("amount")
         if amount is None or isinstance(amount, bool | float):
-            raise payments.InvalidPayment("amount", "a decimal string like \"500.00\" is required")
+            raise billing.InvalidPayment("amount", "a decimal string like \"500.00\" is required")
         currency = body.get("currency") or cust.spec.currency
         if not isinstance(currency, str):
-            raise payments.InvalidPayment("currency", "must be a currency code")
+            raise billing.InvalidPayment("currency", "must be a currency code")
         notice = prov.notice(name, amount, currency.upper(), body.get("reference") or "",
                              kind=body.get("type") or "payment", description=str(body.get("description") or ""))
-        return payments.answer(payments.record_payment(state.store, notice, now=_now(request)))
+        return billing.answer(billing.record_payment(state.store, notice, now=_now(request)))
 
 
 @router.get("/customers/{name}/ledger", summary="A customer's balance and live ledger entries")
@@ -121,19 +119,19 @@ def read_ledger(name: str, state: State, caller: Caller) -> dict[str, Any]:
     _may_read(caller, name)
     with _translate():
         cust = _customer(state, name)
-        acct = ledger.read_account(state.store, name)
-        items = ledger.entries(state.store, name)
+        acct = billing.read_account(state.store, name)
+        items = billing.entries(state.store, name)
     return {"customer": name, "currency": acct.currency or cust.spec.currency,
             "balance": format_minor(acct.balanceMinor, acct.currency), "balanceMinor": acct.balanceMinor,
             "openingMinor": acct.openingMinor, "entries": [e.to_json() for e in items],
-            "statements": ledger.statements(state.store, name)}
+            "statements": billing.statements(state.store, name)}
 
 
 @router.get("/customers/{name}/statements", summary="Months with a closed statement")
 def list_statements(name: str, state: State, caller: Caller) -> dict[str, Any]:
     _may_read(caller, name)
     _customer(state, name)
-    return {"customer": name, "months": ledger.statements(state.store, name)}
+    return {"customer": name, "months": billing.statements(state.store, name)}
 
 
 @router.get("/customers/{name}/statements/{month}", summary="One month's statement (closed, or running)")
@@ -141,7 +139,7 @@ def read_statement(name: str, month: str, state: State, caller: Caller) -> dict[
     _may_read(caller, name)
     with _translate():
         _customer(state, name)
-        return ledger.statement(state.store, name, month).to_json()
+        return billing.statement(state.store, name, month).to_json()
 
 
 @router.put("/billing/webhook-secrets/{provider}", summary="Set or rotate a provider's webhook secret (shown once)")
@@ -149,7 +147,7 @@ def rotate_secret(provider: str, state: State, caller: Caller) -> dict[str, str]
     if caller.role != "admin":
         raise Forbidden("only an operator may set webhook secrets")
     if provider != "external":
-        prov = payments.provider(provider)
+        prov = billing.provider(provider)
         if prov is None or not prov.accepts_webhooks:
             raise NotFound(f"no payment provider {provider!r} takes webhooks")
-    return {"provider": provider, "secret": payments.set_webhook_secret(state.store, provider)}
+    return {"provider": provider, "secret": billing.set_webhook_secret(state.store, provider)}

@@ -46,7 +46,8 @@ from api.sessions import SESSION_COOKIE, session_key
 from nodeagent.endpoint import peer_common_name
 from reconcile import keys
 from reconcile.errors import NotFound
-from reconcile.store import Delete, Exists, Get, Store
+from reconcile.etcd import Delete, Exists, Get
+from reconcile.objects import Store
 from specs.kinds import VPS, Subscription
 
 router = APIRouter(prefix="/v1", tags=["console"])

@@ -27,8 +27,8 @@ from api.errors import BadRequest, Forbidden, Invalid, PayloadTooLarge, TooManyR
 from api.ratelimit import LoginThrottle, StreamSlots, TokenBuckets
 from api.sessions import SESSION_COOKIE, Sessions
 from reconcile.aio import AsyncStore
+from reconcile.objects import Store
 from reconcile.pki import PKI
-from reconcile.store import Store
 from specs.io import duplicate_keys
 
 if TYPE_CHECKING:

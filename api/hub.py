@@ -35,7 +35,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from reconcile.store import Store, Watch, WatchEvent, decode
+from reconcile import keys
+from reconcile.etcd import Watch, WatchEvent, decode
+from reconcile.objects import Store
 from specs import KINDS, Resource
 
 # Socket writes per second the fan-out may cause under sustained change (each costs tens of
@@ -236,7 +238,7 @@ class Owners:
 
 
 def _split(root: str, key: str) -> tuple[str, str, str] | None:
-    rest = key[len(root) + 1:] if key.startswith(root + "/") else ""
+    rest = key[len(root) + 1:] if key.startswith(keys.root_prefix(root)) else ""
     parts = rest.split("/")
     if len(parts) != 3 or parts[0] not in ("specs", "status") or parts[1] not in _BY_PLURAL:
         return None
@@ -342,7 +344,7 @@ class WatchHub:
             self._resync()
 
     def _resync(self) -> None:
-        kvs, revision = self._store.kv_range(self._store.root + "/specs/")
+        kvs, revision = self._store.kv_range(keys.specs_prefix(self._store.root))
         owners = Owners()
         for kv in kvs:
             where = _split(self._store.root, kv.key)
@@ -354,7 +356,7 @@ class WatchHub:
             self._buffer.clear()
             self.floor = revision
             self.revision = revision
-        self._watch = self._store.watch(self._store.root + "/s", start_revision=revision + 1,
+        self._watch = self._store.watch(keys.objects_prefix(self._store.root), start_revision=revision + 1,
                                         on_events=self._on_events, on_compacted=self._on_compacted)
 
     def stop(self) -> None:

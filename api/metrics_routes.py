@@ -25,7 +25,7 @@ from api.auth import Principal
 from api.deps import Caller, State
 from api.errors import ApiError, Forbidden, Invalid
 from reconcile.errors import NotFound
-from reconcile.store import Store
+from reconcile.objects import Store
 from specs.kinds import VPS, Node, Plan, Subscription
 
 router = APIRouter(prefix="/v1", tags=["metrics"])

@@ -18,7 +18,8 @@ import json
 
 from reconcile import keys
 from reconcile.errors import AlreadyExists
-from reconcile.store import KV, ModIs, Put, Store
+from reconcile.etcd import KV, ModIs, Put
+from reconcile.objects import Store
 
 
 def claim_put(root: str, name: str, customer: str) -> Put:

@@ -37,8 +37,8 @@ from api.node_join import JoinRefused, create_node_token, delete_node_tokens, to
 from reconcile import keys, roles
 from reconcile.connection import EtcdConnection
 from reconcile.errors import StoreError
+from reconcile.objects import Store
 from reconcile.pki import PKI, PKIError, ca_hash, identity_for, new_key_and_csr, write_private
-from reconcile.store import Store
 
 
 def _fail(message: str) -> NoReturn:

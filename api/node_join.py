@@ -36,9 +36,12 @@ from starlette.concurrency import run_in_threadpool
 
 from api.deps import Body, State
 from api.errors import ApiError, BadRequest, Invalid, Unauthorized
+from reconcile import keys
 from reconcile.errors import AlreadyExists
+from reconcile.etcd import Delete, ModIs
+from reconcile.keys import node_token_key as token_key
+from reconcile.objects import Store
 from reconcile.pki import PKIError, identity_for
-from reconcile.store import Delete, ModIs, Store
 from specs.kinds import Node
 
 router = APIRouter(prefix="/v1", tags=["nodes"])
@@ -53,10 +56,6 @@ class JoinDisabled(ApiError):
 
 class JoinRefused(Exception):
     """A bootstrap token that cannot be used; the message says why (never the secret)."""
-
-
-def token_key(root: str, token_id: str) -> str:
-    return f"{root}/auth/node-tokens/{token_id}"
 
 
 def _digest(salt: str, secret: str) -> str:
@@ -90,7 +89,7 @@ def token_node(token: str) -> str:
 
 def delete_node_tokens(store: Store, node: str) -> int:
     """Remove every outstanding token of `node` (a revoke); returns how many."""
-    kvs, _ = store.kv_range(f"{store.root}/auth/node-tokens/")
+    kvs, _ = store.kv_range(keys.node_tokens_prefix(store.root))
     n = 0
     for kv in kvs:
         if json.loads(kv.value).get("node") == node:

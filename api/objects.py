@@ -26,8 +26,8 @@ from api.merge_patch import merge_patch
 from api.sessions import end_customer_sessions
 from reconcile import keys
 from reconcile.errors import AlreadyExists, Conflict
+from reconcile.etcd import Rider, decode
 from reconcile.selector import parse_selector
-from reconcile.store import Rider, decode
 from specs import VPS, Customer, Plan, Resource, Subscription, kind_for
 from specs.io import validate_object
 from specs.meta import API_VERSION

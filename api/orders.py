@@ -27,12 +27,14 @@ from api.auth import Principal
 from api.deps import Body, Caller, State
 from api.errors import Forbidden, Invalid, PaymentRequired, refuse_unknown_fields
 from api.objects import render
-from controllers import ledger
+from controllers import billing
 from reconcile import keys
 from reconcile.errors import AlreadyExists, Conflict, NotFound
-from reconcile.store import Get, ModIs, Put, Store, UnchangedSince, decode, encode
+from reconcile.etcd import Get, ModIs, UnchangedSince, decode
+from reconcile.objects import Store, with_new_meta
+from specs import rules
 from specs.io import validate_object
-from specs.kinds import VPS, Customer, Image, Plan, Resource, Subscription, SubscriptionStatus
+from specs.kinds import VPS, Customer, Image, Plan, Subscription, SubscriptionStatus
 from specs.meta import API_VERSION
 from specs.money import format_minor, to_minor
 
@@ -45,17 +47,6 @@ ORDER_ATTEMPTS = 5
 
 def _invalid(path: str, message: str) -> Invalid:
     return Invalid(f"{path}: {message}", [{"path": path, "message": message}])
-
-
-def _new_meta(name: str, now: datetime) -> dict[str, Any]:
-    return {"name": name, "uid": secrets.token_hex(16), "generation": 1,
-            "creationTimestamp": now.isoformat().replace("+00:00", "Z")}
-
-
-def _doc(obj: Resource) -> dict[str, Any]:
-    data: dict[str, Any] = obj.model_dump(mode="json", exclude={"status"}, exclude_none=True)
-    data["metadata"].pop("resourceVersion", None)
-    return data
 
 
 def place_order(store: Store, caller: Principal, body: Any, *, now: datetime,
@@ -89,17 +80,16 @@ def place_order(store: Store, caller: Principal, body: Any, *, now: datetime,
     if caller.role == "customer" and not plan.spec.public:
         raise _invalid("plan", f"no plan {body['plan']!r}")
     image = _named(store, Image, body["image"], "image")
-    if plan.spec.diskGiB < image.spec.minDiskGiB:
-        raise _invalid("image", f"image {image.name!r} needs a disk of {image.spec.minDiskGiB} GiB; plan "
-                                f"{plan.name!r} has {plan.spec.diskGiB} GiB")
+    if (problem := rules.min_disk_problem(plan, image)) is not None:
+        raise _invalid("image", problem)
     currency = cust.spec.currency
     if plan.spec.price.currency != currency:
         raise _invalid("plan", f"plan {plan.name!r} is priced in {plan.spec.price.currency}; the customer pays in "
                                f"{currency}")
     name = body.get("name") or f"{customer_name[:50]}-{secrets.token_hex(3)}"
-    sub = validate_object({"apiVersion": API_VERSION, "kind": "Subscription", "metadata": _new_meta(name, now),
-                           "spec": {"customer": customer_name, "plan": plan.name}}, "order")
-    vps = validate_object({"apiVersion": API_VERSION, "kind": "VPS", "metadata": _new_meta(name, now),
+    sub = with_new_meta(validate_object({"apiVersion": API_VERSION, "kind": "Subscription", "metadata": {"name": name},
+                                         "spec": {"customer": customer_name, "plan": plan.name}}, "order"), now)
+    vps = validate_object({"apiVersion": API_VERSION, "kind": "VPS", "metadata": {"name": name},
                            "spec": {"subscription": name, "subscriptionUID": sub.metadata.uid, "image": image.name,
                                     "hostname": body["hostname"], "sshKeys": body.get("sshKeys") or [],
                                     **({"nodeSelector": node_selector} if node_selector else {})}}, "order")
@@ -120,20 +110,21 @@ def place_order(store: Store, caller: Principal, body: Any, *, now: datetime,
                 f"{format_minor(first, currency)} {currency}); add funds first")
         # The decision holds only if nothing it read changed: no subscription written since the read
         # (another order of this customer, racing), the same balance, the same credit limit.
-        res = store.txn([ModIs(skey, 0), ModIs(vkey, 0), claim_compare,
-                         UnchangedSince(keys.spec_prefix(Subscription, store.root), snap.revision),
-                         ModIs(ledger.account_key(customer_name, store.root), snap.account_revision),
-                         ModIs(keys.spec_key(Customer, customer_name, store.root), snap.customer_revision)],
-                        [Put(skey, encode(_doc(sub))), Put(vkey, encode(_doc(vps))), claim],
-                        [Get(skey), Get(vkey)])
+        batch = store.batch()
+        written_sub, written_vps = batch.create(sub, now=now), batch.create(vps, now=now)
+        batch.require(claim_compare,
+                      UnchangedSince(keys.spec_prefix(Subscription, store.root), snap.revision),
+                      ModIs(keys.account_key(customer_name, store.root), snap.account_revision),
+                      ModIs(keys.spec_key(Customer, customer_name, store.root), snap.customer_revision))
+        batch.ops.append(claim)
+        res = batch.commit(failure=[Get(skey), Get(vkey)])
         if res.succeeded:
+            sub, vps = written_sub, written_vps
             break
         if res.gets[0] or res.gets[1]:
             raise AlreadyExists(f"a subscription or server named {name!r} already exists")
     else:
         raise Conflict("the customer's subscriptions kept changing while this order was checked; retry")
-    for obj in (sub, vps):
-        obj.metadata.resourceVersion = str(res.revision)
     return {"subscription": render(sub), "vps": render(vps),
             "firstPeriod": {"amount": format_minor(first, currency), "currency": currency, "amountMinor": first},
             "resourceVersion": str(res.revision)}
@@ -165,7 +156,7 @@ def _read_commitments(store: Store, customer: str, currency: str) -> Commitments
     root = store.root
     res = store.txn([], [Get(keys.spec_prefix(Subscription, root), True), Get(keys.status_prefix(Subscription, root),
                                                                                True),
-                         Get(keys.spec_prefix(Plan, root), True), Get(ledger.account_key(customer, root)),
+                         Get(keys.spec_prefix(Plan, root), True), Get(keys.account_key(customer, root)),
                          Get(keys.spec_key(Customer, customer, root))])
     if not res.gets[4]:
         raise _invalid("customer", f"no customer {customer!r}")
@@ -184,7 +175,7 @@ def _read_commitments(store: Store, customer: str, currency: str) -> Commitments
         if plan.spec.price.currency == currency:
             prices[plan.name] = to_minor(plan.spec.price.amount, currency)
     acct = res.gets[3][0] if res.gets[3] else None
-    balance = ledger.Account.from_bytes(acct.value, acct.mod_revision).balanceMinor if acct is not None else 0
+    balance = billing.Account.from_bytes(acct.value, acct.mod_revision).balanceMinor if acct is not None else 0
     return Commitments(res.revision, balance, to_minor(cust.spec.creditLimit, currency),
                        monthly_commitment(subs, prices, customer), acct.mod_revision if acct is not None else 0,
                        res.gets[4][0].mod_revision)

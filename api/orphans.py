@@ -24,7 +24,8 @@ from api.auth import Principal
 from api.deps import Caller, State, parse_body, read_limited
 from api.errors import Forbidden, Invalid, refuse_unknown_fields
 from reconcile import keys
-from reconcile.store import Put, Store, encode
+from reconcile.etcd import Put
+from reconcile.objects import Store, encode_value
 from specs.domain import Tombstone
 from specs.kinds import Node
 
@@ -59,8 +60,7 @@ def purge(store: Store, caller: Principal, node: str, body: Any) -> dict[str, An
         wanted = uids
     now = datetime.now(UTC)
     ops = [Put(keys.purge_key(node, uid, store.root),
-               encode(Tombstone(vps=listed[uid]["vps"], uid=uid, reason="Purged", at=now)
-                      .model_dump(mode="json", exclude_none=True))) for uid in wanted]
+               encode_value(Tombstone(vps=listed[uid]["vps"], uid=uid, reason="Purged", at=now))) for uid in wanted]
     if ops:
         store.txn([], ops)
     return {"node": node, "requested": wanted}

@@ -17,10 +17,9 @@ from fastapi.responses import JSONResponse
 from api import access, names
 from api.auth import Principal
 from api.deps import AppState
-from controllers import ledger
 from reconcile import keys
 from reconcile.errors import AlreadyExists, Conflict, NotFound
-from reconcile.store import KV, Get, Put, decode
+from reconcile.etcd import KV, Get, Put, decode
 from specs import VPS, Customer, Resource, Subscription
 from specs.meta import API_VERSION
 
@@ -124,7 +123,7 @@ async def claim(state: AppState, obj: Resource) -> Put | None:
 async def refuse_kept_ledger(state: AppState, name: str) -> None:
     """409 when an earlier customer of this name left a ledger account (kept: money adds up): a new
     customer would inherit its balance and history."""
-    res = await state.astore.txn([], [Get(ledger.account_key(name, state.store.root))])
+    res = await state.astore.txn([], [Get(keys.account_key(name, state.store.root))])
     if res.gets[0]:
         raise AlreadyExists(f"the name {name!r} belonged to an earlier customer whose ledger is kept; "
                             "choose another name")

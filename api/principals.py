@@ -32,8 +32,10 @@ from api.auth import ROLES, TokenError, TokenVerifier, create_token, list_tokens
 from api.deps import CSRF_HEADER, AppState, Body, Caller, State
 from api.errors import BadRequest, Invalid, TooManyRequests, Unauthorized
 from api.sessions import SESSION_COOKIE, PasswordError, Sessions, TooManySessions, check_login, set_password
+from reconcile import keys
 from reconcile.errors import NotFound
-from reconcile.store import Store, Watch, WatchEvent
+from reconcile.etcd import Watch, WatchEvent
+from reconcile.objects import Store
 from specs.kinds import Customer
 
 router = APIRouter(prefix="/v1", tags=["principals"])
@@ -203,8 +205,8 @@ def put_password(name: str, body: Body, state: State, caller: Caller) -> Respons
 
 def watch_auth(store: Store, verifier: TokenVerifier, sessions: Sessions) -> Watch:
     """Forget cached tokens and sessions as soon as etcd says they changed (revocation, logout)."""
-    tokens = f"{store.root}/auth/tokens/"
-    sess = f"{store.root}/auth/sessions/"
+    tokens = keys.tokens_prefix(store.root)
+    sess = keys.sessions_prefix(store.root)
 
     def on_events(events: list[WatchEvent], _rev: int) -> None:
         for ev in events:
@@ -217,5 +219,5 @@ def watch_auth(store: Store, verifier: TokenVerifier, sessions: Sessions) -> Wat
         verifier.invalidate()
         sessions.invalidate()
 
-    return store.watch(f"{store.root}/auth/", start_revision=store.revision() + 1, on_events=on_events,
+    return store.watch(keys.auth_prefix(store.root), start_revision=store.revision() + 1, on_events=on_events,
                        on_compacted=on_compacted)

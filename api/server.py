@@ -59,8 +59,8 @@ from reconcile.aio import AsyncStore
 from reconcile.connection import EtcdConnection
 from reconcile.errors import StoreError
 from reconcile.etcd_server import free_port
+from reconcile.objects import Store
 from reconcile.pki import PKI
-from reconcile.store import Store
 from specs import SpecError
 
 log = logging.getLogger(__name__)

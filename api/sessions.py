@@ -25,8 +25,11 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
 from api.auth import Principal
+from reconcile import keys
 from reconcile.errors import NotFound
-from reconcile.store import Delete, Put, Store, UnchangedSince
+from reconcile.etcd import Delete, Put, UnchangedSince
+from reconcile.keys import password_key, session_index_prefix, sessions_prefix
+from reconcile.objects import Store
 from specs.kinds import Customer
 
 SESSION_COOKIE = "hostplane_session"
@@ -44,24 +47,8 @@ class PasswordError(ValueError):
     field = "password"
 
 
-def passwords_prefix(root: str) -> str:
-    return f"{root}/auth/passwords/"
-
-
-def password_key(root: str, customer: str) -> str:
-    return passwords_prefix(root) + customer
-
-
-def sessions_prefix(root: str) -> str:
-    return f"{root}/auth/sessions/"
-
-
 def session_key(root: str, session_id: str) -> str:
-    return sessions_prefix(root) + hashlib.sha256(session_id.encode()).hexdigest()
-
-
-def session_index_prefix(root: str, customer: str) -> str:
-    return f"{root}/auth/session-index/{customer}/"
+    return keys.session_key(root, hashlib.sha256(session_id.encode()).hexdigest())
 
 
 class TooManySessions(Exception):

@@ -29,7 +29,7 @@ from reconcile.cluster import ensure_cluster_id
 from reconcile.errors import AlreadyExists, NotFound, StoreError
 from reconcile.etcd_cluster import EtcdCluster
 from reconcile.etcd_server import EtcdServer, free_port
-from reconcile.store import Store
+from reconcile.objects import Store
 from specs.domain import NetworkMode
 from specs.kinds import Capacity, Image, ImageSource, ImageSpec, Node, NodeNetwork, NodeSpec
 from specs.meta import ObjectMeta

@@ -36,7 +36,8 @@ from api.deps import AppState, Caller, State, authenticate_async, limit_key
 from api.errors import ApiError, BadRequest, Forbidden, TooManyRequests, UnknownKind
 from api.hub import Audience, Feed, Owners, frames, translate
 from api.ratelimit import Slot
-from reconcile.store import WatchEvent
+from reconcile import keys
+from reconcile.etcd import WatchEvent
 from specs import KINDS, Resource, kind_for
 
 router = APIRouter(prefix="/v1", tags=["watch"])
@@ -152,7 +153,7 @@ async def _open_stream(request: Request, state: AppState, caller: Principal, wan
                 loop.call_soon_threadsafe(method, *args)
 
         private = await run_in_threadpool(
-            store.watch, store.root + "/s", start_revision=after + 1,
+            store.watch, keys.objects_prefix(store.root), start_revision=after + 1,
             on_events=lambda evs, _rev: deliver(feed.offer, hub.translate_private(evs)),
             on_compacted=lambda rev: deliver(feed.end, "compacted", rev))
     heartbeat = state.settings.heartbeat_seconds

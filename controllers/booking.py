@@ -14,17 +14,17 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 from pydantic import BaseModel, ConfigDict
 
-from controllers import layout
 from controllers.ipam import IPAllocation
 from controllers.schedule import Resources
+from reconcile import keys
 from reconcile.errors import Conflict
-from reconcile.store import Compare, Delete, ModIs, Op, Put, Store, TxnResult
-
-Fence = Callable[[], Sequence[Compare]]
+from reconcile.etcd import Compare, Delete, ModIs, Op, Put, TxnResult
+from reconcile.leader import Fence, fence_compares
+from reconcile.objects import Store, encode_value
 
 
 class Booking(BaseModel):
@@ -64,8 +64,7 @@ class NodeAllocation(BaseModel):
 
 
 def _enc(model: BaseModel) -> bytes:
-    return json.dumps(model.model_dump(mode="json", exclude_none=True), separators=(",", ":"),
-                      sort_keys=True).encode()
+    return encode_value(model)
 
 
 def _addresses(b: Booking) -> list[tuple[str, str]]:
@@ -94,13 +93,13 @@ class Book:
 
     def load(self) -> None:
         """Read every allocation key from etcd (on start and after a lost race)."""
-        kvs, _ = self.store.kv_range(layout.alloc_prefix(self.root))
+        kvs, _ = self.store.kv_range(keys.alloc_prefix(self.root))
         bookings: dict[str, tuple[Booking, int]] = {}
         nodes: dict[str, tuple[NodeAllocation, int]] = {}
         ips: dict[str, set[str]] = {}
         macs: set[str] = set()
-        bp, np_, ip, mp = (layout.booking_prefix(self.root), layout.node_alloc_prefix(self.root),
-                           layout.ip_prefix(self.root), layout.mac_prefix(self.root))
+        bp, np_, ip, mp = (keys.booking_prefix(self.root), keys.node_alloc_prefix(self.root),
+                           keys.ip_prefix(self.root), keys.mac_prefix(self.root))
         for kv in kvs:
             if kv.key.startswith(bp):
                 bookings[kv.key[len(bp):]] = (Booking.model_validate_json(kv.value), kv.mod_revision)
@@ -154,7 +153,7 @@ class Book:
     # ------------------------------------------------------------ writing
 
     def _commit(self, compares: list[Compare], ops: list[Op]) -> TxnResult:
-        res = self.store.txn([*self.fence(), *compares], ops)
+        res = self.store.txn([*fence_compares(self.fence), *compares], ops)
         if not res.succeeded:
             self.load()
             raise Conflict("the allocation book changed underneath; decide again")
@@ -164,14 +163,14 @@ class Book:
         """The compares and ops that book `b` (call with `lock` held; then `booked` after commit)."""
         cur = self._nodes.get(b.node)
         alloc, nrev = cur if cur else (NodeAllocation(), 0)
-        bkey = layout.booking_key(b.vps, self.root)
-        nkey = layout.node_alloc_key(b.node, self.root)
-        mkey = layout.mac_key(b.mac, self.root)
+        bkey = keys.booking_key(b.vps, self.root)
+        nkey = keys.node_alloc_key(b.node, self.root)
+        mkey = keys.mac_key(b.mac, self.root)
         owner = json.dumps({"vps": b.vps, "uid": b.uid, "node": b.node}, sort_keys=True).encode()
         compares: list[Compare] = [ModIs(bkey, 0), ModIs(nkey, nrev), ModIs(mkey, 0)]
         ops: list[Op] = [Put(bkey, _enc(b)), Put(nkey, _enc(alloc.plus(b.resources, 1))), Put(mkey, owner)]
         for pool, addr in _addresses(b):
-            k = layout.ip_key(pool, addr, self.root)
+            k = keys.ip_key(pool, addr, self.root)
             compares.append(ModIs(k, 0))
             ops.append(Put(k, owner))
         return compares, ops
@@ -199,7 +198,7 @@ class Book:
         b, brev = self._bookings[vps]
         alloc, nrev = self._nodes.get(b.node, (NodeAllocation(), 0))
         nb = b.model_copy(update={"vcpus": size.vcpus, "memoryMiB": size.memoryMiB, "diskGiB": size.diskGiB})
-        bkey, nkey = layout.booking_key(vps, self.root), layout.node_alloc_key(b.node, self.root)
+        bkey, nkey = keys.booking_key(vps, self.root), keys.node_alloc_key(b.node, self.root)
         return nb, [ModIs(bkey, brev), ModIs(nkey, nrev)], [
             Put(bkey, _enc(nb)), Put(nkey, _enc(alloc.plus(size - b.resources, 0)))]
 
@@ -229,11 +228,11 @@ class Book:
             b, brev = entry
             alloc, nrev = self._nodes.get(b.node, (NodeAllocation(), 0))
             new_alloc = alloc.plus(Resources() - b.resources, -1)
-            bkey, nkey = layout.booking_key(vps, self.root), layout.node_alloc_key(b.node, self.root)
-            all_ops: list[Op] = [Delete(bkey), Delete(layout.mac_key(b.mac, self.root))]
+            bkey, nkey = keys.booking_key(vps, self.root), keys.node_alloc_key(b.node, self.root)
+            all_ops: list[Op] = [Delete(bkey), Delete(keys.mac_key(b.mac, self.root))]
             all_ops.append(Delete(nkey) if new_alloc.count <= 0 else Put(nkey, _enc(new_alloc)))
             for pool, addr in _addresses(b):
-                all_ops.append(Delete(layout.ip_key(pool, addr, self.root)))
+                all_ops.append(Delete(keys.ip_key(pool, addr, self.root)))
             res = self._commit([ModIs(bkey, brev), ModIs(nkey, nrev), *compares], [*all_ops, *ops])
             del self._bookings[vps]
             self._by_node.get(b.node, set()).discard(vps)

@@ -26,7 +26,8 @@ from datetime import datetime
 from controllers import layout
 from reconcile import keys
 from reconcile.errors import StoreError
-from reconcile.store import Delete, Put, Store
+from reconcile.etcd import Delete, Put
+from reconcile.objects import Store
 
 log = logging.getLogger(__name__)
 

@@ -18,41 +18,5 @@ ELECTION_NAME = "controllers"
 EVENT_KINDS = ("VPS", "Node")
 
 
-def alloc_prefix(root: str) -> str:
-    return f"{root}/alloc/"
-
-
-def booking_prefix(root: str) -> str:
-    return f"{root}/alloc/vps/"
-
-
-def booking_key(vps: str, root: str) -> str:
-    return f"{booking_prefix(root)}{vps}"
-
-
-def node_alloc_prefix(root: str) -> str:
-    return f"{root}/alloc/nodes/"
-
-
-def node_alloc_key(node: str, root: str) -> str:
-    return f"{node_alloc_prefix(root)}{node}"
-
-
-def ip_prefix(root: str, pool: str | None = None) -> str:
-    return f"{root}/alloc/ips/" if pool is None else f"{root}/alloc/ips/{pool}/"
-
-
-def ip_key(pool: str, address: str, root: str) -> str:
-    return f"{ip_prefix(root, pool)}{address}"
-
-
-def mac_prefix(root: str) -> str:
-    return f"{root}/alloc/macs/"
-
-
-def mac_key(mac: str, root: str) -> str:
-    return f"{mac_prefix(root)}{mac}"
-
-
 def event_object_prefix(events_prefix: str, kind: str, name: str) -> str:
     return f"{events_prefix}{kind}/{name}/"

@@ -16,15 +16,15 @@ from datetime import datetime
 from typing import Protocol
 
 from controllers import layout
-from controllers.manager import Manager, Settings, utcnow
+from controllers.manager import Manager, ManagerSettings, utcnow
 from reconcile.cluster import ensure_cluster_id
 from reconcile.connection import EtcdConnection
-from reconcile.leader import LeaderElector
-from reconcile.store import Compare, Store
+from reconcile.etcd import Compare
+from reconcile.leader import Fence, LeaderElector
+from reconcile.objects import Store
 
 log = logging.getLogger(__name__)
 
-Fence = Callable[[], Sequence[Compare]]
 
 
 class Addon(Protocol):
@@ -39,7 +39,7 @@ class Addon(Protocol):
 # each gets the store and the fence its writes must carry.
 AddonFactory = Callable[[Store, Fence], Addon]
 def _billing(store: Store, fence: Fence) -> Addon:
-    from controllers.billing_controller import BillingController
+    from controllers.billing import BillingController
 
     return BillingController(store, clock=utcnow, fence=fence)
 
@@ -51,7 +51,7 @@ class ControllerProcess:
     """A leader-elected manager on a store; `start()`, then `stop()`. Used by run_controllers and tests."""
 
     def __init__(self, store: Store, *, identity: str, ttl: int = 15, retry_period: float = 2.0,
-                 settings: Settings | None = None, clock: Callable[[], datetime] = utcnow,
+                 settings: ManagerSettings | None = None, clock: Callable[[], datetime] = utcnow,
                  addons: Sequence[AddonFactory] = ()) -> None:
         self.store = store
         self.addon_factories = list(addons)

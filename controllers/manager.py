@@ -29,18 +29,21 @@ from datetime import UTC, datetime
 from typing import Any, Literal, TypeVar
 
 from controllers import layout
+from controllers.billing import Policy as BillingPolicy
 from controllers.booking import Book, Booking
 from controllers.events import EventRecorder
 from controllers.ipam import IPAllocation, allocate, free_count4, offset_of, pick_mac
-from controllers.nodes import drained, node_status, parse_heartbeat, schedulable, warming
-from controllers.resolve import BillingDefaults, next_change, resolve
-from controllers.schedule import NodeView, Policy, Resources, schedule
-from controllers.status import NodeState, Problem, events_for, vps_status
+from controllers.nodes import node_status, parse_heartbeat, schedulable, warming
+from controllers.schedule import NodeView, PlacementPolicy, Resources, schedule
+from controllers.status import NodeState, VPSProblem, events_for, vps_status
+from controllers.vps_decision import VPSDecision, VPSSnapshot, decide_vps, requirements
 from reconcile import keys
 from reconcile.controller import Controller, Result
 from reconcile.errors import Conflict
+from reconcile.etcd import Compare, Delete, ModIs, Op, Put
 from reconcile.informer import Informer
-from reconcile.store import Compare, Delete, ModIs, Op, Put, Store, encode
+from reconcile.leader import Fence, fence_compares
+from reconcile.objects import Batch, Store, encode_spec, encode_status, encode_value
 from specs.domain import DomainSpec, ObservedDomain, Tombstone
 from specs.kinds import (
     VPS,
@@ -59,7 +62,6 @@ from specs.kinds import (
 log = logging.getLogger(__name__)
 
 R = TypeVar("R", bound=Resource)
-Fence = Callable[[], Sequence[Compare]]
 NodeEntry = DomainSpec | ObservedDomain | dict[str, Any] | bytes
 TombstoneReason = Literal["Deleted", "Moved", "Purged"]
 # A burst of bookings on a node updates its status once, not once per booking.
@@ -71,10 +73,10 @@ def utcnow() -> datetime:
 
 
 @dataclass(frozen=True)
-class Settings:
-    policy: Policy = "spread"
+class ManagerSettings:
+    policy: PlacementPolicy = "spread"
     workers: int = 8
-    billing: BillingDefaults = field(default_factory=BillingDefaults)
+    billing: BillingPolicy = field(default_factory=BillingPolicy)
     pending_retry_seconds: float = 30.0
     terminating_recheck_seconds: float = 30.0
     resync_seconds: float = 300.0
@@ -106,28 +108,20 @@ def _only_finalizer_added(old: VPS, new: VPS) -> bool:
     return bool(old.spec == new.spec and same_meta)
 
 
-def _status_doc(status: Any) -> bytes:
-    return encode(status.model_dump(mode="json", exclude_none=True))
-
-
-@dataclass
-class _Batch:
+class _Batch(Batch):
     """One reconcile's writes: compares and ops for one transaction, follow-ups given its revision."""
 
-    compares: list[Compare] = field(default_factory=list)
-    ops: list[Op] = field(default_factory=list)
-    after: list[Callable[[int], None]] = field(default_factory=list)
     touches_book: bool = False
 
 
 class Manager:
     def __init__(self, store: Store, *, fence: Fence = lambda: (), clock: Callable[[], datetime] = utcnow,
-                 settings: Settings | None = None) -> None:
+                 settings: ManagerSettings | None = None) -> None:
         self.store = store
         self.root = store.root
         self.fence = fence
         self.clock = clock
-        self.settings = settings or Settings()
+        self.settings = settings or ManagerSettings()
         self.book = Book(store, fence=fence)
         self.events = EventRecorder(store, clock=clock, limit=self.settings.event_limit)
         r = self.root
@@ -148,7 +142,7 @@ class Manager:
         self.node_status_inf: Informer[NodeStatus] = Informer(
             store, keys.status_prefix(Node, r), decode=lambda _n, raw: NodeStatus.model_validate_json(raw))
         self.pool_inf: Informer[IPPool] = Informer(store, keys.spec_prefix(IPPool, r), decode=_spec_decoder(IPPool))
-        self.nodes_inf: Informer[NodeEntry] = Informer(store, f"{r}/nodes/", decode=_node_entry)
+        self.nodes_inf: Informer[NodeEntry] = Informer(store, keys.nodes_prefix(r), decode=_node_entry)
         # Operators' orphan purges, "<node>/<uid>": carried out by the node controller as tombstones.
         self.purge_inf: Informer[Tombstone] = Informer(
             store, f"{r}/purges/", decode=lambda _n, raw: Tombstone.model_validate_json(raw))
@@ -306,17 +300,17 @@ class Manager:
     def node_state(self, node: str) -> NodeState:
         if self.node_inf.get(node) is None:
             return "Missing"
-        hb = self.nodes_inf.get(f"{node}/heartbeat")
+        hb = self.nodes_inf.get(keys.node_entry(node, "heartbeat"))
         return "Ready" if hb is not None and not (isinstance(hb, dict) and warming(hb)) else "NotReady"
 
     def _observed(self, node: str, vps: str) -> ObservedDomain | None:
-        entry = self.nodes_inf.get(f"{node}/observed/{vps}")
+        entry = self.nodes_inf.get(keys.node_entry(node, "observed", vps))
         return entry if isinstance(entry, ObservedDomain) else None
 
     def _current_desired(self, node: str, vps: str) -> tuple[DomainSpec | None, int]:
         key = keys.desired_key(node, vps, self.root)
-        entry = self.nodes_inf.get(f"{node}/desired/{vps}")
-        rev = self.nodes_inf.mod_revision(f"{node}/desired/{vps}") or 0
+        entry = self.nodes_inf.get(keys.node_entry(node, "desired", vps))
+        rev = self.nodes_inf.mod_revision(keys.node_entry(node, "desired", vps)) or 0
         mine = self._desired.get(key)
         if mine is not None and mine[1] > self.nodes_inf.revision:
             return mine  # the informer has not seen our own latest write yet
@@ -329,7 +323,7 @@ class Manager:
     # ------------------------------------------------------------ writes (fenced)
 
     def _txn(self, compares: Sequence[Compare], ops: Sequence[Op], what: str) -> int:
-        res = self.store.txn([*self.fence(), *compares], ops)
+        res = self.store.txn([*fence_compares(self.fence), *compares], ops)
         if not res.succeeded:
             raise Conflict(f"{what}: changed underneath or no longer leading; deciding again")
         return res.revision
@@ -340,35 +334,27 @@ class Manager:
             for fn in batch.after:
                 fn(0)
             return None
-        res = self.store.txn([*self.fence(), *batch.compares], batch.ops)
+        res = batch.commit(fence_compares(self.fence))
         if not res.succeeded:
             if batch.touches_book and not self._spec_moved(batch):
                 # Only the book can have been stale: re-read it (a changed spec is the usual cause
                 # of a lost race, and needs no reload).
                 self.book.load()
             raise Conflict(f"{what}: changed underneath or no longer leading; deciding again")
-        for fn in batch.after:
-            fn(res.revision)
         return res.revision
 
     def _spec_moved(self, batch: _Batch) -> bool:
-        guard = next((c for c in batch.compares if isinstance(c, ModIs) and "/specs/" in c.key), None)
+        specs = keys.specs_prefix(self.root)
+        guard = next((c for c in batch.compares if isinstance(c, ModIs) and c.key.startswith(specs)), None)
         if guard is None:
             return False
         kv = self.store.kv_get(guard.key)
         return (kv.mod_revision if kv else 0) != guard.revision
 
-    @staticmethod
-    def _spec_doc(vps: VPS) -> bytes:
-        doc = vps.model_dump(mode="json", exclude={"status"}, exclude_none=True)
-        doc["metadata"].pop("resourceVersion", None)
-        return encode(doc)
-
     def _write_meta(self, vps: VPS, **changes: Any) -> VPS:
         new = vps.model_copy(update={"metadata": vps.metadata.model_copy(update=changes)})
-        key = keys.spec_key(VPS, vps.name, self.root)
-        rev = self._txn([ModIs(key, int(vps.metadata.resourceVersion or 0))], [Put(key, self._spec_doc(new))],
-                        f"VPS {vps.name}")
+        batch = _Batch(self.store).expect(vps).put_spec(new)
+        rev = self._txn(batch.compares, batch.ops, f"VPS {vps.name}")
         return new.model_copy(update={"metadata": new.metadata.model_copy(update={"resourceVersion": str(rev)})})
 
     def _desired_ops(self, batch: _Batch, node: str, vps: str, desired: DomainSpec | None,
@@ -383,24 +369,23 @@ class Manager:
             batch.ops.append(Delete(key))
             if current is not None:
                 tomb = Tombstone(vps=vps, uid=current.uid, reason=reason, at=self.clock())
-                batch.ops.append(Put(keys.tombstone_key(node, current.uid, self.root),
-                                     encode(tomb.model_dump(mode="json", exclude_none=True))))
+                batch.put(keys.tombstone_key(node, current.uid, self.root), encode_value(tomb))
         else:
             batch.compares.append(ModIs(key, rev))
-            batch.ops.append(Put(key, encode(desired.model_dump(mode="json", exclude_none=True))))
+            batch.put(key, encode_value(desired))
             # Wanted here again (moved back): an older order to delete this incarnation is void.
             batch.ops.append(Delete(keys.tombstone_key(node, desired.uid, self.root)))
         batch.after.append(lambda r: self._desired.__setitem__(key, (desired, r)))
 
     def _write_desired(self, node: str, vps: str, desired: DomainSpec | None) -> None:
-        batch = _Batch()
+        batch = _Batch(self.store)
         self._desired_ops(batch, node, vps, desired)
         self._commit(batch, f"desired {node}/{vps}")
 
     def _status_ops(self, batch: _Batch, vps: VPS, status: VPSStatus) -> None:
-        value = _status_doc(status)
+        value = encode_status(status)
         prev = self._previous_status(vps.name)
-        if prev is not None and _status_doc(prev) == value:
+        if prev is not None and encode_status(prev) == value:
             return
         batch.ops.append(Put(keys.status_key(VPS, vps.name, self.root), value))
 
@@ -411,14 +396,14 @@ class Manager:
         batch.after.append(done)
 
     def _write_status(self, vps: VPS, status: VPSStatus) -> None:
-        batch = _Batch(compares=[ModIs(keys.spec_key(VPS, vps.name, self.root),
-                                       int(vps.metadata.resourceVersion or 0))])
+        batch = _Batch(self.store).expect(vps)
         self._status_ops(batch, vps, status)
         self._commit(batch, f"VPS {vps.name} status")
 
     # ------------------------------------------------------------ VPS
 
     def reconcile_vps(self, name: str) -> Result | None:
+        """Read a snapshot, decide purely (`controllers.vps_decision.decide_vps`), commit once."""
         now = self.clock()
         vps = self._with_rv(self.vps_inf, name)
         if vps is None:
@@ -427,105 +412,83 @@ class Manager:
             return self._finalize(vps, now)
         # Everything this reconcile decides is written in one transaction, guarded by the
         # spec's resourceVersion: a VPS changed meanwhile is decided again, never half-written.
-        skey = keys.spec_key(VPS, name, self.root)
-        batch = _Batch(compares=[ModIs(skey, int(vps.metadata.resourceVersion or 0))])
-        spec_changed = False
-        if layout.FINALIZER not in vps.metadata.finalizers:
+        batch = _Batch(self.store).expect(vps)
+        add_finalizer = layout.FINALIZER not in vps.metadata.finalizers
+        if add_finalizer:
             vps = vps.model_copy(update={"metadata": vps.metadata.model_copy(
                 update={"finalizers": [*vps.metadata.finalizers, layout.FINALIZER]})})
-            spec_changed = True
-
-        problem: Problem | None = None
         sub = self._subscription(vps.spec.subscription)
+        reused = False
         if sub is not None and not vps.bound_to(sub):
             # The Subscription this server was created under is gone; one of the same name now is
             # someone else's: never resolve the server with its plan, billing or customer.
-            sub = None
+            sub, reused = None, True
+        elif sub is None:
+            reused = self.sub_inf.get(vps.spec.subscription) is not None
         plan = self.plan_inf.get(sub.spec.plan) if sub is not None else None
         image = self.image_inf.get(vps.spec.image)
         customer = self.customer_inf.get(sub.spec.customer) if sub is not None else None
-        if sub is None:
-            problem = Problem("Resolved", "SubscriptionNotFound",
-                              f"subscription {vps.spec.subscription!r} does not exist"
-                              + ("" if self.sub_inf.get(vps.spec.subscription) is None
-                                 else " (one of that name was created anew; this server is not part of it)"))
-        elif plan is None:
-            problem = Problem("Resolved", "PlanNotFound", f"plan {sub.spec.plan!r} does not exist")
-        elif image is None:
-            problem = Problem("Resolved", "ImageNotFound", f"image {vps.spec.image!r} does not exist")
-
-        result: Result | None = None
+        _, size = requirements(vps, sub, plan, image, reused)
         booking = self.book.get(name)
-        size: Resources | None = None
-        if problem is None and plan is not None and image is not None:
-            size = Resources(plan.spec.vcpus, plan.spec.memoryMiB, max(plan.spec.diskGiB, image.spec.minDiskGiB))
         placing = size is not None and (booking is None or booking.resources != size)
         with self.book.lock if placing else contextlib.nullcontext():
+            placement_problem: VPSProblem | None = None
             if size is not None and booking is None:
-                booking, problem = self._place(vps, size, batch)
-            elif size is not None and booking is not None and booking.resources != size:
-                nb, compares, ops = self.book.resize_ops(name, size)
-                batch.compares.extend(compares)
-                batch.ops.extend(ops)
-                batch.touches_book = True
-
-                def resized(rev: int, nb: Booking = nb) -> None:
-                    self.book.resized(nb, rev)
-                    self.node_ctl.queue.add_after(nb.node, NODE_STATUS_BATCH_SECONDS)
-                batch.after.append(resized)
-                booking = nb
-            with self._lock:
-                if problem is not None and problem.condition == "Scheduled":
-                    self._pending.add(name)
-                else:
-                    self._pending.discard(name)
-
-            desired: DomainSpec | None = None
-            generation = (self._previous_status(name) or VPSStatus()).observedGeneration
-            if booking is not None:
-                desired, _ = self._current_desired(booking.node, name)
-                for other in self._desired_nodes.get(name, set()) - {booking.node}:
-                    self._desired_ops(batch, other, name, None, reason="Moved")
-            if booking is not None and problem is None and sub is not None and plan is not None and image is not None:
-                node = self.node_inf.get(booking.node)
-                try:
-                    fresh = resolve(vps, sub, plan, image, booking.ips, now, mac=booking.mac, customer=customer,
-                                    max_resize=node.spec.maxResize if node is not None else None,
-                                    node_network=node.spec.network if node is not None else None,
-                                    drained=drained(node), defaults=self.settings.billing)
-                except ValueError as exc:
-                    problem, fresh = Problem("Resolved", "InvalidSpec", str(exc)), desired
-                if fresh is None and problem is None:
-                    # Terminated and past retention: delete the VPS; the finalizer frees the rest.
-                    vps = vps.model_copy(update={"metadata": vps.metadata.model_copy(
-                        update={"deletionTimestamp": now})})
-                    batch.ops.append(Put(skey, self._spec_doc(vps)))
-                    batch.after.append(lambda _r: self.events.record(
-                        "VPS", name, "Normal", "Terminated", "subscription terminated and retention passed: deleting"))
-                    self._commit(batch, f"VPS {name}")
-                    return None
-                if problem is None:
-                    self._desired_ops(batch, booking.node, name, fresh)
-                    desired = fresh
-                    generation = vps.metadata.generation
-                    nxt = next_change(vps, sub, plan, customer, now, self.settings.billing)
-                    if nxt is not None:
-                        result = Result(requeue_after=max((nxt - now).total_seconds(), 0.0) + 0.05)
-            elif problem is not None and problem.condition == "Scheduled":
-                result = Result(requeue_after=self.settings.pending_retry_seconds)
-
+                # Placement is the pure scheduler and IPAM on the book's state, under its lock.
+                booking, placement_problem = self._place(vps, size, batch)
             node_name = booking.node if booking is not None else None
-            status = vps_status(
-                vps, previous=self._previous_status(name), node=node_name,
-                ips=booking.ips if booking is not None else None, desired=desired,
+            snap = VPSSnapshot(
+                vps=vps, subscription=sub, plan=plan, image=image, customer=customer, booking=booking,
+                placement_problem=placement_problem, sub_name_reused=reused, add_finalizer=add_finalizer,
+                node=self.node_inf.get(node_name) if node_name else None,
+                desired=self._current_desired(node_name, name)[0] if node_name else None,
+                other_desired_nodes=frozenset(self._desired_nodes.get(name, set())),
                 observed=self._observed(node_name, name) if node_name else None,
                 node_state=self.node_state(node_name) if node_name else None,
-                problem=problem, observed_generation=generation, now=now)
-            if spec_changed:
-                batch.ops.append(Put(skey, self._spec_doc(vps)))
-            self._status_ops(batch, vps, status)
+                previous_status=self._previous_status(name), billing=self.settings.billing,
+                pending_retry_seconds=self.settings.pending_retry_seconds)
+            decision = decide_vps(snap, now)
+            return self._commit_vps(vps, snap.booking, decision, batch, now)
+
+    def _commit_vps(self, vps: VPS, booking: Booking | None, d: VPSDecision, batch: _Batch,
+                    now: datetime) -> Result | None:
+        """Apply one VPS decision: every write in `batch`'s one fenced transaction, then the follow-ups."""
+        name = vps.name
+        if d.resize is not None:
+            nb, compares, ops = self.book.resize_ops(name, d.resize)
+            batch.compares.extend(compares)
+            batch.ops.extend(ops)
+            batch.touches_book = True
+
+            def resized(rev: int, nb: Booking = nb) -> None:
+                self.book.resized(nb, rev)
+                self.node_ctl.queue.add_after(nb.node, NODE_STATUS_BATCH_SECONDS)
+            batch.after.append(resized)
+        with self._lock:
+            if d.pending:
+                self._pending.add(name)
+            else:
+                self._pending.discard(name)
+        for other in d.remove_from:
+            self._desired_ops(batch, other, name, None, reason="Moved")
+        for type_, reason, message in d.events:
+            def record(_rev: int, t: str = type_, r: str = reason, m: str = message) -> None:
+                self.events.record("VPS", name, t, r, m)
+            batch.after.append(record)
+        if d.delete:
+            batch.put_spec(vps.model_copy(update={"metadata": vps.metadata.model_copy(
+                update={"deletionTimestamp": now})}))
             self._commit(batch, f"VPS {name}")
-        return result
+            return None
+        if d.write_desired:
+            assert booking is not None
+            self._desired_ops(batch, booking.node, name, d.desired)
+        if d.add_finalizer:
+            batch.put_spec(vps)
+        if d.status is not None:
+            self._status_ops(batch, vps, d.status)
+        self._commit(batch, f"VPS {name}")
+        return Result(requeue_after=d.requeue_after) if d.requeue_after is not None else None
 
     def _node_views(self) -> list[NodeView]:
         views = []
@@ -537,13 +500,13 @@ class Manager:
                 ready=self.node_state(name) == "Ready", schedulable=schedulable(node)))
         return views
 
-    def _place(self, vps: VPS, size: Resources, batch: _Batch) -> tuple[Booking | None, Problem | None]:
+    def _place(self, vps: VPS, size: Resources, batch: _Batch) -> tuple[Booking | None, VPSProblem | None]:
         """Decide a node, addresses and a MAC (book lock held); add the booking to the batch."""
         uid = vps.metadata.uid or vps.name
         pools = list(self.pool_inf.items().values())
         views = self._node_views()
         excluded: list[str] = []
-        last: Problem | None = None
+        last: VPSProblem | None = None
         while True:
             decision = schedule(size, [v for v in views if v.name not in excluded],
                                 node_selector=vps.spec.nodeSelector, pinned=vps.spec.node,
@@ -551,7 +514,7 @@ class Manager:
             if decision.node is None:
                 if last is not None and decision.reason in ("NoMatchingNode", "NodeNotFound"):
                     return None, last  # every placeable node lacked addresses
-                return None, Problem("Scheduled", decision.reason or "Unschedulable", decision.message)
+                return None, VPSProblem("Scheduled", decision.reason or "Unschedulable", decision.message)
             node = self.node_inf.get(decision.node)
             assert node is not None
             ips: IPAllocation | None = None
@@ -559,7 +522,7 @@ class Manager:
                 addr = allocate(pools, node.metadata.labels, self.book.used_addresses(),
                                 cursors=self.book.cursors)
                 if addr.allocation is None:
-                    last = Problem("Scheduled", addr.reason, addr.message)
+                    last = VPSProblem("Scheduled", addr.reason, addr.message)
                     excluded.append(decision.node)
                     continue
                 ips = addr.allocation
@@ -592,10 +555,8 @@ class Manager:
         remaining = [f for f in vps.metadata.finalizers if f != layout.FINALIZER]
         if not remaining:
             return compares, [Delete(skey), Delete(tkey)]
-        doc = vps.model_copy(update={"metadata": vps.metadata.model_copy(update={"finalizers": remaining})}
-                             ).model_dump(mode="json", exclude={"status"}, exclude_none=True)
-        doc["metadata"].pop("resourceVersion", None)
-        return compares, [Put(skey, encode(doc))]
+        kept = vps.model_copy(update={"metadata": vps.metadata.model_copy(update={"finalizers": remaining})})
+        return compares, [Put(skey, encode_spec(kept))]
 
     def _finalize(self, vps: VPS, now: datetime) -> Result | None:
         if layout.FINALIZER not in vps.metadata.finalizers:
@@ -667,8 +628,8 @@ class Manager:
                 continue
             tomb = req.model_copy(update={"reason": "Purged"})
             self._txn([ModIs(keys.desired_key(node, req.vps, self.root), rev)],
-                      [Put(keys.tombstone_key(node, req.uid, self.root),
-                           encode(tomb.model_dump(mode="json", exclude_none=True))), Delete(pkey)], f"purge {key}")
+                      [Put(keys.tombstone_key(node, req.uid, self.root), encode_value(tomb)), Delete(pkey)],
+                      f"purge {key}")
             self.events.record("Node", node, "Warning", "OrphanPurged",
                                f"orphan domain of VPS {req.vps} (uid {req.uid}): deletion ordered by an operator")
 
@@ -678,16 +639,15 @@ class Manager:
         if node is None:
             self._enqueue_on_node(name)
             return None
-        hb = self.nodes_inf.get(f"{name}/heartbeat")
+        hb = self.nodes_inf.get(keys.node_entry(name, "heartbeat"))
         prev = self.node_status_inf.get(name)
         st = node_status(node, previous=prev, heartbeat=hb if isinstance(hb, dict) else None,
                          allocation=self.book.node_allocation(name), now=self.clock())
-        value = _status_doc(st)
-        if self._node_status.get(name) == value or (prev is not None and _status_doc(prev) == value):
+        value = encode_status(st)
+        if self._node_status.get(name) == value or (prev is not None and encode_status(prev) == value):
             return None
-        skey = keys.spec_key(Node, name, self.root)
-        self._txn([ModIs(skey, int(node.metadata.resourceVersion or 0))],
-                  [Put(keys.status_key(Node, name, self.root), value)], f"Node {name} status")
+        batch = _Batch(self.store).expect(node).put_status(Node, name, st)
+        self._txn(batch.compares, batch.ops, f"Node {name} status")
         self._node_status[name] = value
         if prev is None or prev.state != st.state:
             self.events.record("Node", name, "Normal" if st.state == "Ready" else "Warning",
@@ -715,11 +675,10 @@ class Manager:
                   "conditions": [{"type": "Exhausted", "status": "True" if free == 0 else "False",
                                   "reason": "PoolFull" if free == 0 else "AddressesFree",
                                   "message": f"{free} IPv4 address(es) free"}]}
-        value = encode(status)
+        value = encode_status(status)
         if self._pool_status.get(name) == value:
             return None
-        skey = keys.spec_key(IPPool, name, self.root)
-        self._txn([ModIs(skey, int(pool.metadata.resourceVersion or 0))],
-                  [Put(keys.status_key(IPPool, name, self.root), value)], f"IPPool {name} status")
+        batch = _Batch(self.store).expect(pool).put_status(IPPool, name, status)
+        self._txn(batch.compares, batch.ops, f"IPPool {name} status")
         self._pool_status[name] = value
         return None

@@ -14,96 +14,25 @@ It implements DESIGN.md's table "What billing does to a server":
 
 A node being drained stops its domains ("node drained") until the drain is lifted.
 Billing policy: the customer's overrides the plan's, which overrides the defaults.
-This module must never do I/O, read a clock (`now` is passed) or decide billing states: it
-only reads the ones billing wrote.
+This module must never do I/O, read a clock (`now` is passed) or decide billing states: what
+billing allows a server is asked of billing's one pure function, `controllers.billing.power_for`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 
+from controllers.billing import DEFAULT_POLICY, Policy, power_for
 from controllers.ipam import IPAllocation, mac_candidates
+from specs import rules
 from specs.domain import BandwidthLimit, DesiredPower, DomainImage, DomainNetwork, DomainSpec, IPAssignment
-from specs.kinds import VPS, Customer, Image, MaxResize, NodeNetwork, Plan, Subscription, SubscriptionStatus
-
-DEFAULT_SHUTDOWN_AFTER_HOURS = 24
-
-
-@dataclass(frozen=True)
-class BillingDefaults:
-    """DESIGN.md's defaults an operator can change."""
-
-    grace_days: int = 3
-    suspend_days: int = 14
-    retention_days: int = 7
-    suspend_shutdown_after_hours: int = DEFAULT_SHUTDOWN_AFTER_HOURS
-
-
-@dataclass(frozen=True)
-class Policy:
-    retention: timedelta
-    shutdown_after: timedelta
-
-
-def billing_policy(plan: Plan, customer: Customer | None, defaults: BillingDefaults) -> Policy:
-    """The effective retention and suspend-shutdown delays for one VPS."""
-    layers = [plan.spec.billing] + ([customer.spec.billing] if customer is not None else [])
-    retention_days = defaults.retention_days
-    shutdown_hours = defaults.suspend_shutdown_after_hours
-    for layer in layers:
-        if layer.retentionDays is not None:
-            retention_days = layer.retentionDays
-        if layer.suspendShutdownAfterHours is not None:
-            shutdown_hours = layer.suspendShutdownAfterHours
-    return Policy(timedelta(days=retention_days), timedelta(hours=shutdown_hours))
-
-
-@dataclass(frozen=True)
-class Suspension:
-    reason: str
-    since: datetime | None
-
-
-def suspension(sub: Subscription, customer: Customer | None, now: datetime) -> Suspension | None:
-    """Why the subscription's servers are suspended now, or None."""
-    status = sub.status or SubscriptionStatus()
-    if sub.spec.suspend is not None:
-        return Suspension(sub.spec.suspend, status.suspendedAt)
-    if status.state != "Suspended":
-        return None
-    reason = status.suspendReason or "nonpayment"
-    if reason == "nonpayment":
-        holds = [sub.spec.suspendHoldUntil] + ([customer.spec.suspendHoldUntil] if customer else [])
-        if any(h is not None and h > now for h in holds):
-            return None
-    return Suspension(reason, status.suspendedAt)
-
-
-def retention_over(sub: Subscription, policy: Policy, now: datetime) -> bool:
-    """True once a terminated subscription's retention has passed (never without terminatedAt)."""
-    status = sub.status or SubscriptionStatus()
-    if status.state != "Terminated" or status.terminatedAt is None:
-        return False
-    return now >= status.terminatedAt + policy.retention
+from specs.kinds import VPS, Customer, Image, MaxResize, NodeNetwork, Plan, Subscription
 
 
 def next_change(vps: VPS, sub: Subscription, plan: Plan, customer: Customer | None, now: datetime,
-                defaults: BillingDefaults = BillingDefaults()) -> datetime | None:
+                defaults: Policy = DEFAULT_POLICY) -> datetime | None:
     """When the resolver's answer will change by the clock alone (for a timed requeue)."""
-    policy = billing_policy(plan, customer, defaults)
-    status = sub.status or SubscriptionStatus()
-    times: list[datetime] = []
-    if status.state == "Terminated" and status.terminatedAt is not None:
-        times.append(status.terminatedAt + policy.retention)
-    sus = suspension(sub, customer, now)
-    if sus is not None and sus.since is not None:
-        times.append(sus.since + policy.shutdown_after)
-    if status.state == "Suspended":
-        holds = [sub.spec.suspendHoldUntil] + ([customer.spec.suspendHoldUntil] if customer else [])
-        times.extend(h for h in holds if h is not None)
-    future = [t for t in times if t > now]
-    return min(future) if future else None
+    return power_for(sub, now, plan=plan, customer=customer, defaults=defaults).next_change
 
 
 def attachment(node_network: NodeNetwork | None, ips: IPAllocation | None) -> dict[str, object]:
@@ -131,7 +60,7 @@ def resolve(
     max_resize: MaxResize | None = None,
     node_network: NodeNetwork | None = None,
     drained: bool = False,
-    defaults: BillingDefaults = BillingDefaults(),
+    defaults: Policy = DEFAULT_POLICY,
 ) -> DomainSpec | None:
     """The DomainSpec the VPS's node should run, or None when no domain should exist.
 
@@ -144,21 +73,12 @@ def resolve(
     if subscription.spec.plan != plan.name:
         raise ValueError(f"plan: subscription {subscription.name!r} names plan {subscription.spec.plan!r}, "
                          f"not {plan.name!r}")
-    policy = billing_policy(plan, customer, defaults)
-    if retention_over(subscription, policy, now):
+    allowed = power_for(subscription, now, plan=plan, customer=customer, defaults=defaults)
+    if not allowed.exists:
         return None
-    status = subscription.status or SubscriptionStatus()
-    power: DesiredPower = vps.spec.powerState
-    reason = ""
-    shutdown_after: int | None = None
-    sus = suspension(subscription, customer, now)
-    if status.state == "Terminated":
-        power, reason = "Stopped", "terminated"
-    elif sus is not None:
-        reason = f"suspended: {sus.reason}"
-        shutdown_after = int(policy.shutdown_after.total_seconds())
-        over = sus.since is not None and now >= sus.since + policy.shutdown_after
-        power = "Stopped" if over else "Paused"
+    power: DesiredPower = allowed.power or vps.spec.powerState
+    reason = allowed.reason
+    shutdown_after = int(allowed.shutdown_after.total_seconds()) if allowed.shutdown_after is not None else None
     if drained and power != "Stopped":
         power, reason = "Stopped", "node drained"
     ceiling = max_resize or MaxResize()
@@ -176,7 +96,7 @@ def resolve(
         uid=vps.metadata.uid or "",
         vcpus=plan.spec.vcpus,
         memoryMiB=plan.spec.memoryMiB,
-        diskGiB=max(plan.spec.diskGiB, image.spec.minDiskGiB),
+        diskGiB=rules.disk_gib(plan, image),
         maxVcpus=max(ceiling.vcpus, plan.spec.vcpus),
         maxMemoryMiB=max(ceiling.memoryMiB, plan.spec.memoryMiB),
         power=power,

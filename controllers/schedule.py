@@ -14,8 +14,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-Policy = Literal["spread", "pack"]
-POLICIES: tuple[Policy, ...] = ("spread", "pack")
+PlacementPolicy = Literal["spread", "pack"]
+POLICIES: tuple[PlacementPolicy, ...] = ("spread", "pack")
 
 
 @dataclass(frozen=True)
@@ -89,7 +89,7 @@ def schedule(
     *,
     node_selector: Mapping[str, str] | None = None,
     pinned: str | None = None,
-    policy: Policy = "spread",
+    policy: PlacementPolicy = "spread",
 ) -> Decision:
     """Choose a node for `request`, or say why none fits."""
     if policy not in POLICIES:

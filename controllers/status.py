@@ -31,7 +31,7 @@ NodeState = Literal["Ready", "NotReady", "Unknown", "Missing"]
 
 
 @dataclass(frozen=True)
-class Problem:
+class VPSProblem:
     """A reason the controllers could not act: which condition it sets, why, and what to do."""
 
     condition: str  # "Scheduled" or "Resolved"
@@ -77,7 +77,7 @@ def vps_status(
     desired: DomainSpec | None,
     observed: ObservedDomain | None,
     node_state: NodeState | None,
-    problem: Problem | None,
+    problem: VPSProblem | None,
     observed_generation: int | None,
     now: datetime,
 ) -> VPSStatus:

@@ -41,7 +41,7 @@ from reconcile.cluster import await_cluster_id
 from reconcile.controller import Controller, Result
 from reconcile.errors import NotFound, StoreError
 from reconcile.informer import Informer
-from reconcile.store import Store
+from reconcile.objects import Store
 from specs.domain import DomainSpec, ObservedDomain, Tombstone
 
 log = logging.getLogger(__name__)

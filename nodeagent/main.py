@@ -19,7 +19,7 @@ from nodeagent.endpoint import EndpointConfig
 from nodeagent.images import ImagePolicy
 from reconcile.connection import EtcdConnection
 from reconcile.controller import Controller, Result
-from reconcile.store import Store
+from reconcile.objects import Store
 
 log = logging.getLogger(__name__)
 

@@ -25,8 +25,9 @@ from pyetcd import etcdrpc
 from pyetcd.etcdrpc import rpc_pb2_grpc
 
 from reconcile.errors import PermissionDenied, Unavailable
+from reconcile.etcd import KV, Compare, Op, Operation, Rider, TxnResult, _translate, request_keys
+from reconcile.objects import ListResult, Store
 from reconcile.selector import Selector
-from reconcile.store import KV, Compare, ListResult, Op, Operation, Rider, Store, TxnResult, _translate, request_keys
 from specs.kinds import Resource
 
 R = TypeVar("R", bound=Resource)

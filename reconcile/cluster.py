@@ -13,7 +13,8 @@ import uuid
 
 from reconcile import keys
 from reconcile.errors import PermissionDenied
-from reconcile.store import ModIs, Put, Store
+from reconcile.etcd import ModIs, Put
+from reconcile.objects import Store
 
 
 def read_cluster_id(store: Store) -> str | None:

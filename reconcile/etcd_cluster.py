@@ -15,8 +15,8 @@ from reconcile import keys
 from reconcile.connection import EtcdConnection
 from reconcile.errors import StoreError
 from reconcile.etcd_server import EtcdServer, free_port
+from reconcile.objects import Store
 from reconcile.pki import PKI
-from reconcile.store import Store
 
 
 class EtcdCluster:

@@ -27,8 +27,8 @@ from pathlib import Path
 
 from reconcile import keys, roles
 from reconcile.connection import EtcdConnection
+from reconcile.objects import Store
 from reconcile.pki import PKI
-from reconcile.store import Store
 
 
 def free_port(host: str = "127.0.0.1") -> int:

@@ -16,7 +16,8 @@ import threading
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
-from reconcile.store import Store, Watch, WatchEvent
+from reconcile.etcd import Watch, WatchEvent
+from reconcile.objects import Store
 
 log = logging.getLogger(__name__)
 

@@ -27,6 +27,16 @@ def status_key(cls: type[Resource], name: str, root: str = ROOT) -> str:
     return f"{status_prefix(cls, root)}{name}"
 
 
+def nodes_prefix(root: str = ROOT) -> str:
+    """Every node's keys (desired, observed, tombstones, heartbeats)."""
+    return f"{root}/nodes/"
+
+
+def node_entry(node: str, part: str, name: str | None = None) -> str:
+    """A key's name relative to `nodes_prefix`: `<node>/<part>[/<name>]` (how the nodes informer names it)."""
+    return f"{node}/{part}" if name is None else f"{node}/{part}/{name}"
+
+
 def node_prefix(node: str, root: str = ROOT) -> str:
     return f"{root}/nodes/{node}/"
 
@@ -97,6 +107,163 @@ def last_segment(key: str) -> str:
 def name_claim_key(name: str, root: str = ROOT) -> str:
     """Who first used a Subscription/VPS name (api.names): kept after the objects are deleted."""
     return f"{root}/names/{name}"
+
+
+# ------------------------------------------------------------------ the whole tree
+
+
+def root_prefix(root: str = ROOT) -> str:
+    """Every key of the installation (`<root>/`)."""
+    return f"{root}/"
+
+
+def specs_prefix(root: str = ROOT) -> str:
+    """Every spec key, of every kind."""
+    return f"{root}/specs/"
+
+
+def objects_prefix(root: str = ROOT) -> str:
+    """Every spec and status key (`<root>/s`: `specs/` and `status/` together), for one watch."""
+    return f"{root}/s"
+
+
+def under(root: str, path: str) -> str:
+    """`<root>/<path>` for a path of the role table (reconcile.roles), which names ranges of this layout."""
+    return f"{root}/{path}"
+
+
+# ------------------------------------------------------------------ allocation (controllers.layout)
+
+
+def alloc_prefix(root: str = ROOT) -> str:
+    return f"{root}/alloc/"
+
+
+def booking_prefix(root: str = ROOT) -> str:
+    return f"{root}/alloc/vps/"
+
+
+def booking_key(vps: str, root: str = ROOT) -> str:
+    return f"{booking_prefix(root)}{vps}"
+
+
+def node_alloc_prefix(root: str = ROOT) -> str:
+    return f"{root}/alloc/nodes/"
+
+
+def node_alloc_key(node: str, root: str = ROOT) -> str:
+    return f"{node_alloc_prefix(root)}{node}"
+
+
+def ip_prefix(root: str = ROOT, pool: str | None = None) -> str:
+    return f"{root}/alloc/ips/" if pool is None else f"{root}/alloc/ips/{pool}/"
+
+
+def ip_key(pool: str, address: str, root: str = ROOT) -> str:
+    return f"{ip_prefix(root, pool)}{address}"
+
+
+def mac_prefix(root: str = ROOT) -> str:
+    return f"{root}/alloc/macs/"
+
+
+def mac_key(mac: str, root: str = ROOT) -> str:
+    return f"{mac_prefix(root)}{mac}"
+
+
+# ------------------------------------------------------------------ billing
+
+
+def account_key(customer: str, root: str = ROOT) -> str:
+    return f"{root}/billing/accounts/{customer}"
+
+
+def accounts_prefix(root: str = ROOT) -> str:
+    return f"{root}/billing/accounts/"
+
+
+def entry_key(customer: str, seq: int, root: str = ROOT) -> str:
+    return f"{ledger_prefix(customer, root)}{seq:012d}"
+
+
+def statements_prefix(customer: str, root: str = ROOT) -> str:
+    return f"{root}/billing/statements/{customer}/"
+
+
+def statement_key(customer: str, month: str, root: str = ROOT) -> str:
+    return f"{statements_prefix(customer, root)}{month}"
+
+
+def cursors_prefix(root: str = ROOT) -> str:
+    return f"{root}/billing/charged/"
+
+
+def cursor_key(sub: str, root: str = ROOT) -> str:
+    return f"{cursors_prefix(root)}{sub}"
+
+
+def outbox_prefix(root: str = ROOT) -> str:
+    return f"{root}/billing/outbox/"
+
+
+def outbox_key(customer: str, sub: str, warning_key: str, root: str = ROOT) -> str:
+    return f"{outbox_prefix(root)}{customer}/{sub}.{warning_key}"
+
+
+def webhook_secret_key(provider_name: str, root: str = ROOT) -> str:
+    return f"{root}/billing/webhook-secrets/{provider_name}"
+
+
+# ------------------------------------------------------------------ access (api)
+
+
+def auth_prefix(root: str = ROOT) -> str:
+    return f"{root}/auth/"
+
+
+def tokens_prefix(root: str = ROOT) -> str:
+    return f"{root}/auth/tokens/"
+
+
+def token_key(root: str, token_id: str) -> str:
+    return tokens_prefix(root) + token_id
+
+
+def node_tokens_prefix(root: str = ROOT) -> str:
+    return f"{root}/auth/node-tokens/"
+
+
+def node_token_key(root: str, token_id: str) -> str:
+    return node_tokens_prefix(root) + token_id
+
+
+def passwords_prefix(root: str = ROOT) -> str:
+    return f"{root}/auth/passwords/"
+
+
+def password_key(root: str, customer: str) -> str:
+    return passwords_prefix(root) + customer
+
+
+def sessions_prefix(root: str = ROOT) -> str:
+    return f"{root}/auth/sessions/"
+
+
+def session_key(root: str, digest: str) -> str:
+    """A session's key by the digest of its id (the id itself is never stored)."""
+    return sessions_prefix(root) + digest
+
+
+def session_index_prefix(root: str, customer: str) -> str:
+    return f"{root}/auth/session-index/{customer}/"
+
+
+def audit_prefix(root: str = ROOT) -> str:
+    return f"{root}/audit/"
+
+
+def audit_key(root: str, record: str) -> str:
+    return audit_prefix(root) + record
 
 
 # The DigitalOcean-compatible API (api/do): integer ids, customers' SSH keys, action records.

@@ -14,13 +14,27 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from reconcile import keys
 from reconcile.errors import StoreError
-from reconcile.store import Delete, Get, ModIs, Put, Store, Watch, WatchEvent
+from reconcile.etcd import Compare, Delete, Get, ModIs, Put, Watch, WatchEvent
+from reconcile.objects import Store
 
 log = logging.getLogger(__name__)
+
+
+# The one shape of a leader fence: called before a write, it returns the compare(s) that hold only
+# while this process leads (`LeaderElector.fence`), or raises NotLeader. Every fenced writer takes it.
+Fence = Callable[[], "Compare | Sequence[Compare]"]
+
+
+def fence_compares(fence: Fence | None) -> list[Compare]:
+    """The compares a fenced write carries (none without a fence); NotLeader when no longer leading."""
+    if fence is None:
+        return []
+    got = fence()
+    return list(got) if isinstance(got, list | tuple) else [got]  # type: ignore[list-item]
 
 
 class NotLeader(StoreError):

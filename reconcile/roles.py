@@ -9,13 +9,15 @@ Paths are relative to the key root (`/hostplane/v1`); one ending in "/" is a pre
 else one key. `{node}` is the node's name for a `node-<name>` identity. etcd compares ranges,
 not patterns: "every node's desired/" cannot be expressed, so the controllers get `nodes/`.
 
-Pure: no etcd here. `reconcile.store.Store.apply_role` writes a role into etcd.
+Pure: no etcd here. `reconcile.etcd.Etcd.apply_role` writes a role into etcd.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Literal
+
+from reconcile import keys
 
 Access = Literal["read", "write", "readwrite"]
 
@@ -114,11 +116,11 @@ def permissions(identity: str, root: str) -> list[Permission]:
     out = []
     for g in grants(identity):
         if g.path == "":
-            out.append(Permission(root + "/", False, g.access))
+            out.append(Permission(keys.root_prefix(root), False, g.access))
         elif g.path == "/":
-            out.append(Permission(root + "/", True, g.access))
+            out.append(Permission(keys.root_prefix(root), True, g.access))
         else:
-            out.append(Permission(f"{root}/{g.path}", g.path.endswith("/") or g.path == "s", g.access))
+            out.append(Permission(keys.under(root, g.path), g.path.endswith("/") or g.path == "s", g.access))
     return out
 
 

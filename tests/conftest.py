@@ -23,7 +23,7 @@ import pytest
 from hypothesis import HealthCheck, settings
 
 from reconcile.etcd_server import EtcdServer
-from reconcile.store import Store
+from reconcile.objects import Store
 
 # Shared 2-core machines make per-example timing meaningless: no deadlines anywhere. In CI the
 # examples are derived from each test's name (derandomize), so a green main stays green and a

@@ -19,7 +19,8 @@ from typing import Any
 
 from reconcile import keys
 from reconcile.errors import Conflict
-from reconcile.store import KV, Get, ModIs, Put, Store
+from reconcile.etcd import KV, Get, ModIs, Put
+from reconcile.objects import Store
 
 ATTEMPTS = 10
 BATCH = 40  # ids per transaction: 3 operations each, under etcd's default of 128 per transaction

@@ -23,7 +23,7 @@ from api.errors import Forbidden, Invalid
 from api.orders import monthly_commitment, place_order
 from reconcile import keys
 from reconcile.errors import NotFound
-from reconcile.store import Store
+from reconcile.objects import Store
 from specs.domain import ObservedDomain
 from specs.kinds import VPS, Customer, Hostname, Image, IPPool, Node, Plan, SSHKey, Subscription
 from specs.money import to_minor

@@ -36,7 +36,7 @@ from nodeagent.storage import GiB, Storage, _vol_xml
 from reconcile import keys
 from reconcile.connection import EtcdConnection
 from reconcile.etcd_server import EtcdServer
-from reconcile.store import Store
+from reconcile.objects import Store
 from specs.domain import DomainImage, DomainNetwork, DomainSpec
 from tests.e2e.guest.build import GuestImage, build
 from tests.e2e.guest.session import Session, make_workdir, qemu_session

@@ -31,14 +31,15 @@ from pathlib import Path
 import httpx
 
 from api.server import create_app, serving
-from controllers import ledger, payments
-from controllers.billing import Policy
-from controllers.billing_controller import BillingController
-from controllers.charging import Charger
-from controllers.payments.webhook import sign
+from controllers.billing import ledger, payments
+from controllers.billing.charging import Charger
+from controllers.billing.controller import BillingController
+from controllers.billing.lifecycle import Policy
+from controllers.billing.payments.webhook import sign
 from reconcile import keys
+from reconcile.etcd import ModIs, Put
 from reconcile.etcd_server import EtcdServer
-from reconcile.store import ModIs, Put, Store
+from reconcile.objects import Store
 from specs.kinds import VPS, Customer, Image, IPPool, Node, Plan, Subscription
 
 CUSTOMERS = 2000

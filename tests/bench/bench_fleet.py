@@ -26,8 +26,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from reconcile import keys
+from reconcile.etcd import WatchEvent
 from reconcile.etcd_server import EtcdServer
-from reconcile.store import Store, WatchEvent
+from reconcile.objects import Store
 from specs.kinds import VPS, Image, ImageSource, ImageSpec, Subscription, SubscriptionStatus
 from specs.meta import ObjectMeta
 from tests.helpers import builders as b

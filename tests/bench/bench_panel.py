@@ -31,7 +31,7 @@ from typing import Any
 import httpx
 
 from reconcile.etcd_server import EtcdServer, free_port
-from reconcile.store import Store
+from reconcile.objects import Store
 from specs.kinds import VPS, Subscription, SubscriptionSpec, VPSIPs, VPSSpec, VPSStatus
 from specs.meta import ObjectMeta
 

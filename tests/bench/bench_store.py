@@ -37,9 +37,9 @@ from typing import Any
 
 import pyetcd
 
+from reconcile.etcd import WatchEvent
 from reconcile.etcd_server import EtcdServer, free_port
-from reconcile.store import WatchEvent
-from reconcile.store import _encode_doc as encode
+from reconcile.objects import _encode_doc as encode
 from specs import Plan
 
 N = 5000
@@ -343,7 +343,7 @@ def run() -> str:
         "",
         f"{N:,} `Plan` objects (about 480 bytes of JSON each) on a private single-member etcd on loopback,",
         f"{PASSES} passes summed. Raw = pyetcd doing the equivalent etcd operations on bytes; store =",
-        "`reconcile.store.Store`, models in and validated models out. Creates and updates alternate",
+        "`reconcile.objects.Store`, models in and validated models out. Creates and updates alternate",
         f"between the two sides in chunks of {CHUNK} so machine noise hits both alike; a list is the best",
         f"of {LIST_REPEATS * PASSES} and reads every object once.",
         "",

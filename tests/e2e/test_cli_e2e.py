@@ -23,7 +23,7 @@ from api.client import Client
 from api.config import write_cli_config
 from api.server import create_app, serving
 from reconcile.etcd_server import EtcdServer, free_port
-from reconcile.store import Store
+from reconcile.objects import Store
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 

@@ -25,7 +25,7 @@ from nodeagent.domain_xml import domain_name
 from nodeagent.endpoint import EndpointConfig
 from reconcile import keys
 from reconcile.etcd_server import EtcdServer
-from reconcile.store import Store
+from reconcile.objects import Store
 from specs.domain import DomainImage, DomainNetwork, DomainSpec
 from specs.kinds import VPS, Subscription, SubscriptionStatus, VPSStatus
 from tests.e2e.guest.build import GuestImage

@@ -24,8 +24,8 @@ from reconcile.cluster import ensure_cluster_id
 from reconcile.connection import EtcdConnection
 from reconcile.errors import PermissionDenied
 from reconcile.etcd_server import EtcdServer
+from reconcile.objects import Store
 from reconcile.pki import PKI, ca_hash
-from reconcile.store import Store
 from specs.kinds import Node
 from tests.helpers.wait import wait_for
 

@@ -16,8 +16,8 @@ import pytest
 
 from api.auth import create_token
 from api.server import create_app, serving
-from controllers.charging import HOURS_PER_MONTH
-from reconcile.store import Store
+from controllers.billing.charging import HOURS_PER_MONTH
+from reconcile.objects import Store
 from specs.kinds import VPS, Customer, CustomerStatus, Subscription, SubscriptionStatus, VPSStatus
 from specs.money import format_minor
 from tests.e2e.panel_up import browser

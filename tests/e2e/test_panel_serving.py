@@ -12,7 +12,7 @@ import pytest
 
 from api.panel import STATIC_DIR, Bundle
 from api.server import create_app, serving
-from reconcile.store import Store
+from reconcile.objects import Store
 
 
 @pytest.fixture

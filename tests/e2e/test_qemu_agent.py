@@ -15,7 +15,7 @@ import pytest
 from nodeagent.agent import Agent
 from nodeagent.domain_xml import domain_name
 from reconcile import keys
-from reconcile.store import Store
+from reconcile.objects import Store
 from specs.domain import DomainImage, DomainNetwork, DomainSpec, ObservedDomain, Tombstone
 from tests.e2e.guest.build import GuestImage
 from tests.e2e.guest.session import Session

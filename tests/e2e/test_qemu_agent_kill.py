@@ -18,7 +18,7 @@ import pytest
 from nodeagent.domain_xml import domain_name, root_volume_name, seed_volume_name
 from reconcile import keys
 from reconcile.etcd_server import EtcdServer
-from reconcile.store import Store
+from reconcile.objects import Store
 from specs.domain import DomainImage, DomainNetwork, DomainSpec, ObservedDomain, Tombstone
 from tests.e2e.guest.build import GuestImage
 from tests.e2e.guest.session import Session
@@ -32,7 +32,7 @@ logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
 from pathlib import Path
 from nodeagent.agent import Agent
 from reconcile.connection import EtcdConnection
-from reconcile.store import Store
+from reconcile.objects import Store
 config, root, node, uri, data, pool = sys.argv[1:7]
 stop = threading.Event()
 signal.signal(signal.SIGTERM, lambda *_: stop.set())

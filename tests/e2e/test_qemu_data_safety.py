@@ -16,7 +16,7 @@ from nodeagent.agent import Agent
 from nodeagent.domain_xml import domain_name, root_volume_name, seed_volume_name
 from reconcile import keys
 from reconcile.etcd_server import EtcdServer
-from reconcile.store import Store
+from reconcile.objects import Store
 from specs.domain import DomainImage, DomainNetwork, DomainSpec, ObservedDomain
 from tests.e2e.guest.build import GuestImage
 from tests.e2e.guest.session import Session

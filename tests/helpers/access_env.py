@@ -13,7 +13,7 @@ import httpx
 from api.auth import create_token, ensure_admin_token
 from api.ratelimit import LoginThrottle
 from api.server import create_app, serving
-from reconcile.store import Store
+from reconcile.objects import Store
 from specs.kinds import Plan, PlanSpec, Price
 from specs.meta import ObjectMeta
 from tests.helpers import builders

@@ -21,8 +21,9 @@ from controllers.booking import Booking
 from controllers.resolve import resolve
 from nodeagent.domain_xml import domain_name, read_sizes, root_volume_name, seed_volume_name
 from nodeagent.metadata import from_domain_xml
+from reconcile import keys
 from reconcile.cluster import ensure_cluster_id
-from reconcile.store import Store
+from reconcile.objects import Store
 from specs.kinds import VPS, Customer, Image, Node, Plan, Subscription
 
 _POWER = {libvirt.VIR_DOMAIN_RUNNING: "Running", libvirt.VIR_DOMAIN_PAUSED: "Paused",
@@ -61,7 +62,7 @@ def convergence_problems(store: Store, conns: Mapping[str, Any], *, now: datetim
     images = {i.name: i for i in store.list(Image).items}
     customers = {c.name: c for c in store.list(Customer).items}
     nodes = {n.name: n for n in store.list(Node).items}
-    kvs, _ = store.kv_range(layout.booking_prefix(store.root))
+    kvs, _ = store.kv_range(keys.booking_prefix(store.root))
     bookings = {kv.key.rsplit("/", 1)[-1]: Booking.model_validate_json(kv.value) for kv in kvs}
     managed = {node: _managed(conn) for node, conn in conns.items()}
     volumes = {node: _volumes(conn, pool_name) for node, conn in conns.items()}
@@ -118,10 +119,10 @@ def convergence_problems(store: Store, conns: Mapping[str, Any], *, now: datetim
     for name, b in sorted(bookings.items()):
         if name not in vpses:
             problems.append(f"booking {name} on {b.node} has no VPS")
-    ips, _ = store.kv_range(layout.ip_prefix(store.root))
+    ips, _ = store.kv_range(keys.ip_prefix(store.root))
     held = {(b.ips.pool, a) for b in bookings.values() if b.ips for a in (b.ips.ipv4, b.ips.ipv6) if a}
     for kv in ips:
-        pool, _, addr = kv.key[len(layout.ip_prefix(store.root)):].partition("/")
+        pool, _, addr = kv.key[len(keys.ip_prefix(store.root)):].partition("/")
         if (pool, addr) not in held:
             problems.append(f"address {addr} in pool {pool} is allocated to no booked VPS")
     return problems

@@ -13,11 +13,12 @@ from typing import Any
 import httpx
 import pytest
 
-from api.auth import create_token, token_key
+from api.auth import create_token
 from api.ratelimit import LoginThrottle
 from api.server import create_app, serving
 from api.sessions import SESSION_COOKIE, set_password
-from reconcile.store import Store
+from reconcile.keys import token_key
+from reconcile.objects import Store
 from specs.kinds import VPS, Subscription
 from tests.helpers.access_env import ED25519, Env, served
 from tests.helpers.wait import wait_for

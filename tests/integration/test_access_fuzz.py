@@ -18,7 +18,7 @@ import pytest
 
 from api.prometheus import PrometheusProcess
 from reconcile.etcd_server import free_port
-from reconcile.store import Store
+from reconcile.objects import Store
 from specs.kinds import VPS
 from tests.helpers.access_env import Env, served
 

@@ -16,8 +16,8 @@ from typing import Any
 import httpx
 import pytest
 
-from api.audit import audit_prefix
-from reconcile.store import Store
+from reconcile.keys import audit_prefix
+from reconcile.objects import Store
 from tests.helpers.access_env import ED25519, Env, served
 
 PAYLOADS = [

@@ -22,7 +22,7 @@ import pytest
 from api.auth import create_token
 from api.server import create_app
 from api.sessions import SESSION_COOKIE, set_password
-from reconcile.store import Store
+from reconcile.objects import Store
 from specs import KINDS
 from tests.helpers.access_env import ROLES, Env, served
 

@@ -21,10 +21,11 @@ import pytest
 
 from api.ratelimit import LoginThrottle
 from api.sessions import SESSION_COOKIE, set_password
-from controllers import events, payments
-from controllers.payments.webhook import sign
+from controllers import events
+from controllers.billing import payments
+from controllers.billing.payments.webhook import sign
 from reconcile.etcd_server import EtcdServer
-from reconcile.store import Store
+from reconcile.objects import Store
 from specs.kinds import VPS, Subscription
 from tests.helpers import builders
 from tests.helpers.access_env import ED25519, Env, served

@@ -24,7 +24,7 @@ from nodeagent.main import Fleet, simulated_node_xml
 from reconcile import keys
 from reconcile.cluster import ensure_cluster_id
 from reconcile.etcd_server import EtcdServer
-from reconcile.store import Store
+from reconcile.objects import Store
 from specs.domain import DomainImage, DomainNetwork, DomainSpec, ObservedDomain, Tombstone
 from tests.helpers.wait import wait_for
 

@@ -18,7 +18,7 @@ import pytest
 
 from nodeagent.domain_xml import domain_name
 from nodeagent.images import ImagePolicy
-from reconcile.store import Store
+from reconcile.objects import Store
 from specs.domain import DomainImage, ObservedDomain
 from tests.integration.test_agent import IMAGE_BYTES, Node, make_spec, ready
 

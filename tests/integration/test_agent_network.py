@@ -11,7 +11,7 @@ import pytest
 
 from nodeagent import domain_xml, netfilter
 from nodeagent.domain_xml import domain_name
-from reconcile.store import Store
+from reconcile.objects import Store
 from specs.domain import DomainImage, DomainNetwork, DomainSpec, IPAssignment
 from tests.helpers.wait import wait_for
 from tests.integration.test_agent import Node, image, make_spec, ready

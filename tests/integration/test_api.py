@@ -13,9 +13,10 @@ from typing import Any
 import httpx
 import pytest
 
-from api.auth import ADMIN_TOKEN_FILE, create_token, ensure_admin_token, token_key
+from api.auth import ADMIN_TOKEN_FILE, create_token, ensure_admin_token
 from api.server import create_app, serving
-from reconcile.store import Store
+from reconcile.keys import token_key
+from reconcile.objects import Store
 from specs import Plan
 
 PLAN: dict[str, Any] = {
@@ -371,3 +372,17 @@ def test_disk_shrink_is_refused(api: httpx.Client) -> None:
     assert errors[0]["path"] == "spec.diskGiB" and "use this plan (s)" in errors[0]["message"]
     assert api.patch("/v1/plans/big", json={"spec": {"diskGiB": 40}}).status_code == 200  # unused now
     assert api.get("/v1/subscriptions/s").json()["spec"]["plan"] == "bigger"
+
+
+def test_plan_patch_cannot_change_the_currency(api: httpx.Client) -> None:
+    """A plain PATCH or PUT of a subscription's plan to one priced in another currency is 422 on spec.plan."""
+    api.post("/v1/plans", json=plan("eur"))
+    api.post("/v1/plans", json=plan("usd", price={"amount": "5.00", "currency": "USD"}))
+    api.post("/v1/customers", json={"kind": "Customer", "metadata": {"name": "acme"},
+                                    "spec": {"email": "a@acme.example.com"}})
+    sub = {"kind": "Subscription", "metadata": {"name": "s"}, "spec": {"customer": "acme", "plan": "eur"}}
+    api.post("/v1/subscriptions", json=sub)
+    errors = problem(api.patch("/v1/subscriptions/s", json={"spec": {"plan": "usd"}}), 422)["errors"]
+    assert errors[0]["path"] == "spec.plan" and "USD" in errors[0]["message"]
+    problem(api.put("/v1/subscriptions/s", json=sub | {"spec": {"customer": "acme", "plan": "usd"}}), 422)
+    assert api.get("/v1/subscriptions/s").json()["spec"]["plan"] == "eur"

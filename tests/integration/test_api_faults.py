@@ -13,7 +13,7 @@ import pytest
 from api.auth import ensure_admin_token
 from api.server import create_app, serving
 from reconcile.etcd_server import EtcdServer
-from reconcile.store import Store
+from reconcile.objects import Store
 from tests.helpers.wait import wait_for
 
 PLAN: dict[str, Any] = {

@@ -19,8 +19,8 @@ from api.cli import main
 from api.server import TLSFiles, create_app, serving
 from api.sessions import SESSION_COOKIE, set_password
 from reconcile.etcd_server import EtcdServer
+from reconcile.objects import Store
 from reconcile.pki import PKI
-from reconcile.store import Store
 from tests.helpers.access_env import seed
 
 PASSWORD = "correct horse battery"

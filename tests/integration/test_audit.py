@@ -11,9 +11,9 @@ import httpx
 import pytest
 from click.testing import CliRunner, Result
 
-from api.audit import audit_prefix
 from api.cli import main
-from reconcile.store import Store
+from reconcile.keys import audit_prefix
+from reconcile.objects import Store
 from specs.kinds import VPS, Subscription
 from tests.helpers.access_env import Env, served
 

@@ -15,9 +15,9 @@ import pytest
 
 from api.auth import ensure_admin_token
 from api.server import create_app, serving
-from controllers import ledger, payments
-from controllers.payments.webhook import sign
-from reconcile.store import Store
+from controllers.billing import ledger, payments
+from controllers.billing.payments.webhook import sign
+from reconcile.objects import Store
 from specs.kinds import Subscription
 from tests.integration.test_billing_ledger import assert_adds_up, make_customer, make_plan, make_sub
 

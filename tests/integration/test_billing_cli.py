@@ -13,7 +13,7 @@ from click.testing import CliRunner, Result
 from api.auth import ensure_admin_token
 from api.cli import main
 from api.server import create_app, serving
-from reconcile.store import Store
+from reconcile.objects import Store
 from specs.kinds import Customer, Subscription
 from tests.integration.test_billing_ledger import assert_adds_up, make_customer, make_plan, make_sub
 

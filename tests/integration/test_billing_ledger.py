@@ -7,10 +7,11 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from controllers import ledger
-from controllers.charging import Charger, read_cursor
+from controllers.billing import ledger
+from controllers.billing.charging import Charger, read_cursor
 from reconcile import keys
-from reconcile.store import ModIs, Store
+from reconcile.etcd import ModIs
+from reconcile.objects import Store
 from specs.kinds import Customer, Plan, Subscription
 
 T0 = datetime(2026, 11, 1, tzinfo=UTC)

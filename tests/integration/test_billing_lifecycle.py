@@ -7,11 +7,13 @@ import threading
 import time
 from datetime import UTC, datetime, timedelta
 
-from controllers import ledger
-from controllers.billing_controller import BillingController, outbox_prefix
+from controllers.billing import ledger
+from controllers.billing.controller import BillingController
 from controllers.events import read_events
 from reconcile.errors import NotFound
-from reconcile.store import ModIs, Store
+from reconcile.etcd import ModIs
+from reconcile.keys import outbox_prefix
+from reconcile.objects import Store
 from specs.kinds import VPS, Subscription
 from tests.integration.test_billing_ledger import assert_adds_up, make_customer, make_plan, make_sub, pay
 

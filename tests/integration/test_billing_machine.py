@@ -11,10 +11,10 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule, run_state_machine_as_test
 
-from controllers import ledger, payments
-from controllers.billing import LEGAL
-from controllers.billing_controller import BillingController
-from controllers.charging import ceil_hour, floor_hour, span_price
+from controllers.billing import ledger, payments
+from controllers.billing.charging import ceil_hour, floor_hour, span_price
+from controllers.billing.controller import BillingController
+from controllers.billing.lifecycle import LEGAL
 from reconcile.etcd_server import EtcdServer
 from specs.kinds import Subscription
 from tests.integration.test_billing_ledger import make_customer, make_plan, make_sub

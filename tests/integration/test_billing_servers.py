@@ -18,13 +18,13 @@ import libvirt
 import pytest
 
 import nodeagent.agent as agent_mod
-from controllers import layout
-from controllers.billing_controller import BillingController
+from controllers.billing.controller import BillingController
 from controllers.main import ControllerProcess
-from controllers.manager import Settings
+from controllers.manager import ManagerSettings
 from nodeagent import domain_xml
+from reconcile import keys
 from reconcile.errors import NotFound
-from reconcile.store import Store
+from reconcile.objects import Store
 from specs.kinds import VPS, Image, ImageSource, ImageSpec, Subscription
 from specs.meta import ObjectMeta
 from tests.helpers import builders as b
@@ -59,7 +59,7 @@ class World:
         self.agent = agent_mod.Agent(store, "n1", f"test://{xml}", tmp / "n1", resync=1.0, heartbeat_ttl=3,
                                      debounce_seconds=0.2)
         self.controllers = ControllerProcess(store, identity="ctl", retry_period=0.2, clock=self.clock,
-                                             settings=Settings(resync_seconds=0.5))
+                                             settings=ManagerSettings(resync_seconds=0.5))
         self.billing = BillingController(store, clock=self.clock, interval=0.5,
                                          fence=lambda: self.controllers.elector.fence())
 
@@ -152,7 +152,7 @@ def test_never_paying_deletes_domain_volumes_and_addresses_after_retention(world
     world.sync()
     assert store.get(Subscription, "web").status.state == "Terminated"  # type: ignore[union-attr]
     wait_for(lambda: world.domain_state() == libvirt.VIR_DOMAIN_SHUTOFF, timeout=30, what="the domain shut off")
-    assert store.kv_range(layout.ip_prefix(store.root))[0]
+    assert store.kv_range(keys.ip_prefix(store.root))[0]
     assert world.volumes()
 
     world.clock.advance(7 * D + timedelta(minutes=1))
@@ -167,6 +167,6 @@ def test_never_paying_deletes_domain_volumes_and_addresses_after_retention(world
 
     wait_for(gone, timeout=60, what="the VPS deleted")
     wait_for(lambda: not world.managed_domains(), timeout=30, what="the domain undefined")
-    assert not store.kv_range(layout.ip_prefix(store.root))[0]
-    assert not store.kv_range(layout.booking_prefix(store.root))[0]
+    assert not store.kv_range(keys.ip_prefix(store.root))[0]
+    assert not store.kv_range(keys.booking_prefix(store.root))[0]
     wait_for(lambda: not world.volumes(), timeout=30, what="the volumes deleted")

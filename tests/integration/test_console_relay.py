@@ -21,7 +21,7 @@ from api.sessions import SESSION_COOKIE, set_password
 from nodeagent.endpoint import Endpoint, EndpointConfig
 from reconcile import keys
 from reconcile.etcd_server import EtcdServer
-from reconcile.store import Store
+from reconcile.objects import Store
 from specs.kinds import VPS, VPSStatus
 from tests.helpers import access_env
 

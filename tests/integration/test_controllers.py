@@ -15,18 +15,19 @@ import pytest
 from controllers import layout
 from controllers.booking import Book, Booking
 from controllers.events import read_events
-from controllers.manager import Manager, Settings
+from controllers.manager import Manager, ManagerSettings
 from reconcile import keys
 from reconcile.errors import Conflict, NotFound
+from reconcile.etcd import encode
 from reconcile.etcd_server import EtcdServer
 from reconcile.leader import LeaderElector
-from reconcile.store import Store, encode
+from reconcile.objects import Store
 from specs.domain import DomainSpec, ObservedDomain, Tombstone
 from specs.kinds import VPS, IPPool, Node, NodeStatus, Subscription, SubscriptionStatus
 from tests.helpers import builders as b
 from tests.helpers.wait import wait_for
 
-FAST = Settings(workers=2, pending_retry_seconds=0.5, terminating_recheck_seconds=0.5)
+FAST = ManagerSettings(workers=2, pending_retry_seconds=0.5, terminating_recheck_seconds=0.5)
 
 
 def heartbeat(store: Store, node: str, ttl: int = 30) -> int:
@@ -92,9 +93,9 @@ def test_vps_is_scheduled_resolved_and_reported_running(store: Store, manager: M
     assert spec.network.ipv4.address == "192.0.2.2"
     v = store.get(VPS, "web-1")
     assert layout.FINALIZER in v.metadata.finalizers
-    booking = Booking.model_validate_json(store.kv_get(layout.booking_key("web-1", store.root)).value)  # type: ignore[union-attr]
+    booking = Booking.model_validate_json(store.kv_get(keys.booking_key("web-1", store.root)).value)  # type: ignore[union-attr]
     assert booking.node == "n1" and booking.mac == spec.network.mac
-    assert store.kv_get(layout.ip_key("pool-a", "192.0.2.2", store.root)) is not None
+    assert store.kv_get(keys.ip_key("pool-a", "192.0.2.2", store.root)) is not None
     wait_for(lambda: phase(store, "web-1") == "Provisioning", what="Provisioning")
     observe(store, "n1", spec)
     wait_for(lambda: phase(store, "web-1") == "Running", what="Running")
@@ -153,7 +154,7 @@ def test_billing_suspension_resume_and_plan_change(store: Store, manager: Manage
     observe(store, "n1", big)
     wait_for(lambda: phase(store, "web-1") == "Running", what="Running after resize")
     wait_for(lambda: any(e["reason"] == "Resized" for e in read_events(store, "VPS", "web-1")), what="Resized event")
-    booking = Booking.model_validate_json(store.kv_get(layout.booking_key("web-1", store.root)).value)  # type: ignore[union-attr]
+    booking = Booking.model_validate_json(store.kv_get(keys.booking_key("web-1", store.root)).value)  # type: ignore[union-attr]
     assert booking.vcpus == 2
     wait_for(lambda: store.get(Node, "n1").status.allocated.get("vcpus") == 2, what="node allocation")  # type: ignore[union-attr]
 
@@ -175,7 +176,7 @@ def test_terminated_past_retention_is_deleted_and_released(store: Store, manager
              or store.kv_get(keys.spec_key(VPS, "web-1", store.root)) is None, what="Terminating or already gone")
     store.kv_delete(keys.observed_key("n1", "web-1", store.root))
     wait_for(lambda: store.kv_get(keys.spec_key(VPS, "web-1", store.root)) is None, what="VPS gone")
-    wait_for(lambda: store.kv_range(layout.alloc_prefix(store.root))[0] == [], what="address released")
+    wait_for(lambda: store.kv_range(keys.alloc_prefix(store.root))[0] == [], what="address released")
 
 
 def test_deletion_waits_for_the_node_then_releases(store: Store, manager: Manager) -> None:
@@ -192,10 +193,10 @@ def test_deletion_waits_for_the_node_then_releases(store: Store, manager: Manage
     tomb = tombstone(store, "n1", spec.uid)
     assert tomb is not None and tomb.vps == "web-1" and tomb.reason == "Deleted"
     wait_for(lambda: phase(store, "web-1") == "Terminating", what="Terminating")
-    assert store.kv_get(layout.booking_key("web-1", store.root)) is not None
+    assert store.kv_get(keys.booking_key("web-1", store.root)) is not None
     observe(store, "n1", spec, power="Absent")
     wait_for(lambda: store.kv_get(keys.spec_key(VPS, "web-1", store.root)) is None, what="VPS gone")
-    assert store.kv_range(layout.alloc_prefix(store.root))[0] == []
+    assert store.kv_range(keys.alloc_prefix(store.root))[0] == []
     wait_for(lambda: [e["reason"] for e in read_events(store, "VPS", "web-1")][-1] == "Deleted", what="Deleted event")
 
 
@@ -214,7 +215,7 @@ def test_force_orphan_releases_without_the_node(store: Store, manager: Manager) 
     v.metadata.annotations[layout.FORCE_ORPHAN_ANNOTATION] = "true"
     store.update(v)
     wait_for(lambda: store.kv_get(keys.spec_key(VPS, "web-1", store.root)) is None, what="VPS gone")
-    assert store.kv_range(layout.alloc_prefix(store.root))[0] == []
+    assert store.kv_range(keys.alloc_prefix(store.root))[0] == []
     wait_for(lambda: any(e["reason"] == "ForceOrphaned" and e["type"] == "Warning"
                          for e in read_events(store, "VPS", "web-1")), what="ForceOrphaned warning")
 
@@ -231,7 +232,7 @@ def test_node_lifecycle_notready_unknown_and_back(store: Store, manager: Manager
     wait_for(lambda: phase(store, "web-1") == "Unknown", what="Unknown")
     wait_for(lambda: store.get(Node, "n1").status.state == "NotReady", what="NotReady")  # type: ignore[union-attr]
     assert desired(store, "n1", "web-1") is not None
-    assert store.kv_get(layout.booking_key("web-1", store.root)) is not None
+    assert store.kv_get(keys.booking_key("web-1", store.root)) is not None
     heartbeat(store, "n1")
     wait_for(lambda: phase(store, "web-1") == "Running", what="Running again")
     wait_for(lambda: store.get(Node, "n1").status.state == "Ready", what="Ready")  # type: ignore[union-attr]
@@ -359,7 +360,7 @@ def test_deposed_leader_cannot_write(store: Store) -> None:
         with pytest.raises((Conflict, NotFound)):
             m.reconcile_vps("web-1")
         assert desired(store, "n1", "web-1") is None
-        assert store.kv_range(layout.alloc_prefix(store.root))[0] == []
+        assert store.kv_range(keys.alloc_prefix(store.root))[0] == []
     finally:
         m.stop()
         elector.stop()
@@ -443,13 +444,13 @@ def test_two_racing_managers_never_overbook(store: Store) -> None:
         two.start()
         wait_for(lambda: sum("InsufficientCapacity" in reasons(store, f"r{i}") for i in range(8)) == 4,
                  what="four VPS left without room")
-        kvs, _ = store.kv_range(layout.booking_prefix(store.root))
+        kvs, _ = store.kv_range(keys.booking_prefix(store.root))
         bookings = [Booking.model_validate_json(kv.value) for kv in kvs]
         assert len(bookings) == 4 and len({bk.vps for bk in bookings}) == 4
         assert sum(bk.vcpus for bk in bookings) <= 4
-        alloc = json.loads(store.kv_get(layout.node_alloc_key("n1", store.root)).value)  # type: ignore[union-attr]
+        alloc = json.loads(store.kv_get(keys.node_alloc_key("n1", store.root)).value)  # type: ignore[union-attr]
         assert alloc["vcpus"] == 4 and alloc["count"] == 4
-        ips, _ = store.kv_range(layout.ip_prefix(store.root))
+        ips, _ = store.kv_range(keys.ip_prefix(store.root))
         assert len(ips) == 4
     finally:
         one.stop()

@@ -20,7 +20,7 @@ from starlette.routing import Mount
 
 from api.server import create_app
 from api.sessions import SESSION_COOKIE, set_password
-from reconcile.store import Store
+from reconcile.objects import Store
 from specs.kinds import VPS
 from tests.helpers import builders
 from tests.helpers.access_env import ED25519, ROLES, Env, served

@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from reconcile import keys
-from reconcile.store import Store
+from reconcile.objects import Store
 from specs.kinds import VPS, Subscription
 from tests.helpers.access_env import ED25519, Env, served
 from tests.helpers.do_contract import check_contract

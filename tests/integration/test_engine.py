@@ -14,7 +14,7 @@ from pathlib import Path
 from reconcile.etcd_server import EtcdServer, free_port
 from reconcile.informer import Informer
 from reconcile.leader import LeaderElector
-from reconcile.store import Store
+from reconcile.objects import Store
 
 
 def _wait(cond: object, timeout: float = 5.0) -> bool:
@@ -122,7 +122,7 @@ _CHILD = textwrap.dedent(
     """
     import sys, threading, time
     from reconcile.connection import EtcdConnection
-    from reconcile.store import Store
+    from reconcile.objects import Store
     from reconcile.leader import LeaderElector
     s = Store(EtcdConnection.from_file(sys.argv[1]), root=sys.argv[2])
     e = LeaderElector(s, "kill", "child", ttl=int(sys.argv[3]), retry_period=0.2)

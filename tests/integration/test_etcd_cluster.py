@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from controllers import ledger
+from controllers.billing import ledger
 from reconcile.errors import StoreError
 from reconcile.etcd_cluster import EtcdCluster
-from reconcile.store import Store
+from reconcile.objects import Store
 from tests.integration.test_billing_ledger import make_customer
 
 ROOT = "/hostplane/v1"
@@ -130,8 +130,8 @@ def test_payment_burst_through_a_leader_kill_is_applied_once(cluster: EtcdCluste
 
 def test_leader_election_holds_through_member_kills(cluster: EtcdCluster) -> None:
     """Two electors writing fenced decisions while etcd members die: every decision that landed was its leader's."""
+    from reconcile.etcd import Put
     from reconcile.leader import LeaderElector, NotLeader
-    from reconcile.store import Put
 
     stores = [cluster.store("controllers", retry_seconds=15.0, timeout=2.0) for _ in range(2)]
     electors = [LeaderElector(s, "controllers", f"mgr-{i}", ttl=3, retry_period=0.2)

@@ -24,8 +24,8 @@ from pyetcd.etcdrpc import rpc_pb2_grpc
 from reconcile import roles
 from reconcile.errors import PermissionDenied
 from reconcile.etcd_server import EtcdServer
+from reconcile.objects import Store
 from reconcile.pki import PKI
-from reconcile.store import Store
 
 IDENTITIES = ["api", "controllers", "fleet", "node-a", "operator-ops"]
 # One key in every area of the layout (docs/CONTRACTS.md), relative to the root.

@@ -24,8 +24,9 @@ import nodeagent.agent as agent_mod
 from controllers import layout
 from controllers.main import ControllerProcess
 from nodeagent.images import ImagePolicy
+from reconcile import keys
 from reconcile.etcd_server import EtcdServer
-from reconcile.store import Store
+from reconcile.objects import Store
 from specs.kinds import VPS, Image, ImageSource, ImageSpec, Node, Subscription, SubscriptionStatus
 from specs.meta import ObjectMeta
 from tests.helpers import builders as b
@@ -161,7 +162,7 @@ def test_fleet_converges_through_changes_leader_kill_and_agent_restart(
         assert resized is not None and resized.actual.vcpus == 2
 
         assert_converged(store, fleet.conns())
-        allocs, _ = store.kv_range(layout.booking_prefix(store.root))
+        allocs, _ = store.kv_range(keys.booking_prefix(store.root))
         assert len(allocs) == 28
     finally:
         if leader.poll() is None:

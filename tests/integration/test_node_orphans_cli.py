@@ -10,7 +10,7 @@ from click.testing import CliRunner, Result
 
 from api.cli import main
 from reconcile import keys
-from reconcile.store import Store
+from reconcile.objects import Store
 from specs.domain import Tombstone
 from specs.kinds import Node, NodeStatus, OrphanDomain
 from tests.helpers.access_env import Env, served

@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from reconcile.errors import NotFound
-from reconcile.store import Store
+from reconcile.objects import Store
 from specs.kinds import VPS, Customer, Subscription
 from tests.helpers.access_env import ED25519, Env, served
 

@@ -9,7 +9,8 @@ import pytest
 
 from reconcile import keys
 from reconcile.errors import AlreadyExists, Conflict, NotFound, TooLarge
-from reconcile.store import MAX_VALUE_BYTES, Delete, Get, ModIs, Put, Rider, Store, UnchangedSince, decode
+from reconcile.etcd import MAX_VALUE_BYTES, Delete, Get, ModIs, Put, Rider, UnchangedSince, decode
+from reconcile.objects import Store
 from specs import Plan
 
 

@@ -11,7 +11,7 @@ import pytest
 from reconcile.aio import AsyncStore
 from reconcile.errors import AlreadyExists, Conflict, NotFound
 from reconcile.etcd_server import EtcdServer
-from reconcile.store import Store
+from reconcile.objects import Store
 from specs import Plan
 from tests.integration.test_store import plan, with_vcpus
 

@@ -10,8 +10,9 @@ import pytest
 
 from reconcile.connection import EtcdConnection
 from reconcile.errors import Unavailable
+from reconcile.etcd import WatchEvent
 from reconcile.etcd_server import EtcdServer
-from reconcile.store import Store, WatchEvent
+from reconcile.objects import Store
 from specs import Plan
 
 

@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from api.hub import Audience, Feed, Ticker, WatchHub
-from reconcile.store import Store
+from reconcile.objects import Store
 from specs import Image, Plan
 from specs.io import validate_object
 

@@ -13,7 +13,7 @@ from api.access import _allowed_path, _patched_paths
 from api.auth import Principal, TokenError, check_token_request, expired, public_record
 from api.hub import EVERYONE, STAFF_ONLY, HubEvent, Owners, frames, translate
 from api.ratelimit import LoginThrottle, TokenBuckets
-from reconcile.store import WatchEvent
+from reconcile.etcd import WatchEvent
 
 ROOT = "/r"
 

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from controllers.charging import HOURS_PER_MONTH, Cursor, hour_price, plan_charge, span_price
+from controllers.billing.charging import HOURS_PER_MONTH, Cursor, hour_price, plan_charge, span_price
 from specs.kinds import Plan, Subscription
 
 H = timedelta(hours=1)

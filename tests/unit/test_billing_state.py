@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
-from controllers.billing import (
+from controllers.billing.lifecycle import (
     DEFAULT_POLICY,
     LEGAL,
     BillingFacts,

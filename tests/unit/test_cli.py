@@ -19,7 +19,7 @@ from api.merge_patch import merge_patch
 from api.table import age, render
 from api.watch import render_events
 from reconcile import errors as store_errors
-from reconcile.store import WatchEvent
+from reconcile.etcd import WatchEvent
 from specs import Plan, SpecError, load_documents
 from tests.helpers import builders
 

@@ -8,8 +8,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from controllers.billing import DEFAULT_POLICY
 from controllers.ipam import IPAllocation, mac_candidates
-from controllers.resolve import BillingDefaults, next_change, resolve
+from controllers.resolve import next_change, resolve
 from specs.kinds import MaxResize
 from tests.helpers import builders as b
 
@@ -137,10 +138,9 @@ def test_billing_table_property(state: str, reason: str | None, since: timedelta
     sub.spec.suspend = operator  # type: ignore[assignment]
     sub.spec.suspendHoldUntil = NOW + hold if hold is not None else None
     spec = resolve(b.vps(power=power), sub, b.plan(), b.image(), IPS, NOW, drained=drained)
-    defaults = BillingDefaults()
     held = hold is not None and hold > timedelta(0)
     if state == "Terminated":
-        gone = when is not None and when + timedelta(days=defaults.retention_days) <= NOW
+        gone = when is not None and when + DEFAULT_POLICY.retention <= NOW
         assert (spec is None) == gone
         if spec is not None:
             assert spec.power == "Stopped"

@@ -12,7 +12,7 @@ from controllers.booking import NodeAllocation
 from controllers.ipam import IPAllocation
 from controllers.nodes import node_status
 from controllers.resolve import resolve
-from controllers.status import Problem, events_for, vps_status
+from controllers.status import VPSProblem, events_for, vps_status
 from specs.domain import DomainSpec, ObservedDomain
 from specs.kinds import VPSStatus
 from specs.meta import Condition
@@ -73,7 +73,7 @@ def test_terminating_wins() -> None:
 def test_unschedulable_condition_and_event() -> None:
     """No room gives Pending with a Scheduled=False condition and one FailedScheduling warning."""
     st_ = fold(node=None, desired=None, observed=None, node_state=None,
-               problem=Problem("Scheduled", "InsufficientCapacity", "no room"))
+               problem=VPSProblem("Scheduled", "InsufficientCapacity", "no room"))
     cond = next(c for c in st_.conditions if c.type == "Scheduled")
     assert (st_.phase, cond.status, cond.reason) == ("Pending", "False", "InsufficientCapacity")
     unsched = next(c for c in st_.conditions if c.type == "Unschedulable")

@@ -6,7 +6,7 @@ import grpc
 import pytest
 
 from reconcile.errors import PermissionDenied, StoreError, TooLarge, Unavailable
-from reconcile.store import _translate
+from reconcile.etcd import _translate
 
 
 class RpcError(grpc.RpcError):

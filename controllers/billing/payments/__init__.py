@@ -26,13 +26,14 @@ from functools import cache
 from importlib.metadata import entry_points
 from typing import Any, Literal, Protocol
 
-from controllers import ledger
-from reconcile.store import Store
+from controllers.billing import ledger
+from reconcile.keys import webhook_secret_key as secret_key
+from reconcile.objects import Store
 from specs.money import CURRENCY_EXPONENT
 
 GROUP = "hostplane.payments"
-_BUILTIN = {"manual": "controllers.payments.manual:ManualProvider",
-            "webhook": "controllers.payments.webhook:WebhookProvider"}
+_BUILTIN = {"manual": "controllers.billing.payments.manual:ManualProvider",
+            "webhook": "controllers.billing.payments.webhook:WebhookProvider"}
 
 
 class PaymentRejected(Exception):
@@ -100,6 +101,8 @@ def load_providers() -> dict[str, PaymentProvider]:
     """Every provider registered under `hostplane.payments` (built-ins even if the metadata is stale)."""
     found: dict[str, PaymentProvider] = {}
     for ep in entry_points(group=GROUP):
+        if ep.name in _BUILTIN and ep.value != _BUILTIN[ep.name]:
+            continue  # metadata of an older install naming a built-in's former module
         found[ep.name] = ep.load()()
     for name, spec in _BUILTIN.items():
         found.setdefault(name, _load(spec)())
@@ -149,10 +152,6 @@ def answer(applied: ledger.Applied) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------ webhook secrets
-
-
-def secret_key(provider_name: str, root: str) -> str:
-    return f"{root}/billing/webhook-secrets/{provider_name}"
 
 
 def webhook_secret(store: Store, provider_name: str) -> bytes | None:

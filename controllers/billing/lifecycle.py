@@ -19,7 +19,16 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Literal
 
-from specs.kinds import BillingPolicy, SubscriptionState, SubscriptionStatus, SuspendReason
+from specs.kinds import (
+    BillingPolicy,
+    Customer,
+    Plan,
+    Subscription,
+    SubscriptionState,
+    SubscriptionStatus,
+    SuspendReason,
+)
+from specs.money import to_minor
 
 WarningKind = Literal["Overdue", "SuspensionSoon", "Suspended", "TerminationSoon", "Terminated", "DeletionSoon"]
 
@@ -65,6 +74,81 @@ def effective_policy(plan: BillingPolicy | None, customer: BillingPolicy | None,
         if layer.suspendShutdownAfterHours is not None:
             shutdown = timedelta(hours=layer.suspendShutdownAfterHours)
     return Policy(grace, suspend, retention, shutdown, defaults.warn_before)
+
+
+def customer_state(balance_minor: int, credit_minor: int) -> Literal["Active", "Overdue"]:
+    """A customer's billing state for a balance: Overdue once the balance is below minus the credit limit."""
+    return "Overdue" if balance_minor < -credit_minor else "Active"
+
+
+def policy_for(plan: Plan, customer: Customer | None, defaults: Policy = DEFAULT_POLICY) -> Policy:
+    """The policy of one subscription: its plan's and its customer's overrides over `defaults`."""
+    return effective_policy(plan.spec.billing, customer.spec.billing if customer is not None else None, defaults)
+
+
+# ------------------------------------------------------------------ what billing does to a server
+
+
+@dataclass(frozen=True)
+class Suspension:
+    reason: str
+    since: datetime | None
+
+
+def suspension(sub: Subscription, customer: Customer | None, now: datetime) -> Suspension | None:
+    """Why the subscription's servers are suspended now, or None."""
+    status = sub.status or SubscriptionStatus()
+    if sub.spec.suspend is not None:
+        return Suspension(sub.spec.suspend, status.suspendedAt)
+    if status.state != "Suspended":
+        return None
+    reason = status.suspendReason or "nonpayment"
+    if reason == "nonpayment":
+        holds = [sub.spec.suspendHoldUntil] + ([customer.spec.suspendHoldUntil] if customer else [])
+        if any(h is not None and h > now for h in holds):
+            return None
+    return Suspension(reason, status.suspendedAt)
+
+
+@dataclass(frozen=True)
+class ServerPower:
+    """What billing allows a subscription's servers at one instant (DESIGN.md's table)."""
+
+    exists: bool = True  # False once a terminated subscription's retention has passed: no domain
+    power: Literal["Paused", "Stopped"] | None = None  # None: the server's own powerState
+    reason: str = ""  # "terminated", "suspended: <reason>" or ""
+    shutdown_after: timedelta | None = None  # a suspension's delay from Paused to Stopped
+    next_change: datetime | None = None  # when this answer changes by the clock alone
+
+
+def power_for(subscription: Subscription, now: datetime, *, plan: Plan, customer: Customer | None = None,
+              defaults: Policy = DEFAULT_POLICY) -> ServerPower:
+    """What billing allows the subscription's servers at `now`. Pure: the resolver's only question to billing.
+
+    Terminated: stopped, and gone once terminatedAt + retention has passed. Suspended (by status or
+    operator, unless a nonpayment suspension is on hold): paused, stopped once suspendedAt +
+    shutdown_after has passed. Otherwise the server's own power state."""
+    policy = policy_for(plan, customer, defaults)
+    status = subscription.status or SubscriptionStatus()
+    sus = suspension(subscription, customer, now)
+    times: list[datetime] = []
+    if status.state == "Terminated" and status.terminatedAt is not None:
+        times.append(status.terminatedAt + policy.retention)
+    if sus is not None and sus.since is not None:
+        times.append(sus.since + policy.shutdown_after)
+    if status.state == "Suspended":
+        holds = [subscription.spec.suspendHoldUntil] + ([customer.spec.suspendHoldUntil] if customer else [])
+        times.extend(h for h in holds if h is not None)
+    future = [t for t in times if t > now]
+    nxt = min(future) if future else None
+    if status.state == "Terminated":
+        gone = status.terminatedAt is not None and now >= status.terminatedAt + policy.retention
+        return ServerPower(exists=not gone, power="Stopped", reason="terminated", next_change=nxt)
+    if sus is not None:
+        over = sus.since is not None and now >= sus.since + policy.shutdown_after
+        return ServerPower(power="Stopped" if over else "Paused", reason=f"suspended: {sus.reason}",
+                           shutdown_after=policy.shutdown_after, next_change=nxt)
+    return ServerPower(next_change=nxt)
 
 
 @dataclass(frozen=True)
@@ -220,3 +304,24 @@ __all__ = [
     "DEFAULT_POLICY", "LEGAL", "BillingDecision", "BillingFacts", "Policy", "Warning",
     "effective_policy", "next_billing_state",
 ]
+
+
+def decide_subscription(customer: Customer, sub: Subscription, plan: Plan | None, balance_minor: int, now: datetime,
+                        defaults: Policy = DEFAULT_POLICY) -> BillingDecision:
+    """The billing controller's decision for one subscription, from what it read (a snapshot). Pure.
+
+    The facts (balance against the credit limit, the latest hold, operator suspension, cancellation,
+    external billing) and the policy (plan and customer overrides over `defaults`) feed
+    `next_billing_state`; the controller commits the decision (status, warnings, deletion)."""
+    policy = effective_policy(plan.spec.billing if plan else None, customer.spec.billing, defaults)
+    holds = [h for h in (sub.spec.suspendHoldUntil, customer.spec.suspendHoldUntil) if h is not None]
+    facts = BillingFacts(balance_minor=balance_minor,
+                         credit_limit_minor=to_minor(customer.spec.creditLimit, customer.spec.currency),
+                         operator_suspend=sub.spec.suspend, hold_until=max(holds) if holds else None,
+                         cancelled=sub.spec.cancelled, external=sub.spec.billingMode == "external")
+    return next_billing_state(sub.status, facts, policy, now)
+
+
+def needs_status_write(sub: Subscription, decision: BillingDecision) -> bool:
+    """Whether the decision changes the stored status (a subscription without one always gets one)."""
+    return sub.status is None or decision.status != sub.status

@@ -27,21 +27,29 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from controllers import charging, ledger
-from controllers.billing import DEFAULT_POLICY, BillingDecision, BillingFacts, Policy, Warning, effective_policy
-from controllers.billing import next_billing_state as decide
+from controllers.billing import charging, ledger
+from controllers.billing.lifecycle import (
+    DEFAULT_POLICY,
+    BillingDecision,
+    Policy,
+    Warning,
+    decide_subscription,
+    needs_status_write,
+)
+from controllers.billing.status import customer_status_put, subscription_status_put
 from controllers.events import EventRecorder
 from reconcile import keys
 from reconcile.controller import Controller, Result
 from reconcile.errors import Conflict, NotFound
+from reconcile.etcd import Compare, CreatedAt, Exists, Get, ModIs, Put
 from reconcile.informer import Informer
-from reconcile.store import Compare, CreatedAt, Exists, Get, ModIs, Put, Store
+from reconcile.keys import outbox_key, outbox_prefix
+from reconcile.leader import Fence, fence_compares
+from reconcile.objects import Store
 from specs.kinds import VPS, Customer, Plan, Subscription, SubscriptionStatus
-from specs.money import format_minor, to_minor
 
 log = logging.getLogger(__name__)
 
-FenceFn = Callable[[], "Compare | Sequence[Compare]"]
 Clock = Callable[[], datetime]
 
 _MESSAGES = {
@@ -52,21 +60,6 @@ _MESSAGES = {
     "Terminated": "Your subscription is terminated; its server and disks will be deleted at {deadline}.",
     "DeletionSoon": "Your server and its disks will be deleted at {deadline}.",
 }
-
-
-def outbox_prefix(root: str) -> str:
-    return f"{root}/billing/outbox/"
-
-
-def outbox_key(customer: str, sub: str, warning_key: str, root: str) -> str:
-    return f"{outbox_prefix(root)}{customer}/{sub}.{warning_key}"
-
-
-def _fences(fence: FenceFn | None) -> list[Compare]:
-    if fence is None:
-        return []
-    got = fence()
-    return list(got) if isinstance(got, list | tuple) else [got]  # type: ignore[list-item]
 
 
 @dataclass
@@ -83,7 +76,7 @@ class SyncReport:
 class BillingController:
     """Reconciles customers; use `sync_customer` directly (tests) or `start()` for the watch loop."""
 
-    def __init__(self, store: Store, *, clock: Clock, fence: FenceFn | None = None,
+    def __init__(self, store: Store, *, clock: Clock, fence: Fence | None = None,
                  defaults: Policy = DEFAULT_POLICY, interval: float = 300.0, workers: int = 2,
                  recorder: EventRecorder | None = None) -> None:
         self.store = store
@@ -148,7 +141,7 @@ class BillingController:
         cursor_guard: dict[str, list[Compare]] = {}
         for s in subs:
             cur = charging.read_cursor(self.store, s.name)
-            key = charging.cursor_key(s.name, self.store.root)
+            key = keys.cursor_key(s.name, self.store.root)
             cursor_guard[s.name] = [ModIs(key, cur.revision if cur is not None else 0)]
             if cur is not None and cur.through - timedelta(hours=1) > now:
                 now = cur.through - timedelta(hours=1)
@@ -156,20 +149,18 @@ class BillingController:
         report.errors += charged.errors
         month = f"{now.astimezone(UTC):%Y-%m}"
         if self._rolled.get(customer) != month:
-            ledger.roll_up(self.store, customer, now=now, guard=_fences(self.fence))
+            ledger.roll_up(self.store, customer, now=now, guard=fence_compares(self.fence))
             self._rolled[customer] = month
         account = ledger.read_account(self.store, customer)
         if account.revision == 0 and cust.status is None:
-            zero = format_minor(0, cust.spec.currency)
-            body = json.dumps({"balance": zero, "balanceMinor": 0, "state": "Active"}, sort_keys=True).encode()
             tkey = keys.status_key(Customer, customer, self.store.root)
             self.store.txn([ModIs(tkey, 0), Exists(keys.spec_key(Customer, customer, self.store.root)),
-                            *_fences(self.fence)], [Put(tkey, body)])
-        credit = to_minor(cust.spec.creditLimit, cust.spec.currency)
+                            *fence_compares(self.fence)],
+                           [customer_status_put(cust, 0, cust.spec.currency, self.store.root)])
         wakes: list[datetime] = []
         for sub in subs:
             try:
-                decision = self._sync_sub(cust, sub, plans.get(sub.spec.plan), account.balanceMinor, credit, now,
+                decision = self._sync_sub(cust, sub, plans.get(sub.spec.plan), account.balanceMinor, now,
                                           report, cursor_guard.get(sub.name, []))
             except ledger.LedgerError as exc:
                 report.errors.append(f"{sub.name}: {exc}")
@@ -192,15 +183,11 @@ class BillingController:
             out[s.name] = [ModIs(keys.status_key(Subscription, s.name, r), rev)]
         return out
 
-    def _sync_sub(self, cust: Customer, sub: Subscription, plan: Plan | None, balance: int, credit: int,
+    def _sync_sub(self, cust: Customer, sub: Subscription, plan: Plan | None, balance: int,
                   now: datetime, report: SyncReport, guard: Sequence[Compare] = ()) -> BillingDecision:
-        policy = effective_policy(plan.spec.billing if plan else None, cust.spec.billing, self.defaults)
-        holds = [h for h in (sub.spec.suspendHoldUntil, cust.spec.suspendHoldUntil) if h is not None]
-        facts = BillingFacts(balance_minor=balance, credit_limit_minor=credit, operator_suspend=sub.spec.suspend,
-                             hold_until=max(holds) if holds else None, cancelled=sub.spec.cancelled,
-                             external=sub.spec.billingMode == "external")
-        decision = decide(sub.status, facts, policy, now)
-        if decision.status != (sub.status or SubscriptionStatus()) or sub.status is None:
+        decision = decide_subscription(cust, sub, plan, balance, now, self.defaults)
+        # Commit the decision: the status (guarded), then the warnings it owes and the deletion.
+        if needs_status_write(sub, decision):
             self._write_status(sub, decision.status, guard)
             if len(decision.path) > 1:
                 report.transitions.append((sub.name, decision.path))
@@ -224,17 +211,11 @@ class BillingController:
         if stored != sub.status:
             # Written by someone else since we read it: decide again on the next pass.
             raise ledger.GuardFailed(f"status of {sub.name} changed meanwhile")
-        value = self.store_encode(status)
         out = self.store.txn([CreatedAt(skey, res.gets[0][0].create_revision),
-                              ModIs(tkey, current.mod_revision if current else 0), *guard, *_fences(self.fence)],
-                             [Put(tkey, value)])
+                              ModIs(tkey, current.mod_revision if current else 0), *guard, *fence_compares(self.fence)],
+                             [subscription_status_put(sub.name, status, r)])
         if not out.succeeded:
             raise ledger.GuardFailed(f"status of {sub.name} changed meanwhile (or no longer leading)")
-
-    @staticmethod
-    def store_encode(status: SubscriptionStatus) -> bytes:
-        data = status.model_dump(mode="json", exclude_none=True)
-        return json.dumps(data, separators=(",", ":"), sort_keys=True).encode()
 
     def _queue_warning(self, cust: Customer, sub: Subscription, w: Warning, now: datetime) -> bool:
         deadline = f"{w.deadline:%Y-%m-%d %H:%M} UTC" if w.deadline is not None else "an operator's decision"
@@ -243,14 +224,14 @@ class BillingController:
                 "deadline": w.deadline.isoformat() if w.deadline else None,
                 "subject": f"[{sub.name}] {w.kind}", "body": message, "queuedAt": now.isoformat()}
         key = outbox_key(cust.name, sub.name, ledger.safe_key(w.key), self.store.root)
-        res = self.store.txn([ModIs(key, 0), *_fences(self.fence)],
+        res = self.store.txn([ModIs(key, 0), *fence_compares(self.fence)],
                              [Put(key, json.dumps(body, sort_keys=True).encode())])
         if res.succeeded:
             self.events.record("Subscription", sub.name, "Warning", w.kind, message)
         return res.succeeded
 
     def _delete_vps(self, sub: Subscription) -> list[str]:
-        _fences(self.fence)  # raises when no longer leading
+        fence_compares(self.fence)  # raises when no longer leading
         deleted = []
         for vps in self.store.list(VPS).items:
             if not vps.bound_to(sub) or vps.metadata.deletionTimestamp is not None:
@@ -283,7 +264,7 @@ class BillingController:
         r = self.store.root
         self._subs = Informer(self.store, keys.spec_prefix(Subscription, r),
                               decode=lambda _n, raw: str(json.loads(raw)["spec"]["customer"]))
-        self._accounts = Informer(self.store, ledger.accounts_prefix(r), decode=lambda _n, raw: raw)
+        self._accounts = Informer(self.store, keys.accounts_prefix(r), decode=lambda _n, raw: raw)
         self._customers = Informer(self.store, keys.spec_prefix(Customer, r), decode=lambda _n, raw: raw)
         q = self.controller.queue
 
@@ -331,7 +312,7 @@ class BillingController:
         return self.controller.idle
 
 
-def start_billing(store: Store, *, clock: Clock, fence: FenceFn | None = None, interval: float = 300.0,
+def start_billing(store: Store, *, clock: Clock, fence: Fence | None = None, interval: float = 300.0,
                   defaults: Policy = DEFAULT_POLICY) -> BillingController:
     """Start the billing controller on `store`; the returned handle's `.stop()` stops it.
 

@@ -23,15 +23,18 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from controllers import ledger
+from controllers.billing import ledger
 from reconcile import keys
-from reconcile.store import Compare, ModIs, Op, Put, Store
+from reconcile.etcd import Compare, ModIs, Op, Put
+from reconcile.keys import cursor_key, cursors_prefix
+from reconcile.leader import Fence, fence_compares
+from reconcile.objects import Store
 from specs.kinds import Plan, Subscription
 from specs.money import format_minor
 
@@ -43,7 +46,6 @@ BATCH = 30
 
 log = logging.getLogger(__name__)
 
-Fence = Callable[[], "Compare | Sequence[Compare]"]
 
 
 # ------------------------------------------------------------------ pure arithmetic
@@ -165,14 +167,6 @@ def plan_charge(sub: Subscription, plan: Plan, cursor: Cursor | None, now: datet
 # ------------------------------------------------------------------ I/O
 
 
-def cursor_key(sub: str, root: str) -> str:
-    return f"{cursors_prefix(root)}{sub}"
-
-
-def cursors_prefix(root: str) -> str:
-    return f"{root}/billing/charged/"
-
-
 def read_cursors(store: Store) -> dict[str, Cursor]:
     kvs, _ = store.kv_range(cursors_prefix(store.root))
     return {keys.last_segment(kv.key): Cursor.from_bytes(kv.value, kv.mod_revision) for kv in kvs}
@@ -221,10 +215,7 @@ class Charger:
             return self._lease
 
     def _guard(self) -> list[Compare]:
-        if self.fence is None:
-            return []
-        got = self.fence()
-        return list(got) if isinstance(got, list | tuple) else [got]  # type: ignore[list-item]
+        return fence_compares(self.fence)
 
     def charge_customer(self, customer: str, subs: Iterable[Subscription], plans: dict[str, Plan],
                         cursors: dict[str, Cursor], now: datetime, *, attempts: int = 4,

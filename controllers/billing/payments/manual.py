@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from controllers.payments import BadSignature, InvalidPayment, PaymentNotice, WebhookRequest
+from controllers.billing.payments import BadSignature, InvalidPayment, PaymentNotice, WebhookRequest
 
 
 class ManualProvider:

@@ -18,7 +18,14 @@ import hmac
 from datetime import datetime, timedelta
 from typing import Any
 
-from controllers.payments import BadSignature, InvalidPayment, PaymentNotice, Replayed, WebhookRequest, parse_json
+from controllers.billing.payments import (
+    BadSignature,
+    InvalidPayment,
+    PaymentNotice,
+    Replayed,
+    WebhookRequest,
+    parse_json,
+)
 
 REPLAY_WINDOW = timedelta(minutes=5)
 TIMESTAMP_HEADER = "Hostplane-Timestamp"

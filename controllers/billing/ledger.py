@@ -34,9 +34,12 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+from controllers.billing.status import customer_status_put
 from reconcile import keys
 from reconcile.errors import NotFound
-from reconcile.store import Compare, CreatedAt, Delete, Get, ModIs, Op, Put, Store
+from reconcile.etcd import Compare, CreatedAt, Delete, Get, ModIs, Op, Put
+from reconcile.keys import account_key, entry_key, statement_key, statements_prefix
+from reconcile.objects import Store
 from specs.kinds import Customer
 from specs.money import CURRENCY_EXPONENT, format_minor, to_minor
 
@@ -75,26 +78,6 @@ class GuardFailed(LedgerError):
 
 
 # ------------------------------------------------------------------ keys
-
-
-def account_key(customer: str, root: str) -> str:
-    return f"{root}/billing/accounts/{customer}"
-
-
-def accounts_prefix(root: str) -> str:
-    return f"{root}/billing/accounts/"
-
-
-def entry_key(customer: str, seq: int, root: str) -> str:
-    return f"{keys.ledger_prefix(customer, root)}{seq:012d}"
-
-
-def statement_key(customer: str, month: str, root: str) -> str:
-    return f"{statements_prefix(customer, root)}{month}"
-
-
-def statements_prefix(customer: str, root: str) -> str:
-    return f"{root}/billing/statements/{customer}/"
 
 
 def safe_key(key: str) -> str:
@@ -298,13 +281,6 @@ def read_key(store: Store, scope: str, key: str) -> dict[str, Any] | None:
 # ------------------------------------------------------------------ appending
 
 
-def _customer_status(cust: Customer, balance_minor: int, currency: str) -> bytes:
-    credit = to_minor(cust.spec.creditLimit, cust.spec.currency)
-    state = "Overdue" if balance_minor < -credit else "Active"
-    data = {"balance": format_minor(balance_minor, currency), "balanceMinor": balance_minor, "state": state}
-    return json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
-
-
 def append(store: Store, customer: str, new: Sequence[NewEntry], *, now: datetime,
            guard: Sequence[Compare] = (), also: Sequence[Op] = ()) -> list[Applied]:
     """Append keyed entries for one customer and move the balance, atomically; return one Applied per entry.
@@ -352,8 +328,7 @@ def append(store: Store, customer: str, new: Sequence[NewEntry], *, now: datetim
             ops.append(Put(idem[i], _dumps(result), e.key_lease))
         new_acct = replace(acct, seq=seq, balanceMinor=bal)
         ops.append(Put(account_key(customer, store.root), new_acct.to_bytes()))
-        ops.append(Put(keys.status_key(Customer, customer, store.root),
-                       _customer_status(snap.customer, bal, acct.currency)))
+        ops.append(customer_status_put(snap.customer, bal, acct.currency, store.root))
         compares: list[Compare] = [
             CreatedAt(keys.spec_key(Customer, customer, store.root), snap.customer_create_rev),
             ModIs(account_key(customer, store.root), acct.revision),

@@ -16,12 +16,14 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, get_args
 
-from controllers.ledger import safe_key
-from controllers.payments import InvalidPayment, WebhookRequest, parse_json
-from controllers.payments.webhook import verify
+from controllers.billing.ledger import safe_key
+from controllers.billing.payments import InvalidPayment, WebhookRequest, parse_json
+from controllers.billing.payments.webhook import verify
+from controllers.billing.status import subscription_status_put
 from reconcile import keys
 from reconcile.errors import Conflict, NotFound
-from reconcile.store import CreatedAt, Get, ModIs, Put, Store
+from reconcile.etcd import CreatedAt, Get, ModIs, Put
+from reconcile.objects import Store
 from specs.kinds import Subscription, SubscriptionStatus, SuspendReason
 
 STATES = {"active": "Active", "suspended": "Suspended", "terminated": "Terminated"}
@@ -96,11 +98,10 @@ def apply_state(store: Store, ev: ExternalState, *, now: datetime) -> tuple[dict
         new = _next(current, ev, now)
         answer = {"event": ev.event_id, "subscription": ev.subscription, "state": new.state,
                   "suspendReason": new.suspendReason, "time": now.isoformat(), "fingerprint": fingerprint}
-        value = json.dumps(new.model_dump(mode="json", exclude_none=True), separators=(",", ":"),
-                           sort_keys=True).encode()
         out = store.txn([ModIs(idem, 0), CreatedAt(skey, res.gets[1][0].create_revision),
                          ModIs(tkey, res.gets[2][0].mod_revision if res.gets[2] else 0)],
-                        [Put(tkey, value), Put(idem, json.dumps(answer, sort_keys=True).encode())])
+                        [subscription_status_put(ev.subscription, new, r),
+                         Put(idem, json.dumps(answer, sort_keys=True).encode())])
         if out.succeeded:
             return _public(answer), False
     raise Conflict(f"subscription {ev.subscription!r} kept changing; retry")
