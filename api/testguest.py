@@ -2,7 +2,8 @@
 
 The initramfs loads the virtio, network and isofs modules, mounts the NoCloud seed (label
 `cidata`), prints `MemTotal` at boot and every 10 s (`hostplane-guest: memtotal N kB`; the kernel
-onlines hot-plugged memory itself, `memhp_default_state=online`), prints its hostname and SSH keys to the serial console, configures eth0 from the
+onlines hot-plugged memory itself, `memhp_default_state=online`), prints its hostname and SSH keys
+to the serial console, configures eth0 from the
 seed's network-config (static addresses and default routes), runs a `#!` script given in
 user-data (alone or as the text/x-shellscript part of a multipart user-data, as cloud-init
 does) with each output line prefixed `hostplane-script:`, then serves a shell on the serial

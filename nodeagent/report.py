@@ -52,6 +52,14 @@ def observe(desired: DomainSpec | None, a: P.Actual, *, vps: str, uid: str, gene
     restart = desired is not None and P.restart_required(desired, a)
     put("RestartRequired", restart, "BeyondLiveMaximum" if restart else "",
         "vCPU or memory beyond the domain's maximum; applied at the next restart" if restart else "")
+    grows = desired is not None and P.memory_pending_reboot(desired, a)
+    put("MemoryGrowsAtReboot", grows, "GuestDidNotPlug" if grows else "",
+        f"the guest has {a.memory_mib} MiB and has not plugged the {desired.memoryMiB} MiB asked for (no virtio-mem "
+        "driver or memory not onlined); applied at the next stop/start" if grows and desired else "")
+    legacy = a.defined and a.legacy_memory
+    put("LegacyMemoryModel", legacy, "BalloonLimited" if legacy else "",
+        "booted with the node maximum and limited only by the balloon; moved to plugged memory at the next "
+        "stop/start" if legacy else "")
     loop = a.crash_count >= CRASH_LOOP_AFTER
     put("CrashLoop", loop, "CrashLoopBackOff" if loop else "",
         f"crashed {a.crash_count} times; next start after {P.crash_backoff(a.crash_count):.0f} s" if loop else "")
