@@ -125,7 +125,8 @@ def node_conditions(*, orphans: list[dict[str, str]], orphan_volumes: list[str],
 
 def heartbeat(node: str, facts: Any, *, allocated: dict[str, int], libvirt_ok: bool, error: str,
               now: datetime, orphans: list[dict[str, str]] | None = None, orphan_volumes: list[str] | None = None,
-              conditions: list[dict[str, str]] | None = None, warming: bool = False) -> dict[str, Any]:
+              conditions: list[dict[str, str]] | None = None, warming: bool = False,
+              legacy_memory: list[str] | None = None) -> dict[str, Any]:
     """The node's heartbeat value: capacity from libvirt, what its managed domains use, orphans, conditions."""
     doc: dict[str, Any] = {"node": node, "time": now.astimezone(UTC).isoformat(), "libvirt": libvirt_ok}
     if facts is not None:
@@ -139,6 +140,9 @@ def heartbeat(node: str, facts: Any, *, allocated: dict[str, int], libvirt_ok: b
         doc["warming"] = True
     doc["orphans"] = list(orphans or [])
     doc["orphanVolumes"] = list(orphan_volumes or [])
+    if legacy_memory:
+        # VPS still booted with the node maximum and limited only by the balloon (ADR 013).
+        doc["legacyMemoryDomains"] = list(legacy_memory)
     if conditions:
         doc["conditions"] = conditions
     if error:
