@@ -367,11 +367,9 @@ class Hypervisor:
         )
 
     def _memory_tuning(self) -> bool:
-        """libvirt refuses `<memtune>` in session mode (a private session daemon): no cgroups there."""
-        try:
-            uri = str(self._conn().getURI())
-        except libvirt.libvirtError:
-            uri = self.uri
+        """libvirt refuses `<memtune>` in session mode: no cgroups there. As root, a plain qemu:///session is the
+        system daemon; one reached through `?socket=` is a private (unprivileged) session daemon."""
+        uri = self.uri
         return not uri.startswith("qemu:///session") or (os.geteuid() == 0 and "socket=" not in uri)
 
     # ------------------------------------------------------------- networking
