@@ -192,8 +192,12 @@ def test_leader_election_holds_through_member_kills(cluster: EtcdCluster) -> Non
 def test_fleet_converges_with_least_privilege_identities_through_an_etcd_leader_kill(
         cluster: EtcdCluster, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """Controllers and two agents, each its own etcd identity, converge VPS churn across a kill -9 of etcd's leader."""
+    import hashlib
+
     import nodeagent.agent as agent_mod
     from controllers.main import ControllerProcess
+    from nodeagent.images import ImagePolicy
+    from reconcile.cluster import ensure_cluster_id
     from specs.kinds import VPS, Image, ImageSource, ImageSpec
     from specs.meta import ObjectMeta
     from tests.helpers import builders as b
@@ -203,13 +207,16 @@ def test_fleet_converges_with_least_privilege_identities_through_an_etcd_leader_
 
     api = cluster.store("api", retry_seconds=30.0, timeout=2.0)
     ctl = cluster.store("controllers", retry_seconds=30.0, timeout=2.0)
-    disk = tmp_path / "base.raw"
+    disk = tmp_path / "images" / "base.raw"  # the agents' image directory
+    disk.parent.mkdir()
     disk.write_bytes(b"\0" * 4096)
     for obj in (b.plan("s1", vcpus=1, memory=128, disk=1), b.customer(),
                 b.pool(cidr="10.30.0.0/24", gateway="10.30.0.1")):
         api.create(obj)
     api.create(Image(metadata=ObjectMeta(name="tiny"), spec=ImageSpec(
-        os="busybox", version="1", source=ImageSource(path=str(disk), format="raw"), minDiskGiB=1)))
+        os="busybox", version="1", minDiskGiB=1, source=ImageSource(
+            path=str(disk), format="raw", sha256=hashlib.sha256(disk.read_bytes()).hexdigest()))))
+    ensure_cluster_id(ctl)  # as the controllers do on start; agents wait for it
     agents: dict[str, object] = {}
     node_stores: list[Store] = []
     for n in ("c1", "c2"):
@@ -219,7 +226,8 @@ def test_fleet_converges_with_least_privilege_identities_through_an_etcd_leader_
         s = cluster.store(f"node-{n}", retry_seconds=30.0, timeout=2.0)
         node_stores.append(s)
         agent = agent_mod.Agent(s, n, f"test://{xml}", tmp_path / n, resync=5.0, heartbeat_ttl=5,
-                                debounce_seconds=0.2)
+                                debounce_seconds=0.2,
+                                image_policy=ImagePolicy.for_data_dir(tmp_path / n, extra_dirs=(disk.parent,)))
         agent.start()
         agents[n] = agent
     for k in range(3):
@@ -258,3 +266,21 @@ def test_fleet_converges_with_least_privilege_identities_through_an_etcd_leader_
             a.stop()  # type: ignore[attr-defined]
         for s in (api, ctl, admin, *node_stores):
             s.close()
+
+
+def test_cluster_restart_on_its_ports_keeps_data_and_pki(tmp_path: Path) -> None:
+    """A stopped cluster started again on the same ports and data (as `up` does) has its data and the same CA."""
+    first = EtcdCluster(tmp_path / "c", 3).start()
+    try:
+        ports = [(m.client_port, m.peer_port) for m in first.members]
+        first.admin().kv_put(f"{ROOT}/alloc/kept", b"1")
+        ca = first.pki.ca_cert.read_bytes()
+    finally:
+        first.stop()
+    again = EtcdCluster(tmp_path / "c", 3, ports=ports).start()
+    try:
+        kv = again.admin().kv_get(f"{ROOT}/alloc/kept")
+        assert kv is not None and kv.value == b"1"
+        assert again.pki.ca_cert.read_bytes() == ca
+    finally:
+        again.stop()
