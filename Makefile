@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-APT_PKGS := etcd-server libvirt-daemon libvirt-daemon-driver-qemu libvirt-daemon-system qemu-system-x86 qemu-utils libvirt-dev libvirt-clients dnsmasq-base pkg-config genisoimage chromium
+APT_PKGS := etcd-server libvirt-daemon libvirt-daemon-driver-qemu libvirt-daemon-system qemu-system-x86 qemu-utils libvirt-dev libvirt-clients dnsmasq-base iptables iproute2 pkg-config genisoimage chromium prometheus
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 

@@ -54,6 +54,11 @@ def _vps(store: Store, caller: Principal, name: str) -> VPS:
     return vps
 
 
+def target_vps(store: Store, caller: Principal, name: str) -> VPS:
+    """The VPS `name` if `caller` may act on it (a customer: only its own, else 404), else 403/404."""
+    return _vps(store, caller, name)
+
+
 def _plan(store: Store, caller: Principal, name: Any, path: str) -> Plan:
     if not isinstance(name, str) or not name:
         raise _invalid(path, "must name a plan")

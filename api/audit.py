@@ -3,10 +3,10 @@
     <root>/audit/<YYYYMMDDTHHMMSS.ffffffZ>-<process>-<seq>   {time, actor, method, path, route, status, ip}
 
 `AuditMiddleware` writes one record for every mutating request (POST, PUT, PATCH, DELETE
-under /v1/) made by an authenticated principal, every login attempt, and every webhook
-the server accepted, before the response leaves: a change the client saw acknowledged
-is always in the log. Requests refused for want of credentials, or by a rate limit, are not recorded
-(anyone could fill etcd with them); they are counted in metrics instead.
+under /v1/, and under /v2/, the DigitalOcean-compatible API) made by an authenticated principal,
+every login attempt, and every webhook the server accepted, before the response leaves: a change
+the client saw acknowledged is always in the log. Requests refused for want of credentials, or by a
+rate limit, are not recorded (anyone could fill etcd with them); they are counted in metrics instead.
 Records are created create-only (in batches: concurrent requests share one etcd transaction,
 each still waiting for its own record to land; written from the event loop through the asyncio
 store) and never updated; no route deletes them.
@@ -133,7 +133,7 @@ def _settle(fut: asyncio.Future[None], error: BaseException | None) -> None:
 
 def _should_record(path: str, method: str, status: int, actor: dict[str, Any] | None,
                    principal: Principal | None) -> bool:
-    if method not in MUTATING or not path.startswith("/v1/"):
+    if method not in MUTATING or not path.startswith(("/v1/", "/v2/")):
         return False
     if path == "/v1/auth/login":
         return status != 429  # throttled attempts are counted, not written: a flood must not fill etcd

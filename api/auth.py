@@ -279,6 +279,11 @@ class TokenVerifier:
             return None
         return _principal(parsed[0], hit[1])
 
+    def alive(self, token_id: str) -> bool:
+        """The token `token_id` still exists and has not expired (cached; revocations invalidate the cache)."""
+        rec = self._record(token_id)
+        return rec is not None and _principal(token_id, rec) is not None
+
     def verify(self, token: str) -> Principal | None:
         parsed = parse_token(token)
         if parsed is None:

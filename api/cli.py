@@ -514,9 +514,12 @@ _data_dir = click.option("--data-dir", type=click.Path(path_type=Path), default=
               help="a TLS-terminating proxy (IP or CIDR, repeatable) whose X-Forwarded-Proto/-For are believed")
 @click.option("--join-pki", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="PKI directory (ca.crt, ca.key) to sign joining nodes' certificates with; joins are off without it")
+@click.option("--prometheus", "prometheus_url", metavar="URL", default=None,
+              help="the Prometheus that scrapes the node endpoints (load graphs; /v1/.../metrics is 503 without it)")
 @_data_dir
 def api_cmd(etcd: EtcdConnection, host: str, port: int, tls_cert: Path | None, tls_key: Path | None,
-            trusted_proxies: tuple[str, ...], join_pki: Path | None, data_dir: Path) -> None:
+            trusted_proxies: tuple[str, ...], join_pki: Path | None, prometheus_url: str | None,
+            data_dir: Path) -> None:
     """Run the HTTP(S) API (until SIGTERM/SIGINT)."""
     from api.server import TLSFiles, run_api
 
@@ -528,7 +531,7 @@ def api_cmd(etcd: EtcdConnection, host: str, port: int, tls_cert: Path | None, t
 
     run_api(etcd=etcd, host=host, port=port, data_dir=data_dir, stop=None, tls=tls,
             trusted_proxies=[p for part in trusted_proxies for p in part.split(",") if p],
-            join_pki=PKI(join_pki) if join_pki is not None else None)
+            join_pki=PKI(join_pki) if join_pki is not None else None, prometheus_url=prometheus_url)
 
 
 @main.command("agent")
@@ -542,11 +545,30 @@ def api_cmd(etcd: EtcdConnection, host: str, port: int, tls_cert: Path | None, t
               help="allow image downloads from this non-public network, e.g. a LAN mirror (repeatable)")
 @click.option("--image-max-bytes", type=click.IntRange(min=1), default=32 * 1024**3, show_default=True,
               help="largest image download")
+@click.option("--endpoint", "endpoint_listen", metavar="HOST:PORT",
+              help="serve consoles (and metrics) to the API here, mutual TLS only (needs --endpoint-cert/-key)")
+@click.option("--endpoint-cert", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="the node's endpoint server certificate (CN node-NAME; `hostplane pki` / join issue it)")
+@click.option("--endpoint-key", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="its private key")
+@click.option("--endpoint-advertise", metavar="HOST", default="",
+              help="the address the API reaches the endpoint at (default: the --endpoint host)")
 def agent_cmd(etcd: EtcdConnection, node: str, libvirt_uri: str, data_dir: Path, image_dirs: tuple[Path, ...],
-              allow_networks: tuple[str, ...], image_max_bytes: int) -> None:
+              allow_networks: tuple[str, ...], image_max_bytes: int, endpoint_listen: str | None,
+              endpoint_cert: Path | None, endpoint_key: Path | None, endpoint_advertise: str) -> None:
     """Run the node agent for one hypervisor (until SIGTERM/SIGINT)."""
+    from nodeagent.endpoint import EndpointConfig
     from nodeagent.images import ImagePolicy
     from nodeagent.main import run_agent  # here, not at the top: only this command needs libvirt
+
+    endpoint = None
+    if endpoint_listen is not None:
+        host, sep, port = endpoint_listen.rpartition(":")
+        if not sep or not port.isdigit() or not host:
+            raise click.BadParameter(f"{endpoint_listen!r} is not HOST:PORT", param_hint="--endpoint")
+        if endpoint_cert is None or endpoint_key is None:
+            raise click.UsageError("--endpoint needs --endpoint-cert and --endpoint-key")
+        endpoint = EndpointConfig(host.strip("[]"), int(port), cert=endpoint_cert, key=endpoint_key, ca=etcd.ca,
+                                  advertise=endpoint_advertise)
 
     try:
         policy = ImagePolicy.for_data_dir(data_dir, extra_dirs=image_dirs, allow_networks=allow_networks,
@@ -554,7 +576,7 @@ def agent_cmd(etcd: EtcdConnection, node: str, libvirt_uri: str, data_dir: Path,
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--image-allow-network") from None
     _run_entry(lambda stop: run_agent(etcd=etcd, node=node, libvirt_uri=libvirt_uri, data_dir=data_dir, stop=stop,
-                                      image_policy=policy))
+                                      image_policy=policy, endpoint=endpoint))
 
 
 @main.command("controllers")
@@ -619,6 +641,7 @@ main.add_command(importlib.import_module("api.node_cli").node)
 main.commands["node"].add_command(node_orphans_cmd)  # type: ignore[attr-defined]  # a Group
 for _cmd in importlib.import_module("api.access_cli").COMMANDS:
     main.add_command(_cmd)
+main.commands["vps"].add_command(importlib.import_module("api.console_cli").console_cmd)  # type: ignore[attr-defined]  # a Group
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -32,6 +32,7 @@ from reconcile.store import Store
 from specs.io import duplicate_keys
 
 if TYPE_CHECKING:
+    from api.console import ConsoleTLS
     from api.hub import WatchHub
 
 CSRF_HEADER = "X-Hostplane-CSRF"
@@ -67,6 +68,8 @@ class AppState:
     streams: StreamSlots = field(default_factory=lambda: StreamSlots(0))
     hub: WatchHub | None = None
     join_pki: PKI | None = None  # the CA that signs joining nodes' certificates (api.node_join)
+    console_tls: ConsoleTLS | None = None  # the API's client certificate for node endpoints (api.console)
+    prometheus_url: str | None = None  # where load series are read (api.metrics_routes)
 
 
 async def app_state(request: Request) -> AppState:

@@ -71,6 +71,16 @@ SCHEMAS: dict[str, dict[str, Any]] = {
                    ["role", "customer", "name"], extra=True),
     "PasswordRequest": _obj({"password": {"type": "string", "minLength": 10, "maxLength": 1024}}, ["password"]),
     "ActionRequest": _obj({"plan": _STR, "image": _STR}),
+    "MetricSeries": _obj({"vps": _STR, "node": _STR, "range": {"type": "string", "enum": ["1h", "24h", "7d", "30d"]},
+                          "stepSeconds": _INT, "series": {"type": "object", "additionalProperties": {
+                              "type": "array", "items": {"type": "array", "items": {"type": "number"}}}}},
+                         ["range", "stepSeconds", "series"]),
+    "Traffic": _obj({"vps": _STR, "month": _STR, "rxBytes": _INT, "txBytes": _INT, "totalBytes": _INT,
+                     "includedBytes": {"type": ["integer", "null"]}, "overageBytes": _INT},
+                    ["vps", "month", "rxBytes", "txBytes", "totalBytes", "overageBytes"]),
+    "ConsoleRequest": _obj({"kind": {"type": "string", "enum": ["serial", "vnc"], "default": "serial"}}),
+    "ConsoleTicket": _obj({"vps": _STR, "kind": _STR, "ticket": _STR, "expiresInSeconds": _INT, "url": _STR},
+                          ["vps", "kind", "ticket", "expiresInSeconds", "url"]),
     "ActionResult": _obj({"vps": _STR, "action": _STR, "subscription": _STR, "plan": _STR,
                           "resourceVersion": _STR}, ["vps", "resourceVersion"], extra=True),
     "OrderRequest": _obj({"plan": _STR, "image": _STR, "hostname": _STR, "sshKeys": {"type": "array", "items": _STR},
@@ -143,6 +153,18 @@ def _operations() -> dict[tuple[str, str], tuple[dict[str, Any] | None, dict[str
         ("put", "/v1/customers/{name}/password"): (_body(_ref("PasswordRequest")), {"204": empty}),
         ("post", "/v1/vps/{name}/actions/{action}"): (_body(_ref("ActionRequest"), required=False),
                                                       {"202": _json(_ref("ActionResult"), "Recorded")}),
+        ("post", "/v1/vps/{name}/console"): (_body(_ref("ConsoleRequest"), required=False),
+                                             {"201": _json(_ref("ConsoleTicket"), "A one-time ticket for "
+                                                           "GET /v1/console?ticket=… (WebSocket), valid 30 s"),
+                                              "409": {"description": "Suspended, not placed yet, or its node "
+                                                      "is unreachable"}}),
+        ("get", "/v1/vps/{name}/metrics"): (None, {"200": _json(_ref("MetricSeries"), "[unix seconds, value] "
+                                                                "points per series: cpuPercent, memoryBytes, disk and "
+                                                                "network per second")}),
+        ("get", "/v1/vps/{name}/traffic"): (None, {"200": _json(_ref("Traffic"), "Bytes of the month, counter "
+                                                                "resets included; overage is not charged yet")}),
+        ("get", "/v1/nodes/{name}/metrics"): (None, {"200": _json(_ref("MetricSeries"), "cpuPercent, memory and "
+                                                                  "pool use of the node")}),
         ("post", "/v1/orders"): (_body(_ref("OrderRequest")), {"201": _json(_ref("OrderResult"), "Ordered"),
                                                                "402": {"description": "Balance and credit do not "
                                                                        "cover the monthly cost of the customer's "

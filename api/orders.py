@@ -59,11 +59,12 @@ def _doc(obj: Resource) -> dict[str, Any]:
 
 
 def place_order(store: Store, caller: Principal, body: Any, *, now: datetime,
-                servers_named: Callable[[str], list[str]] | None = None) -> dict[str, Any]:
+                servers_named: Callable[[str], list[str]] | None = None,
+                node_selector: dict[str, str] | None = None) -> dict[str, Any]:
     """Validate, check the customer's money, and write the Subscription and VPS in one transaction.
 
     `servers_named(name)`: the servers that refer to a Subscription of that name (the watch hub's
-    index); an order never takes such a name."""
+    index); an order never takes such a name. `node_selector`: the VPS's (a region, api.do)."""
     if caller.role not in access.STAFF and caller.role != "customer":
         raise Forbidden(f"role {caller.role!r} may not place orders")
     if not isinstance(body, dict):
@@ -100,7 +101,8 @@ def place_order(store: Store, caller: Principal, body: Any, *, now: datetime,
                            "spec": {"customer": customer_name, "plan": plan.name}}, "order")
     vps = validate_object({"apiVersion": API_VERSION, "kind": "VPS", "metadata": _new_meta(name, now),
                            "spec": {"subscription": name, "subscriptionUID": sub.metadata.uid, "image": image.name,
-                                    "hostname": body["hostname"], "sshKeys": body.get("sshKeys") or []}}, "order")
+                                    "hostname": body["hostname"], "sshKeys": body.get("sshKeys") or [],
+                                    **({"nodeSelector": node_selector} if node_selector else {})}}, "order")
     if servers_named and servers_named(name):
         # Servers still refer to a Subscription of this name (made before uids bound them): not free.
         raise AlreadyExists(f"the name {name!r} is taken; choose another one")

@@ -4,6 +4,7 @@
     hostplane pki issue api|controllers|fleet [--data-dir var]
     hostplane pki issue node NAME | operator NAME
     hostplane pki issue server [--name HOST ...]
+    hostplane pki issue node-endpoint NAME [--name HOST ...]   a node endpoint's server certificate (consoles)
 
 Files go to `<data-dir>/pki/` with mode 0600; an existing certificate is kept (printed, not
 replaced) unless `--force`. Errors exit with 2 and one line on stderr.
@@ -41,9 +42,11 @@ def init_cmd(data_dir: Path) -> None:
 
 
 @pki.command("issue")
-@click.argument("kind", type=click.Choice(["api", "controllers", "fleet", "node", "operator", "server"]))
+@click.argument("kind", type=click.Choice(["api", "controllers", "fleet", "node", "operator", "server",
+                                           "node-endpoint"]))
 @click.argument("name", required=False)
-@click.option("--name", "server_names", multiple=True, help="server: an extra DNS name or IP address")
+@click.option("--name", "server_names", multiple=True,
+              help="server, node-endpoint: an extra DNS name or IP address (the address others connect to)")
 @click.option("--force", is_flag=True, help="replace an existing certificate")
 @_data_dir
 def issue_cmd(kind: str, name: str | None, server_names: tuple[str, ...], force: bool, data_dir: Path) -> None:
@@ -54,6 +57,9 @@ def issue_cmd(kind: str, name: str | None, server_names: tuple[str, ...], force:
             if name:
                 raise PKIError("server takes no NAME (use --name HOST)")
             pair = p.server(list(server_names), force=force)
+        elif kind == "node-endpoint":
+            # CN node-NAME: the API accepts this endpoint only for that node's servers (ADR 010).
+            pair = p.node_server(name or "", list(server_names), force=force)
         else:
             pair = p.issue(identity_for(kind, name), force=force)
     except PKIError as exc:

@@ -40,6 +40,12 @@ class TokenBuckets:
                 self._buckets.popitem(last=False)
             return wait
 
+    def peek(self, key: str, now: float) -> float:
+        """The requests `key` may still make at once (without spending one); `burst` for an unseen key."""
+        with self._lock:
+            tokens, at = self._buckets.get(key, (self.burst, now))
+        return min(self.burst, tokens + (now - at) * max(self.rate, 0.0))
+
 
 @dataclass
 class _Failures:

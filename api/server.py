@@ -31,10 +31,24 @@ from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from api import actions, audit, billing_routes, node_join, objects, orders, orphans, panel, principals, watch
+from api import (
+    actions,
+    audit,
+    billing_routes,
+    console,
+    metrics_routes,
+    node_join,
+    objects,
+    orders,
+    orphans,
+    panel,
+    principals,
+    watch,
+)
 from api.audit import AuditMiddleware, AuditWriter
 from api.auth import TokenVerifier, ensure_admin_token
 from api.deps import AppState, Settings, State, authenticate
+from api.do.routes import build_app as build_do_app
 from api.errors import PROBLEM_JSON, ApiError, Forbidden, Problem, problem_for
 from api.hub import WatchHub
 from api.metrics import ApiMetrics, MetricsMiddleware
@@ -95,7 +109,8 @@ def create_app(store: Store, *, max_body_bytes: int = 1024 * 1024, heartbeat_sec
                session_ttl_seconds: int = 12 * 3600, cookie_secure: bool | None = None,
                login_throttle: LoginThrottle | None = None, watch_flush_seconds: float = 0.08,
                streams_per_principal: int = 32, sessions_per_customer: int = 20,
-               join_pki: PKI | None = None) -> FastAPI:
+               join_pki: PKI | None = None, console_tls: console.ConsoleTLS | None = None,
+               prometheus_url: str | None = None) -> FastAPI:
     """Build the API over `store`. The caller owns the store and closes it.
 
     No CORS headers are ever sent: browsers keep other origins out, and the panel is served
@@ -118,7 +133,7 @@ def create_app(store: Store, *, max_body_bytes: int = 1024 * 1024, heartbeat_sec
                      streams=StreamSlots(streams_per_principal),
                      hub=WatchHub(store, flush_seconds=watch_flush_seconds,
                                   tick_seconds=min(1.0, heartbeat_seconds)),
-                     join_pki=join_pki)
+                     join_pki=join_pki, console_tls=console_tls, prometheus_url=prometheus_url)
     metrics = ApiMetrics()
     audit_writer = AuditWriter(astore)
 
@@ -177,11 +192,13 @@ def create_app(store: Store, *, max_body_bytes: int = 1024 * 1024, heartbeat_sec
 
     app.include_router(watch.router)
     # Before the object routes: /v1/{kind} would otherwise match /v1/tokens, /v1/orders, /v1/audit.
-    for router in (principals.router, actions.router, orders.router, audit.router, node_join.router,
+    for router in (principals.router, actions.router, console.router, metrics_routes.router, orders.router,
+                   audit.router, node_join.router,
                    orphans.router):
         app.include_router(router)
     app.include_router(objects.router)
     app.include_router(billing_routes.router)
+    app.mount("/v2", build_do_app(state))  # the DigitalOcean-compatible API (api/do, docs/adr/012)
     app.openapi = lambda: build_openapi(app)  # type: ignore[method-assign]  # bodies, answers, errors: api.openapi
     return app
 
@@ -290,7 +307,8 @@ def settle_garbage_collector() -> None:
 
 
 def run_api(*, etcd: EtcdConnection, host: str, port: int, data_dir: Path, stop: threading.Event | None,
-            tls: TLSFiles | None = None, trusted_proxies: Sequence[str] = (), join_pki: PKI | None = None) -> None:
+            tls: TLSFiles | None = None, trusted_proxies: Sequence[str] = (), join_pki: PKI | None = None,
+            prometheus_url: str | None = None) -> None:
     """Run the API against etcd until `stop` is set or the process gets SIGTERM/SIGINT."""
     stop = stop or threading.Event()
     switch_interval = sys.getswitchinterval()
@@ -302,7 +320,9 @@ def run_api(*, etcd: EtcdConnection, host: str, port: int, data_dir: Path, stop:
     store = Store(etcd)
     try:
         ensure_admin_token(store, Path(data_dir))
-        app = create_app(store, join_pki=join_pki)
+        app = create_app(store, join_pki=join_pki,
+                         console_tls=console.ConsoleTLS(ca=etcd.ca, cert=etcd.cert, key=etcd.key),
+                         prometheus_url=prometheus_url)
         settle_garbage_collector()
         serve_app(app, host=host, port=port, stop=stop, tls=tls, trusted_proxies=trusted_proxies)
     finally:

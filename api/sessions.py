@@ -206,23 +206,31 @@ class Sessions:
         if not session_id or len(session_id) > 256:
             return None
         key = session_key(self._store.root, session_id)
+        rec = self._record(key)
+        return _principal(key, rec) if rec is not None else None
+
+    def alive(self, key: str) -> bool:
+        """The session stored at `key` still exists and has not expired (cached; logouts invalidate the cache)."""
+        rec = self._record(key)
+        return rec is not None and _principal(key, rec) is not None
+
+    def _record(self, key: str) -> dict[str, Any] | None:
         now = time.monotonic()
         with self._lock:
             hit = self._cache.get(key)
         if hit is not None and hit[0] > now:
-            rec = hit[1]
-        else:
-            kv = self._store.kv_get(key)
-            try:
-                loaded = json.loads(kv.value) if kv is not None else None
-            except ValueError:
-                loaded = None
-            rec = loaded if isinstance(loaded, dict) else None
-            with self._lock:
-                if len(self._cache) > 10_000:
-                    self._cache.clear()
-                self._cache[key] = (now + (self._cache_seconds if rec else min(1.0, self._cache_seconds)), rec)
-        return _principal(key, rec) if rec is not None else None
+            return hit[1]
+        kv = self._store.kv_get(key)
+        try:
+            loaded = json.loads(kv.value) if kv is not None else None
+        except ValueError:
+            loaded = None
+        rec = loaded if isinstance(loaded, dict) else None
+        with self._lock:
+            if len(self._cache) > 10_000:
+                self._cache.clear()
+            self._cache[key] = (now + (self._cache_seconds if rec else min(1.0, self._cache_seconds)), rec)
+        return rec
 
 
 def end_customer_sessions(store: Store, customer: str) -> None:

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from api import prometheus
 from reconcile.cluster import ensure_cluster_id
 from reconcile.errors import AlreadyExists, NotFound, StoreError
 from reconcile.etcd_cluster import EtcdCluster
@@ -329,16 +330,37 @@ def run_up(data_dir: Path, port: int = 8080, libvirt_uri: str | None = None,
         (data_dir / "up.pid").write_text(f"{os.getpid()}\n")
 
         logs = data_dir / "logs"
+        # Prometheus (Debian `prometheus`) keeps the load series: own data dir, loopback, stopped with up.
+        agent_port = free_port("127.0.0.1")
+        prometheus_url = None
+        if prometheus.available():
+            prom_dir = data_dir / "prometheus"
+            prom_dir.mkdir(parents=True, exist_ok=True)
+            api_pair = etcd.pki.issue("api")
+            (prom_dir / "prometheus.yml").write_text(prometheus.config(
+                agents=[f"127.0.0.1:{agent_port}"], api=f"127.0.0.1:{port}", ca=etcd.pki.ca_cert,
+                cert=api_pair.cert, key=api_pair.key))
+            prom_port = free_port("127.0.0.1")
+            prometheus_url = f"http://127.0.0.1:{prom_port}"
+            children.append(Child("prometheus", prometheus.argv(prom_dir / "prometheus.yml", prom_dir / "data",
+                                                                prom_port), logs / "prometheus.log"))
+        else:
+            say("note: Prometheus is not installed (Debian package `prometheus`): no load graphs")
         children.append(Child("api", _hostplane_argv(
             "api", *etcd.args("api"), "--host", "127.0.0.1", "--port", str(port),
             "--tls-cert", str(server_cert.cert), "--tls-key", str(server_cert.key), "--join-pki", str(etcd.pki.dir),
-            "--data-dir", str(data_dir)), logs / "api.log"))
+            "--data-dir", str(data_dir), *(["--prometheus", prometheus_url] if prometheus_url else [])),
+            logs / "api.log"))
         children.append(Child("controllers", _hostplane_argv(
             "controllers", *etcd.args("controllers"), "--identity", f"up-{os.getpid()}"),
             logs / "controllers.log"))
+        # The agent's console endpoint: loopback, mutual TLS with the node's own server certificate.
+        node_cert = etcd.pki.node_server("local")
         children.append(Child("agent", _hostplane_argv(
             "agent", *etcd.args("node-local"), "--node", "local", "--libvirt", uri,
-            "--data-dir", str(data_dir / "agent"), "--image-dir", str(data_dir / "images")), logs / "agent.log"))
+            "--data-dir", str(data_dir / "agent"), "--image-dir", str(data_dir / "images"),
+            "--endpoint", f"127.0.0.1:{agent_port}", "--endpoint-cert", str(node_cert.cert),
+            "--endpoint-key", str(node_cert.key)), logs / "agent.log"))
         if simulate_nodes:
             children.append(Child("fleet", [
                 sys.executable, "-m", "api.up", *etcd.args("fleet"), "--nodes", str(simulate_nodes),
@@ -392,7 +414,7 @@ def run_up(data_dir: Path, port: int = 8080, libvirt_uri: str | None = None,
 TEST_GUEST = "test-guest"
 
 
-def test_guest_image(img: Any) -> Image:
+def registered_test_guest(img: Any) -> Image:
     """The Image `up` registers for the guest built at `img` (an `api.testguest.GuestImage`)."""
     return Image(
         metadata=ObjectMeta(name=TEST_GUEST, labels={"family": "test", "hostplane.io/made-by": "up"}),
@@ -427,7 +449,7 @@ def prepare_test_guest(data_dir: Path, etcd: EtcdServer | EtcdCluster, say: Any,
                 "stay Pending. A distribution image works too (examples/images.yaml)")
             return
     img = GuestImage(**json.loads(manifest.read_text()))
-    want = test_guest_image(img)
+    want = registered_test_guest(img)
     try:
         with etcd.store("api") as store:
             try:
@@ -453,6 +475,9 @@ def _ensure_network_state_dir(say: Any) -> None:
         with contextlib.suppress(OSError):
             d.mkdir(mode=0o755)
             say(f"created {d} (libvirt's NAT networks need it; the dnsmasq-base package makes it)")
+    if shutil.which("dnsmasq") is None and not Path("/usr/sbin/dnsmasq").exists():
+        say("warning: dnsmasq is not installed (package dnsmasq-base; `make up` installs it). libvirt 9 "
+            "crashes at start while a NAT network is active without it: a restarted libvirtd will not come up.")
 
 
 def _closed_ancestor(path: Path) -> Path | None:

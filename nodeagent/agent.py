@@ -28,11 +28,14 @@ import libvirt
 
 from nodeagent import plan as P
 from nodeagent import report
+from nodeagent.console_source import console_source
 from nodeagent.domain_xml import domain_name
+from nodeagent.endpoint import ConsoleUnavailable, Endpoint, EndpointConfig
 from nodeagent.errors import AgentError, HypervisorUnavailable
 from nodeagent.events import ensure_event_loop
 from nodeagent.hypervisor import Hypervisor, Observation
 from nodeagent.images import ImagePolicy
+from nodeagent.sampler import Sampler
 from reconcile import keys
 from reconcile.cluster import await_cluster_id
 from reconcile.controller import Controller, Result
@@ -67,7 +70,8 @@ class Agent:
     def __init__(self, store: Store, node: str, conn_uri: str, data_dir: Path, *, resync: float = 60.0,
                  workers: int = 2, heartbeat_ttl: int = 10, debounce_seconds: float = 2.0,
                  pool_name: str | None = None, network: str = "user", netns: str | None = None,
-                 enqueue: Callable[[str, float], None] | None = None, image_policy: ImagePolicy | None = None) -> None:
+                 enqueue: Callable[[str, float], None] | None = None, image_policy: ImagePolicy | None = None,
+                 endpoint: EndpointConfig | None = None, stats_interval: float = 10.0) -> None:
         self.store = store
         self.node = node
         self.data_dir = data_dir
@@ -124,6 +128,11 @@ class Agent:
         self.warm = False
         self.call_limit = LIBVIRT_CALL_LIMIT
         self._warned_user_mode = False
+        # The node's TLS endpoint (consoles, metrics) for the API; its address goes into the heartbeat.
+        # Load figures for Prometheus: one bulk-stats call per interval, served by the endpoint at /metrics.
+        self.sampler = Sampler(self.hv, node, self.domain_names, facts=lambda: self._facts, interval=stats_interval)
+        self.endpoint = Endpoint(endpoint, resolve=self.console_target,
+                                 metrics=self.sampler.text) if endpoint is not None else None
 
     # ------------------------------------------------------------ lifecycle
 
@@ -139,6 +148,9 @@ class Agent:
         self._load_reported()
         self.informer.add_handler(self._on_desired)
         self.tombstones.add_handler(self._on_tombstone)
+        if self.endpoint is not None:
+            self.endpoint.start()
+            self.sampler.start()
         if self._own_controller:
             # Beat before touching libvirt: a first connection can take minutes (QEMU probing), and
             # the node must say "warming" meanwhile, not vanish.
@@ -168,6 +180,9 @@ class Agent:
             self._thread.join(10)
         if self._hb_thread is not None:
             self._hb_thread.join(10)
+        if self.endpoint is not None:
+            self.sampler.stop()
+            self.endpoint.stop()
         self._deregister_events()
         if self._lease is not None:
             with contextlib.suppress(StoreError):
@@ -381,6 +396,10 @@ class Agent:
             # One without a tombstone is an orphan: reported by the scan, never touched here.
             for uid in sorted(uids - ({spec.uid} if spec else set())):
                 if not self.tombstoned(uid):
+                    gone = self.hv.read(uid).actual if self.hv.alive() else None
+                    if gone is not None and not gone.defined and gone.disk_gib is None and not gone.seed_present:
+                        with self._lock:  # nothing of it is left: nothing to report or keep
+                            self._uids.get(vps, set()).discard(uid)
                     continue
                 stale, _done, w = self._converge(None, uid, vps, tombstoned=True)
                 if not stale.actual.defined and stale.actual.disk_gib is None and not stale.actual.seed_present:
@@ -469,6 +488,19 @@ class Agent:
         if self._reported.pop(vps, None) is not None:
             self.store.kv_delete(keys.observed_key(self.node, vps, self.store.root))
 
+    # ------------------------------------------------------------ consoles
+
+    def domain_names(self) -> dict[str, str]:
+        """Domain name -> VPS of this node's desired entries (what the sampler labels)."""
+        return {domain_name(spec.uid): vps for vps, spec in self.informer.items().items()}
+
+    def console_target(self, vps: str, kind: str) -> str:
+        """The PTY or VNC socket of `vps`'s running domain on this node (for the endpoint). Blocking."""
+        spec = self.informer.items().get(vps)
+        if spec is None:
+            raise ConsoleUnavailable("the server is not on this node")
+        return console_source(self.hv, domain_name(spec.uid), kind)
+
     # ------------------------------------------------------------ heartbeat
 
     def allocated(self) -> dict[str, int]:
@@ -488,7 +520,8 @@ class Agent:
                                  conditions=report.node_conditions(
                                      orphans=self.orphans, orphan_volumes=self.orphan_volumes,
                                      desired=len(self.informer.items()), managed=self.managed_domains,
-                                     libvirt_error=self.hv_error, warming=warming, stuck=stuck))
+                                     libvirt_error=self.hv_error, warming=warming, stuck=stuck),
+                                 endpoint=self.endpoint.address if self.endpoint is not None else "")
         key = keys.heartbeat_key(self.node, self.store.root)
         with self._hb_lock:
             self._beat(key, value)

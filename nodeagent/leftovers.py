@@ -101,13 +101,17 @@ def purge_cluster(uri: str, cluster_id: str, pool_name: str | None = None) -> tu
             pool = conn.storagePoolLookupByName(pool_name or default_pool_name(cluster_id))
         except libvirt.libvirtError:
             return domains, volumes
-        if not pool.isActive():
-            pool.create(0)
-        pool.refresh(0)
-        for name in pool.listVolumes():
-            pool.storageVolLookupByName(name).delete(0)
-            volumes.append(str(name))
-        pool.destroy()
+        try:
+            if not pool.isActive():
+                pool.create(0)
+            pool.refresh(0)
+        except libvirt.libvirtError:
+            pass  # its directory is gone (the data dir was deleted): only the definition is left
+        if pool.isActive():
+            for name in pool.listVolumes():
+                pool.storageVolLookupByName(name).delete(0)
+                volumes.append(str(name))
+            pool.destroy()
         pool.undefine()
         return domains, sorted(volumes)
     finally:

@@ -15,6 +15,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 from nodeagent.agent import Agent
+from nodeagent.endpoint import EndpointConfig
 from nodeagent.images import ImagePolicy
 from reconcile.connection import EtcdConnection
 from reconcile.controller import Controller, Result
@@ -24,10 +25,10 @@ log = logging.getLogger(__name__)
 
 
 def run_agent(*, etcd: EtcdConnection, node: str, libvirt_uri: str, data_dir: Path, stop: threading.Event,
-              image_policy: ImagePolicy | None = None) -> None:
-    """Run one node's agent until `stop` is set."""
+              image_policy: ImagePolicy | None = None, endpoint: EndpointConfig | None = None) -> None:
+    """Run one node's agent until `stop` is set (with its TLS endpoint for consoles, if configured)."""
     store = Store(etcd)
-    agent = Agent(store, node, libvirt_uri, data_dir, image_policy=image_policy)
+    agent = Agent(store, node, libvirt_uri, data_dir, image_policy=image_policy, endpoint=endpoint)
     try:
         agent.start()
         log.info("agent %s: running on %s", node, libvirt_uri)

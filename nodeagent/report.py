@@ -126,9 +126,12 @@ def node_conditions(*, orphans: list[dict[str, str]], orphan_volumes: list[str],
 def heartbeat(node: str, facts: Any, *, allocated: dict[str, int], libvirt_ok: bool, error: str,
               now: datetime, orphans: list[dict[str, str]] | None = None, orphan_volumes: list[str] | None = None,
               conditions: list[dict[str, str]] | None = None, warming: bool = False,
-              legacy_memory: list[str] | None = None) -> dict[str, Any]:
-    """The node's heartbeat value: capacity from libvirt, what its managed domains use, orphans, conditions."""
+              endpoint: str = "", legacy_memory: list[str] | None = None) -> dict[str, Any]:
+    """The node's heartbeat value: capacity from libvirt, what its managed domains use, orphans, conditions,
+    and `endpoint` (host:port of its TLS endpoint for consoles and metrics, if it runs one)."""
     doc: dict[str, Any] = {"node": node, "time": now.astimezone(UTC).isoformat(), "libvirt": libvirt_ok}
+    if endpoint:
+        doc["endpoint"] = endpoint
     if facts is not None:
         doc["capacity"] = {"cpus": facts.cpus, "memoryMiB": facts.memory_mib,
                            "freeMemoryMiB": facts.free_memory_mib, "poolGiB": facts.pool_capacity_gib,

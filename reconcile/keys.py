@@ -97,3 +97,48 @@ def last_segment(key: str) -> str:
 def name_claim_key(name: str, root: str = ROOT) -> str:
     """Who first used a Subscription/VPS name (api.names): kept after the objects are deleted."""
     return f"{root}/names/{name}"
+
+
+# The DigitalOcean-compatible API (api/do): integer ids, customers' SSH keys, action records.
+def do_counter_key(root: str = ROOT) -> str:
+    """The last integer id handed out (droplets, images, keys and actions share one sequence)."""
+    return f"{root}/do/next-id"
+
+
+def do_id_key(uid: str, root: str = ROOT) -> str:
+    """An object's integer id, by its uid: stable for that incarnation's life."""
+    return f"{root}/do/ids/{uid}"
+
+
+def do_droplet_prefix(customer: str, root: str = ROOT) -> str:
+    return f"{root}/do/droplets/{customer}/"
+
+
+def do_droplet_key(customer: str, droplet_id: int, root: str = ROOT) -> str:
+    """Which VPS (name and uid) a customer's droplet id is, with its tags and requested region."""
+    return f"{do_droplet_prefix(customer, root)}{droplet_id:012d}"
+
+
+def do_ssh_key_prefix(customer: str, root: str = ROOT) -> str:
+    return f"{root}/do/keys/{customer}/"
+
+
+def do_ssh_key_key(customer: str, key_id: int, root: str = ROOT) -> str:
+    return f"{do_ssh_key_prefix(customer, root)}{key_id:012d}"
+
+
+def do_action_prefix(customer: str, root: str = ROOT) -> str:
+    return f"{root}/do/actions/{customer}/"
+
+
+def do_action_key(customer: str, action_id: int, root: str = ROOT) -> str:
+    return f"{do_action_prefix(customer, root)}{action_id:012d}"
+
+
+def console_ticket_prefix(root: str = ROOT) -> str:
+    return f"{root}/consoles/"
+
+
+def console_ticket_key(digest: str, root: str = ROOT) -> str:
+    """A one-time console ticket, stored under the sha256 of its secret (never the secret); lease-bound."""
+    return f"{console_ticket_prefix(root)}{digest}"

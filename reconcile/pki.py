@@ -222,6 +222,15 @@ class PKI:
         )
         return cert.public_bytes(serialization.Encoding.PEM)
 
+    def node_server(self, node: str, names: list[str] | tuple[str, ...] = (), *, force: bool = False) -> CertPair:
+        """A node endpoint's server certificate: CN `node-<node>` (the API checks it), SAN 127.0.0.1,
+        localhost and `names`; reused if it exists."""
+        identity = identity_for("node", node)
+        pair = CertPair(self.dir / f"{identity}-server.crt", self.dir / f"{identity}-server.key")
+        if pair.cert.exists() and pair.key.exists() and not force:
+            return pair
+        return self._issue(f"{identity}-server", identity, server_names=list(names))
+
     def server(self, names: list[str] | tuple[str, ...] = (), *, force: bool = False) -> CertPair:
         """The server certificate (SAN 127.0.0.1, localhost and `names`); reused if it exists."""
         pair = CertPair(self.dir / "server.crt", self.dir / "server.key")

@@ -55,6 +55,9 @@ ROLES: dict[str, tuple[Grant, ...]] = {
         Grant("names/", "readwrite", "which customer first used a Subscription/VPS name (api.names)"),
         Grant("events/", "read", "events shown to customers and operators"),
         Grant("purges/", "readwrite", "operators' requests to purge orphan domains (the controllers carry them out)"),
+        Grant("do/", "readwrite", "DigitalOcean-compatible API: integer ids, customers' SSH keys, action records"),
+        Grant("nodes/", "read", "observations (DigitalOcean-compatible actions), heartbeats (console endpoints)"),
+        Grant("consoles/", "readwrite", "one-time console tickets (hashed, lease-bound)"),
     ),
     "controllers": (
         Grant("specs/", "readwrite", "finalizers, garbage collection"),

@@ -5,8 +5,9 @@
   the plan, an empty virtio-mem device), same run, same guest image. RSS summed over the QEMU
   processes after the guests have booted and idled. N = 2 here (the development host has 2 shared
   cores); the issue's 20 needs a bigger host.
-* Live growth 256 MiB → 1 GiB: time from the device update to the device reporting the memory
-  plugged by the guest (`<current>`), 10 times (the guest unplugs it again between rounds).
+* Live growth by 768 MiB (256 MiB → 1 GiB, then on by the same step: a guest does not reliably give
+  memory it has used back, so rounds do not start over): time from the device update to the device
+  reporting the memory plugged by the guest (`<current>`), 10 rounds on one guest.
 
 Everything runs in a temp dir; every domain and the daemon are stopped at the end.
 """
@@ -39,10 +40,13 @@ GROWTHS = 10
 IDLE_SECONDS = 20
 
 
-def _spec(i: int, image: DomainImage) -> DomainSpec:
+STEP = 768
+
+
+def _spec(i: int, image: DomainImage, max_mib: int = MAX_MIB) -> DomainSpec:
     return DomainSpec.model_validate({
         "vps": f"bench-{i}", "uid": f"benchmem{i}", "vcpus": 1, "memoryMiB": NANO, "diskGiB": 1, "maxVcpus": 1,
-        "maxMemoryMiB": MAX_MIB, "image": image, "hostname": f"bench-{i}",
+        "maxMemoryMiB": max_mib, "image": image, "hostname": f"bench-{i}",
         "network": DomainNetwork(mac=f"52:54:00:00:10:{i:02x}")})
 
 
@@ -116,25 +120,21 @@ def _current_kib(dom: libvirt.virDomain) -> int:
 
 
 def _growth_times(conn: libvirt.virConnect, work: Path, image: DomainImage) -> list[float]:
-    spec = _spec(9, image)
+    spec = _spec(9, image, NANO + GROWTHS * STEP)
     dom = conn.defineXML(_xml(spec, work, image, old=False))
     dom.create()
     _wait_booted(work / f"{domain_xml.domain_name(spec.uid)}.log")
     times = []
-    for _ in range(GROWTHS):
-        grow = domain_xml.virtio_mem_update(dom.XMLDesc(0), 1024)
+    for i in range(1, GROWTHS + 1):
+        grow = domain_xml.virtio_mem_update(dom.XMLDesc(0), NANO + i * STEP)
         assert grow is not None
         t0 = time.monotonic()
         dom.updateDeviceFlags(grow[0], libvirt.VIR_DOMAIN_AFFECT_LIVE)
-        while _current_kib(dom) < (1024 - NANO) * 1024:
+        while _current_kib(dom) < i * STEP * 1024:
+            if time.monotonic() - t0 > 60:
+                raise RuntimeError(f"growth {i} not plugged within 60 s")
             time.sleep(0.01)
         times.append(time.monotonic() - t0)
-        # Back to 0 for the next round (the guest unplugs cooperatively; not a product path).
-        dev = re.sub(r"<requested unit='KiB'>\d+</requested>", "<requested unit='KiB'>0</requested>", grow[0])
-        dom.updateDeviceFlags(dev, libvirt.VIR_DOMAIN_AFFECT_LIVE)
-        deadline = time.monotonic() + 60
-        while _current_kib(dom) != 0 and time.monotonic() < deadline:
-            time.sleep(0.05)
     dom.destroy()
     dom.undefine()
     return times
@@ -173,6 +173,7 @@ def run() -> str:
         f"| old: `<memory>` = maximum, balloon = plan | {before} MiB | {before / N:.0f} MiB |",
         f"| now: boot with the plan, empty virtio-mem | {after} MiB | {after / N:.0f} MiB |",
         f"| ratio now / old | {after / before:.2f} | |", "",
-        f"Live growth 256 MiB → 1 GiB until the guest has plugged it (`<current>`), {GROWTHS} rounds: "
+        f"Live growth by {STEP} MiB (256 MiB → 1 GiB, then on) until the guest has plugged it (`<current>`), "
+        f"{GROWTHS} rounds: "
         f"p50 {p50 * 1000:.0f} ms, p99 (max of {GROWTHS}) {p99 * 1000:.0f} ms.", "",
     ])

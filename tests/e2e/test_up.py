@@ -70,12 +70,22 @@ def test_up_serves_writes_config_stops_within_10s_and_restarts_without_loss(tmp_
             time.sleep(0.5)
         assert state == "Ready", "".join(up.output)
 
+        # up's Prometheus scrapes the agent's endpoint (mutual TLS): the node's series reach the API.
+        def node_series() -> bool:
+            r = httpx.get(f"https://127.0.0.1:{port}/v1/nodes/local/metrics", headers=headers, timeout=10,
+                          verify=up.verify())
+            return r.status_code == 200 and bool(r.json()["series"]["memoryBytes"])
+        deadline = time.monotonic() + 60
+        while not node_series() and time.monotonic() < deadline:
+            time.sleep(1)
+        assert node_series(), "".join(up.output)
+
         pki = data / "pki"
         certs = {f.name: f.read_bytes() for f in pki.iterdir()}
         assert {"ca.crt", "ca.key", "server.crt", "api.crt", "controllers.crt", "node-local.crt"} <= set(certs)
         assert "CA:" in "".join(up.output) and str(pki / "ca.crt") in "".join(up.output)
         children = set(children_of(up.proc.pid))
-        assert len(children) >= 4  # etcd, api, controllers, agent
+        assert len(children) >= 5  # etcd, prometheus, api, controllers, agent
         took = _stop(up)
         assert took < 10.0
         assert up.proc.returncode == 0

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from api.prometheus import PrometheusProcess
+from reconcile.etcd_server import free_port
 from reconcile.store import Store
 from specs.kinds import VPS
 from tests.helpers.access_env import Env, served
@@ -29,9 +31,14 @@ EXAMPLES = 10
 
 @pytest.fixture
 def env(store: Store, tmp_path: Path) -> Iterator[Env]:
-    """Two customers with a server each, a token per role; no rate limit (the fuzzer is fast)."""
-    with served(store, tmp_path, rate_per_principal=0) as e:
-        yield e
+    """Two customers with a server each, a token per role; no rate limit (the fuzzer is fast); a real
+    Prometheus (with nothing to scrape) behind the metric routes."""
+    prom = PrometheusProcess(tmp_path / "prometheus", free_port("127.0.0.1"), "scrape_configs: []\n").start()
+    try:
+        with served(store, tmp_path, rate_per_principal=0, prometheus_url=prom.url) as e:
+            yield e
+    finally:
+        prom.stop()
 
 
 def schemathesis() -> str:

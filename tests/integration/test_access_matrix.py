@@ -130,6 +130,17 @@ ROWS: dict[tuple[str, str], Row] = {
         # An unknown plan: allowed callers get 422 after the access check.
         "POST", f"/v1/vps/{name_of('vps', o)}/actions/resize", object_write(r, "vps", o, patchable=True),
         body={"plan": "no-such-plan"})],
+    ("POST", "/v1/vps/{name}/console"): lambda r, o, e: [Case(
+        # The servers are on no node: allowed callers get 409 after the access check; no ticket is stored.
+        "POST", f"/v1/vps/{name_of('vps', o)}/console", object_write(r, "vps", o, patchable=True),
+        body={"kind": "serial"})],
+    # An unknown range: allowed callers get 422 after the access check.
+    ("GET", "/v1/vps/{name}/metrics"): lambda r, o, e: [Case(
+        "GET", f"/v1/vps/{name_of('vps', o)}/metrics", object_read(r, "vps", o), params={"range": "2h"})],
+    ("GET", "/v1/vps/{name}/traffic"): lambda r, o, e: [Case(
+        "GET", f"/v1/vps/{name_of('vps', o)}/traffic", object_read(r, "vps", o), params={"month": "1999-13"})],
+    ("GET", "/v1/nodes/{name}/metrics"): lambda r, o, e: [Case(
+        "GET", "/v1/nodes/n1/metrics", OK if r in STAFF else 403, params={"range": "2h"})],
     ("POST", "/v1/orders"): lambda r, o, e: [Case(
         # Nobody has funds: allowed callers get 402 (or 422), nothing is created.
         "POST", "/v1/orders", (OK if o else 404) if r == "customer" else OK if r in STAFF else 403,

@@ -692,3 +692,19 @@ def test_heartbeat_keeps_beating_while_libvirt_is_slow_and_says_so(store: Store,
     finally:
         release.set()
         agent.stop()
+
+
+def test_an_orphan_removed_by_hand_takes_its_report_with_it(node: Node, image: DomainImage) -> None:
+    """Once an orphan's domain and volumes are gone (an operator's virsh), its stale report is deleted too."""
+    agent = node.start()
+    spec = make_spec(image)
+    node.wait("web-1", ready(node.put(spec)), "ready")
+    node.drop_desired("web-1")
+    time.sleep(2.5)  # a resync: it is an orphan now, report kept
+    assert node.observed("web-1") is not None
+    dom = node.domain(spec)
+    dom.destroy()
+    dom.undefine()
+    assert agent.hv.storage is not None
+    agent.hv.storage.delete_domain_volumes(domain_name(spec.uid))
+    wait_for(lambda: node.observed("web-1") is None, timeout=10, what="stale report removed")

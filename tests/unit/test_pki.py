@@ -100,3 +100,21 @@ def test_cli_init_and_issue(tmp_path: Path) -> None:
     assert common_name(tmp_path / "pki" / "node-hv1.crt") == "node-hv1"
     out = r.invoke(main, ["pki", "issue", "node", "--data-dir", str(tmp_path)])
     assert out.exit_code == 2 and "NAME" in out.output
+
+
+def test_cli_issues_a_node_endpoint_certificate(tmp_path: Path) -> None:
+    """`pki issue node-endpoint hv1 --name 10.0.0.7`: a server certificate with CN node-hv1 and that address."""
+    from cryptography import x509
+
+    r = CliRunner()
+    assert r.invoke(main, ["pki", "init", "--data-dir", str(tmp_path)]).exit_code == 0
+    out = r.invoke(main, ["pki", "issue", "node-endpoint", "hv1", "--name", "10.0.0.7", "--data-dir", str(tmp_path)])
+    assert out.exit_code == 0, out.output
+    path = tmp_path / "pki" / "node-hv1-server.crt"
+    assert common_name(path) == "node-hv1"
+    cert = x509.load_pem_x509_certificate(path.read_bytes())
+    sans = [str(v) for v in cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+            .get_values_for_type(x509.IPAddress)]
+    assert "10.0.0.7" in sans
+    assert r.invoke(main, ["pki", "issue", "node-endpoint", "--data-dir", str(tmp_path)]).exit_code == 2
+

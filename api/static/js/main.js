@@ -9,6 +9,7 @@ import { loginView } from './views/login.js';
 import * as customer from './views/customer.js';
 import * as billing from './views/billing.js';
 import * as ops from './views/ops.js';
+import { consoleView } from './views/console.js';
 
 const app = document.getElementById('app');
 const session = { who: null, live: null };
@@ -16,6 +17,7 @@ const session = { who: null, live: null };
 const CUSTOMER_ROUTES = [
   [/^\/servers$/, customer.serversView],
   [/^\/servers\/([^/]+)$/, customer.serverView],
+  [/^\/servers\/([^/]+)\/console$/, consoleView],
   [/^\/order$/, customer.orderView],
   [/^\/billing$/, billing.billingView],
 ];
@@ -23,6 +25,7 @@ const OPERATOR_ROUTES = [
   [/^\/ops\/nodes$/, ops.nodesView],
   [/^\/ops\/servers$/, ops.serversView],
   [/^\/ops\/servers\/([^/]+)$/, customer.serverView],
+  [/^\/ops\/servers\/([^/]+)\/console$/, consoleView],
   [/^\/ops\/customers$/, ops.customersView],
   [/^\/ops\/customers\/([^/]+)$/, ops.customerView],
   [/^\/ops\/events$/, ops.eventsView],

@@ -73,11 +73,12 @@ def _start_private_daemon(base: Path) -> tuple[str, subprocess.Popen[bytes]]:
 
 
 @contextmanager
-def qemu_session() -> Iterator[Session]:
-    """A working QEMU libvirt connection URI; a private daemon is started (and stopped) if needed."""
+def qemu_session(*, private: bool = False) -> Iterator[Session]:
+    """A working QEMU libvirt connection URI; a private daemon is started (and stopped) if needed,
+    or always with `private` (a test that must not share a daemon others may stop)."""
     base = Path(tempfile.mkdtemp(prefix="hpq", dir="/tmp"))
     os.chmod(base, 0o755)
-    if _try_open("qemu:///session"):
+    if not private and _try_open("qemu:///session"):
         yield Session("qemu:///session", base)
         shutil.rmtree(base, ignore_errors=True)
         return

@@ -3,6 +3,7 @@
 
 import { h, render } from '../dom.js';
 import * as api from '../api.js';
+import { loadCard } from './graphs.js';
 import {
   alertBox, badge, busy, dialog, field, fromMinor, mib, money, moneyMinor, pageHeader, planSummary, price,
   subState, table, toMinor, toast, when,
@@ -241,8 +242,9 @@ export function serverView(container, ctx) {
   const actions = h('section', { class: 'card', 'aria-labelledby': 'ac-h' });
   const events = h('section', { class: 'card', 'aria-labelledby': 'ev-h' });
   const error = h('div');
+  const load = loadCard(name);
   container.append(h('a', { href: back, class: 'back' }, operator ? '← All servers' : '← My servers'),
-    pageHeader(name), error, h('div', { class: 'grid2' }, status, actions), events);
+    pageHeader(name), error, h('div', { class: 'grid2' }, status, actions), load.el, events);
   let seen = false;
 
   const paint = () => {
@@ -296,6 +298,8 @@ export function serverView(container, ctx) {
         btn('start', 'Start', simple('start', 'Start', 'Starting…', 'Running'), { tone: 'primary', disabled: running || suspended }),
         btn('stop', 'Stop', simple('stop', 'Stop', 'Stopping…', 'Stopped'), { disabled: !running }),
         btn('reboot', 'Reboot', simple('reboot', 'Reboot', 'Rebooting…', 'reboot'), { disabled: !running || suspended }),
+        btn('console', 'Console', () => ctx.navigate(`${operator ? '/ops/servers' : '/servers'}/${encodeURIComponent(name)}/console`),
+          { disabled: suspended }),
         btn('resize', 'Resize…', () => plan && resizeDialog(live, vps, plan), { disabled: !plan }),
         btn('rebuild', 'Rebuild…', () => rebuildDialog(live, vps), { tone: 'danger-outline' }),
         btn('delete', 'Delete…', () => deleteDialog(live, vps, operator, () => ctx.navigate(back)), {
@@ -325,7 +329,7 @@ export function serverView(container, ctx) {
   loadEvents();
   const off = live.on((kinds) => { paint(); if (kinds.has('VPS')) eventsSoon(); });
   const tick = setInterval(paint, 5000);
-  return { destroy: () => { off(); clearInterval(tick); clearTimeout(timer); } };
+  return { destroy: () => { off(); clearInterval(tick); clearTimeout(timer); load.destroy(); } };
 }
 
 // ------------------------------------------------------------------ order

@@ -2,6 +2,7 @@
 
 import { h, render } from '../dom.js';
 import * as api from '../api.js';
+import { customerLoad } from './graphs.js';
 import { alertBox, ago, badge, bar, busy, dialog, field, pageHeader, subState, table, toast, when } from '../ui.js';
 import { imageLabel, ipsOf, pendingLabel, phaseBadge, phaseOf, planName, serverCard, subscriptionOf } from './customer.js';
 import { ledgerPanel } from './billing.js';
@@ -200,9 +201,12 @@ export function customerView(container, ctx) {
   const subsBox = h('section', { class: 'card', 'aria-labelledby': 'cb-h' });
   const error = h('div');
   const ledger = ledgerPanel(name, live, { compact: true });
+  const loadBox = h('div');
   container.append(h('a', { href: '/ops/customers', class: 'back' }, '← Customers'), head, error,
     h('div', { class: 'grid3' }, servers, subsBox,
-      h('section', { class: 'card', 'aria-labelledby': 'cl-h' }, h('h2', { id: 'cl-h' }, 'Ledger'), ledger.el)));
+      h('section', { class: 'card', 'aria-labelledby': 'cl-h' }, h('h2', { id: 'cl-h' }, 'Ledger'), ledger.el)), loadBox);
+  let load = null;
+  let loadedFor = '';
   const paint = () => {
     const c = live.find('Customer', name);
     render(head, pageHeader(c ? (c.spec.displayName || name) : name,
@@ -215,6 +219,14 @@ export function customerView(container, ctx) {
     render(servers, h('h2', { id: 'cs-h' }, 'Servers'), vps.length ? h('ul', { class: 'servers compact' },
       vps.map((v) => serverCard(live, v, { href: `/ops/servers/${encodeURIComponent(v.metadata.name)}` })))
       : h('p', { class: 'empty' }, 'No servers.'));
+    // The support flow: this customer's servers' load beside their nodes' (redrawn when the set changes).
+    const key = vps.map((v) => `${v.metadata.name}@${(v.status && v.status.node) || ''}`).join(',');
+    if (key !== loadedFor) {
+      loadedFor = key;
+      if (load) load.destroy();
+      load = vps.length ? customerLoad(vps) : null;
+      render(loadBox, load ? load.el : null);
+    }
     render(subsBox, h('h2', { id: 'cb-h' }, 'Subscriptions'), subs.length ? h('ul', { class: 'subs' }, subs.map((s) => {
       const st = s.status || {};
       const held = s.spec.suspend;
@@ -232,7 +244,7 @@ export function customerView(container, ctx) {
   };
   paint();
   const off = live.on(paint);
-  return { destroy: () => { off(); ledger.destroy(); } };
+  return { destroy: () => { off(); ledger.destroy(); if (load) load.destroy(); } };
 }
 
 // ------------------------------------------------------------------ events
