@@ -305,10 +305,12 @@ class Hypervisor:
         off_by_guest = (state == libvirt.VIR_DOMAIN_SHUTOFF and reason == libvirt.VIR_DOMAIN_SHUTOFF_SHUTDOWN
                         and meta.stop_intent is None)
         memory, requested = sizes.memory_mib, sizes.requested_memory_mib
-        if active and meta.memory_target_mib is not None and (sizes.legacy_memory or self.simulated):
-            # A legacy domain's balloon settles near its target; the test driver plugs nothing, and stands
-            # for a guest that takes what it is given.
+        if active and meta.memory_target_mib is not None and sizes.legacy_memory:
+            # A legacy domain's balloon settles near its target.
             memory = requested = meta.memory_target_mib
+        elif active and meta.memory_target_mib is not None and self.simulated:
+            # The test driver cannot update the device: what was asked is in the metadata.
+            requested = meta.memory_target_mib
         actual = P.Actual(
             defined=True, managed=True, power=power, off_by_guest=off_by_guest,
             vcpus=sizes.vcpus, max_vcpus=sizes.max_vcpus, memory_mib=memory,
@@ -580,8 +582,10 @@ class Hypervisor:
         if self._memory_tuning():
             dom.setMemoryParameters({"hard_limit": domain_xml.hard_limit_mib(total) * 1024}, live)
         if self.simulated:
-            # The test driver cannot update devices: it stands for a guest that accepts the growth.
+            # The test driver cannot update devices: it stands for a guest that accepts the growth, shown
+            # as its current memory (what `read_sizes` falls back to without a device <current>).
             self._set_meta(dom, meta.with_(memory_target_mib=total))
+            dom.setMemoryFlags(total * 1024, live)
             return
         dom.updateDeviceFlags(device, live)
 
