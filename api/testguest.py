@@ -1,7 +1,9 @@
 """Build the tiny test guest from Debian packages: cloud kernel + busybox initramfs + blank disk.
 
 The initramfs loads the virtio, network and isofs modules, mounts the NoCloud seed (label
-`cidata`), prints its hostname and SSH keys to the serial console, configures eth0 from the
+`cidata`), prints `MemTotal` at boot and every 10 s (`hostplane-guest: memtotal N kB`; the kernel
+onlines hot-plugged memory itself, `memhp_default_state=online`), prints its hostname and SSH keys
+to the serial console, configures eth0 from the
 seed's network-config (static addresses and default routes), runs a `#!` script given in
 user-data (alone or as the text/x-shellscript part of a multipart user-data, as cloud-init
 does) with each output line prefixed `hostplane-script:`, then serves a shell on the serial
@@ -31,8 +33,11 @@ from pathlib import Path
 
 # Modules the init loads, in dependency order resolved from modules.dep at build time.
 WANTED = ["virtio_pci", "virtio_blk", "isofs", "button", "evdev", "virtio_balloon", "virtio_net", "af_packet",
-          "ipv6"]
-CMDLINE = "console=ttyS0 panic=-1 quiet loglevel=3"
+          "ipv6", "virtio_mem"]
+# Hot-plugged memory (virtio-mem or DIMM) is onlined by the kernel itself, as udev does on a full distribution.
+# swiotlb=noforce: a hot-plug range above 4 GiB makes Linux reserve a 64 MiB bounce buffer at boot, which a small
+# guest cannot spare (128 MiB does not boot with it); virtio devices without an IOMMU never bounce (ADR 013).
+CMDLINE = "console=ttyS0 panic=-1 quiet loglevel=3 memhp_default_state=online swiotlb=noforce"
 
 INIT = r"""#!/bin/busybox sh
 /bin/busybox --install -s /bin
@@ -42,6 +47,10 @@ mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
 for m in $(cat /modules.order); do insmod /lib/modules/$m.ko 2>/dev/null; done
 echo "hostplane-guest: booted kernel $(uname -r)"
+# MemTotal at boot and every few seconds (and on SIGUSR1 to that loop): tests watch memory growth here.
+memtotal() { echo "hostplane-guest: memtotal $(sed -n 's/^MemTotal: *\([0-9]*\) kB/\1/p' /proc/meminfo) kB"; }
+memtotal
+(trap memtotal USR1; while true; do sleep 10 & wait $!; memtotal; done) &
 n=0
 while [ $n -lt 50 ]; do
   for d in /dev/vd?; do

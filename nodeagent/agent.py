@@ -87,6 +87,8 @@ class Agent:
                                                         decode=_decode_tombstone, name=f"agent {node} tombstones")
         self.cluster_id = ""
         self.orphans: list[dict[str, str]] = []
+        # VPS whose domain still runs the balloon-limited memory model (ADR 013): moved at their next start.
+        self.legacy_memory: set[str] = set()
         self.orphan_volumes: list[str] = []
         self.managed_domains = 0
         self._own_controller = enqueue is None
@@ -471,6 +473,10 @@ class Agent:
             prev = None
         new = report.observe(spec, obs.actual, vps=vps, uid=spec.uid, generation=generation, converged=converged,
                              error=error, notes=notes, previous=prev, now=datetime.now(UTC))
+        if obs.actual.defined and obs.actual.legacy_memory:
+            self.legacy_memory.add(vps)
+        else:
+            self.legacy_memory.discard(vps)
         self._write(vps, new)
 
     def _report_error_only(self, vps: str, error: tuple[str, str]) -> None:
@@ -510,6 +516,7 @@ class Agent:
         value = report.heartbeat(self.node, facts, allocated=self.allocated(), libvirt_ok=facts is not None,
                                  error=self.hv_error, now=datetime.now(UTC), orphans=self.orphans,
                                  orphan_volumes=self.orphan_volumes, warming=warming,
+                                 legacy_memory=sorted(self.legacy_memory & set(self.informer.items())),
                                  conditions=report.node_conditions(
                                      orphans=self.orphans, orphan_volumes=self.orphan_volumes,
                                      desired=len(self.informer.items()), managed=self.managed_domains,

@@ -2,7 +2,10 @@
 
 Built with ElementTree so every value is escaped; never by string formatting. The vCPU and
 memory maximums are fixed at define time (`maxVcpus`, `maxMemoryMiB`) so plans up to the
-node's maxResize resize live. The NIC follows the entry's network mode (a tap on the host
+node's maxResize resize live. The guest boots with exactly its plan's memory; live growth is a
+virtio-mem device the host plugs blocks into (ADR 013), never a balloon the guest may ignore,
+and the QEMU process's cgroup gets a hard limit of plugged memory + `QEMU_OVERHEAD_MIB`.
+The NIC follows the entry's network mode (a tap on the host
 bridge, on the pool gateway's isolated NAT network, or user-mode) and, unless user-mode,
 references the anti-spoofing filter with the booking's addresses (`netfilter`). No console
 listens on TCP: graphics on a per-domain UNIX socket, the serial console on a PTY the agent's
@@ -20,6 +23,17 @@ from nodeagent.metadata import NS, PREFIX, Meta
 from specs.domain import DomainSpec
 
 _SAFE = re.compile(r"[^a-zA-Z0-9-]")
+
+# What QEMU itself may use beyond the guest's plugged memory before its cgroup limit hits (ADR 013:
+# ~34 MiB measured at idle under TCG; the rest is room for TCG's translation cache and I/O buffers).
+QEMU_OVERHEAD_MIB = 256
+# virtio-mem plugs in blocks of this size; the device's size is a multiple of it.
+VIRTIO_MEM_BLOCK_MIB = 2
+
+
+def hard_limit_mib(plugged_mib: int) -> int:
+    """The cgroup memory limit of a domain with `plugged_mib` of guest memory."""
+    return plugged_mib + QEMU_OVERHEAD_MIB
 
 
 def domain_name(uid: str) -> str:
@@ -52,6 +66,8 @@ class Boot:
     guest_agent: bool = True
     # The VNC socket's path (None: no graphics device at all).
     graphics_socket: str | None = None
+    # `<memtune><hard_limit>`: libvirt refuses memory tuning in session mode (no cgroups there).
+    memory_limit: bool = True
 
 
 def _sub(parent: ET.Element, tag: str, text: str | None = None, **attrs: str) -> ET.Element:
@@ -76,10 +92,20 @@ def build(spec: DomainSpec, meta: Meta, boot: Boot, *, uuid: str | None = None) 
     md = _sub(dom, "metadata")
     md.append(meta.element())
     max_vcpus = max(spec.maxVcpus, spec.vcpus)
-    max_mem = max(spec.maxMemoryMiB, spec.memoryMiB)
-    _sub(dom, "memory", str(max_mem * 1024), unit="KiB")
-    _sub(dom, "currentMemory", str(spec.memoryMiB * 1024), unit="KiB")
+    boot_mem = spec.memoryMiB
+    grow = (max(spec.maxMemoryMiB, boot_mem) - boot_mem) // VIRTIO_MEM_BLOCK_MIB * VIRTIO_MEM_BLOCK_MIB
+    if grow:
+        _sub(dom, "maxMemory", str((boot_mem + grow) * 1024), unit="KiB", slots="1")
+    # <memory> counts the memory devices too (libvirt's own accounting); the guest boots with the NUMA cell's.
+    _sub(dom, "memory", str((boot_mem + grow) * 1024), unit="KiB")
+    _sub(dom, "currentMemory", str(boot_mem * 1024), unit="KiB")
+    if boot.memory_limit:
+        tune = _sub(dom, "memtune")
+        _sub(tune, "hard_limit", str(hard_limit_mib(boot_mem) * 1024), unit="KiB")
     _sub(dom, "vcpu", str(max_vcpus), placement="static", current=str(spec.vcpus))
+    cpu = _sub(dom, "cpu")
+    numa = _sub(cpu, "numa")
+    _sub(numa, "cell", id="0", cpus=f"0-{max_vcpus - 1}", memory=str(boot_mem * 1024), unit="KiB")
 
     os_el = _sub(dom, "os")
     type_attrs: dict[str, str] = {}
@@ -137,8 +163,45 @@ def build(spec: DomainSpec, meta: Meta, boot: Boot, *, uuid: str | None = None) 
     if boot.graphics_socket:
         gfx = _sub(dev, "graphics", type="vnc")
         _sub(gfx, "listen", type="socket", socket=boot.graphics_socket)
+    # The balloon only lets the host reclaim from a willing guest; the limit is what is plugged.
     _sub(dev, "memballoon", model="virtio")
+    if grow:
+        _sub(dev, "memory", model="virtio-mem").append(virtio_mem_target(grow, 0))
     return ET.tostring(dom, encoding="unicode")
+
+
+def virtio_mem_target(size_mib: int, requested_mib: int) -> ET.Element:
+    target = ET.Element("target")
+    _sub(target, "size", str(size_mib * 1024), unit="KiB")
+    _sub(target, "node", "0")
+    _sub(target, "block", str(VIRTIO_MEM_BLOCK_MIB * 1024), unit="KiB")
+    _sub(target, "requested", str(requested_mib * 1024), unit="KiB")
+    return target
+
+
+def virtio_mem_update(domain_xml: str, total_mib: int) -> tuple[str, int] | None:
+    """The live virtio-mem device of `domain_xml` asked to plug so the guest has `total_mib` in all
+    (whole blocks, at most the device's size, never below what it was asked before), and that total.
+    None: the domain has no virtio-mem device."""
+    root = ET.fromstring(domain_xml)
+    dev = root.find("devices/memory[@model='virtio-mem']")
+    target = dev.find("target") if dev is not None else None
+    if dev is None or target is None:
+        return None
+    boot = round(sum(_kib_attr(c) for c in root.findall("cpu/numa/cell")) / 1024)
+    size = round(_kib(target.find("size")) / 1024)
+    before = round(_kib(target.find("requested")) / 1024)
+    blocks = -(-max(0, total_mib - boot) // VIRTIO_MEM_BLOCK_MIB)
+    requested = max(before, min(size, blocks * VIRTIO_MEM_BLOCK_MIB))
+    req = target.find("requested")
+    if req is None:
+        req = _sub(target, "requested")
+    req.text = str(requested * 1024)
+    req.set("unit", "KiB")
+    cur = target.find("current")
+    if cur is not None:
+        target.remove(cur)
+    return ET.tostring(dev, encoding="unicode"), boot + requested
 
 
 def nat_network_of(spec: DomainSpec) -> tuple[str, str] | None:
@@ -218,8 +281,13 @@ def read_filter(domain_xml: str, mac: str) -> netfilter.Params | None:
 class Sizes:
     vcpus: int
     max_vcpus: int
+    # What the guest has: boot memory + what its virtio-mem device has plugged (old model: the balloon target).
     memory_mib: int
     max_memory_mib: int
+    # Boot memory + what the virtio-mem device was asked to plug.
+    requested_memory_mib: int = 0
+    # Defined before ADR 013: booted with the maximum, limited only by the balloon.
+    legacy_memory: bool = False
 
 
 def _kib(el: ET.Element | None) -> int:
@@ -237,9 +305,26 @@ def read_sizes(domain_xml: str) -> Sizes:
     max_vcpus = int(vcpu.text) if vcpu is not None and vcpu.text else 0
     cur_vcpus = int(vcpu.get("current", max_vcpus)) if vcpu is not None else 0
     max_mem = round(_kib(root.find("memory")) / 1024)
+    vmem = root.find("devices/memory[@model='virtio-mem']")
+    cells = root.findall("cpu/numa/cell")
+    if vmem is not None or (cells and root.find("maxMemory") is None and root.find("devices/memory") is None):
+        # The host-plugged model: the cells are the boot memory, the device adds what it has plugged.
+        boot = round(sum(_kib_attr(c) for c in cells) / 1024) if cells else max_mem
+        requested = round(_kib(vmem.find("target/requested")) / 1024) if vmem is not None else 0
+        plugged = round(_kib(vmem.find("target/current")) / 1024) if vmem is not None else 0
+        # <currentMemory> (the balloon's view: never above what is plugged on QEMU) stands in for the device
+        # on libvirt's test driver, which plugs nothing.
+        has = max(boot + plugged, round(_kib(root.find("currentMemory")) / 1024))
+        return Sizes(cur_vcpus, max_vcpus, has, max_mem, boot + requested, legacy_memory=False)
     cur = root.find("currentMemory")
     cur_mem = round(_kib(cur) / 1024) if cur is not None else max_mem
-    return Sizes(cur_vcpus, max_vcpus, cur_mem, max_mem)
+    return Sizes(cur_vcpus, max_vcpus, cur_mem, max_mem, cur_mem, legacy_memory=max_mem > cur_mem)
+
+
+def _kib_attr(cell: ET.Element) -> int:
+    unit = cell.get("unit", "KiB")
+    scale = {"KiB": 1, "k": 1, "MiB": 1024, "M": 1024, "GiB": 1024**2, "G": 1024**2}
+    return int(cell.get("memory", "0")) * scale.get(unit, 1)
 
 
 def disk_sources(domain_xml: str) -> list[str]:

@@ -47,8 +47,13 @@ class Actual:
     off_by_guest: bool = False
     vcpus: int = 0
     max_vcpus: int = 0
+    # Memory the guest really has: boot memory + what its virtio-mem device has plugged (ADR 013).
     memory_mib: int = 0
     max_memory_mib: int = 0
+    # Boot memory + what the device was asked to plug; above `memory_mib`: the guest has not accepted it.
+    requested_memory_mib: int = 0
+    # Defined before ADR 013 (booted with the maximum, limited by the balloon): migrated at the next define.
+    legacy_memory: bool = False
     # Metadata (inactive XML): what the agent last applied and what it was in the middle of.
     config_hash: str | None = None
     seed_hash: str | None = None
@@ -172,9 +177,11 @@ class SetVcpus(Action):
 
 
 @dataclass(frozen=True)
-class SetMemory(Action):
+class GrowMemory(Action):
+    """Ask the running domain's virtio-mem device to plug up to `memory_mib` in all (never less):
+    the cgroup limit is raised first. A legacy domain's balloon target is raised instead."""
+
     memory_mib: int
-    live: bool
 
 
 IntentKey = Literal["stop_intent", "restart_generation", "paused_at"]
@@ -244,6 +251,18 @@ def seed_hash(spec: DomainSpec) -> str:
         # Only when set, so seeds of entries without a script keep their hash.
         **({"userScript": spec.userScript} if spec.userScript is not None else {}),
     })
+
+
+def memory_pending_reboot(desired: DomainSpec, a: Actual) -> bool:
+    """A live growth was asked of the running guest and it did not take it (no virtio-mem driver or no
+    onlining): the memory arrives with the next define, at the next stop/start."""
+    return (_active(a) and not a.legacy_memory and _wants_growth(desired, a)
+            and (a.requested_memory_mib >= desired.memoryMiB
+                 or not memory_differs(a.requested_memory_mib, desired.memoryMiB)))
+
+
+def _wants_growth(d: DomainSpec, a: Actual) -> bool:
+    return d.memoryMiB > a.memory_mib and memory_differs(a.memory_mib, d.memoryMiB) and d.memoryMiB <= a.max_memory_mib
 
 
 def memory_differs(actual_mib: int, desired_mib: int) -> bool:
@@ -343,7 +362,8 @@ def plan(desired: DomainSpec | None, actual: Actual | None, *, now: float, tombs
         out.append(BuildSeed(sh))
     ch = config_hash(d)
     sizes_differ = a.vcpus != d.vcpus or memory_differs(a.memory_mib, d.memoryMiB)
-    if not a.defined or a.config_hash != ch or (not active and sizes_differ):
+    # Off: a define boots it with exactly the plan's sizes, and moves a legacy domain to the new memory model.
+    if not a.defined or a.config_hash != ch or (not active and (sizes_differ or a.legacy_memory)):
         out.append(Define(ch, sh, a.rebuild_generation if a.defined else d.rebuildGeneration,
                           a.restart_generation if a.defined else d.restartGeneration))
 
@@ -382,8 +402,10 @@ def plan(desired: DomainSpec | None, actual: Actual | None, *, now: float, tombs
     # Live resize within the maximums fixed at define time; beyond them waits for a restart.
     if d.vcpus != a.vcpus and d.vcpus <= a.max_vcpus:
         out.append(SetVcpus(d.vcpus, live=True))
-    if memory_differs(a.memory_mib, d.memoryMiB) and d.memoryMiB <= a.max_memory_mib:
-        out.append(SetMemory(d.memoryMiB, live=True))
+    # Memory only ever grows live; asked once, then it is up to the guest (`memory_pending_reboot`).
+    if _wants_growth(d, a) and (a.legacy_memory or (a.requested_memory_mib < d.memoryMiB
+                                                     and memory_differs(a.requested_memory_mib, d.memoryMiB))):
+        out.append(GrowMemory(d.memoryMiB))
     if (a.crash_count > 0 and a.power == "running" and a.last_start_at is not None
             and now - a.last_start_at >= CRASH_FORGET_SECONDS):
         out.append(ForgetCrashes())

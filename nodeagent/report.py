@@ -52,6 +52,14 @@ def observe(desired: DomainSpec | None, a: P.Actual, *, vps: str, uid: str, gene
     restart = desired is not None and P.restart_required(desired, a)
     put("RestartRequired", restart, "BeyondLiveMaximum" if restart else "",
         "vCPU or memory beyond the domain's maximum; applied at the next restart" if restart else "")
+    grows = desired is not None and P.memory_pending_reboot(desired, a)
+    put("MemoryGrowsAtReboot", grows, "GuestDidNotPlug" if grows else "",
+        f"the guest has {a.memory_mib} MiB and has not plugged the {desired.memoryMiB} MiB asked for (no virtio-mem "
+        "driver or memory not onlined); applied at the next stop/start" if grows and desired else "")
+    legacy = a.defined and a.legacy_memory
+    put("LegacyMemoryModel", legacy, "BalloonLimited" if legacy else "",
+        "booted with the node maximum and limited only by the balloon; moved to plugged memory at the next "
+        "stop/start" if legacy else "")
     loop = a.crash_count >= CRASH_LOOP_AFTER
     put("CrashLoop", loop, "CrashLoopBackOff" if loop else "",
         f"crashed {a.crash_count} times; next start after {P.crash_backoff(a.crash_count):.0f} s" if loop else "")
@@ -118,7 +126,7 @@ def node_conditions(*, orphans: list[dict[str, str]], orphan_volumes: list[str],
 def heartbeat(node: str, facts: Any, *, allocated: dict[str, int], libvirt_ok: bool, error: str,
               now: datetime, orphans: list[dict[str, str]] | None = None, orphan_volumes: list[str] | None = None,
               conditions: list[dict[str, str]] | None = None, warming: bool = False,
-              endpoint: str = "") -> dict[str, Any]:
+              endpoint: str = "", legacy_memory: list[str] | None = None) -> dict[str, Any]:
     """The node's heartbeat value: capacity from libvirt, what its managed domains use, orphans, conditions,
     and `endpoint` (host:port of its TLS endpoint for consoles and metrics, if it runs one)."""
     doc: dict[str, Any] = {"node": node, "time": now.astimezone(UTC).isoformat(), "libvirt": libvirt_ok}
@@ -135,6 +143,9 @@ def heartbeat(node: str, facts: Any, *, allocated: dict[str, int], libvirt_ok: b
         doc["warming"] = True
     doc["orphans"] = list(orphans or [])
     doc["orphanVolumes"] = list(orphan_volumes or [])
+    if legacy_memory:
+        # VPS still booted with the node maximum and limited only by the balloon (ADR 013).
+        doc["legacyMemoryDomains"] = list(legacy_memory)
     if conditions:
         doc["conditions"] = conditions
     if error:

@@ -8,6 +8,9 @@ hours after them are free. Hours are charged from the hour the subscription was 
 until the hour in which it was terminated; every started hour counts, whatever the power
 state. A plan change takes effect at the next hour: the hours already started are charged
 at the plan the cursor holds, then the cursor moves to the new plan (prorated to the hour).
+A plan with more memory than the subscription's VPS really has (its status `actual.memoryMiB`:
+plugged memory, ADR 013) is not in effect yet: the hours go on at the cursor's plan until the
+memory is there, e.g. a growth the guest did not plug that arrives at its next reboot.
 
 Each charge is one ledger entry covering [through, end) with the idempotency key
 `charge/<subscription uid>@<first hour>`, appended in the same transaction that moves the
@@ -35,7 +38,7 @@ from reconcile.etcd import Compare, ModIs, Op, Put
 from reconcile.keys import cursor_key, cursors_prefix
 from reconcile.leader import Fence, fence_compares
 from reconcile.objects import Store
-from specs.kinds import Plan, Subscription
+from specs.kinds import VPS, Plan, Subscription
 from specs.money import format_minor
 
 HOURS_PER_MONTH = 672
@@ -144,8 +147,16 @@ class ChargeStep:
     plan: str
 
 
-def plan_charge(sub: Subscription, plan: Plan, cursor: Cursor | None, now: datetime) -> ChargeStep | None:
-    """Pure: the charge owed by `sub` at `now` given its cursor, or None when nothing is to be written."""
+def plan_charge(sub: Subscription, plan: Plan, cursor: Cursor | None, now: datetime, *,
+                plugged_mib: int | None = None) -> ChargeStep | None:
+    """Pure: the charge owed by `sub` at `now` given its cursor, or None when nothing is to be written.
+
+    `plugged_mib`: the memory its VPS really has (None: unknown, or no VPS); a new plan with more
+    than that does not take effect yet.
+    """
+    if (cursor is not None and cursor.plan != plan.name and plugged_mib is not None
+            and plugged_mib < plan.spec.memoryMiB):
+        plan = _plan_from_cursor(cursor)
     uid = sub.metadata.uid or sub.name
     price = plan.spec.price.minor
     currency = plan.spec.price.currency
@@ -219,13 +230,15 @@ class Charger:
 
     def charge_customer(self, customer: str, subs: Iterable[Subscription], plans: dict[str, Plan],
                         cursors: dict[str, Cursor], now: datetime, *, attempts: int = 4,
-                        guards: Mapping[str, Sequence[Compare]] | None = None) -> ChargeReport:
+                        guards: Mapping[str, Sequence[Compare]] | None = None,
+                        plugged: Mapping[str, int] | None = None) -> ChargeReport:
         """Charge every subscription of one customer owed by `now` (a few transactions).
 
         When a cursor moved meanwhile (another controller, an earlier life of this one) the
         batch is re-read and re-decided; the charge already taken is never taken again.
         `guards` adds compares per subscription (e.g. on the status the caller read), so a
         charge decided on a status that has since changed (say, to Terminated) is not taken.
+        `plugged`: subscription name -> the memory its VPS really has (`plugged_memory`).
         """
         sub_guards: Mapping[str, Sequence[Compare]] = guards or {}
         report = ChargeReport()
@@ -242,7 +255,7 @@ class Charger:
                         continue
                     # The plan is gone: keep charging at the price the cursor holds.
                     plan = _plan_from_cursor(cur)
-                step = plan_charge(sub, plan, cur, now)
+                step = plan_charge(sub, plan, cur, now, plugged_mib=(plugged or {}).get(sub.name))
                 if step is not None:
                     steps.append(step)
             failed: list[str] = []
@@ -307,21 +320,35 @@ class Charger:
         subs = self.store.list(Subscription).items
         plans = {p.name: p for p in self.store.list(Plan).items}
         cursors = read_cursors(self.store)
+        plugged = plugged_memory(self.store.list(VPS).items, subs)
         by_customer: dict[str, list[Subscription]] = {}
         for s in subs:
             by_customer.setdefault(s.spec.customer, []).append(s)
         report = ChargeReport()
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="charge") as pool:
-            for r in pool.map(lambda c: self._safe(c, by_customer[c], plans, cursors, now), list(by_customer)):
+            for r in pool.map(lambda c: self._safe(c, by_customer[c], plans, cursors, now, plugged),
+                              list(by_customer)):
                 report.add(r)
         return report
 
     def _safe(self, customer: str, subs: list[Subscription], plans: dict[str, Plan], cursors: dict[str, Cursor],
-              now: datetime) -> ChargeReport:
+              now: datetime, plugged: Mapping[str, int]) -> ChargeReport:
         try:
-            return self.charge_customer(customer, subs, plans, cursors, now)
+            return self.charge_customer(customer, subs, plans, cursors, now, plugged=plugged)
         except ledger.UnknownCustomer as exc:
             return ChargeReport(errors=[str(exc)])
+
+
+def plugged_memory(vpses: Iterable[VPS], subs: Iterable[Subscription]) -> dict[str, int]:
+    """Pure: subscription name -> the memory its VPS reports as really there (status `actual.memoryMiB`)."""
+    by_name = {s.name: s for s in subs}
+    out: dict[str, int] = {}
+    for v in vpses:
+        sub = by_name.get(v.spec.subscription)
+        mem = v.status.actual.memoryMiB if v.status is not None else None
+        if sub is not None and mem is not None and v.bound_to(sub):
+            out[sub.name] = mem
+    return out
 
 
 def _fenced(fence: Fence) -> bool:
@@ -352,6 +379,7 @@ __all__ = [
     "floor_hour",
     "hour_price",
     "plan_charge",
+    "plugged_memory",
     "read_cursor",
     "read_cursors",
     "span_price",

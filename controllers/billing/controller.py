@@ -133,7 +133,10 @@ class BillingController:
                 with contextlib.suppress(NotFound):
                     plans[s.spec.plan] = self.store.get(Plan, s.spec.plan)
         cursors = {s.name: c for s in subs if (c := charging.read_cursor(self.store, s.name)) is not None}
-        charged = self.charger.charge_customer(customer, subs, plans, cursors, now, guards=self._status_guards(subs))
+        # A new plan is charged only from when its memory is really there (the VPS's status).
+        plugged = charging.plugged_memory(self.store.list(VPS).items, subs)
+        charged = self.charger.charge_customer(customer, subs, plans, cursors, now, guards=self._status_guards(subs),
+                                               plugged=plugged)
         # Another run (a second controller during a leader change, or a sync racing the loop)
         # may have charged with a later clock: never decide as of a time before an hour that
         # is already charged, so a termination cannot predate a charge.

@@ -7,8 +7,8 @@ from datetime import UTC, datetime, timedelta
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from controllers.billing.charging import HOURS_PER_MONTH, Cursor, hour_price, plan_charge, span_price
-from specs.kinds import Plan, Subscription
+from controllers.billing.charging import HOURS_PER_MONTH, Cursor, hour_price, plan_charge, plugged_memory, span_price
+from specs.kinds import VPS, Plan, Subscription
 
 H = timedelta(hours=1)
 NOV = datetime(2026, 11, 1, tzinfo=UTC)
@@ -72,6 +72,24 @@ def test_plan_change_is_prorated_to_the_hour() -> None:
     assert (step.cursor.plan, step.cursor.priceMinor, step.cursor.through) == ("big", 6720, NOV + 11 * H)
     nxt = plan_charge(sub("big"), big, step.cursor, NOV + timedelta(hours=11, minutes=1))
     assert nxt is not None and nxt.plan == "big" and nxt.amount_minor == 10
+
+
+def test_new_plan_is_charged_only_once_its_memory_is_there() -> None:
+    """An upgrade whose memory the VPS does not have yet (growth at next reboot) goes on at the old price."""
+    cur = Cursor("s1", "u1", "c1", NOV + 10 * H, "small", 672, "EUR", 5)
+    big = Plan.model_validate({"metadata": {"name": "big"}, "spec": {
+        "vcpus": 1, "memoryMiB": 1024, "diskGiB": 10, "price": {"amount": "67.20", "currency": "EUR"}}})
+    held = plan_charge(sub("big"), big, cur, NOV + timedelta(hours=11, minutes=1), plugged_mib=256)
+    assert held is not None and held.plan == "small" and held.amount_minor == 2
+    assert (held.cursor.plan, held.cursor.priceMinor) == ("small", 672)
+    there = plan_charge(sub("big"), big, held.cursor, NOV + timedelta(hours=12, minutes=1), plugged_mib=1024)
+    assert there is not None and there.amount_minor == 1 and there.cursor.plan == "big"
+    nxt = plan_charge(sub("big"), big, there.cursor, NOV + timedelta(hours=13, minutes=1), plugged_mib=1024)
+    assert nxt is not None and nxt.amount_minor == 10
+    vps = VPS.model_validate({"metadata": {"name": "v1"}, "spec": {"subscription": "s1", "image": "debian",
+                                                                     "hostname": "v1"},
+                              "status": {"actual": {"memoryMiB": 256}}})
+    assert plugged_memory([vps], [sub("big")]) == {"s1": 256}
 
 
 def test_no_charge_after_termination() -> None:

@@ -28,7 +28,47 @@ def spec(**kw: object) -> DomainSpec:
 def test_sizes_current_and_maximum() -> None:
     """vCPU and memory carry current and maximum so a resize within the maximum is live."""
     xml = domain_xml.build(spec(), Meta(vps="web-1", uid="3f2a"), BOOT)
-    assert domain_xml.read_sizes(xml) == domain_xml.Sizes(1, 4, 128, 512)
+    assert domain_xml.read_sizes(xml) == domain_xml.Sizes(1, 4, 128, 512, 128)
+
+
+def test_boots_with_plan_memory_growth_is_a_virtio_mem_device_and_cgroup_limited() -> None:
+    """The guest boots with the plan's memory (one NUMA cell); the rest is an empty virtio-mem device."""
+    root = ET.fromstring(domain_xml.build(spec(), Meta(vps="web-1", uid="3f2a"), BOOT))
+    cell = root.find("cpu/numa/cell")
+    assert cell is not None and cell.get("memory") == str(128 * 1024) and cell.get("cpus") == "0-3"
+    assert root.findtext("currentMemory") == str(128 * 1024)
+    assert root.find("maxMemory").text == str(512 * 1024)  # type: ignore[union-attr]
+    dev = root.find("devices/memory[@model='virtio-mem']")
+    assert dev is not None and dev.findtext("target/size") == str(384 * 1024)
+    assert dev.findtext("target/requested") == "0"
+    assert root.findtext("memtune/hard_limit") == str((128 + domain_xml.QEMU_OVERHEAD_MIB) * 1024)
+    no_limit = ET.fromstring(domain_xml.build(spec(), Meta(vps="web-1", uid="3f2a"),
+                                              dataclasses.replace(BOOT, memory_limit=False)))
+    assert no_limit.find("memtune") is None
+
+
+def test_plugged_memory_is_what_the_device_reports_not_what_was_requested() -> None:
+    """Live XML: boot memory + <current>; <requested> alone (guest without driver) is not memory it has."""
+    root = ET.fromstring(domain_xml.build(spec(), Meta(vps="web-1", uid="3f2a"), BOOT))
+    dev = root.find("devices/memory[@model='virtio-mem']")
+    assert dev is not None
+    update = domain_xml.virtio_mem_update(ET.tostring(root, encoding="unicode"), 385)
+    assert update is not None and update[1] == 386  # whole 2 MiB blocks
+    assert ET.fromstring(update[0]).findtext("target/requested") == str(258 * 1024)
+    huge = domain_xml.virtio_mem_update(ET.tostring(root, encoding="unicode"), 4096)
+    assert huge is not None and huge[1] == 512  # never beyond the device
+    dev.find("target/requested").text = str(256 * 1024)  # type: ignore[union-attr]
+    ET.SubElement(dev.find("target"), "current", unit="KiB").text = str(64 * 1024)  # type: ignore[arg-type]
+    sizes = domain_xml.read_sizes(ET.tostring(root, encoding="unicode"))
+    assert (sizes.memory_mib, sizes.requested_memory_mib, sizes.legacy_memory) == (192, 384, False)
+
+
+def test_old_model_is_recognised_as_legacy() -> None:
+    """A domain defined before ADR 013 (<memory> = maximum, balloon target = plan) reads as legacy."""
+    old = ("<domain type='qemu'><name>x</name><memory unit='KiB'>16777216</memory>"
+           "<currentMemory unit='KiB'>262144</currentMemory><vcpu current='1'>4</vcpu></domain>")
+    sizes = domain_xml.read_sizes(old)
+    assert sizes.legacy_memory and sizes.memory_mib == 256 and sizes.max_memory_mib == 16384
 
 
 def test_devices_carry_mac_and_limits_and_no_console_listens_on_tcp() -> None:

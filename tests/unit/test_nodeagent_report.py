@@ -6,7 +6,7 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 from nodeagent import plan as P
-from nodeagent.report import observe, observed_power, same_report
+from nodeagent.report import heartbeat, observe, observed_power, same_report
 from specs.domain import DomainImage, DomainNetwork, DomainSpec
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -71,3 +71,24 @@ def test_name_conflict_reported() -> None:
                   converged=True, error=None, notes={}, previous=None, now=T0)
     assert obs.power == "Unknown" and obs.lastError.startswith("NameConflict")
     assert obs.observedGeneration is None
+
+
+def test_memory_growth_not_plugged_and_legacy_model_are_reported() -> None:
+    """A growth the guest did not plug reports the plugged size and MemoryGrowsAtReboot; the old model is named."""
+    refused = replace(RUNNING, memory_mib=RUNNING.memory_mib, requested_memory_mib=RUNNING.max_memory_mib)
+    obs = observe(spec(memoryMiB=RUNNING.max_memory_mib), refused, vps="web-1", uid="u1", generation=3,
+                  converged=True, error=None, notes={}, previous=None, now=T0)
+    conds = {c.type: c for c in obs.conditions}
+    assert obs.memoryMiB == RUNNING.memory_mib
+    assert conds["MemoryGrowsAtReboot"].status == "True" and "next stop/start" in conds["MemoryGrowsAtReboot"].message
+    assert conds["LegacyMemoryModel"].status == "False"
+    old = observe(spec(), replace(RUNNING, legacy_memory=True), vps="web-1", uid="u1", generation=3,
+                  converged=True, error=None, notes={}, previous=None, now=T0)
+    assert {c.type: c.status for c in old.conditions}["LegacyMemoryModel"] == "True"
+
+
+def test_heartbeat_names_vps_still_on_the_balloon_model() -> None:
+    """The node's heartbeat lists the VPS whose domains still run the old memory model, and omits it when none do."""
+    doc = heartbeat("n1", None, allocated={}, libvirt_ok=True, error="", now=T0, legacy_memory=["web-1"])
+    assert doc["legacyMemoryDomains"] == ["web-1"]
+    assert "legacyMemoryDomains" not in heartbeat("n1", None, allocated={}, libvirt_ok=True, error="", now=T0)

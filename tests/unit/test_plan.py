@@ -58,8 +58,10 @@ def apply(a: Actual, action: P.Action, d: DomainSpec | None, *, guest_acpi: bool
                           restart_generation=tg, grace_seconds=d.shutdownGraceSeconds)
             if not active:
                 # The filter read back is the live one while running: a define changes only the config.
+                # A define boots with exactly the plan's memory, in the new model.
                 new = replace(new, vcpus=d.vcpus, memory_mib=d.memoryMiB, max_vcpus=d.maxVcpus,
-                              max_memory_mib=d.maxMemoryMiB, filter_params=netfilter.params(d))
+                              max_memory_mib=d.maxMemoryMiB, filter_params=netfilter.params(d),
+                              requested_memory_mib=d.memoryMiB, legacy_memory=False)
             if not a.defined:
                 new = replace(new, power="shutoff", off_by_guest=False)
             return new
@@ -84,9 +86,13 @@ def apply(a: Actual, action: P.Action, d: DomainSpec | None, *, guest_acpi: bool
         case P.SetVcpus(vcpus=n):
             assert n <= a.max_vcpus
             return replace(a, vcpus=n)
-        case P.SetMemory(memory_mib=m):
-            assert m <= a.max_memory_mib
-            return replace(a, memory_mib=m)
+        case P.GrowMemory(memory_mib=m):
+            assert a.power in ("running", "paused") and m <= a.max_memory_mib
+            assert m > a.memory_mib, "memory never shrinks live"
+            if a.legacy_memory:
+                return replace(a, memory_mib=m, requested_memory_mib=m)
+            # The guest plugs it only if it has a virtio-mem driver.
+            return replace(a, requested_memory_mib=m, memory_mib=m if GUEST_PLUGS[0] else a.memory_mib)
         case P.RecordIntent(key=k, value=v):
             return replace(a, **{k: v})
         case P.RecordCrash(crashed_at=t):
@@ -106,6 +112,7 @@ def apply(a: Actual, action: P.Action, d: DomainSpec | None, *, guest_acpi: bool
 
 
 NOW_CELL = [NOW]
+GUEST_PLUGS = [True]
 
 
 def run_to_convergence(d: DomainSpec | None, a: Actual, *, guest_acpi: bool = True, tombstoned: bool = False,
@@ -145,7 +152,8 @@ def is_converged(d: DomainSpec, a: Actual, now: float) -> bool:
         return a.power == "paused" or (expired and a.power in ("shutoff", "crashed"))
     return (a.power == "running" and a.restart_generation >= d.restartGeneration
             and (a.vcpus == d.vcpus or d.vcpus > a.max_vcpus)
-            and (not P.memory_differs(a.memory_mib, d.memoryMiB) or d.memoryMiB > a.max_memory_mib))
+            and (not P.memory_differs(a.memory_mib, d.memoryMiB) or d.memoryMiB > a.max_memory_mib
+                 or a.memory_mib > d.memoryMiB or P.memory_pending_reboot(d, a)))
 
 
 # ----------------------------------------------------------------------------- tables
@@ -207,7 +215,7 @@ def test_live_resize_within_maximum() -> None:
     """vCPU and memory grow live up to the maximums; beyond them nothing is forced."""
     d = spec(vcpus=2, memoryMiB=256)
     a = converged_actual(spec())
-    assert plan(d, a, now=NOW) == [P.SetVcpus(2, live=True), P.SetMemory(256, live=True)]
+    assert plan(d, a, now=NOW) == [P.SetVcpus(2, live=True), P.GrowMemory(256)]
     big = spec(vcpus=8, maxVcpus=8)
     acts = plan(big, a, now=NOW)
     assert not any(isinstance(x, P.SetVcpus) for x in acts)
@@ -307,6 +315,7 @@ def actuals(draw: st.DrawFn) -> Actual:
         off_by_guest=draw(st.booleans()),
         vcpus=draw(st.integers(1, 8)), max_vcpus=draw(st.integers(1, 8)),
         memory_mib=draw(st.sampled_from([64, 128, 256])), max_memory_mib=draw(st.sampled_from([128, 256, 1024])),
+        requested_memory_mib=draw(st.sampled_from([0, 64, 128, 256, 1024])), legacy_memory=draw(st.booleans()),
         config_hash=draw(st.none() | st.just("old")), seed_hash=draw(st.none() | st.just("old")),
         rebuild_generation=draw(st.integers(0, 2)), restart_generation=draw(st.integers(0, 2)),
         stop_intent=draw(st.none() | st.sampled_from(["stop", "restart", "rebuild", "delete", "suspend"])),
@@ -318,9 +327,10 @@ def actuals(draw: st.DrawFn) -> Actual:
 
 
 @settings(max_examples=200, deadline=None)
-@given(specs(), actuals(), st.booleans())
-def test_property_convergence_and_idempotence(d: DomainSpec, a: Actual, acpi: bool) -> None:
+@given(specs(), actuals(), st.booleans(), st.booleans())
+def test_property_convergence_and_idempotence(d: DomainSpec, a: Actual, acpi: bool, plugs: bool) -> None:
     """From any node state, applying plans reaches the desired state, after which the plan is empty."""
+    GUEST_PLUGS[0] = plugs
     final, now = run_to_convergence(d, a, guest_acpi=acpi)
     assert is_converged(d, final, now), final
     assert plan(d, final, now=now) == []
@@ -336,6 +346,24 @@ def test_property_safety(d: DomainSpec, a: Actual) -> None:
             assert act.size_gib >= a.disk_gib
         if isinstance(act, P.RecreateRootDisk):
             assert not (a.defined and a.power in ("running", "paused"))
+        if isinstance(act, P.GrowMemory):
+            # Live memory only grows, and is asked for once.
+            assert a.power in ("running", "paused") and act.memory_mib > a.memory_mib
+            assert a.legacy_memory or act.memory_mib > a.requested_memory_mib
+
+
+@settings(max_examples=200, deadline=None)
+@given(specs(), actuals(), st.booleans())
+def test_property_growth_pending_reboot_converges(d: DomainSpec, a: Actual, plugs: bool) -> None:
+    """Whether or not the guest plugs a growth, a stop and a start later it has exactly its plan's memory."""
+    GUEST_PLUGS[0] = plugs
+    running = d.model_copy(update={"power": "Running"})
+    a, _ = run_to_convergence(running, a)
+    a, _ = run_to_convergence(d.model_copy(update={"power": "Stopped"}), a)
+    final, _ = run_to_convergence(running, a)
+    if final.power == "running" and not final.off_by_guest:
+        assert final.memory_mib == d.memoryMiB and not final.legacy_memory
+        assert not P.memory_pending_reboot(running, final)
 
 
 @settings(max_examples=200, deadline=None)
@@ -374,4 +402,33 @@ def test_balloon_near_target_is_reached() -> None:
     """A guest whose balloon settled a little off the target is not resized again and again."""
     d = spec(memoryMiB=128)
     assert plan(d, converged_actual(d, memory_mib=126), now=NOW) == []
-    assert plan(d, converged_actual(d, memory_mib=100), now=NOW) == [P.SetMemory(128, live=True)]
+    assert plan(d, converged_actual(d, memory_mib=100, requested_memory_mib=100), now=NOW) == [P.GrowMemory(128)]
+
+
+def test_memory_never_shrinks_live_and_shrinks_at_the_next_define() -> None:
+    """A smaller plan leaves a running guest's memory alone; the next define (when off) boots with it."""
+    d = spec(memoryMiB=128)
+    running = converged_actual(d, memory_mib=256, requested_memory_mib=256)
+    assert plan(d, running, now=NOW) == []
+    off = replace(running, power="shutoff", stop_intent="stop")
+    assert [x.name for x in plan(d, off, now=NOW)] == ["Define", "Start"]
+
+
+def test_growth_the_guest_did_not_take_waits_for_the_next_boot() -> None:
+    """Asked once; a guest that did not plug it gets the condition, and the memory at its next define."""
+    d = spec(memoryMiB=512)
+    refused = converged_actual(spec(), memory_mib=128, requested_memory_mib=512)
+    assert plan(d, refused, now=NOW) == []
+    assert P.memory_pending_reboot(d, refused)
+    assert not P.memory_pending_reboot(d, replace(refused, memory_mib=512))
+    off = replace(refused, power="shutoff", stop_intent="stop")
+    assert [x.name for x in plan(d, off, now=NOW)] == ["Define", "Start"]
+
+
+def test_legacy_domain_is_migrated_only_when_off() -> None:
+    """A domain of the old memory model is never restarted for it; it is redefined at its next start."""
+    d = spec()
+    legacy = converged_actual(d, legacy_memory=True)
+    assert plan(d, legacy, now=NOW) == []
+    off = replace(legacy, power="shutoff", stop_intent="stop")
+    assert [x.name for x in plan(d, off, now=NOW)] == ["Define", "Start"]
