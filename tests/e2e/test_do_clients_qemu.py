@@ -54,7 +54,6 @@ def qemu_up() -> Iterator[dict[str, Any]]:
 # libvirtd, which other suites' `hostplane up` start and stop as their children, was gone
 # ("Failed to connect socket to '/var/run/libvirt/libvirt-sock'"). Each time the create action rightly
 # stayed in-progress. Not strict: it counts as passing once guests start here.
-@pytest.mark.xfail(reason="no QEMU guest has started on this shared machine's libvirt yet", strict=False)
 @pytest.mark.timeout(900)
 def test_pydo_lifecycle_on_qemu(qemu_up: dict[str, Any]) -> None:
     """create → active on QEMU; power_off → off; resize → q256; power_on; rebuild; rename; destroy → not_found."""
