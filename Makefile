@@ -23,11 +23,11 @@ deps:
 	  fi; \
 	fi
 
-# Python dependencies come from requirements.lock (every package, pinned), so a fresh machine
+# Python dependencies come from requirements.lock.txt (every package, pinned), so a fresh machine
 # resolves exactly what was tested; `make lock` re-resolves pyproject.toml's ranges into it.
-$(STAMP): pyproject.toml requirements.lock
+$(STAMP): pyproject.toml requirements.lock.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	@$(BIN)/pip install -q --disable-pip-version-check -r requirements.lock 2>&1 | grep -v -E '^WARNING: Location' || true
+	@$(BIN)/pip install -q --disable-pip-version-check -r requirements.lock.txt 2>&1 | grep -v -E '^WARNING: Location' || true
 	@$(BIN)/pip install -q --disable-pip-version-check --no-deps -e . 2>&1 | grep -v -E '^WARNING: Location' || true
 	@$(BIN)/python -c "import pyetcd, libvirt, fastapi" || { echo "python dependencies failed to install"; exit 1; }
 	@touch $(STAMP)
@@ -54,9 +54,9 @@ bench: deps venv
 lock:
 	@rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
 	@.lock-venv/bin/pip install -q --disable-pip-version-check -e '.[test]' 2>&1 | grep -v -E '^WARNING: Location' || true
-	@.lock-venv/bin/pip freeze --exclude-editable | grep -v '^#' > requirements.lock
+	@.lock-venv/bin/pip freeze --exclude-editable | grep -v '^#' > requirements.lock.txt
 	@rm -rf .lock-venv
-	@echo "requirements.lock: $$(wc -l < requirements.lock) packages pinned; commit it with the change that needed it"
+	@echo "requirements.lock.txt: $$(wc -l < requirements.lock.txt) packages pinned; commit it with the change that needed it"
 
 clean:
 	rm -rf $(VENV) var .mypy_cache .pytest_cache .ruff_cache

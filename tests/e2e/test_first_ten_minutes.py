@@ -48,7 +48,7 @@ def test_readme_quick_start_boots_acme_web_1_on_qemu_then_down_purge_removes_it(
     if shutil.which("dnsmasq") is None and not Path("/usr/sbin/dnsmasq").exists():
         # Without it libvirt 9 cannot restart while the examples' NAT network is active (`down` needs
         # that restart), and the crash would hit every later libvirt user of this machine.
-        pytest.skip("dnsmasq-base is not installed (`make up` installs it)")
+        pytest.fail("dnsmasq-base is not installed (`make up` and `make test` install it)")
     # Like a checkout under /home or /srv: a directory QEMU's user can reach (pytest's tmp is 0700).
     base = Path(tempfile.mkdtemp(prefix="hostplane-readme-"))
     base.chmod(0o755)
