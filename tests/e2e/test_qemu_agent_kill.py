@@ -17,6 +17,7 @@ import pytest
 
 from nodeagent.domain_xml import domain_name, root_volume_name, seed_volume_name
 from reconcile import keys
+from reconcile.cluster import ensure_cluster_id
 from reconcile.etcd_server import EtcdServer
 from reconcile.objects import Store
 from specs.domain import DomainImage, DomainNetwork, DomainSpec, ObservedDomain, Tombstone
@@ -100,6 +101,7 @@ def killable(etcd_session: EtcdServer, store: Store, qemu: Session, agent_dir: P
     config.write_text(etcd_session.connection(f"node-{node}", root=store.root).to_toml())
     proc = AgentProcess([str(config), store.root, node, qemu.uri, str(agent_dir), pool],
                         tmp_path / "agent.log")
+    ensure_cluster_id(store)  # the controllers' job on start; an agent waits for it before acting
     conn = libvirt.open(qemu.uri)
     yield proc, node, conn
     proc.stop()
